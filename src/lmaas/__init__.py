@@ -1,0 +1,3 @@
+"""lmaas: language models as a service."""
+
+__version__ = "0.1.0"

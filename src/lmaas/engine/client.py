@@ -1,0 +1,75 @@
+"""The one engine interface the HTTP layer sees.
+
+A local worker pool, a Ray deployment and the test fake all implement ``EngineClient``; the
+gateway never imports a model library.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from lmaas.protocol.engine import GenerateRequest, ModelInfo, TokenEvent
+
+
+@dataclass(slots=True)
+class ReplicaHealth:
+    index: int
+    state: str  # starting | ready | failed | stopped
+    pid: int | None = None
+    restarts: int = 0
+    last_error: str | None = None
+    outstanding: int = 0
+
+
+@dataclass(slots=True)
+class EngineHealth:
+    ready: bool
+    running: int = 0
+    waiting: int = 0
+    replicas: list[ReplicaHealth] = field(default_factory=list)
+
+
+class EngineClient(ABC):
+    """Serves one model name."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def info(self) -> ModelInfo | None:
+        """The model's facts once a replica has loaded it (``None`` before)."""
+
+    @property
+    @abstractmethod
+    def capacity(self) -> int:
+        """Requests that can run at once across ready replicas (0 when none is ready)."""
+
+    @property
+    @abstractmethod
+    def outstanding(self) -> int:
+        """Requests submitted and not yet finished."""
+
+    @abstractmethod
+    def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        """Stream the request's events; the last one has ``finish_reason`` set.
+
+        Raises an ``LmaasError`` before the first event when the request is refused (bad input,
+        no ready replica) and mid-stream when the replica dies. Closing the iterator early
+        aborts the request and frees its slot.
+        """
+
+    @abstractmethod
+    async def abort(self, request_id: str) -> None:
+        """Stop a request if it is still running."""
+
+    @abstractmethod
+    def health(self) -> EngineHealth:
+        """Readiness and load, without I/O."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Begin serving (start processes, connect)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop serving and release processes."""

@@ -1,0 +1,39 @@
+"""Dependency aliases: routes get their collaborators from ``app.state``, never from globals."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from lmaas.engine.client import EngineClient
+from lmaas.gateway.serving.chat import ChatServing
+from lmaas.gateway.serving.completions import CompletionServing
+from lmaas.telemetry.metrics import Metrics
+
+
+def _chat(request: Request) -> ChatServing:
+    return request.app.state.chat_serving  # type: ignore[no-any-return]
+
+
+def _completions(request: Request) -> CompletionServing:
+    return request.app.state.completion_serving  # type: ignore[no-any-return]
+
+
+def _engines(request: Request) -> dict[str, EngineClient]:
+    return request.app.state.engines  # type: ignore[no-any-return]
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope["state"]["request_id"])
+
+
+ChatServingDep = Annotated[ChatServing, Depends(_chat)]
+CompletionServingDep = Annotated[CompletionServing, Depends(_completions)]
+EnginesDep = Annotated[dict[str, EngineClient], Depends(_engines)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+RequestIdDep = Annotated[str, Depends(_request_id)]

@@ -1,0 +1,71 @@
+"""The one place exceptions become HTTP responses (the OpenAI error envelope)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from lmaas.errors import InternalError, InvalidRequestError, LmaasError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+def _response(error: LmaasError) -> JSONResponse:
+    return JSONResponse(error.to_body(), status_code=error.status_code, headers=error.headers)
+
+
+def validation_error(exc: RequestValidationError) -> InvalidRequestError:
+    """Turn pydantic's first complaint into one clear message naming the parameter."""
+    errors = exc.errors()
+    if not errors:
+        return InvalidRequestError("invalid request body")
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return InvalidRequestError(
+            f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip()
+        )
+    if not loc and kind in ("model_attributes_type", "dict_type", "model_type"):
+        return InvalidRequestError("the request body must be a JSON object")
+    if kind == "missing" and not loc:
+        return InvalidRequestError("the request body is empty; send a JSON object")
+    # Union members add their type names to the location; keep the field path only.
+    path = [p for p in loc if not p[:1].isupper() and "[" not in p and p not in _TYPE_NAMES]
+    param = ".".join(path) or None
+    message = first.get("msg", "invalid value")
+    return InvalidRequestError(f"{param}: {message}" if param else message, param=param)
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "function-after", "none"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LmaasError)
+    async def _lmaas(_: Request, exc: LmaasError) -> JSONResponse:
+        return _response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _response(validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            error: LmaasError = NotFoundError("no such route", code="not_found")
+        elif exc.status_code == 405:
+            error = InvalidRequestError("method not allowed for this route", code="bad_method")
+            error.status_code = 405
+        else:
+            error = InvalidRequestError(str(exc.detail))
+            error.status_code = exc.status_code
+        return _response(error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _response(InternalError("internal server error"))

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from lmaas.gateway.deps import EnginesDep
+from lmaas.gateway.serving.common import resolve_engine
+from lmaas.protocol.openai import ModelCard, ModelList
+
+router = APIRouter()
+
+
+def _card(request: Request, engines: EnginesDep, name: str) -> ModelCard:
+    engine = engines[name]
+    info = engine.info
+    return ModelCard(
+        id=name,
+        created=int(request.app.state.started_at),
+        max_model_len=info.max_model_len if info else None,
+        ready=engine.health().ready,
+    )
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request, engines: EnginesDep) -> ModelList:
+    return ModelList(data=[_card(request, engines, name) for name in engines])
+
+
+@router.get("/v1/models/{model:path}", response_model=ModelCard)
+async def get_model(model: str, request: Request, engines: EnginesDep) -> ModelCard:
+    resolve_engine(engines, model)
+    return _card(request, engines, model)

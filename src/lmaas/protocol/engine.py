@@ -1,0 +1,146 @@
+"""What crosses the gateway <-> worker boundary.
+
+Frames are msgpack maps (never pickle). Requests are validated pydantic models on both sides;
+events are small dataclasses because the worker emits one per sequence per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # end-of-sequence token or a stop string
+    LENGTH = "length"  # max_tokens or the context limit
+    ABORT = "abort"  # client went away or the request was cancelled
+
+
+class SamplingParams(BaseModel):
+    """Sampling settings as the engine applies them (already validated by the gateway)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = 1.0
+    top_k: int = -1
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    # GBNF grammar the output must follow, or a JSON schema the worker turns into one.
+    grammar: str | None = None
+    json_schema: dict[str, Any] | None = None
+
+
+class GenerateRequest(BaseModel):
+    """One sequence to generate. ``n > 1`` is fanned out by the gateway as several of these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    prompt: str | list[int]
+    # Chat prompts are rendered templates that contain special tokens; plain completions do not.
+    parse_special: bool = False
+    add_bos: bool = True
+    max_tokens: int | None = None  # None = up to the model's length limit
+    stop: list[str] = Field(default_factory=list)
+    include_stop_str: bool = False
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None = none; k >= 0 = chosen token + k alternatives
+    prompt_logprobs: int | None = None  # same, for the prompt tokens (completions echo)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    """The logprob of one token and of its most likely alternatives."""
+
+    token_id: int
+    token: str
+    token_bytes: list[int]
+    logprob: float | None  # None for the first prompt token (nothing predicts it)
+    top: list[tuple[int, str, list[int], float]] = field(default_factory=list)
+
+    def to_wire(self) -> list[Any]:
+        return [self.token_id, self.token, self.token_bytes, self.logprob, self.top]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> TokenLogprob:
+        top = [(int(t[0]), str(t[1]), list(t[2]), float(t[3])) for t in raw[4]]
+        return cls(int(raw[0]), str(raw[1]), list(raw[2]), raw[3], top)
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    """New output of one request since its previous event."""
+
+    request_id: str
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queue_time: float | None = None  # seconds waiting in the worker before first scheduled
+    prompt_logprobs: list[TokenLogprob] | None = None
+    error: dict[str, Any] | None = None  # {"status", "message", "param", "code"}
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"r": self.request_id, "t": self.text, "i": self.token_ids}
+        if self.logprobs is not None:
+            wire["lp"] = [lp.to_wire() for lp in self.logprobs]
+        if self.finish_reason is not None:
+            wire["f"] = self.finish_reason.value
+        if self.prompt_tokens:
+            wire["pt"] = self.prompt_tokens
+        wire["ct"] = self.completion_tokens
+        if self.queue_time is not None:
+            wire["q"] = self.queue_time
+        if self.prompt_logprobs is not None:
+            wire["plp"] = [lp.to_wire() for lp in self.prompt_logprobs]
+        if self.error is not None:
+            wire["e"] = self.error
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> TokenEvent:
+        lp = wire.get("lp")
+        plp = wire.get("plp")
+        fin = wire.get("f")
+        return cls(
+            request_id=wire["r"],
+            text=wire.get("t", ""),
+            token_ids=list(wire.get("i", ())),
+            logprobs=[TokenLogprob.from_wire(x) for x in lp] if lp is not None else None,
+            finish_reason=FinishReason(fin) if fin is not None else None,
+            prompt_tokens=int(wire.get("pt", 0)),
+            completion_tokens=int(wire.get("ct", 0)),
+            queue_time=wire.get("q"),
+            prompt_logprobs=[TokenLogprob.from_wire(x) for x in plp] if plp is not None else None,
+            error=wire.get("e"),
+        )
+
+
+class ModelInfo(BaseModel):
+    """What a worker tells the gateway about its model once it has loaded it."""
+
+    name: str
+    path: str
+    n_vocab: int
+    n_ctx_train: int
+    max_model_len: int
+    context_size: int
+    max_num_seqs: int
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+    add_bos: bool
+    architecture: str
+    n_params: int
+    size_bytes: int

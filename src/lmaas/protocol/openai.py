@@ -1,0 +1,217 @@
+"""OpenAI-compatible request and response models.
+
+Field constraints here are the fixed ones (OpenAI's ranges); limits an operator configures
+(`max_tokens`, `n`, logprobs, stop strings) are checked in ``gateway/serving``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+Float = StrictFloat | StrictInt
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored (clients send vendor extras), known ones are typed strictly.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class StreamOptions(_Request):
+    include_usage: StrictBool = False
+
+
+class JsonSchemaFormat(_Request):
+    name: StrictStr = "response"
+    description: StrictStr | None = None
+    schema_: Annotated[dict[str, Any], Field(alias="schema")] = Field(default_factory=dict)
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class SamplingFields(_Request):
+    """Sampling fields shared by chat and completions (vLLM's extensions included)."""
+
+    model: StrictStr
+    temperature: Annotated[Float | None, Field(ge=0.0, le=2.0)] = None
+    top_p: Annotated[Float | None, Field(gt=0.0, le=1.0)] = None
+    top_k: Annotated[StrictInt | None, Field(ge=-1)] = None
+    min_p: Annotated[Float | None, Field(ge=0.0, le=1.0)] = None
+    repetition_penalty: Annotated[Float | None, Field(gt=0.0, le=2.0)] = None
+    presence_penalty: Annotated[Float | None, Field(ge=-2.0, le=2.0)] = None
+    frequency_penalty: Annotated[Float | None, Field(ge=-2.0, le=2.0)] = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: Annotated[StrictInt | None, Field(ge=-(2**63), le=2**64 - 1)] = None
+    n: Annotated[StrictInt, Field(ge=1)] = 1
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    logit_bias: dict[str, Float] | None = None
+    user: StrictStr | None = None
+    ignore_eos: StrictBool = False
+    include_stop_str_in_output: StrictBool = False
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        for key, bias in value.items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias keys must be token ids (integers), got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"logit_bias values must be in [-100, 100], got {bias}")
+        return value
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
+    max_completion_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[StrictInt | None, Field(ge=0)] = None
+    response_format: ResponseFormat | None = None
+
+
+PromptType = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: PromptType
+    # 0 is allowed only with echo: scoring a prompt, as evaluation harnesses do.
+    max_tokens: Annotated[StrictInt | None, Field(ge=0)] = 16
+    echo: StrictBool = False
+    logprobs: Annotated[StrictInt | None, Field(ge=0)] = None
+    suffix: StrictStr | None = None
+    best_of: Annotated[StrictInt | None, Field(ge=1)] = None
+    response_format: ResponseFormat | None = None
+
+
+# --- responses -------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatChoiceLogprobs(BaseModel):
+    content: list[ChatLogprob] | None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatChoiceLogprobs | None = None
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "lmaas"
+    max_model_len: int | None = None
+    ready: bool = False
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

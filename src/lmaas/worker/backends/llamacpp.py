@@ -1,0 +1,288 @@
+"""llama.cpp through llama-cpp-python's low-level API: one context, many sequence slots.
+
+This module and the other backends are the only places that import a model library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+from lmaas.config import EngineConfig, cpu_threads
+from lmaas.protocol.engine import ModelInfo, SamplingParams
+
+log = logging.getLogger(__name__)
+
+_GREEDY_EPS = 1e-5
+
+
+class BackendError(Exception):
+    """The backend refused an input; the message is safe to show to the client."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEntry:
+    slot: int
+    pos: int
+    token: int
+    want_logits: bool
+
+
+def _quiet_log_callback() -> object:
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if level <= 2:  # GGML_LOG_LEVEL_ERROR and worse
+            log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+    return _cb
+
+
+class LlamaCppBackend:
+    """Owns the model, the context and one reusable batch. Not thread-safe: one loop drives it,
+    except ``tokenize``/``piece`` which only read the vocabulary."""
+
+    def __init__(self, name: str, path: Path, config: EngineConfig) -> None:
+        self._log_cb = _quiet_log_callback()
+        llama_cpp.llama_log_set(self._log_cb, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        self.name = name
+        self.path = path
+        mparams = llama_cpp.llama_model_default_params()
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise BackendError(f"llama.cpp could not load {path.name}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = config.context_size
+        cparams.n_batch = config.max_batch_tokens
+        cparams.n_ubatch = config.max_batch_tokens
+        cparams.n_seq_max = config.max_num_seqs
+        cparams.kv_unified = True
+        threads = cpu_threads(config.threads)
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise BackendError("llama.cpp could not create a context")
+        self.context_size = int(llama_cpp.llama_n_ctx(self.ctx))
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.max_batch_tokens = config.max_batch_tokens
+        self.batch = llama_cpp.llama_batch_init(config.max_batch_tokens, 0, 1)
+        self.max_model_len = min(
+            config.max_model_len or self.n_ctx_train, self.n_ctx_train, self.context_size
+        )
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.eos_id = int(llama_cpp.llama_vocab_eos(self.vocab))
+        self.bos_id = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self._pieces: dict[int, bytes] = {}
+
+    # --- vocabulary ----------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(
+            self.vocab, data, len(data), buf, capacity, add_bos and self.add_bos, parse_special
+        )
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(
+                self.vocab, data, len(data), buf, capacity, add_bos and self.add_bos, parse_special
+            )
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for when rendered as output (special tokens render empty)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        out = buf.raw[:n]
+        self._pieces[token] = out
+        return out
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, 256)
+        if n < 0:
+            return None
+        if n >= 256:
+            buf = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, n + 1)
+        return buf.value.decode("utf-8", "replace")
+
+    def info(self) -> ModelInfo:
+        template = llama_cpp.llama_model_chat_template(self.model, None)
+        return ModelInfo(
+            name=self.name,
+            path=str(self.path),
+            n_vocab=self.n_vocab,
+            n_ctx_train=self.n_ctx_train,
+            max_model_len=self.max_model_len,
+            context_size=self.context_size,
+            max_num_seqs=int(llama_cpp.llama_n_seq_max(self.ctx)),
+            chat_template=template.decode("utf-8") if template else None,
+            bos_token=self.piece_special(self.bos_id),
+            eos_token=self.piece_special(self.eos_id),
+            add_bos=self.add_bos,
+            architecture=self._meta("general.architecture") or "unknown",
+            n_params=int(llama_cpp.llama_model_n_params(self.model)),
+            size_bytes=self.path.stat().st_size,
+        )
+
+    def piece_special(self, token: int) -> str:
+        if token < 0:
+            return ""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    # --- sampling ------------------------------------------------------------------------
+
+    def make_sampler(self, params: SamplingParams) -> ctypes.c_void_p:
+        """A llama.cpp sampler chain for one sequence; free it with ``free_sampler``."""
+        sparams = llama_cpp.llama_sampler_chain_default_params()
+        chain = llama_cpp.llama_sampler_chain_init(sparams)
+        add = llama_cpp.llama_sampler_chain_add
+        try:
+            if params.logit_bias:
+                n = len(params.logit_bias)
+                arr = (llama_cpp.llama_logit_bias * n)()
+                for i, (tok, bias) in enumerate(params.logit_bias.items()):
+                    arr[i].token = tok
+                    arr[i].bias = bias
+                add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, n, arr))
+            grammar = self._grammar_text(params)
+            if grammar is not None:
+                g = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+                if not g:
+                    raise BackendError("the grammar could not be parsed", "response_format")
+                add(chain, g)
+            if (
+                params.repetition_penalty != 1.0
+                or params.presence_penalty != 0.0
+                or params.frequency_penalty != 0.0
+            ):
+                add(
+                    chain,
+                    llama_cpp.llama_sampler_init_penalties(
+                        self.n_vocab,
+                        self.max_model_len,  # the whole generated text
+                        params.repetition_penalty,
+                        params.frequency_penalty,
+                        params.presence_penalty,
+                    ),
+                )
+            if params.temperature < _GREEDY_EPS:
+                add(chain, llama_cpp.llama_sampler_init_greedy())
+            else:
+                if params.top_k > 0:
+                    add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+                if params.top_p < 1.0:
+                    add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+                if params.min_p > 0.0:
+                    add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+                add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+                seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+                add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        except BaseException:
+            llama_cpp.llama_sampler_free(chain)
+            raise
+        return chain  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _grammar_text(params: SamplingParams) -> str | None:
+        if params.grammar is not None:
+            return params.grammar
+        if params.json_schema is None:
+            return None
+        from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+        if params.json_schema == {}:
+            return str(JSON_GBNF)
+        try:
+            return str(json_schema_to_gbnf(json.dumps(params.json_schema)))
+        except Exception as exc:  # the converter raises many kinds on schemas it cannot express
+            raise BackendError(
+                f"the JSON schema cannot be turned into a grammar: {exc}",
+                "response_format.json_schema.schema",
+            ) from exc
+
+    def sample(self, sampler: ctypes.c_void_p, batch_index: int) -> int:
+        """Sample from the logits of batch entry ``batch_index``; the chain accepts the token."""
+        return int(llama_cpp.llama_sampler_sample(sampler, self.ctx, batch_index))
+
+    def accept(self, sampler: ctypes.c_void_p, token: int) -> None:
+        llama_cpp.llama_sampler_accept(sampler, token)
+
+    @staticmethod
+    def free_sampler(sampler: ctypes.c_void_p) -> None:
+        llama_cpp.llama_sampler_free(sampler)
+
+    def logprobs_row(self, batch_index: int) -> npt.NDArray[np.float32]:
+        """Log-softmax of the raw logits of batch entry ``batch_index`` (a copy)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, batch_index)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float32)
+        logits -= logits.max()
+        logits -= np.log(np.exp(logits).sum())
+        return logits
+
+    # --- the batch -----------------------------------------------------------------------
+
+    def clear_slot(self, slot: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
+
+    def decode(self, entries: Sequence[BatchEntry]) -> int:
+        """Decode one batch; returns llama_decode's status (0 ok, 1 no KV room, else error).
+
+        Logits and samples of entry ``i`` (with ``want_logits``) are then read with index ``i``.
+        """
+        batch = self.batch
+        n = len(entries)
+        if n > self.max_batch_tokens:
+            raise ValueError("batch larger than max_batch_tokens")
+        tok, pos, nseq, seq, logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        for i, e in enumerate(entries):
+            tok[i] = e.token
+            pos[i] = e.pos
+            nseq[i] = 1
+            seq[i][0] = e.slot
+            logits[i] = e.want_logits
+        batch.n_tokens = n
+        return int(llama_cpp.llama_decode(self.ctx, batch))
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)

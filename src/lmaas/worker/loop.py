@@ -1,0 +1,385 @@
+"""The worker's step loop: take new requests, schedule, decode one batch, sample, emit.
+
+One thread runs ``EngineLoop.run``; the IPC reader thread only calls ``submit`` and ``abort``
+(which go through a queue) and ``prepare`` (which reads the vocabulary, never the context).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lmaas.protocol.engine import (
+    FinishReason,
+    GenerateRequest,
+    TokenEvent,
+    TokenLogprob,
+)
+from lmaas.worker.backends.llamacpp import BackendError, BatchEntry, LlamaCppBackend
+from lmaas.worker.scheduler import Scheduler, SchedulerConfig, StepPlan
+from lmaas.worker.text import IncrementalDecoder, StopMatcher
+
+log = logging.getLogger(__name__)
+
+EmitFn = Callable[[list[TokenEvent], dict[str, int]], None]
+
+
+class RequestRejected(Exception):
+    """A request the worker will not run; carries the OpenAI error fields."""
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400
+    ) -> None:
+        super().__init__(message)
+        self.error = {"status": status, "message": message, "param": param, "code": code}
+
+
+@dataclass(slots=True)
+class ActiveRequest:
+    req: GenerateRequest
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampler: ctypes.c_void_p
+    arrival: float
+    decoder: IncrementalDecoder = field(default_factory=IncrementalDecoder)
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher([]))
+    completion_tokens: int = 0
+    queue_time: float | None = None
+    queue_time_sent: bool = False
+    prompt_logprobs: list[TokenLogprob] | None = None
+
+
+class EngineLoop:
+    def __init__(
+        self,
+        backend: LlamaCppBackend,
+        emit: EmitFn,
+        *,
+        max_num_seqs: int,
+        max_batch_tokens: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.emit = emit
+        self.clock = clock
+        # A few cells of slack: llama.cpp may need room beyond the exact token count.
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_seqs=max_num_seqs,
+                max_batch_tokens=max_batch_tokens,
+                kv_capacity=backend.context_size - max_num_seqs,
+            )
+        )
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._active: dict[str, ActiveRequest] = {}
+        self._stop = threading.Event()
+        self.steps = 0
+        self.last_step_at = clock()
+
+    # --- called from other threads -------------------------------------------------------
+
+    def prepare(self, req: GenerateRequest) -> ActiveRequest:
+        """Tokenize and validate; raises ``RequestRejected`` with a client-facing message."""
+        b = self.backend
+        if isinstance(req.prompt, str):
+            if not req.prompt:
+                raise RequestRejected("the prompt is empty", param="prompt")
+            ids = b.tokenize(req.prompt, add_bos=req.add_bos, parse_special=req.parse_special)
+        else:
+            ids = list(req.prompt)
+            bad = next((t for t in ids if not 0 <= t < b.n_vocab), None)
+            if bad is not None:
+                raise RequestRejected(
+                    f"token id {bad} is outside the vocabulary (0..{b.n_vocab - 1})",
+                    param="prompt",
+                )
+        if not ids:
+            raise RequestRejected("the prompt is empty", param="prompt")
+        limit = b.max_model_len
+        if len(ids) >= limit and not (req.max_tokens == 0 and len(ids) <= limit):
+            raise RequestRejected(
+                f"the prompt is {len(ids)} tokens; this model's limit is {limit} tokens "
+                "for prompt and completion together",
+                param="messages" if req.parse_special else "prompt",
+                code="context_length_exceeded",
+            )
+        max_new = req.max_tokens if req.max_tokens is not None else limit - len(ids)
+        if len(ids) + max_new > limit:
+            raise RequestRejected(
+                f"prompt ({len(ids)} tokens) + max_tokens ({max_new}) = {len(ids) + max_new} "
+                f"exceeds this model's limit of {limit} tokens; lower max_tokens or shorten "
+                "the prompt",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        bad_bias = next((t for t in req.sampling.logit_bias if not 0 <= t < b.n_vocab), None)
+        if bad_bias is not None:
+            raise RequestRejected(
+                f"logit_bias token id {bad_bias} is outside the vocabulary (0..{b.n_vocab - 1})",
+                param="logit_bias",
+            )
+        try:
+            sampler = b.make_sampler(req.sampling)
+        except BackendError as exc:
+            raise RequestRejected(str(exc), param=exc.param) from exc
+        return ActiveRequest(
+            req=req,
+            prompt_ids=ids,
+            max_new_tokens=max_new,
+            sampler=sampler,
+            arrival=self.clock(),
+            stops=StopMatcher(req.stop, include_stop=req.include_stop_str),
+        )
+
+    def submit(self, active: ActiveRequest) -> None:
+        self._inbox.put(("add", active))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._inbox.put(("wake", None))
+
+    def stats(self) -> dict[str, int]:
+        return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting}
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self._drain_inbox(block=not self.scheduler.has_work())
+            if self.scheduler.has_work():
+                self.step()
+        for rid in list(self._active):
+            self._close(rid)
+
+    def _drain_inbox(self, *, block: bool) -> None:
+        try:
+            kind, payload = self._inbox.get(block=block, timeout=0.5 if block else None)
+        except queue.Empty:
+            return
+        events: list[TokenEvent] = []
+        while True:
+            if kind == "add":
+                self._add(payload)
+            elif kind == "abort" and payload in self._active:
+                active = self._active[payload]
+                self.scheduler.finish(payload)
+                events.append(self._final_event(active, FinishReason.ABORT, ""))
+                self._close(payload)
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+        if events:
+            self.emit(events, self.stats())
+
+    def _add(self, active: ActiveRequest) -> None:
+        rid = active.req.request_id
+        if rid in self._active:  # a duplicate id would corrupt the other request's slot
+            self.backend.free_sampler(active.sampler)
+            return
+        self._active[rid] = active
+        self.scheduler.add_request(
+            rid,
+            active.prompt_ids,
+            active.max_new_tokens,
+            want_prompt_logits=active.req.prompt_logprobs is not None,
+        )
+
+    def step(self) -> None:
+        plan = self.scheduler.schedule()
+        for slot in plan.released_slots:
+            self.backend.clear_slot(slot)
+        now = self.clock()
+        for rid in plan.admitted:
+            active = self._active[rid]
+            if active.queue_time is None:
+                active.queue_time = now - active.arrival
+        if plan.empty:
+            return
+        entries, sample_at = self._build_batch(plan)
+        status = self.backend.decode(entries)
+        self.steps += 1
+        self.last_step_at = self.clock()
+        if status == 1:
+            shed = self.scheduler.on_decode_failure()
+            log.warning("KV cache full; preempted %s", shed)
+            return
+        if status != 0:
+            self._fail_plan(plan, f"the engine failed to decode (status {status})")
+            return
+        self._collect_prompt_logprobs(plan, sample_at)
+        sampled, logprobs = self._sample(plan, sample_at)
+        updates = self.scheduler.update_from_output(plan, sampled)
+        events = [self._advance(u.request_id, u.new_token, u.finished_by_length, logprobs)
+                  for u in updates]
+        self.emit([e for e in events if e is not None], self.stats())
+
+    def _build_batch(self, plan: StepPlan) -> tuple[list[BatchEntry], dict[str, int]]:
+        entries: list[BatchEntry] = []
+        sample_at: dict[str, int] = {}  # request id -> batch index of its last token
+        for work in plan.work:
+            last = len(work.token_ids) - 1
+            for j, token in enumerate(work.token_ids):
+                want = work.all_logits or (work.sample and j == last)
+                entries.append(BatchEntry(work.slot, work.start_pos + j, token, want))
+            sample_at[work.request_id] = len(entries) - 1
+        return entries, sample_at
+
+    def _sample(
+        self, plan: StepPlan, sample_at: dict[str, int]
+    ) -> tuple[dict[str, int], dict[str, TokenLogprob]]:
+        sampled: dict[str, int] = {}
+        logprobs: dict[str, TokenLogprob] = {}
+        for work in plan.work:
+            if not work.sample:
+                continue
+            active = self._active[work.request_id]
+            idx = sample_at[work.request_id]
+            token = self.backend.sample(active.sampler, idx)
+            sampled[work.request_id] = token
+            k = active.req.logprobs
+            if k is not None:
+                logprobs[work.request_id] = self._logprob_entry(
+                    self.backend.logprobs_row(idx), token, k
+                )
+        return sampled, logprobs
+
+    def _collect_prompt_logprobs(self, plan: StepPlan, sample_at: dict[str, int]) -> None:
+        for work in plan.work:
+            if not work.all_logits:
+                continue
+            active = self._active[work.request_id]
+            seq = self.scheduler.get(work.request_id)
+            k = active.req.prompt_logprobs
+            if seq is None or k is None:
+                continue
+            if active.prompt_logprobs is None:
+                first = seq.tokens[0]
+                active.prompt_logprobs = [
+                    TokenLogprob(first, self._text(first), list(self.backend.piece(first)), None)
+                ]
+            base = sample_at[work.request_id] - len(work.token_ids) + 1
+            for j in range(len(work.token_ids)):
+                target_pos = work.start_pos + j + 1
+                if target_pos >= seq.prompt_len:
+                    break
+                row = self.backend.logprobs_row(base + j)
+                active.prompt_logprobs.append(
+                    self._logprob_entry(row, seq.tokens[target_pos], k)
+                )
+
+    def _logprob_entry(self, row: npt.NDArray[np.float32], token: int, k: int) -> TokenLogprob:
+        top: list[tuple[int, str, list[int], float]] = []
+        if k > 0:
+            ids = np.argpartition(row, -k)[-k:]
+            ids = ids[np.argsort(row[ids])[::-1]]
+            top = [
+                (int(t), self._text(int(t)), list(self.backend.piece(int(t))), float(row[t]))
+                for t in ids
+            ]
+        return TokenLogprob(
+            token, self._text(token), list(self.backend.piece(token)), float(row[token]), top
+        )
+
+    def _text(self, token: int) -> str:
+        return self.backend.piece(token).decode("utf-8", "replace")
+
+    def _advance(
+        self,
+        rid: str,
+        token: int | None,
+        at_length: bool,
+        logprobs: dict[str, TokenLogprob],
+    ) -> TokenEvent | None:
+        active = self._active.get(rid)
+        if active is None:
+            return None
+        text = ""
+        finish: FinishReason | None = None
+        token_ids: list[int] = []
+        if token is not None:
+            if self.backend.is_eog(token) and not active.req.ignore_eos:
+                finish = FinishReason.STOP
+            else:
+                active.completion_tokens += 1
+                token_ids.append(token)
+                text, hit_stop = active.stops.feed(active.decoder.feed(self.backend.piece(token)))
+                if hit_stop:
+                    finish = FinishReason.STOP
+        if finish is None and at_length:
+            finish = FinishReason.LENGTH
+        if finish is not None:
+            if finish is not FinishReason.STOP or not active.stops.stopped:
+                tail, _ = active.stops.feed(active.decoder.flush())
+                text += tail + active.stops.flush()
+            lp = [logprobs[rid]] if rid in logprobs and token_ids else None
+            event = self._final_event(active, finish, text, token_ids, lp)
+            self.scheduler.finish(rid)
+            self._close(rid)
+            return event
+        event = TokenEvent(
+            request_id=rid,
+            text=text,
+            token_ids=token_ids,
+            logprobs=[logprobs[rid]] if rid in logprobs else None,
+            completion_tokens=active.completion_tokens,
+            prompt_tokens=len(active.prompt_ids),
+        )
+        self._attach_once(active, event)
+        return event
+
+    def _final_event(
+        self,
+        active: ActiveRequest,
+        finish: FinishReason,
+        text: str,
+        token_ids: list[int] | None = None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> TokenEvent:
+        event = TokenEvent(
+            request_id=active.req.request_id,
+            text=text,
+            token_ids=token_ids or [],
+            logprobs=logprobs,
+            finish_reason=finish,
+            prompt_tokens=len(active.prompt_ids),
+            completion_tokens=active.completion_tokens,
+        )
+        self._attach_once(active, event)
+        return event
+
+    def _attach_once(self, active: ActiveRequest, event: TokenEvent) -> None:
+        if not active.queue_time_sent:
+            event.queue_time = active.queue_time
+            event.prompt_logprobs = active.prompt_logprobs
+            active.queue_time_sent = True
+
+    def _fail_plan(self, plan: StepPlan, message: str) -> None:
+        events = []
+        for work in plan.work:
+            active = self._active.get(work.request_id)
+            if active is None:
+                continue
+            self.scheduler.finish(work.request_id)
+            event = self._final_event(active, FinishReason.ABORT, "")
+            event.error = {"status": 500, "message": message, "param": None, "code": None}
+            events.append(event)
+            self._close(work.request_id)
+        self.emit(events, self.stats())
+
+    def _close(self, rid: str) -> None:
+        active = self._active.pop(rid, None)
+        if active is not None:
+            self.backend.free_sampler(active.sampler)

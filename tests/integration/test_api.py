@@ -1,0 +1,246 @@
+"""The HTTP layer in-process against a fake engine: shapes, streaming, errors, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.bad_inputs import CASES, check_error_envelope, encode
+from tests.fakes import FakeEngine
+
+CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+def sse_payloads(text: str) -> list[Any]:
+    events = [line[len("data: "):] for line in text.split("\n") if line.startswith("data: ")]
+    assert events and events[-1] == "[DONE]", text
+    return [json.loads(e) for e in events[:-1]]
+
+
+async def test_chat_completion_shape(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "abc-1"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"] == "abc-1"
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["id"] == "chatcmpl-abc-1"
+    choice = body["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": " w0 w1 w2"}
+    assert choice["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 3
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 3
+
+
+async def test_request_id_is_generated_when_absent_or_unsafe(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "a b\x01"})
+    rid = r.headers["x-request-id"]
+    assert rid != "a b\x01" and len(rid) == 32
+
+
+async def test_chat_stream_with_usage(client: httpx.AsyncClient) -> None:
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    chunks = sse_payloads(r.text)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == " w0 w1 w2"
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "length" and all(f is None for f in finishes[:-1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+    assert all(c["usage"] is None for c in chunks[:-1])
+
+
+async def test_stream_without_usage_has_no_usage_field(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert all("usage" not in c for c in sse_payloads(r.text))
+
+
+async def test_n_choices_get_consecutive_seeds(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    r = await client.post(
+        "/v1/chat/completions", json={**CHAT, "n": 3, "seed": 41, "temperature": 0.7}
+    )
+    assert r.status_code == 200
+    assert [c["index"] for c in r.json()["choices"]] == [0, 1, 2]
+    assert sorted(req.sampling.seed for req in engine.requests) == [41, 42, 43]
+    assert r.json()["usage"]["completion_tokens"] == 9
+
+
+async def test_sampling_parameters_reach_the_engine(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    body = {**CHAT, "temperature": 0.5, "top_k": 5, "top_p": 0.9, "min_p": 0.1,
+            "repetition_penalty": 1.1, "presence_penalty": 0.5, "frequency_penalty": -0.5,
+            "logit_bias": {"7": -100}, "stop": ["x"], "seed": 3}
+    assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    s = engine.requests[0].sampling
+    assert (s.temperature, s.top_k, s.top_p, s.min_p) == (0.5, 5, 0.9, 0.1)
+    assert (s.repetition_penalty, s.presence_penalty, s.frequency_penalty) == (1.1, 0.5, -0.5)
+    assert s.logit_bias == {7: -100.0} and s.seed == 3
+    assert engine.requests[0].stop == ["x"]
+
+
+async def test_json_object_format_becomes_empty_schema(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    body = {**CHAT, "response_format": {"type": "json_object"}}
+    assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    assert engine.requests[0].sampling.json_schema == {}
+
+
+async def test_stop_string_finishes_with_stop(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 5, "stop": "w2"})
+    assert r.json()["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_completions_echo_logprobs(client: httpx.AsyncClient) -> None:
+    body = {"model": "fake", "prompt": "abc", "max_tokens": 2, "echo": True, "logprobs": 1}
+    r = await client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["text"] == "abc w0 w1"
+    lp = choice["logprobs"]
+    # 3 prompt tokens (the first has no logprob) + 2 generated tokens
+    assert lp["token_logprobs"][0] is None and len(lp["tokens"]) == 5
+    assert lp["top_logprobs"][0] is None and lp["text_offset"][3] == 3
+
+
+async def test_completions_max_tokens_zero_with_echo_scores_prompt(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"model": "fake", "prompt": "abcd", "max_tokens": 0, "echo": True, "logprobs": 0}
+    r = await client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["text"] == "abcd" and r.json()["usage"]["completion_tokens"] == 0
+
+
+async def test_completions_many_prompts(client: httpx.AsyncClient) -> None:
+    body = {"model": "fake", "prompt": ["a", "bb"], "max_tokens": 1, "n": 2, "temperature": 1}
+    r = await client.post("/v1/completions", json=body)
+    choices = r.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    assert r.json()["usage"]["prompt_tokens"] == 3
+
+
+async def test_completions_stream(client: httpx.AsyncClient) -> None:
+    body = {"model": "fake", "prompt": "a", "max_tokens": 2, "stream": True}
+    r = await client.post("/v1/completions", json=body)
+    chunks = sse_payloads(r.text)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == " w0 w1"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "param"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+async def test_bad_input_table(
+    client: httpx.AsyncClient,
+    path: str,
+    body: Any,
+    headers: dict[str, str],
+    status: int,
+    param: str | None,
+) -> None:
+    r = await client.post(
+        path, content=encode(body, "fake"),
+        headers={"content-type": "application/json", **headers},
+    )
+    assert r.status_code == status, r.text
+    err = check_error_envelope(r.json())
+    if param is not None:
+        assert err["param"] == param, err
+
+
+async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/nope")
+    assert r.status_code == 404 and check_error_envelope(r.json())
+    r = await client.get("/v1/chat/completions")
+    assert r.status_code == 405 and check_error_envelope(r.json())
+
+
+async def test_queue_full_gives_429_with_retry_after(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    engine.hold = asyncio.Event()
+    # capacity 4 + max_queue 2 = 6 in flight
+    held = [asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+            for _ in range(6)]
+    for _ in range(200):
+        if engine.outstanding == 6:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.outstanding == 6
+    r = await client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert check_error_envelope(r.json())["type"] == "rate_limit_error"
+    engine.hold.set()
+    assert all(x.status_code == 200 for x in await asyncio.gather(*held))
+
+
+async def test_dead_worker_gives_503_and_not_ready(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    assert (await client.get("/ready")).status_code == 200
+    engine.ready = False
+    r = await client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 503 and "retry-after" in r.headers
+    check_error_envelope(r.json())
+    ready = await client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["models"]["fake"]["ready"] is False
+    assert (await client.get("/health")).status_code == 200
+
+
+async def test_midstream_failure_ends_stream_with_error_event(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    engine.fail_midstream = True
+    r = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 5, "stream": True})
+    chunks = sse_payloads(r.text)
+    assert "error" in chunks[-1] and chunks[-1]["error"]["code"] == "model_unavailable"
+
+
+async def test_metrics_count_requests_by_status(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/chat/completions", json=CHAT)
+    await client.post("/v1/chat/completions", json={**CHAT, "temperature": -1})
+    text = (await client.get("/metrics")).text
+    assert 'lmaas_requests_total{endpoint="/v1/chat/completions",model="fake",status="200"} 1.0' \
+        in text
+    assert 'status="400"' in text
+    assert "lmaas_time_to_first_token_seconds_bucket" in text
+    assert 'lmaas_generation_tokens_total{model="fake"} 3.0' in text
+
+
+async def test_access_log_line_per_request(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("lmaas.access")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        await client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "log-1"})
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(records[-1].getMessage())
+    assert line["request_id"] == "log-1" and line["status"] == 200
+    assert line["model"] == "fake" and line["completion_tokens"] == 3
+
+
+async def test_models_and_openapi(client: httpx.AsyncClient) -> None:
+    models = (await client.get("/v1/models")).json()
+    assert models["object"] == "list" and models["data"][0]["id"] == "fake"
+    assert (await client.get("/v1/models/fake")).json()["max_model_len"] == 256
+    assert (await client.get("/v1/models/other")).status_code == 404
+    spec = (await client.get("/openapi.json")).json()
+    assert "/v1/chat/completions" in spec["paths"] and "/v1/completions" in spec["paths"]
