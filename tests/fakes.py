@@ -16,7 +16,7 @@ from lmaas.protocol.engine import (
 )
 
 N_VOCAB = 1000
-MAX_MODEL_LEN = 256
+MAX_MODEL_LEN = 8192
 
 
 def fake_info(name: str) -> ModelInfo:
@@ -29,7 +29,7 @@ def fake_info(name: str) -> ModelInfo:
 
 
 class FakeEngine(EngineClient):
-    """Emits ``w0 w1 w2 ...`` one word per token. The prompt is one token per character.
+    """Emits ``w0 w1 w2 ...`` one word per token. A text prompt is one token per word.
 
     ``ready=False`` mimics a dead worker; ``hold`` makes generation wait until released so
     tests can fill the queue; ``fail_midstream`` breaks the stream after two tokens.
@@ -70,7 +70,8 @@ class FakeEngine(EngineClient):
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
         if not self.ready:
             raise ServiceUnavailableError("fake worker down")
-        prompt_len = len(request.prompt)
+        prompt = request.prompt
+        prompt_len = len(prompt.split()) if isinstance(prompt, str) else len(prompt)
         if prompt_len == 0:
             raise InvalidRequestError("the prompt is empty", param="prompt")
         if isinstance(request.prompt, list) and any(t >= N_VOCAB for t in request.prompt):

@@ -100,15 +100,15 @@ async def test_stop_string_finishes_with_stop(client: httpx.AsyncClient) -> None
 
 
 async def test_completions_echo_logprobs(client: httpx.AsyncClient) -> None:
-    body = {"model": "fake", "prompt": "abc", "max_tokens": 2, "echo": True, "logprobs": 1}
+    body = {"model": "fake", "prompt": "a b c", "max_tokens": 2, "echo": True, "logprobs": 1}
     r = await client.post("/v1/completions", json=body)
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
-    assert choice["text"] == "abc w0 w1"
+    assert choice["text"] == "a b c w0 w1"
     lp = choice["logprobs"]
     # 3 prompt tokens (the first has no logprob) + 2 generated tokens
     assert lp["token_logprobs"][0] is None and len(lp["tokens"]) == 5
-    assert lp["top_logprobs"][0] is None and lp["text_offset"][3] == 3
+    assert lp["top_logprobs"][0] is None and lp["text_offset"][3] == 5
 
 
 async def test_completions_max_tokens_zero_with_echo_scores_prompt(
@@ -122,7 +122,7 @@ async def test_completions_max_tokens_zero_with_echo_scores_prompt(
 
 
 async def test_completions_many_prompts(client: httpx.AsyncClient) -> None:
-    body = {"model": "fake", "prompt": ["a", "bb"], "max_tokens": 1, "n": 2, "temperature": 1}
+    body = {"model": "fake", "prompt": ["a", "b b"], "max_tokens": 1, "n": 2, "temperature": 1}
     r = await client.post("/v1/completions", json=body)
     choices = r.json()["choices"]
     assert [c["index"] for c in choices] == [0, 1, 2, 3]
@@ -240,7 +240,7 @@ async def test_access_log_line_per_request(
 async def test_models_and_openapi(client: httpx.AsyncClient) -> None:
     models = (await client.get("/v1/models")).json()
     assert models["object"] == "list" and models["data"][0]["id"] == "fake"
-    assert (await client.get("/v1/models/fake")).json()["max_model_len"] == 256
+    assert (await client.get("/v1/models/fake")).json()["max_model_len"] == 8192
     assert (await client.get("/v1/models/other")).status_code == 404
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/completions" in spec["paths"]

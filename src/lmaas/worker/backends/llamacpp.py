@@ -43,7 +43,7 @@ class BatchEntry:
 def _quiet_log_callback() -> object:
     @llama_cpp.llama_log_callback  # type: ignore[misc]
     def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if level <= 2:  # GGML_LOG_LEVEL_ERROR and worse
+        if level == 4:  # GGML_LOG_LEVEL_ERROR (0 none, 1 debug, 2 info, 3 warn, 5 cont)
             log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
     return _cb
