@@ -55,6 +55,10 @@ class GenerateRequest(BaseModel):
     logprobs: int | None = None  # None = none; k >= 0 = chosen token + k alternatives
     prompt_logprobs: int | None = None  # same, for the prompt tokens (completions echo)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    # The `n` choices of one HTTP request share a group: the worker admits them in one step,
+    # so a seeded request sees the same batch shapes (and so the same numerics) every time.
+    group: str | None = None
+    group_size: int = 1
 
 
 @dataclass(slots=True)

@@ -81,6 +81,7 @@ class EngineLoop:
         )
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._active: dict[str, ActiveRequest] = {}
+        self._groups: dict[str, list[ActiveRequest]] = {}
         self._stop = threading.Event()
         self.steps = 0
         self.last_step_at = clock()
@@ -171,7 +172,9 @@ class EngineLoop:
         events: list[TokenEvent] = []
         while True:
             if kind == "add":
-                self._add(payload)
+                self._add_or_hold(payload)
+            elif kind == "abort" and self._drop_held(payload):
+                pass
             elif kind == "abort" and payload in self._active:
                 active = self._active[payload]
                 self.scheduler.finish(payload)
@@ -183,6 +186,36 @@ class EngineLoop:
                 break
         if events:
             self.emit(events, self.stats())
+
+    def _add_or_hold(self, active: ActiveRequest) -> None:
+        """Add a request, or hold it until every member of its group has arrived."""
+        group, size = active.req.group, active.req.group_size
+        if group is None or size <= 1:
+            self._add(active)
+            return
+        members = self._groups.setdefault(group, [])
+        members.append(active)
+        if len(members) >= size:
+            del self._groups[group]
+            for member in members:
+                self._add(member)
+
+    def _drop_held(self, request_id: str) -> bool:
+        """Abort a request still held for its group; the rest of the group stops waiting."""
+        for group, members in self._groups.items():
+            member = next((m for m in members if m.req.request_id == request_id), None)
+            if member is None:
+                continue
+            members.remove(member)
+            self.backend.free_sampler(member.sampler)
+            for other in members:
+                other.req.group_size -= 1
+            if not members or len(members) >= members[0].req.group_size:
+                del self._groups[group]
+                for other in members:
+                    self._add(other)
+            return True
+        return False
 
     def _add(self, active: ActiveRequest) -> None:
         rid = active.req.request_id

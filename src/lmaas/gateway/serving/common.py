@@ -274,9 +274,15 @@ def new_generate_requests(
     sampling: list[SamplingParams],
     **kwargs: Any,
 ) -> list[GenerateRequest]:
+    group = uuid.uuid4().hex if len(sampling) > 1 else None
     return [
         GenerateRequest(
-            request_id=engine_request_id(request_id, i), prompt=prompt, sampling=s, **kwargs
+            request_id=engine_request_id(request_id, i),
+            prompt=prompt,
+            sampling=s,
+            group=group,
+            group_size=len(sampling),
+            **kwargs,
         )
         for i, s in enumerate(sampling)
     ]
