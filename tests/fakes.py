@@ -21,10 +21,20 @@ MAX_MODEL_LEN = 8192
 
 def fake_info(name: str) -> ModelInfo:
     return ModelInfo(
-        name=name, path="/fake.gguf", n_vocab=N_VOCAB, n_ctx_train=MAX_MODEL_LEN,
-        max_model_len=MAX_MODEL_LEN, context_size=1024, max_num_seqs=4,
-        chat_template=None, bos_token="<s>", eos_token="</s>", add_bos=False,
-        architecture="fake", n_params=1, size_bytes=1,
+        name=name,
+        path="/fake.gguf",
+        n_vocab=N_VOCAB,
+        n_ctx_train=MAX_MODEL_LEN,
+        max_model_len=MAX_MODEL_LEN,
+        context_size=1024,
+        max_num_seqs=4,
+        chat_template=None,
+        bos_token="<s>",
+        eos_token="</s>",
+        add_bos=False,
+        architecture="fake",
+        n_params=1,
+        size_bytes=1,
     )
 
 
@@ -60,7 +70,8 @@ class FakeEngine(EngineClient):
     def health(self) -> EngineHealth:
         state = "ready" if self.ready else "failed"
         return EngineHealth(
-            ready=self.ready, running=len(self._outstanding),
+            ready=self.ready,
+            running=len(self._outstanding),
             replicas=[ReplicaHealth(index=0, state=state)],
         )
 
@@ -101,8 +112,13 @@ class FakeEngine(EngineClient):
                     lp = [TokenLogprob(i, word, list(word.encode()), -0.5, top)]
                 if hit is not None:
                     finished = True
-                    yield TokenEvent(rid, text="", finish_reason=FinishReason.STOP,
-                                     prompt_tokens=prompt_len, completion_tokens=i + 1)
+                    yield TokenEvent(
+                        rid,
+                        text="",
+                        finish_reason=FinishReason.STOP,
+                        prompt_tokens=prompt_len,
+                        completion_tokens=i + 1,
+                    )
                     return
                 last = i == max_new - 1
                 plp = None
@@ -112,17 +128,25 @@ class FakeEngine(EngineClient):
                     ]
                 finished = last
                 yield TokenEvent(
-                    rid, text=word, token_ids=[i], logprobs=lp,
+                    rid,
+                    text=word,
+                    token_ids=[i],
+                    logprobs=lp,
                     finish_reason=FinishReason.LENGTH if last else None,
-                    prompt_tokens=prompt_len, completion_tokens=i + 1, queue_time=0.001,
+                    prompt_tokens=prompt_len,
+                    completion_tokens=i + 1,
+                    queue_time=0.001,
                     prompt_logprobs=plp,
                 )
                 await asyncio.sleep(0)
             if max_new == 0:
                 finished = True
-                yield TokenEvent(rid, finish_reason=FinishReason.LENGTH,
-                                 prompt_tokens=prompt_len, prompt_logprobs=[
-                                     TokenLogprob(0, "p", [112], None)])
+                yield TokenEvent(
+                    rid,
+                    finish_reason=FinishReason.LENGTH,
+                    prompt_tokens=prompt_len,
+                    prompt_logprobs=[TokenLogprob(0, "p", [112], None)],
+                )
         finally:
             self._outstanding.discard(rid)
             if not finished:

@@ -142,9 +142,9 @@ class Limits(BaseModel):
     max_body_bytes: Annotated[
         int, Field(ge=1024, description="Largest request body accepted (413 beyond)")
     ] = 2 * 1024 * 1024
-    max_tokens: Annotated[int, Field(ge=1, description="Largest `max_tokens` a request may ask")] = (
-        4096
-    )
+    max_tokens: Annotated[
+        int, Field(ge=1, description="Largest `max_tokens` a request may ask")
+    ] = 4096
     max_n: Annotated[int, Field(ge=1, le=128, description="Largest `n` a request may ask")] = 8
     max_logprobs: Annotated[
         int, Field(ge=0, le=100, description="Largest `top_logprobs` / `logprobs`")
@@ -170,16 +170,14 @@ class Settings(BaseSettings):
         env_prefix="LMAAS_", env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    home: Annotated[
-        Path, Field(description="State directory (catalog, blobs, worker sockets)")
-    ] = Path("~/.lmaas")
-    host: Annotated[str, Field(description="Address the HTTP server binds to")] = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535, description="HTTP port (0 = any free port)")] = (
-        8000
+    home: Annotated[Path, Field(description="State directory (catalog, blobs, worker sockets)")] = (
+        Path("~/.lmaas")
     )
-    models: Annotated[
-        list[ModelConfig], Field(min_length=1, description="Models to serve")
-    ] = Field(default_factory=lambda: [ModelConfig(name=DEFAULT_MODEL)])
+    host: Annotated[str, Field(description="Address the HTTP server binds to")] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535, description="HTTP port (0 = any free port)")] = 8000
+    models: Annotated[list[ModelConfig], Field(min_length=1, description="Models to serve")] = (
+        Field(default_factory=lambda: [ModelConfig(name=DEFAULT_MODEL)])
+    )
     limits: Limits = Field(default_factory=Limits)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: Annotated[bool, Field(description="One JSON log line per request")] = True

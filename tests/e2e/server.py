@@ -43,8 +43,17 @@ class ServerProcess:
         self.log_path = home / "server.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lmaas", "serve", "--port", str(self.port), "--home",
-             str(home), *args],
+            [
+                sys.executable,
+                "-m",
+                "lmaas",
+                "serve",
+                "--port",
+                str(self.port),
+                "--home",
+                str(home),
+                *args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -60,7 +69,7 @@ class ServerProcess:
         try:
             wait_until(ready, timeout, 0.2, "the server to become ready")
         except (TimeoutError, RuntimeError):
-            raise RuntimeError(f"server did not become ready; log:\n{self.log()[-4000:]}")
+            raise RuntimeError(f"server did not become ready; log:\n{self.log()[-4000:]}") from None
 
     def log(self) -> str:
         self._log.flush()

@@ -50,7 +50,11 @@ def test_chat_completion_with_sdk(sdk: openai.OpenAI) -> None:
 def test_stream_equals_non_stream_for_greedy(sdk: openai.OpenAI) -> None:
     full = chat_text(sdk, max_tokens=16, temperature=0)
     stream = sdk.chat.completions.create(
-        model=MODEL, messages=QUESTION, max_tokens=16, temperature=0, stream=True,
+        model=MODEL,
+        messages=QUESTION,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     parts: list[str] = []
@@ -96,7 +100,11 @@ def test_greedy_token_is_the_top_logprob(sdk: openai.OpenAI) -> None:
 
 def test_chat_logprobs(sdk: openai.OpenAI) -> None:
     r = sdk.chat.completions.create(
-        model=MODEL, messages=QUESTION, max_tokens=4, temperature=0, logprobs=True,
+        model=MODEL,
+        messages=QUESTION,
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
         top_logprobs=2,
     )
     content = r.choices[0].logprobs.content  # type: ignore[union-attr]
@@ -166,9 +174,16 @@ def test_sixteen_concurrent_streams_without_cross_talk(server: ServerProcess) ->
             prompt = ", ".join(str(start + k) for k in range(6)) + ","
             text = ""
             with httpx.stream(
-                "POST", f"{server.url}/v1/completions", timeout=120,
-                json={"model": MODEL, "prompt": prompt, "max_tokens": 12, "temperature": 0,
-                      "stream": True},
+                "POST",
+                f"{server.url}/v1/completions",
+                timeout=120,
+                json={
+                    "model": MODEL,
+                    "prompt": prompt,
+                    "max_tokens": 12,
+                    "temperature": 0,
+                    "stream": True,
+                },
             ) as r:
                 assert r.status_code == 200
                 for line in r.iter_lines():
@@ -193,9 +208,16 @@ def test_sixteen_concurrent_streams_without_cross_talk(server: ServerProcess) ->
 
 def test_client_disconnect_frees_its_slot(server: ServerProcess) -> None:
     with httpx.stream(
-        "POST", f"{server.url}/v1/completions", timeout=60,
-        json={"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 2000,
-              "ignore_eos": True, "stream": True},
+        "POST",
+        f"{server.url}/v1/completions",
+        timeout=60,
+        json={
+            "model": MODEL,
+            "prompt": "Tell me a long story.",
+            "max_tokens": 2000,
+            "ignore_eos": True,
+            "stream": True,
+        },
     ) as r:
         got = 0
         for line in r.iter_lines():
@@ -205,12 +227,14 @@ def test_client_disconnect_frees_its_slot(server: ServerProcess) -> None:
                     break
         wait_until(
             lambda: metric(server, "lmaas_num_requests_running", f'model="{MODEL}"') == 1,
-            30, what="the request to be running",
+            30,
+            what="the request to be running",
         )
     # The connection is closed now; the worker must drop the sequence long before 2000 tokens.
     wait_until(
         lambda: metric(server, "lmaas_num_requests_running", f'model="{MODEL}"') == 0,
-        30, what="the aborted request to leave the batch",
+        30,
+        what="the aborted request to leave the batch",
     )
     tokens = metric(server, "lmaas_generation_tokens_total", f'model="{MODEL}"')
     assert tokens < 2000
@@ -230,8 +254,10 @@ def test_bad_input_table(
     param: str | None,
 ) -> None:
     r = httpx.post(
-        f"{server.url}{path}", content=encode(body, MODEL),
-        headers={"content-type": "application/json", **headers}, timeout=60,
+        f"{server.url}{path}",
+        content=encode(body, MODEL),
+        headers={"content-type": "application/json", **headers},
+        timeout=60,
     )
     assert r.status_code == status, r.text
     err = check_error_envelope(r.json())
@@ -248,10 +274,14 @@ def test_server_still_healthy_after_bad_inputs(server: ServerProcess, sdk: opena
 def test_metrics_and_openapi(server: ServerProcess) -> None:
     text = httpx.get(f"{server.url}/metrics").text
     for name in (
-        "lmaas_requests_total", "lmaas_time_to_first_token_seconds_bucket",
-        "lmaas_time_per_output_token_seconds_bucket", "lmaas_e2e_request_latency_seconds_bucket",
-        "lmaas_request_queue_time_seconds_bucket", "lmaas_num_requests_running",
-        "lmaas_num_requests_waiting", "lmaas_prompt_tokens_total",
+        "lmaas_requests_total",
+        "lmaas_time_to_first_token_seconds_bucket",
+        "lmaas_time_per_output_token_seconds_bucket",
+        "lmaas_e2e_request_latency_seconds_bucket",
+        "lmaas_request_queue_time_seconds_bucket",
+        "lmaas_num_requests_running",
+        "lmaas_num_requests_waiting",
+        "lmaas_prompt_tokens_total",
         "lmaas_generation_tokens_total",
     ):
         assert name in text, name

@@ -17,8 +17,9 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(models=[ModelConfig(name="fake", path="/fake.gguf")],
-                    limits=Limits(max_queue=2))
+    return Settings(
+        models=[ModelConfig(name="fake", path="/fake.gguf")], limits=Limits(max_queue=2)
+    )
 
 
 @pytest.fixture

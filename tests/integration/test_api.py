@@ -17,7 +17,7 @@ CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_t
 
 
 def sse_payloads(text: str) -> list[Any]:
-    events = [line[len("data: "):] for line in text.split("\n") if line.startswith("data: ")]
+    events = [line[len("data: ") :] for line in text.split("\n") if line.startswith("data: ")]
     assert events and events[-1] == "[DONE]", text
     return [json.loads(e) for e in events[:-1]]
 
@@ -75,9 +75,19 @@ async def test_n_choices_get_consecutive_seeds(
 async def test_sampling_parameters_reach_the_engine(
     client: httpx.AsyncClient, engine: FakeEngine
 ) -> None:
-    body = {**CHAT, "temperature": 0.5, "top_k": 5, "top_p": 0.9, "min_p": 0.1,
-            "repetition_penalty": 1.1, "presence_penalty": 0.5, "frequency_penalty": -0.5,
-            "logit_bias": {"7": -100}, "stop": ["x"], "seed": 3}
+    body = {
+        **CHAT,
+        "temperature": 0.5,
+        "top_k": 5,
+        "top_p": 0.9,
+        "min_p": 0.1,
+        "repetition_penalty": 1.1,
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.5,
+        "logit_bias": {"7": -100},
+        "stop": ["x"],
+        "seed": 3,
+    }
     assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
     s = engine.requests[0].sampling
     assert (s.temperature, s.top_k, s.top_p, s.min_p) == (0.5, 5, 0.9, 0.1)
@@ -151,7 +161,8 @@ async def test_bad_input_table(
     param: str | None,
 ) -> None:
     r = await client.post(
-        path, content=encode(body, "fake"),
+        path,
+        content=encode(body, "fake"),
         headers={"content-type": "application/json", **headers},
     )
     assert r.status_code == status, r.text
@@ -172,8 +183,7 @@ async def test_queue_full_gives_429_with_retry_after(
 ) -> None:
     engine.hold = asyncio.Event()
     # capacity 4 + max_queue 2 = 6 in flight
-    held = [asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-            for _ in range(6)]
+    held = [asyncio.create_task(client.post("/v1/chat/completions", json=CHAT)) for _ in range(6)]
     for _ in range(200):
         if engine.outstanding == 6:
             break
@@ -212,8 +222,10 @@ async def test_metrics_count_requests_by_status(client: httpx.AsyncClient) -> No
     await client.post("/v1/chat/completions", json=CHAT)
     await client.post("/v1/chat/completions", json={**CHAT, "temperature": -1})
     text = (await client.get("/metrics")).text
-    assert 'lmaas_requests_total{endpoint="/v1/chat/completions",model="fake",status="200"} 1.0' \
+    assert (
+        'lmaas_requests_total{endpoint="/v1/chat/completions",model="fake",status="200"} 1.0'
         in text
+    )
     assert 'status="400"' in text
     assert "lmaas_time_to_first_token_seconds_bucket" in text
     assert 'lmaas_generation_tokens_total{model="fake"} 3.0' in text

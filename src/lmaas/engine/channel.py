@@ -103,9 +103,11 @@ class WorkerChannel:
     def close(self) -> None:
         """Fail every in-flight request with a 503 and drop the connection."""
         if not self.closed:
-            self._fail_all(ServiceUnavailableError(
-                f"the worker serving this model stopped ({self.label}); retry shortly"
-            ))
+            self._fail_all(
+                ServiceUnavailableError(
+                    f"the worker serving this model stopped ({self.label}); retry shortly"
+                )
+            )
             self._writer.close()
         if self._task is not None:
             self._task.cancel()
@@ -120,9 +122,11 @@ class WorkerChannel:
         except (FrameError, OSError) as exc:
             self.close_reason = f"worker channel broke: {exc}"
         finally:
-            self._fail_all(ServiceUnavailableError(
-                f"the worker serving this model stopped ({self.label}); retry shortly"
-            ))
+            self._fail_all(
+                ServiceUnavailableError(
+                    f"the worker serving this model stopped ({self.label}); retry shortly"
+                )
+            )
             self._writer.close()
 
     def _dispatch(self, frame: dict[str, Any]) -> None:
@@ -138,10 +142,14 @@ class WorkerChannel:
                 event = TokenEvent.from_wire(wire)
                 if event.error is not None:
                     e = event.error
-                    queue.put_nowait(error_from_status(
-                        int(e.get("status", 500)), str(e.get("message")),
-                        param=e.get("param"), code=e.get("code"),
-                    ))
+                    queue.put_nowait(
+                        error_from_status(
+                            int(e.get("status", 500)),
+                            str(e.get("message")),
+                            param=e.get("param"),
+                            code=e.get("code"),
+                        )
+                    )
                 else:
                     queue.put_nowait(event)
         elif kind == "accepted":
@@ -152,10 +160,14 @@ class WorkerChannel:
             fut = self._accepts.get(frame.get("r", ""))
             e = frame.get("e") or {}
             if fut is not None and not fut.done():
-                fut.set_exception(error_from_status(
-                    int(e.get("status", 400)), str(e.get("message", "rejected")),
-                    param=e.get("param"), code=e.get("code"),
-                ))
+                fut.set_exception(
+                    error_from_status(
+                        int(e.get("status", 400)),
+                        str(e.get("message", "rejected")),
+                        param=e.get("param"),
+                        code=e.get("code"),
+                    )
+                )
         elif kind == "pong":
             stats = frame.get("s") or {}
             self.running = int(stats.get("running", self.running))

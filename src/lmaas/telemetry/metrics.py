@@ -5,7 +5,21 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
 )
 _TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
@@ -15,25 +29,38 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "lmaas_requests", "Inference requests by final HTTP status",
-            ["model", "endpoint", "status"], registry=r,
+            "lmaas_requests",
+            "Inference requests by final HTTP status",
+            ["model", "endpoint", "status"],
+            registry=r,
         )
         self.ttft = Histogram(
-            "lmaas_time_to_first_token_seconds", "Request arrival to first output token",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            "lmaas_time_to_first_token_seconds",
+            "Request arrival to first output token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.tpot = Histogram(
             "lmaas_time_per_output_token_seconds",
             "Mean time between output tokens of one request (after the first)",
-            ["model"], buckets=_TPOT_BUCKETS, registry=r,
+            ["model"],
+            buckets=_TPOT_BUCKETS,
+            registry=r,
         )
         self.e2e = Histogram(
-            "lmaas_e2e_request_latency_seconds", "Request arrival to last output token",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            "lmaas_e2e_request_latency_seconds",
+            "Request arrival to last output token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_time = Histogram(
-            "lmaas_request_queue_time_seconds", "Time a request waited before first scheduled",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            "lmaas_request_queue_time_seconds",
+            "Time a request waited before first scheduled",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.running = Gauge(
             "lmaas_num_requests_running", "Sequences in the running batch", ["model"], registry=r

@@ -255,8 +255,10 @@ class EngineLoop:
         self._collect_prompt_logprobs(plan, sample_at)
         sampled, logprobs = self._sample(plan, sample_at)
         updates = self.scheduler.update_from_output(plan, sampled)
-        events = [self._advance(u.request_id, u.new_token, u.finished_by_length, logprobs)
-                  for u in updates]
+        events = [
+            self._advance(u.request_id, u.new_token, u.finished_by_length, logprobs)
+            for u in updates
+        ]
         self.emit([e for e in events if e is not None], self.stats())
 
     def _build_batch(self, plan: StepPlan) -> tuple[list[BatchEntry], dict[str, int]]:
@@ -309,9 +311,7 @@ class EngineLoop:
                 if target_pos >= seq.prompt_len:
                     break
                 row = self.backend.logprobs_row(base + j)
-                active.prompt_logprobs.append(
-                    self._logprob_entry(row, seq.tokens[target_pos], k)
-                )
+                active.prompt_logprobs.append(self._logprob_entry(row, seq.tokens[target_pos], k))
 
     def _logprob_entry(self, row: npt.NDArray[np.float32], token: int, k: int) -> TokenLogprob:
         top: list[tuple[int, str, list[int], float]] = []

@@ -78,8 +78,9 @@ class WorkerServer:
         elif kind == "abort":
             self.loop.abort(str(frame.get("r")))
         elif kind == "ping":
-            self.send({"k": "pong", "n": frame.get("n"), "s": self.loop.stats(),
-                       "steps": self.loop.steps})
+            self.send(
+                {"k": "pong", "n": frame.get("n"), "s": self.loop.stats(), "steps": self.loop.steps}
+            )
         elif kind == "shutdown":
             self.loop.stop()
 
@@ -89,16 +90,26 @@ class WorkerServer:
             req = GenerateRequest.model_validate(raw)
             active = self.loop.prepare(req)
         except ValidationError as exc:
-            self.send({"k": "rejected", "r": rid, "e": {
-                "status": 400, "message": f"invalid engine request: {exc.errors()[0]['msg']}",
-                "param": None, "code": None}})
+            self.send(
+                {
+                    "k": "rejected",
+                    "r": rid,
+                    "e": {
+                        "status": 400,
+                        "message": f"invalid engine request: {exc.errors()[0]['msg']}",
+                        "param": None,
+                        "code": None,
+                    },
+                }
+            )
             return
         except RequestRejected as exc:
             self.send({"k": "rejected", "r": rid, "e": exc.error})
             return
         # Accept before queueing so the gateway never sees events ahead of the acceptance.
-        self.send({"k": "accepted", "r": rid, "pt": len(active.prompt_ids),
-                   "mt": active.max_new_tokens})
+        self.send(
+            {"k": "accepted", "r": rid, "pt": len(active.prompt_ids), "mt": active.max_new_tokens}
+        )
         self.loop.submit(active)
 
 
@@ -124,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         sock.sendall(encode_frame({"k": "fatal", "message": f"cannot load model: {exc}"}))
         return 1
     loop = EngineLoop(
-        backend, lambda e, s: None, max_num_seqs=config.max_num_seqs,
+        backend,
+        lambda e, s: None,
+        max_num_seqs=config.max_num_seqs,
         max_batch_tokens=config.max_batch_tokens,
     )
     server = WorkerServer(sock, loop, backend.info().model_dump())

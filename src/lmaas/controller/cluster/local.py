@@ -131,11 +131,17 @@ class WorkerProcess:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "lmaas.worker",
-                "--fd", str(child.fileno()),
-                "--name", self.model.name,
-                "--model-path", str(self.model.resolve_path()),
-                "--engine-json", self.model.engine.model_dump_json(),
+                sys.executable,
+                "-m",
+                "lmaas.worker",
+                "--fd",
+                str(child.fileno()),
+                "--name",
+                self.model.name,
+                "--model-path",
+                str(self.model.resolve_path()),
+                "--engine-json",
+                self.model.engine.model_dump_json(),
                 pass_fds=(child.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -190,7 +196,8 @@ class WorkerProcess:
         try:
             while True:
                 done, _ = await asyncio.wait(
-                    {died, closed}, timeout=self.health_interval,
+                    {died, closed},
+                    timeout=self.health_interval,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if died in done:

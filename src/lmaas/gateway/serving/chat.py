@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -114,7 +114,7 @@ class ChatServing:
     async def _collect(
         self,
         first: tuple[int, TokenEvent],
-        merged: AsyncIterator[tuple[int, TokenEvent]],
+        merged: AsyncGenerator[tuple[int, TokenEvent], None],
         body: ChatCompletionRequest,
         cid: str,
         created: int,
@@ -175,7 +175,7 @@ class ChatServing:
     async def _stream(
         self,
         first: tuple[int, TokenEvent],
-        merged: AsyncIterator[tuple[int, TokenEvent]],
+        merged: AsyncGenerator[tuple[int, TokenEvent], None],
         body: ChatCompletionRequest,
         cid: str,
         created: int,
@@ -222,15 +222,17 @@ class ChatServing:
                 pending = [nxt]
             if include_usage:
                 total = sum(tokens)
-                yield sse.event({
-                    **base,
-                    "choices": [],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": total,
-                        "total_tokens": prompt_tokens + total,
-                    },
-                })
+                yield sse.event(
+                    {
+                        **base,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": total,
+                            "total_tokens": prompt_tokens + total,
+                        },
+                    }
+                )
         except LmaasError as exc:
             yield sse.event(exc.to_body())
         finally:

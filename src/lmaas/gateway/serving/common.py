@@ -7,7 +7,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -76,8 +76,7 @@ def validate_common(body: SamplingFields, limits: Limits, max_tokens: int | None
     temperature = 1.0 if body.temperature is None else float(body.temperature)
     if body.n > 1 and temperature < _GREEDY_EPS:
         raise InvalidRequestError(
-            "n > 1 with temperature 0 (greedy) would return identical choices; "
-            "use temperature > 0",
+            "n > 1 with temperature 0 (greedy) would return identical choices; use temperature > 0",
             param="n",
         )
     if body.stream_options is not None and not body.stream:
@@ -203,7 +202,7 @@ class RequestTiming:
 
 async def merge_streams(
     streams: list[AsyncIterator[TokenEvent]],
-) -> AsyncIterator[tuple[int, TokenEvent]]:
+) -> AsyncGenerator[tuple[int, TokenEvent], None]:
     """Interleave several event streams as ``(stream index, event)``.
 
     Every stream is started first (so refusals surface before any output); closing the merged

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,13 +66,18 @@ class _Choice:
     def add_logprobs(self, entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
         """Append entries whose text starts at ``offset``; returns them as a delta."""
         delta: dict[str, list[Any]] = {
-            "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
         }
         for lp in entries:
             top = {text: value for _, text, _, value in lp.top} if lp.logprob is not None else None
             for key, value in (
-                ("tokens", lp.token), ("token_logprobs", lp.logprob),
-                ("top_logprobs", top), ("text_offset", offset),
+                ("tokens", lp.token),
+                ("token_logprobs", lp.logprob),
+                ("top_logprobs", top),
+                ("text_offset", offset),
             ):
                 delta[key].append(value)
                 getattr(self, key).append(value)
@@ -186,11 +191,16 @@ class _Run:
         choice = self.choices[i]
         prompt = self.prompts[i // self.body.n]
         if ev.prompt_logprobs is not None:
-            text = prompt if isinstance(prompt, str) else "".join(
-                lp.token for lp in ev.prompt_logprobs
+            text = (
+                prompt
+                if isinstance(prompt, str)
+                else "".join(lp.token for lp in ev.prompt_logprobs)
             )
-            delta = choice.add_logprobs(ev.prompt_logprobs, 0) if self.body.logprobs is not None \
+            delta = (
+                choice.add_logprobs(ev.prompt_logprobs, 0)
+                if self.body.logprobs is not None
                 else None
+            )
             return text, delta
         return (prompt if isinstance(prompt, str) else ""), None
 
@@ -234,7 +244,7 @@ class _Run:
         t.record(self.metrics)
 
     async def collect(
-        self, first: tuple[int, TokenEvent], merged: AsyncIterator[tuple[int, TokenEvent]]
+        self, first: tuple[int, TokenEvent], merged: AsyncGenerator[tuple[int, TokenEvent], None]
     ) -> dict[str, Any]:
         try:
             self._take(*first)
@@ -262,11 +272,13 @@ class _Run:
         }
 
     async def stream(
-        self, first: tuple[int, TokenEvent], merged: AsyncIterator[tuple[int, TokenEvent]]
+        self, first: tuple[int, TokenEvent], merged: AsyncGenerator[tuple[int, TokenEvent], None]
     ) -> AsyncIterator[bytes]:
         include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
         base: dict[str, Any] = {
-            "id": self.cid, "object": "text_completion", "created": self.created,
+            "id": self.cid,
+            "object": "text_completion",
+            "created": self.created,
             "model": self.body.model,
         }
         if include_usage:
@@ -277,10 +289,21 @@ class _Run:
                 i, ev = item
                 text, delta = self._take(i, ev)
                 if text or delta is not None or ev.finish_reason is not None:
-                    yield sse.event({**base, "choices": [{
-                        "index": i, "text": text, "logprobs": delta,
-                        "finish_reason": ev.finish_reason.value if ev.finish_reason else None,
-                    }]})
+                    yield sse.event(
+                        {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": i,
+                                    "text": text,
+                                    "logprobs": delta,
+                                    "finish_reason": ev.finish_reason.value
+                                    if ev.finish_reason
+                                    else None,
+                                }
+                            ],
+                        }
+                    )
                 item = await anext(merged, None)
             if include_usage:
                 yield sse.event({**base, "choices": [], "usage": self._usage()})

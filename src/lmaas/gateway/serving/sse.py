@@ -12,6 +12,8 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def event(payload: dict[str, Any]) -> bytes:
     """One ``data:`` event; JSON never contains a raw newline, so one line is enough."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(
-        "utf-8"
-    ) + b"\n\n"
+    return (
+        b"data: "
+        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        + b"\n\n"
+    )

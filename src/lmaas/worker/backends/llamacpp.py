@@ -41,7 +41,7 @@ class BatchEntry:
 
 
 def _quiet_log_callback() -> object:
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         if level == 4:  # GGML_LOG_LEVEL_ERROR (0 none, 1 debug, 2 info, 3 warn, 5 cont)
             log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
@@ -174,7 +174,7 @@ class LlamaCppBackend:
                 n = len(params.logit_bias)
                 arr = (llama_cpp.llama_logit_bias * n)()
                 for i, (tok, bias) in enumerate(params.logit_bias.items()):
-                    arr[i].token = tok
+                    arr[i].token = tok  # type: ignore[assignment]
                     arr[i].bias = bias
                 add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, n, arr))
             grammar = self._grammar_text(params)
