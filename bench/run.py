@@ -77,13 +77,19 @@ def free_port() -> int:
 class Server:
     """A server subprocess in its own session; RSS of its process tree sampled while it runs."""
 
-    def __init__(self, argv: list[str], port: int, ready_path: str) -> None:
+    def __init__(
+        self, argv: list[str], port: int, ready_path: str, env: dict[str, str] | None = None
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
             prefix="bench-", suffix=".log", delete=False
         )
         self.proc = subprocess.Popen(
-            argv, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -244,7 +250,7 @@ def targets(results: dict[str, dict[int, list[dict[str, Any]]]], peak_rss: int) 
     return lines
 
 
-def start_server(system: str, path: str) -> Server:
+def start_server(system: str, path: str, lmaas_env: dict[str, str]) -> Server:
     port = free_port()
     if system == "lmaas":
         home = tempfile.mkdtemp(prefix="lmaas-bench-")
@@ -260,7 +266,7 @@ def start_server(system: str, path: str) -> Server:
             "--log-level",
             "warning",
         ]
-        return Server(argv, port, "/ready")
+        return Server(argv, port, "/ready", lmaas_env)
     argv = [
         sys.executable,
         "-m",
@@ -292,7 +298,15 @@ def main() -> None:
         default=["lmaas", "raw", "llamacpp-server"],
         choices=["lmaas", "raw", "llamacpp-server"],
     )
+    ap.add_argument(
+        "--lmaas-env",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the lmaas server only",
+    )
     args = ap.parse_args()
+    lmaas_env = dict(kv.split("=", 1) for kv in args.lmaas_env)
     path = model_path()
     bias = eog_bias(path)
     levels = args.concurrency
@@ -312,7 +326,7 @@ def main() -> None:
                 for c, runs in sweep_raw(path, levels, args.max_tokens, 1).items():
                     by_level[c] += runs
                 continue
-            server = start_server(system, path)
+            server = start_server(system, path, lmaas_env)
             try:
                 model = MODEL if system == "lmaas" else path
                 for c, runs in sweep_server(

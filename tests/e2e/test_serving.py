@@ -47,6 +47,15 @@ def test_chat_completion_with_sdk(sdk: openai.OpenAI) -> None:
     assert 0 < r.usage.completion_tokens <= 12
 
 
+def test_no_max_tokens_uses_the_rest_of_the_context(sdk: openai.OpenAI) -> None:
+    # A strong bias on the end-of-turn token ends the reply at once; what matters is that a
+    # request without max_tokens is admitted (its budget is the remaining context).
+    eot = 2  # <|im_end|> in SmolLM2's vocabulary
+    r = sdk.chat.completions.create(model=MODEL, messages=QUESTION, logit_bias={str(eot): 100})
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == ""
+    assert r.usage is not None and r.usage.completion_tokens == 0
+
+
 def test_stream_equals_non_stream_for_greedy(sdk: openai.OpenAI) -> None:
     full = chat_text(sdk, max_tokens=16, temperature=0)
     stream = sdk.chat.completions.create(
@@ -238,6 +247,22 @@ def test_client_disconnect_frees_its_slot(server: ServerProcess) -> None:
     )
     tokens = metric(server, "lmaas_generation_tokens_total", f'model="{MODEL}"')
     assert tokens < 2000
+
+
+def test_non_streaming_client_that_gives_up_frees_its_slot(server: ServerProcess) -> None:
+    before = metric(server, "lmaas_generation_tokens_total", f'model="{MODEL}"')
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{server.url}/v1/completions", timeout=httpx.Timeout(60, read=3),
+            json={"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 2000,
+                  "ignore_eos": True},
+        )
+    wait_until(
+        lambda: metric(server, "lmaas_num_requests_running", f'model="{MODEL}"') == 0,
+        30, what="the abandoned request to leave the batch",
+    )
+    generated = metric(server, "lmaas_generation_tokens_total", f'model="{MODEL}"') - before
+    assert generated < 2000
 
 
 @pytest.mark.parametrize(

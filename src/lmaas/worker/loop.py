@@ -6,7 +6,6 @@ One thread runs ``EngineLoop.run``; the IPC reader thread only calls ``submit`` 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import threading
@@ -24,7 +23,7 @@ from lmaas.protocol.engine import (
     TokenEvent,
     TokenLogprob,
 )
-from lmaas.worker.backends.llamacpp import BackendError, BatchEntry, LlamaCppBackend
+from lmaas.worker.backends.llamacpp import BackendError, BatchEntry, LlamaCppBackend, SeqSampler
 from lmaas.worker.scheduler import Scheduler, SchedulerConfig, StepPlan
 from lmaas.worker.text import IncrementalDecoder, StopMatcher
 
@@ -48,7 +47,7 @@ class ActiveRequest:
     req: GenerateRequest
     prompt_ids: list[int]
     max_new_tokens: int
-    sampler: ctypes.c_void_p
+    sampler: SeqSampler
     arrival: float
     decoder: IncrementalDecoder = field(default_factory=IncrementalDecoder)
     stops: StopMatcher = field(default_factory=lambda: StopMatcher([]))
@@ -71,12 +70,11 @@ class EngineLoop:
         self.backend = backend
         self.emit = emit
         self.clock = clock
-        # A few cells of slack: llama.cpp may need room beyond the exact token count.
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_seqs=max_num_seqs,
                 max_batch_tokens=max_batch_tokens,
-                kv_capacity=backend.context_size - max_num_seqs,
+                kv_capacity=backend.kv_capacity,
             )
         )
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -223,12 +221,18 @@ class EngineLoop:
             self.backend.free_sampler(active.sampler)
             return
         self._active[rid] = active
-        self.scheduler.add_request(
-            rid,
-            active.prompt_ids,
-            active.max_new_tokens,
-            want_prompt_logits=active.req.prompt_logprobs is not None,
-        )
+        try:
+            self.scheduler.add_request(
+                rid,
+                active.prompt_ids,
+                active.max_new_tokens,
+                want_prompt_logits=active.req.prompt_logprobs is not None,
+            )
+        except ValueError as exc:  # prepare() should have caught it; never let it kill the loop
+            event = self._final_event(active, FinishReason.ABORT, "")
+            event.error = {"status": 400, "message": str(exc), "param": None, "code": None}
+            self._close(rid)
+            self.emit([event], self.stats())
 
     def step(self) -> None:
         plan = self.scheduler.schedule()

@@ -18,6 +18,7 @@ from lmaas.gateway.serving.common import (
     build_sampling,
     check_admission,
     check_schema,
+    first_event,
     merge_streams,
     new_generate_requests,
     resolve_engine,
@@ -88,13 +89,9 @@ class ChatServing:
         timing = RequestTiming(model=engine.name)
         request.state.timing = timing
         merged = merge_streams([engine.generate(r) for r in requests])
-        try:
-            first = await anext(merged)
-        except StopAsyncIteration as exc:  # pragma: no cover - a stream always ends with an event
-            raise ServiceUnavailableError("the engine ended the stream without output") from exc
-        except BaseException:
-            await merged.aclose()
-            raise
+        first = await first_event(request, merged)
+        if first is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
         created = int(time.time())
         cid = f"chatcmpl-{request_id}"
         if body.stream:

@@ -267,6 +267,23 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     return None
 
 
+async def first_event(
+    request: Request, merged: AsyncGenerator[tuple[int, TokenEvent], None]
+) -> tuple[int, TokenEvent] | None:
+    """The first event of a request, or None if the client left while it was queued.
+
+    Refusals (bad input, overload, a dead worker) raise here, before any response starts.
+    """
+    try:
+        first = await until_disconnected(request, anext(merged))
+    except BaseException:
+        await merged.aclose()
+        raise
+    if first is None:
+        await merged.aclose()
+    return first
+
+
 def new_generate_requests(
     request_id: str,
     prompt: str | list[int],

@@ -19,6 +19,7 @@ from lmaas.gateway.serving.common import (
     build_sampling,
     check_admission,
     check_schema,
+    first_event,
     merge_streams,
     new_generate_requests,
     resolve_engine,
@@ -148,11 +149,9 @@ class CompletionServing:
         timing = RequestTiming(model=engine.name)
         request.state.timing = timing
         merged = merge_streams([engine.generate(r) for r in requests])
-        try:
-            first = await anext(merged)
-        except BaseException:
-            await merged.aclose()
-            raise
+        first = await first_event(request, merged)
+        if first is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
         run = _Run(body, prompts, f"cmpl-{request_id}", int(time.time()), timing, self.metrics)
         if body.stream:
             return StreamingResponse(

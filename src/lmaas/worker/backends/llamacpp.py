@@ -32,6 +32,21 @@ class BackendError(Exception):
         self.param = param
 
 
+@dataclass(slots=True)
+class SeqSampler:
+    """One sequence's samplers: the chain, and apart from it the (slow) grammar, if any.
+
+    Checking the grammar against the one token the chain picked is cheap; applying it to the
+    whole vocabulary is not (tens of ms), so that is done only when the pick is rejected.
+    """
+
+    chain: ctypes.c_void_p
+    grammar: ctypes.c_void_p | None = None
+
+
+_CANDIDATE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
 @dataclass(frozen=True, slots=True)
 class BatchEntry:
     slot: int
@@ -84,13 +99,18 @@ class LlamaCppBackend:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.max_batch_tokens = config.max_batch_tokens
         self.batch = llama_cpp.llama_batch_init(config.max_batch_tokens, 0, 1)
+        # The scheduler keeps a few cells per slot in reserve (see kv_capacity).
+        self.kv_capacity = self.context_size - config.max_num_seqs
         self.max_model_len = min(
-            config.max_model_len or self.n_ctx_train, self.n_ctx_train, self.context_size
+            config.max_model_len or self.n_ctx_train, self.n_ctx_train, self.kv_capacity
         )
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.eos_id = int(llama_cpp.llama_vocab_eos(self.vocab))
         self.bos_id = int(llama_cpp.llama_vocab_bos(self.vocab))
         self._pieces: dict[int, bytes] = {}
+        self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        self._cand = np.zeros(self.n_vocab, dtype=_CANDIDATE)
+        self._one = np.zeros(1, dtype=_CANDIDATE)
 
     # --- vocabulary ----------------------------------------------------------------------
 
@@ -164,11 +184,12 @@ class LlamaCppBackend:
 
     # --- sampling ------------------------------------------------------------------------
 
-    def make_sampler(self, params: SamplingParams) -> ctypes.c_void_p:
-        """A llama.cpp sampler chain for one sequence; free it with ``free_sampler``."""
+    def make_sampler(self, params: SamplingParams) -> SeqSampler:
+        """llama.cpp samplers for one sequence; free them with ``free_sampler``."""
         sparams = llama_cpp.llama_sampler_chain_default_params()
         chain = llama_cpp.llama_sampler_chain_init(sparams)
         add = llama_cpp.llama_sampler_chain_add
+        sampler = SeqSampler(chain)
         try:
             if params.logit_bias:
                 n = len(params.logit_bias)
@@ -182,7 +203,7 @@ class LlamaCppBackend:
                 g = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
                 if not g:
                     raise BackendError("the grammar could not be parsed", "response_format")
-                add(chain, g)
+                sampler.grammar = g
             if (
                 params.repetition_penalty != 1.0
                 or params.presence_penalty != 0.0
@@ -211,9 +232,9 @@ class LlamaCppBackend:
                 seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
                 add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         except BaseException:
-            llama_cpp.llama_sampler_free(chain)
+            self.free_sampler(sampler)
             raise
-        return chain  # type: ignore[no-any-return]
+        return sampler
 
     @staticmethod
     def _grammar_text(params: SamplingParams) -> str | None:
@@ -233,16 +254,50 @@ class LlamaCppBackend:
                 "response_format.json_schema.schema",
             ) from exc
 
-    def sample(self, sampler: ctypes.c_void_p, batch_index: int) -> int:
-        """Sample from the logits of batch entry ``batch_index``; the chain accepts the token."""
-        return int(llama_cpp.llama_sampler_sample(sampler, self.ctx, batch_index))
-
-    def accept(self, sampler: ctypes.c_void_p, token: int) -> None:
-        llama_cpp.llama_sampler_accept(sampler, token)
+    def sample(self, sampler: SeqSampler, batch_index: int) -> int:
+        """Sample from the logits of batch entry ``batch_index``; the samplers accept the token."""
+        if sampler.grammar is None:
+            return int(llama_cpp.llama_sampler_sample(sampler.chain, self.ctx, batch_index))
+        token = self._apply(sampler.chain, batch_index)
+        one = self._one
+        one[0] = (token, 0.0, 0.0)
+        arr = self._token_array(one)
+        llama_cpp.llama_sampler_apply(sampler.grammar, ctypes.byref(arr))
+        if not np.isfinite(one[0]["logit"]):  # the grammar rejects it: constrain, then resample
+            token = self._apply(sampler.chain, batch_index, first=sampler.grammar)
+        llama_cpp.llama_sampler_accept(sampler.grammar, token)
+        llama_cpp.llama_sampler_accept(sampler.chain, token)
+        return token
 
     @staticmethod
-    def free_sampler(sampler: ctypes.c_void_p) -> None:
-        llama_cpp.llama_sampler_free(sampler)
+    def _token_array(cand: npt.NDArray[np.void]) -> llama_cpp.llama_token_data_array:
+        return llama_cpp.llama_token_data_array(
+            data=cand.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=len(cand),
+            selected=-1,
+            sorted=False,
+        )
+
+    def _apply(
+        self, chain: ctypes.c_void_p, batch_index: int, first: ctypes.c_void_p | None = None
+    ) -> int:
+        """Run samplers over the full vocabulary of one output row; returns the pick."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, batch_index)
+        cand = self._cand
+        cand["id"] = self._ids
+        cand["logit"] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        cand["p"] = 0.0
+        arr = self._token_array(cand)
+        if first is not None:
+            llama_cpp.llama_sampler_apply(first, ctypes.byref(arr))
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(arr))
+        return int(cand[arr.selected]["id"])
+
+    def free_sampler(self, sampler: SeqSampler) -> None:
+        llama_cpp.llama_sampler_free(sampler.chain)
+        if sampler.grammar is not None:
+            llama_cpp.llama_sampler_free(sampler.grammar)
+            sampler.grammar = None
 
     def logprobs_row(self, batch_index: int) -> npt.NDArray[np.float32]:
         """Log-softmax of the raw logits of batch entry ``batch_index`` (a copy)."""
