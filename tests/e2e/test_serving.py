@@ -253,13 +253,19 @@ def test_non_streaming_client_that_gives_up_frees_its_slot(server: ServerProcess
     before = metric(server, "lmaas_generation_tokens_total", f'model="{MODEL}"')
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
-            f"{server.url}/v1/completions", timeout=httpx.Timeout(60, read=3),
-            json={"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 2000,
-                  "ignore_eos": True},
+            f"{server.url}/v1/completions",
+            timeout=httpx.Timeout(60, read=3),
+            json={
+                "model": MODEL,
+                "prompt": "Tell me a long story.",
+                "max_tokens": 2000,
+                "ignore_eos": True,
+            },
         )
     wait_until(
         lambda: metric(server, "lmaas_num_requests_running", f'model="{MODEL}"') == 0,
-        30, what="the abandoned request to leave the batch",
+        30,
+        what="the abandoned request to leave the batch",
     )
     generated = metric(server, "lmaas_generation_tokens_total", f'model="{MODEL}"') - before
     assert generated < 2000

@@ -59,9 +59,9 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
 
 
 def test_cross_field_checks_name_the_setting_to_change() -> None:
-    with pytest.raises(ValidationError, match="engine.context_size"):
+    with pytest.raises(ValidationError, match=r"engine\.context_size"):
         EngineConfig(context_size=1024, max_model_len=2048)
-    with pytest.raises(ValidationError, match="engine.max_batch_tokens"):
+    with pytest.raises(ValidationError, match=r"engine\.max_batch_tokens"):
         EngineConfig(max_num_seqs=64, max_batch_tokens=32)
     with pytest.raises(ValidationError, match="duplicate"):
         Settings(models=[ModelConfig(name="a", path=Path("x")), ModelConfig(name="a")])

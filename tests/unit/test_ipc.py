@@ -56,8 +56,15 @@ def test_non_map_frame_is_refused() -> None:
 def test_token_event_wire_round_trip() -> None:
     lp = TokenLogprob(5, "hi", [104, 105], -0.25, [(5, "hi", [104, 105], -0.25)])
     event = TokenEvent(
-        "r1", text="hi", token_ids=[5], logprobs=[lp], finish_reason=FinishReason.STOP,
-        prompt_tokens=3, completion_tokens=1, queue_time=0.5, prompt_logprobs=[lp],
+        "r1",
+        text="hi",
+        token_ids=[5],
+        logprobs=[lp],
+        finish_reason=FinishReason.STOP,
+        prompt_tokens=3,
+        completion_tokens=1,
+        queue_time=0.5,
+        prompt_logprobs=[lp],
     )
     wire = msgpack.unpackb(msgpack.packb(event.to_wire()), strict_map_key=False)
     assert TokenEvent.from_wire(wire) == event

@@ -52,6 +52,14 @@ def test_completion_prompt_types() -> None:
 
 
 def test_strict_types_do_not_coerce_strings() -> None:
-    assert _param_of(ChatCompletionRequest, {
-        "model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "5",
-    }) == "max_tokens"
+    assert (
+        _param_of(
+            ChatCompletionRequest,
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": "5",
+            },
+        )
+        == "max_tokens"
+    )
