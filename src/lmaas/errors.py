@@ -53,6 +53,33 @@ class ContextLengthExceededError(InvalidRequestError):
     default_code = "context_length_exceeded"
 
 
+class AuthenticationError(LmaasError):
+    """No key, an unknown key or a revoked key."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PermissionDeniedError(LmaasError):
+    """A valid key without the scope or the model the request needs."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "insufficient_permissions"
+
+
+class ConflictError(LmaasError):
+    """The request conflicts with the current state (e.g. deleting a deployed version)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class NotFoundError(LmaasError):
     status_code = 404
     error_type = "not_found_error"
@@ -101,6 +128,7 @@ class InternalError(LmaasError):
 
 ERRORS_BY_STATUS: dict[int, type[LmaasError]] = {
     400: InvalidRequestError,
+    409: ConflictError,
     404: NotFoundError,
     413: RequestTooLargeError,
     415: UnsupportedMediaTypeError,

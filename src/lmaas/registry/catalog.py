@@ -39,7 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import Select
 
-from lmaas.errors import InvalidRequestError, LmaasError, NotFoundError
+from lmaas.errors import ConflictError, InvalidRequestError, NotFoundError
 from lmaas.registry.blobs import normalize_digest
 from lmaas.registry.gguf import GGUFMetadata
 
@@ -61,14 +61,6 @@ NAMING_CONVENTION: Final = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class ConflictError(LmaasError):
-    """The request conflicts with the catalog's current state (409)."""
-
-    status_code = 409
-    error_type = "invalid_request_error"
-    default_code = "conflict"
 
 
 class Base(DeclarativeBase):
