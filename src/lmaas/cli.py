@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from lmaas.cli_keys import keys_app
+from lmaas.cli_models import models_app
 from lmaas.config import SHIPPED_MODELS, ModelConfig, Settings, load_settings
 from lmaas.errors import LmaasError
 
@@ -15,18 +17,17 @@ app = typer.Typer(help="lmaas: language models as a service", no_args_is_help=Tr
 
 
 def _model_from_flag(value: str) -> ModelConfig:
-    """A shipped model name, or a path to a GGUF file (served under its file stem)."""
-    if value in SHIPPED_MODELS:
-        return ModelConfig(name=value)
+    """A path to a GGUF file (served under its file stem), else a model of the store
+    (``name``, ``name:alias``, ``name:3``) or a shipped model."""
     path = Path(value).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise typer.BadParameter(f"{path} does not exist", param_hint="--model")
         return ModelConfig(name=path.stem, path=path)
-    raise typer.BadParameter(
-        f"{value!r} is neither a shipped model ({', '.join(SHIPPED_MODELS)}) nor a .gguf file",
-        param_hint="--model",
-    )
+    try:
+        return ModelConfig(name=value)
+    except ValidationError as exc:
+        raise typer.BadParameter(f"{value!r} is not a model name", param_hint="--model") from exc
 
 
 @app.command()
@@ -49,6 +50,8 @@ def serve(
     from lmaas.controller.deployment import LocalDeployment
     from lmaas.engine.client import EngineClient
     from lmaas.gateway.app import create_app
+    from lmaas.gateway.auth import Authenticator, InsecureStartupError
+    from lmaas.registry.open import open_registry, resolve_served_paths
     from lmaas.telemetry.logging import setup_logging
 
     models = [_model_from_flag(m) for m in model] if model else None
@@ -60,7 +63,14 @@ def serve(
         typer.echo(f"invalid settings: {exc}", err=True)
         raise typer.Exit(2) from exc
     setup_logging(settings.log_level)
-    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    registry = open_registry(settings)
+    auth = Authenticator(registry.keys, bind_host=settings.host)
+    try:
+        auth.check_startup()
+    except InsecureStartupError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from exc
+    resolve_served_paths(registry.store, settings.models)
     for m in settings.models:
         try:
             m.resolve_path()
@@ -70,7 +80,7 @@ def serve(
     engines: dict[str, EngineClient] = {
         m.name: LocalDeployment(m, settings) for m in settings.models
     }
-    api = create_app(settings, engines)
+    api = create_app(settings, engines, auth=auth, store=registry.store)
     uvicorn.run(
         api,
         host=settings.host,
@@ -79,6 +89,10 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
 
 
 @app.command("shipped-models")

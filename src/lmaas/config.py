@@ -153,6 +153,9 @@ class Limits(BaseModel):
     max_prompts: Annotated[
         int, Field(ge=1, description="Most prompts in one /v1/completions request")
     ] = 32
+    max_upload_bytes: Annotated[
+        int, Field(ge=1024, description="Largest model file accepted by an upload or import")
+    ] = 64 * 1024**3
     max_queue: Annotated[
         int,
         Field(
@@ -173,6 +176,10 @@ class Settings(BaseSettings):
     home: Annotated[Path, Field(description="State directory (catalog, blobs, worker sockets)")] = (
         Path("~/.lmaas")
     )
+    database_url: Annotated[
+        str | None,
+        Field(description="Catalog database (default: SQLite file lmaas.db under home)"),
+    ] = None
     host: Annotated[str, Field(description="Address the HTTP server binds to")] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535, description="HTTP port (0 = any free port)")] = 8000
     models: Annotated[list[ModelConfig], Field(min_length=1, description="Models to serve")] = (

@@ -5,8 +5,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from pathlib import Path
+
 from lmaas.config import Limits, ModelConfig, Settings
 from lmaas.gateway.app import create_app
+from lmaas.gateway.auth import Authenticator
+from lmaas.registry.db import create_db_engine, session_factory, upgrade_to_head
+from lmaas.registry.keys import KeyStore
 from tests.fakes import FakeEngine
 
 
@@ -23,8 +28,18 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-async def client(engine: FakeEngine, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, {"fake": engine})
+def keys(tmp_path: Path) -> KeyStore:
+    db = create_db_engine(f"sqlite:///{tmp_path}/catalog.db")
+    upgrade_to_head(db)
+    return KeyStore(session_factory(db), cache_ttl=0)
+
+
+@pytest.fixture
+async def client(
+    engine: FakeEngine, settings: Settings, keys: KeyStore
+) -> AsyncIterator[httpx.AsyncClient]:
+    auth = Authenticator(keys, bind_host="127.0.0.1")
+    app = create_app(settings, {"fake": engine}, auth=auth)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         yield c

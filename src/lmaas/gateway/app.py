@@ -11,17 +11,29 @@ from fastapi import FastAPI
 from lmaas import __version__
 from lmaas.config import Settings
 from lmaas.engine.client import EngineClient
+from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.errors import install_error_handlers
 from lmaas.gateway.middleware import RequestContextMiddleware
 from lmaas.gateway.routes import ops
+from lmaas.gateway.routes.admin import models as admin_models
 from lmaas.gateway.routes.v1 import chat, completions, models
 from lmaas.gateway.serving.chat import ChatServing
 from lmaas.gateway.serving.completions import CompletionServing
+from lmaas.registry.store import ModelStore
 from lmaas.telemetry.metrics import Metrics
 
 
-def create_app(settings: Settings, engines: dict[str, EngineClient]) -> FastAPI:
-    """An app serving ``engines`` (keyed by model name); the lifespan starts and stops them."""
+def create_app(
+    settings: Settings,
+    engines: dict[str, EngineClient],
+    *,
+    auth: Authenticator,
+    store: ModelStore | None = None,
+) -> FastAPI:
+    """An app serving ``engines`` (keyed by model name); the lifespan starts and stops them.
+
+    ``auth`` decides who may call what; with a ``store`` the admin model API is mounted.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,6 +56,8 @@ def create_app(settings: Settings, engines: dict[str, EngineClient]) -> FastAPI:
     app.state.engines = engines
     app.state.metrics = metrics
     app.state.started_at = time.time()
+    app.state.auth = auth
+    app.state.store = store
     app.state.chat_serving = ChatServing(engines, settings.limits, metrics)
     app.state.completion_serving = CompletionServing(engines, settings.limits, metrics)
     install_error_handlers(app)
@@ -51,6 +65,8 @@ def create_app(settings: Settings, engines: dict[str, EngineClient]) -> FastAPI:
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    if store is not None:
+        app.include_router(admin_models.router)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.limits.max_body_bytes,

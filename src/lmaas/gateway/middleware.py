@@ -85,19 +85,22 @@ class RequestContextMiddleware:
             self._after(scope, state, status_holder["status"], start, request_id)
 
     async def _check_body(self, scope: Scope, receive: Receive) -> Receive:
-        if scope["method"] not in ("POST", "PUT", "PATCH"):
+        # Inference bodies are small JSON and are buffered here; admin uploads stream through
+        # and are capped by the model store instead.
+        if scope["method"] not in ("POST", "PUT", "PATCH") or not scope["path"].startswith(
+            _INFERENCE_PREFIX
+        ):
             return receive
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise RequestTooLargeError(
                 f"request body of {length} bytes exceeds the limit of {self.max_body_bytes}"
             )
-        if scope["path"].startswith(_INFERENCE_PREFIX):
-            ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
-            if ctype not in _JSON_TYPES:
-                raise UnsupportedMediaTypeError(
-                    f"Content-Type must be application/json, got {ctype or 'nothing'!r}"
-                )
+        ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if ctype not in _JSON_TYPES:
+            raise UnsupportedMediaTypeError(
+                f"Content-Type must be application/json, got {ctype or 'nothing'!r}"
+            )
         chunks: list[bytes] = []
         size = 0
         while True:

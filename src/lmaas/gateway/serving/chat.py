@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from lmaas.config import Limits
 from lmaas.engine.client import EngineClient
 from lmaas.errors import InvalidRequestError, LmaasError, ServiceUnavailableError
+from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.serving import sse
 from lmaas.gateway.serving.common import (
     RequestTiming,
@@ -29,6 +30,7 @@ from lmaas.gateway.serving.common import (
 from lmaas.gateway.serving.template import render_chat
 from lmaas.protocol.engine import TokenEvent, TokenLogprob
 from lmaas.protocol.openai import ChatCompletionRequest
+from lmaas.registry.keys import KeyInfo
 from lmaas.telemetry.metrics import Metrics
 
 
@@ -50,8 +52,9 @@ class ChatServing:
         self.metrics = metrics
 
     async def create(
-        self, body: ChatCompletionRequest, request: Request, request_id: str
+        self, body: ChatCompletionRequest, request: Request, request_id: str, key: KeyInfo | None
     ) -> Response:
+        Authenticator.authorize_model(key, body.model)
         engine = resolve_engine(self.engines, body.model)
         request.state.model = engine.name
         max_tokens = body.max_completion_tokens or body.max_tokens

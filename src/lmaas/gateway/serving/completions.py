@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from lmaas.config import Limits
 from lmaas.engine.client import EngineClient
 from lmaas.errors import InvalidRequestError, LmaasError, ServiceUnavailableError
+from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.serving import sse
 from lmaas.gateway.serving.common import (
     RequestTiming,
@@ -29,6 +30,7 @@ from lmaas.gateway.serving.common import (
 )
 from lmaas.protocol.engine import GenerateRequest, TokenEvent, TokenLogprob
 from lmaas.protocol.openai import CompletionRequest
+from lmaas.registry.keys import KeyInfo
 from lmaas.telemetry.metrics import Metrics
 
 
@@ -120,7 +122,10 @@ class CompletionServing:
                 param="logprobs",
             )
 
-    async def create(self, body: CompletionRequest, request: Request, request_id: str) -> Response:
+    async def create(
+        self, body: CompletionRequest, request: Request, request_id: str, key: KeyInfo | None
+    ) -> Response:
+        Authenticator.authorize_model(key, body.model)
         engine = resolve_engine(self.engines, body.model)
         request.state.model = engine.name
         self._validate(body)

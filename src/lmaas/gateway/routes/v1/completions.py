@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from lmaas.gateway.auth import InferenceKey
 from lmaas.gateway.deps import CompletionServingDep, RequestIdDep
 from lmaas.gateway.routes.v1.docs import ERROR_RESPONSES
 from lmaas.protocol.openai import Completion, CompletionRequest
@@ -16,6 +17,7 @@ async def create_completion(
     request: Request,
     serving: CompletionServingDep,
     request_id: RequestIdDep,
+    key: InferenceKey,
 ) -> Response:
     """Text completion; `echo` with `logprobs` (and `max_tokens: 0`) scores a prompt."""
-    return await serving.create(body, request, request_id)
+    return await serving.create(body, request, request_id, key)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from lmaas.gateway.auth import InferenceKey
 from lmaas.gateway.deps import EnginesDep
 from lmaas.gateway.serving.common import resolve_engine
 from lmaas.protocol.openai import ModelCard, ModelList
@@ -21,11 +22,13 @@ def _card(request: Request, engines: EnginesDep, name: str) -> ModelCard:
 
 
 @router.get("/v1/models", response_model=ModelList)
-async def list_models(request: Request, engines: EnginesDep) -> ModelList:
+async def list_models(request: Request, engines: EnginesDep, key: InferenceKey) -> ModelList:
     return ModelList(data=[_card(request, engines, name) for name in engines])
 
 
 @router.get("/v1/models/{model:path}", response_model=ModelCard)
-async def get_model(model: str, request: Request, engines: EnginesDep) -> ModelCard:
+async def get_model(
+    model: str, request: Request, engines: EnginesDep, key: InferenceKey
+) -> ModelCard:
     resolve_engine(engines, model)
     return _card(request, engines, model)

@@ -1,0 +1,166 @@
+"""Who may call what: API keys on the HTTP side.
+
+- Admin routes always need an active ``admin`` key (401 without one, 403 for an inference key).
+- Inference routes need an active key (either scope) whenever any active key exists or the
+  server binds to a non-loopback address; a key limited to some models gets 403 for others.
+- With no active key, a server bound to a non-loopback address refuses to start
+  (:meth:`Authenticator.check_startup`).
+
+Which rule applies is fixed by the route a request matched (it declares :data:`AdminKey` or
+:data:`InferenceKey`), never by a URL rebuilt from the ``Host`` header. Keys are never logged and
+never appear in an error message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Final
+
+import anyio.to_thread
+from fastapi import Depends, Request
+
+from lmaas.errors import AuthenticationError, LmaasError, PermissionDeniedError
+from lmaas.registry.keys import KeyInfo, KeyStore
+
+CREATE_ADMIN_KEY_HINT: Final = "lmaas keys create --scope admin --name NAME"
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
+
+
+class InsecureStartupError(LmaasError, ValueError):
+    """The server would accept unauthenticated requests from the network."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code = "insecure_startup"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``, IPv6 possibly in brackets) only accepts
+    connections from this machine. Unknown host names count as not loopback."""
+    host = host.strip().lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def presented_key(request: Request) -> str | None:
+    """The key from ``Authorization: Bearer <key>``, else from ``X-API-Key``, else ``None``."""
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise AuthenticationError(
+                "the Authorization header must read 'Bearer <API key>'",
+                code="invalid_authorization_header",
+            )
+        return credentials.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key and key.strip() else None
+
+
+class Authenticator:
+    """Applies the key rules for one server; kept on ``app.state.auth``."""
+
+    def __init__(self, keys: KeyStore, *, bind_host: str) -> None:
+        self._keys = keys
+        self._bind_host = bind_host
+        self._loopback = is_loopback(bind_host)
+
+    @property
+    def keys(self) -> KeyStore:
+        return self._keys
+
+    def check_startup(self) -> None:
+        """Raise :class:`InsecureStartupError` when binding to a non-loopback address while no
+        active key exists (anyone on the network could use the models). Blocking I/O."""
+        if self._loopback or self._keys.count_active() > 0:
+            return
+        raise InsecureStartupError(
+            f"refusing to serve on {self._bind_host!r} without an API key: anyone who can reach "
+            f"it could use it. Create a key first with `{CREATE_ADMIN_KEY_HINT}` (and "
+            "`--scope inference` keys for clients), or bind to 127.0.0.1"
+        )
+
+    async def authenticate_admin(self, request: Request) -> KeyInfo:
+        """The caller's active admin key: 401 without a valid key, 403 for an inference key."""
+        key = presented_key(request)
+        if key is None:
+            raise AuthenticationError(
+                "admin routes need an admin API key (Authorization: Bearer <key>); "
+                f"create one with `{CREATE_ADMIN_KEY_HINT}`",
+                code="missing_api_key",
+            )
+        info = await self._verify(key)
+        if not info.is_admin:
+            raise PermissionDeniedError(
+                f"API key {info.id} has scope {info.scope!r}; this route needs an admin key"
+            )
+        request.state.api_key = info
+        return info
+
+    async def authenticate_inference(
+        self, request: Request, model: str | None = None
+    ) -> KeyInfo | None:
+        """The caller's active key, or ``None`` when the server is open (no active key and a
+        loopback bind; any presented key is then ignored, as clients such as the ``openai`` SDK
+        always send one). With ``model``, also checks the key may use it (403)."""
+        if await self._is_open():
+            request.state.api_key = None
+            return None
+        key = presented_key(request)
+        if key is None:
+            raise AuthenticationError(
+                "this server needs an API key: send Authorization: Bearer <key>",
+                code="missing_api_key",
+            )
+        info = await self._verify(key)
+        if model is not None:
+            self.authorize_model(info, model)
+        request.state.api_key = info
+        return info
+
+    @staticmethod
+    def authorize_model(key: KeyInfo | None, model: str) -> None:
+        """403 unless ``key`` may use ``model`` (``None``: an open server, anything goes)."""
+        if key is not None and not key.allows_model(model):
+            raise PermissionDeniedError(
+                f"API key {key.id} may not use model {model!r}", param="model"
+            )
+
+    async def _is_open(self) -> bool:
+        if not self._loopback:
+            return False
+        cached = self._keys.cached_count_active()
+        if cached is not None:
+            return cached == 0
+        return await anyio.to_thread.run_sync(self._keys.count_active) == 0
+
+    async def _verify(self, key: str) -> KeyInfo:
+        info = self._keys.cached_verify(key)
+        if info is not None:
+            return info
+        return await anyio.to_thread.run_sync(self._keys.verify, key)
+
+
+def _authenticator(request: Request) -> Authenticator:
+    return request.app.state.auth  # type: ignore[no-any-return]
+
+
+async def require_admin(request: Request) -> KeyInfo:
+    return await _authenticator(request).authenticate_admin(request)
+
+
+async def require_inference(request: Request) -> KeyInfo | None:
+    """Key check only: routes whose model is in the body call
+    :meth:`Authenticator.authorize_model` once they have parsed it."""
+    return await _authenticator(request).authenticate_inference(request)
+
+
+AdminKey = Annotated[KeyInfo, Depends(require_admin)]
+InferenceKey = Annotated[KeyInfo | None, Depends(require_inference)]

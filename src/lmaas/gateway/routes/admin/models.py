@@ -1,0 +1,220 @@
+"""/admin/models: the model store over HTTP (admin key required on every route)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import FileResponse, Response
+
+from lmaas.engine.client import EngineClient
+from lmaas.errors import ConflictError, InvalidRequestError
+from lmaas.gateway.auth import AdminKey
+from lmaas.gateway.deps import EnginesDep
+from lmaas.registry.catalog import ModelInfo, VersionInfo, parse_reference
+from lmaas.registry.store import ModelStore
+
+router = APIRouter(prefix="/admin/models", tags=["admin: models"])
+
+
+def _store(request: Request) -> ModelStore:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+StoreDep = Annotated[ModelStore, Depends(_store)]
+
+
+class CreateModelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: Annotated[str, Field(max_length=4096)] = ""
+
+
+class ImportBody(BaseModel):
+    """Import from the server's own disk (`path`) or from an installed model package."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = None
+    package: str | None = None
+    description: Annotated[str, Field(max_length=4096)] = ""
+
+
+class AliasBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | str
+
+
+class VersionOut(BaseModel):
+    object: Literal["model.version"] = "model.version"
+    model: str
+    number: int
+    format: str
+    architecture: str | None
+    parameter_count: int | None
+    context_length: int | None
+    quantization: str | None
+    size_bytes: int
+    digest: str
+    source: str
+    description: str
+    created_at: datetime
+    state: str
+    aliases: list[str]
+
+    @classmethod
+    def of(cls, v: VersionInfo) -> VersionOut:
+        fields: dict[str, Any] = {
+            k: getattr(v, k) for k in cls.model_fields if k not in ("object", "aliases")
+        }
+        return cls(**fields, aliases=list(v.aliases))
+
+
+class ModelOut(BaseModel):
+    object: Literal["model.entry"] = "model.entry"
+    name: str
+    description: str
+    created_at: datetime
+    latest: int | None
+    aliases: dict[str, int]
+    versions: list[VersionOut] | None = None
+
+    @classmethod
+    def of(cls, m: ModelInfo, versions: list[VersionInfo] | None = None) -> ModelOut:
+        return cls(
+            name=m.name,
+            description=m.description,
+            created_at=m.created_at,
+            latest=m.latest,
+            aliases=dict(m.aliases),
+            versions=[VersionOut.of(v) for v in versions] if versions is not None else None,
+        )
+
+
+class ModelListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
+
+
+def _refuse_if_served(
+    store: ModelStore, engines: dict[str, EngineClient], versions: list[VersionInfo]
+) -> None:
+    served = {e.info.path for e in engines.values() if e.info is not None}
+    for v in versions:
+        if str(store.path_of(v)) in served:
+            raise ConflictError(
+                f"{v.model} version {v.number} is being served; undeploy it first",
+                param="version",
+            )
+
+
+@router.get("", response_model=ModelListOut)
+async def list_models(store: StoreDep, _: AdminKey) -> ModelListOut:
+    models = await asyncio.to_thread(store.catalog.list_models)
+    return ModelListOut(data=[ModelOut.of(m) for m in models])
+
+
+@router.post("", response_model=ModelOut, status_code=status.HTTP_201_CREATED)
+async def create_model(body: CreateModelBody, store: StoreDep, _: AdminKey) -> ModelOut:
+    model = await asyncio.to_thread(store.catalog.create_model, body.name, body.description)
+    return ModelOut.of(model, [])
+
+
+@router.get("/{name}", response_model=ModelOut)
+async def show_model(name: str, store: StoreDep, _: AdminKey) -> ModelOut:
+    model = await asyncio.to_thread(store.catalog.get_model, name)
+    versions = await asyncio.to_thread(store.catalog.list_versions, name)
+    return ModelOut.of(model, versions)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_model(name: str, store: StoreDep, engines: EnginesDep, _: AdminKey) -> Response:
+    versions = await asyncio.to_thread(store.catalog.list_versions, name)
+    _refuse_if_served(store, engines, versions)
+    await asyncio.to_thread(store.delete_model, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{name}/versions", response_model=VersionOut, status_code=201)
+async def upload_version(
+    name: str,
+    request: Request,
+    store: StoreDep,
+    _: AdminKey,
+    x_description: Annotated[str, Header(max_length=4096)] = "",
+) -> VersionOut:
+    """Upload a GGUF file as the raw request body (streamed to disk, size-capped)."""
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip()
+    if ctype not in ("application/octet-stream", ""):
+        raise InvalidRequestError(
+            "send the model file as the raw body with Content-Type application/octet-stream"
+        )
+    version = await store.upload(name, request.stream(), source="upload", description=x_description)
+    return VersionOut.of(version)
+
+
+@router.post("/{name}/import", response_model=VersionOut, status_code=201)
+async def import_version(name: str, body: ImportBody, store: StoreDep, _: AdminKey) -> VersionOut:
+    from pathlib import Path
+
+    if (body.path is None) == (body.package is None):
+        raise InvalidRequestError("give exactly one of `path` or `package`", param="path")
+    if body.package is not None:
+        if body.package != name:
+            raise InvalidRequestError(
+                "a shipped model is imported under its own name", param="package"
+            )
+        version = await asyncio.to_thread(store.import_shipped, body.package)
+    else:
+        assert body.path is not None
+        version = await asyncio.to_thread(
+            store.import_file, name, Path(body.path), description=body.description
+        )
+    return VersionOut.of(version)
+
+
+@router.get("/{name}/versions/{ref}", response_model=VersionOut)
+async def show_version(name: str, ref: str, store: StoreDep, _: AdminKey) -> VersionOut:
+    parsed = parse_reference(f"{name}:{ref}")[1]
+    return VersionOut.of(await asyncio.to_thread(store.catalog.get_version, name, parsed))
+
+
+@router.get("/{name}/versions/{ref}/content")
+async def download_version(name: str, ref: str, store: StoreDep, _: AdminKey) -> FileResponse:
+    """The version's file; supports HTTP Range requests (resumable downloads)."""
+    parsed = parse_reference(f"{name}:{ref}")[1]
+    version = await asyncio.to_thread(store.catalog.get_version, name, parsed)
+    return FileResponse(
+        store.path_of(version),
+        media_type="application/octet-stream",
+        filename=f"{version.model}-v{version.number}.gguf",
+        headers={"X-Digest": version.digest},
+    )
+
+
+@router.delete("/{name}/versions/{number}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_version(
+    name: str, number: int, store: StoreDep, engines: EnginesDep, _: AdminKey
+) -> Response:
+    version = await asyncio.to_thread(store.catalog.get_version, name, number)
+    _refuse_if_served(store, engines, [version])
+    await asyncio.to_thread(store.delete_version, name, number)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put("/{name}/aliases/{alias}", response_model=VersionOut)
+async def set_alias(
+    name: str, alias: str, body: AliasBody, store: StoreDep, _: AdminKey
+) -> VersionOut:
+    ref: int | str = body.version
+    if isinstance(ref, str) and ref.isdigit():
+        ref = int(ref)
+    return VersionOut.of(await asyncio.to_thread(store.catalog.set_alias, name, alias, ref))
+
+
+@router.delete("/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_alias(name: str, alias: str, store: StoreDep, _: AdminKey) -> Response:
+    await asyncio.to_thread(store.catalog.delete_alias, name, alias)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,60 @@
+"""Open the model store of a settings object: database, migrations, recovery, shipped models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from lmaas.config import ModelConfig, Settings
+from lmaas.errors import LmaasError
+from lmaas.registry.blobs import BlobStore
+from lmaas.registry.catalog import Catalog
+from lmaas.registry.db import create_db_engine, database_url, session_factory, upgrade_to_head
+from lmaas.registry.keys import KeyStore
+from lmaas.registry.store import ModelStore
+
+
+@dataclass
+class Registry:
+    engine: Engine
+    store: ModelStore
+    keys: KeyStore
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_registry(settings: Settings) -> Registry:
+    """The store and the keys, migrated to the newest schema and recovered from any crash.
+
+    On first start the shipped models are imported, so a fresh server lists them.
+    """
+    home = settings.home_dir
+    home.mkdir(parents=True, exist_ok=True)
+    url = settings.database_url or database_url(home)
+    engine = create_db_engine(url)
+    upgrade_to_head(engine)
+    sessions = session_factory(engine)
+    store = ModelStore(
+        Catalog(sessions), BlobStore(home), max_upload_bytes=settings.limits.max_upload_bytes
+    )
+    store.recover()
+    store.ensure_shipped()
+    return Registry(engine, store, KeyStore(sessions))
+
+
+def resolve_served_paths(store: ModelStore, models: list[ModelConfig]) -> None:
+    """Point each served model without a ``path`` at its file in the store.
+
+    ``name`` may be ``model``, ``model:alias`` or ``model:3``; models the store does not know
+    keep resolving as shipped models (and fail with a clear message if they are not).
+    """
+    for model in models:
+        if model.path is not None:
+            continue
+        try:
+            version = store.catalog.resolve(model.name)
+        except LmaasError:  # unknown, or not a valid catalog name: not a store model
+            continue
+        model.path = store.path_of(version)
