@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
-
-from pathlib import Path
 
 from lmaas.config import Limits, ModelConfig, Settings
 from lmaas.gateway.app import create_app
