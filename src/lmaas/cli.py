@@ -70,7 +70,7 @@ def serve(
     except InsecureStartupError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(2) from exc
-    resolve_served_paths(registry.store, settings.models)
+    served = resolve_served_paths(registry.store, settings.models)
     for m in settings.models:
         try:
             m.resolve_path()
@@ -80,7 +80,7 @@ def serve(
     engines: dict[str, EngineClient] = {
         m.name: LocalDeployment(m, settings) for m in settings.models
     }
-    api = create_app(settings, engines, auth=auth, store=registry.store)
+    api = create_app(settings, engines, auth=auth, store=registry.store, served_versions=served)
     uvicorn.run(
         api,
         host=settings.host,

@@ -29,6 +29,7 @@ def create_app(
     *,
     auth: Authenticator,
     store: ModelStore | None = None,
+    served_versions: set[tuple[str, int]] | None = None,
 ) -> FastAPI:
     """An app serving ``engines`` (keyed by model name); the lifespan starts and stops them.
 
@@ -58,6 +59,7 @@ def create_app(
     app.state.started_at = time.time()
     app.state.auth = auth
     app.state.store = store
+    app.state.served_versions = served_versions or set()
     app.state.chat_serving = ChatServing(engines, settings.limits, metrics)
     app.state.completion_serving = CompletionServing(engines, settings.limits, metrics)
     install_error_handlers(app)

@@ -44,12 +44,14 @@ def open_registry(settings: Settings) -> Registry:
     return Registry(engine, store, KeyStore(sessions))
 
 
-def resolve_served_paths(store: ModelStore, models: list[ModelConfig]) -> None:
-    """Point each served model without a ``path`` at its file in the store.
+def resolve_served_paths(store: ModelStore, models: list[ModelConfig]) -> set[tuple[str, int]]:
+    """Point each served model without a ``path`` at its file in the store; returns the
+    (model, version) pairs now served, which the store refuses to delete.
 
     ``name`` may be ``model``, ``model:alias`` or ``model:3``; models the store does not know
     keep resolving as shipped models (and fail with a clear message if they are not).
     """
+    served: set[tuple[str, int]] = set()
     for model in models:
         if model.path is not None:
             continue
@@ -58,3 +60,5 @@ def resolve_served_paths(store: ModelStore, models: list[ModelConfig]) -> None:
         except LmaasError:  # unknown, or not a valid catalog name: not a store model
             continue
         model.path = store.path_of(version)
+        served.add((version.model, version.number))
+    return served

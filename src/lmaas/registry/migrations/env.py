@@ -9,6 +9,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+import lmaas.registry.keys  # noqa: F401 - registers api_keys on Base.metadata
 from lmaas.registry.catalog import Base
 
 target_metadata = Base.metadata

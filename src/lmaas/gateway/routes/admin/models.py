@@ -10,10 +10,8 @@ from fastapi import APIRouter, Depends, Header, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import FileResponse, Response
 
-from lmaas.engine.client import EngineClient
 from lmaas.errors import ConflictError, InvalidRequestError
 from lmaas.gateway.auth import AdminKey
-from lmaas.gateway.deps import EnginesDep
 from lmaas.registry.catalog import ModelInfo, VersionInfo, parse_reference
 from lmaas.registry.store import ModelStore
 
@@ -98,12 +96,16 @@ class ModelListOut(BaseModel):
     data: list[ModelOut]
 
 
-def _refuse_if_served(
-    store: ModelStore, engines: dict[str, EngineClient], versions: list[VersionInfo]
-) -> None:
-    served = {e.info.path for e in engines.values() if e.info is not None}
+def _served(request: Request) -> set[tuple[str, int]]:
+    return request.app.state.served_versions  # type: ignore[no-any-return]
+
+
+ServedDep = Annotated[set[tuple[str, int]], Depends(_served)]
+
+
+def _refuse_if_served(served: set[tuple[str, int]], versions: list[VersionInfo]) -> None:
     for v in versions:
-        if str(store.path_of(v)) in served:
+        if (v.model, v.number) in served:
             raise ConflictError(
                 f"{v.model} version {v.number} is being served; undeploy it first",
                 param="version",
@@ -130,9 +132,9 @@ async def show_model(name: str, store: StoreDep, _: AdminKey) -> ModelOut:
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_model(name: str, store: StoreDep, engines: EnginesDep, _: AdminKey) -> Response:
+async def delete_model(name: str, store: StoreDep, served: ServedDep, _: AdminKey) -> Response:
     versions = await asyncio.to_thread(store.catalog.list_versions, name)
-    _refuse_if_served(store, engines, versions)
+    _refuse_if_served(served, versions)
     await asyncio.to_thread(store.delete_model, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -196,10 +198,10 @@ async def download_version(name: str, ref: str, store: StoreDep, _: AdminKey) ->
 
 @router.delete("/{name}/versions/{number}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_version(
-    name: str, number: int, store: StoreDep, engines: EnginesDep, _: AdminKey
+    name: str, number: int, store: StoreDep, served: ServedDep, _: AdminKey
 ) -> Response:
     version = await asyncio.to_thread(store.catalog.get_version, name, number)
-    _refuse_if_served(store, engines, [version])
+    _refuse_if_served(served, [version])
     await asyncio.to_thread(store.delete_version, name, number)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

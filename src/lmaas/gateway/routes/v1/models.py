@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from lmaas.gateway.auth import InferenceKey
+from lmaas.gateway.auth import Authenticator, InferenceKey
 from lmaas.gateway.deps import EnginesDep
 from lmaas.gateway.serving.common import resolve_engine
 from lmaas.protocol.openai import ModelCard, ModelList
@@ -23,12 +23,14 @@ def _card(request: Request, engines: EnginesDep, name: str) -> ModelCard:
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request, engines: EnginesDep, key: InferenceKey) -> ModelList:
-    return ModelList(data=[_card(request, engines, name) for name in engines])
+    visible = [n for n in engines if key is None or key.allows_model(n)]
+    return ModelList(data=[_card(request, engines, name) for name in visible])
 
 
 @router.get("/v1/models/{model:path}", response_model=ModelCard)
 async def get_model(
     model: str, request: Request, engines: EnginesDep, key: InferenceKey
 ) -> ModelCard:
+    Authenticator.authorize_model(key, model)
     resolve_engine(engines, model)
     return _card(request, engines, model)

