@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class FinishReason(StrEnum):
@@ -38,6 +38,23 @@ class SamplingParams(BaseModel):
     json_schema: dict[str, Any] | None = None
 
 
+class BeamParams(BaseModel):
+    """Beam search instead of sampling (deterministic; see ``lmaas.worker.beam``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(ge=1, le=256)
+    n: int = Field(default=1, ge=1)  # beams returned, best first
+    length_penalty: float = 1.0  # score = cumulative logprob / generated_len ** length_penalty
+    early_stopping: bool = False
+
+    @model_validator(mode="after")
+    def _n_within_width(self) -> Self:
+        if self.n > self.width:
+            raise ValueError(f"n ({self.n}) exceeds the beam width ({self.width})")
+        return self
+
+
 class GenerateRequest(BaseModel):
     """One sequence to generate. ``n > 1`` is fanned out by the gateway as several of these."""
 
@@ -59,6 +76,9 @@ class GenerateRequest(BaseModel):
     # so a seeded request sees the same batch shapes (and so the same numerics) every time.
     group: str | None = None
     group_size: int = 1
+    # One beam search over `beam.width` sequence slots; its only event is the final one, which
+    # carries the `beam.n` best beams.
+    beam: BeamParams | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +101,41 @@ class TokenLogprob:
 
 
 @dataclass(slots=True)
+class BeamResult:
+    """One finished beam of a beam search."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    cumulative_logprob: float  # includes the end-of-generation token's logprob if it ended so
+    score: float  # cumulative_logprob / max(len(token_ids), 1) ** length_penalty
+    logprobs: list[TokenLogprob] | None = None
+
+    def to_wire(self) -> list[Any]:
+        lp = [x.to_wire() for x in self.logprobs] if self.logprobs is not None else None
+        return [
+            self.token_ids,
+            self.text,
+            self.finish_reason.value,
+            self.cumulative_logprob,
+            self.score,
+            lp,
+        ]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> BeamResult:
+        lp = raw[5]
+        return cls(
+            token_ids=[int(t) for t in raw[0]],
+            text=str(raw[1]),
+            finish_reason=FinishReason(raw[2]),
+            cumulative_logprob=float(raw[3]),
+            score=float(raw[4]),
+            logprobs=[TokenLogprob.from_wire(x) for x in lp] if lp is not None else None,
+        )
+
+
+@dataclass(slots=True)
 class TokenEvent:
     """New output of one request since its previous event."""
 
@@ -94,6 +149,7 @@ class TokenEvent:
     queue_time: float | None = None  # seconds waiting in the worker before first scheduled
     prompt_logprobs: list[TokenLogprob] | None = None
     error: dict[str, Any] | None = None  # {"status", "message", "param", "code"}
+    beams: list[BeamResult] | None = None  # the final event of a beam search, best first
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"r": self.request_id, "t": self.text, "i": self.token_ids}
@@ -110,6 +166,8 @@ class TokenEvent:
             wire["plp"] = [lp.to_wire() for lp in self.prompt_logprobs]
         if self.error is not None:
             wire["e"] = self.error
+        if self.beams is not None:
+            wire["bm"] = [b.to_wire() for b in self.beams]
         return wire
 
     @classmethod
@@ -117,6 +175,7 @@ class TokenEvent:
         lp = wire.get("lp")
         plp = wire.get("plp")
         fin = wire.get("f")
+        beams = wire.get("bm")
         return cls(
             request_id=wire["r"],
             text=wire.get("t", ""),
@@ -128,6 +187,7 @@ class TokenEvent:
             queue_time=wire.get("q"),
             prompt_logprobs=[TokenLogprob.from_wire(x) for x in plp] if plp is not None else None,
             error=wire.get("e"),
+            beams=[BeamResult.from_wire(b) for b in beams] if beams is not None else None,
         )
 
 

@@ -17,6 +17,12 @@ class IncrementalDecoder:
     def flush(self) -> str:
         return self._decoder.decode(b"", final=True)
 
+    def copy(self) -> IncrementalDecoder:
+        """An independent decoder in the same state (beam search branches a sequence)."""
+        other = IncrementalDecoder()
+        other._decoder.setstate(self._decoder.getstate())
+        return other
+
 
 class StopMatcher:
     """Finds the first stop string in streamed text without ever emitting part of one.
@@ -50,6 +56,14 @@ class StopMatcher:
         keep = self._longest_partial_suffix(buf)
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep], False
+
+    def copy(self) -> StopMatcher:
+        """An independent matcher in the same state (beam search branches a sequence)."""
+        other = StopMatcher([], include_stop=self._include)
+        other._stops = self._stops
+        other._held = self._held
+        other.stopped = self.stopped
+        return other
 
     def flush(self) -> str:
         """The held-back text, once the sequence ends without completing a stop string."""

@@ -16,11 +16,21 @@ with the decoding sequences instead of stalling them.
 KV cells are a shared pool (``kv_capacity``). When the running sequences would outgrow it, the
 most recently admitted one is preempted: its slot and cells are released and it goes back to the
 front of the queue to be recomputed later, keeping the tokens it already generated.
+
+A beam search (``add_request(..., beam_width=B)``) is one entry that holds ``B`` slots. It is
+admitted only when ``B`` slots are free (the queue stays first-come first-served, so requests
+behind it wait too rather than starve it), prefills its prompt in its first slot, and then
+decodes one token for each of its live beams per step, all in the same batch. The loop decides
+which beams live and in which slots (``lmaas.worker.beam``) and reports them back through
+``update_from_output(..., beam_slots=...)``. Its KV use is counted as the prompt once plus every
+live beam's generated tokens (llama.cpp shares the cells of a common prefix, so this is an upper
+bound). A preempted beam search starts over from its prompt.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -45,10 +55,45 @@ class Sequence:
     # Prompt logits are produced once; a recompute after preemption skips them.
     prompt_logits_done: bool = False
     preemptions: int = 0
+    # Beam search: all slots held (``slot`` is the first), and the slots of the live beams
+    # once the prompt is prefilled (empty before). ``tokens`` stays the prompt;
+    # ``num_computed`` counts the positions every live beam has in the KV cache.
+    beam_width: int = 0
+    slots: list[int] = field(default_factory=list)
+    beam_slots: list[int] = field(default_factory=list)
+
+    @property
+    def is_beam(self) -> bool:
+        return self.beam_width > 0
+
+    @property
+    def num_slots(self) -> int:
+        return max(self.beam_width, 1)
+
+    @property
+    def decoding_beams(self) -> bool:
+        return self.is_beam and bool(self.beam_slots)
 
     @property
     def num_generated(self) -> int:
+        if self.decoding_beams:
+            return self.num_computed - self.prompt_len + 1
         return len(self.tokens) - self.prompt_len
+
+    @property
+    def kv_cells(self) -> int:
+        """KV cells in use (an upper bound for a beam search, whose beams share a prefix)."""
+        if not self.is_beam:
+            return self.num_computed
+        prompt = min(self.num_computed, self.prompt_len)
+        return prompt + len(self.beam_slots) * max(self.num_computed - self.prompt_len, 0)
+
+    @property
+    def cells_for_next_token(self) -> int:
+        """Cells the next decode step adds (0 while the prompt is still being prefilled)."""
+        if self.decoding_beams:
+            return len(self.beam_slots)
+        return 1 if self.num_computed >= len(self.tokens) - 1 else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +108,13 @@ class SeqWork:
     sample: bool
     # Return logits for every token fed (prompt logprobs).
     all_logits: bool
+    # A beam search's decode step: feed, at ``start_pos``, each live beam's last token into
+    # its slot (the loop knows the tokens; ``token_ids`` is empty).
+    beam_slots: tuple[int, ...] = ()
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.beam_slots) or len(self.token_ids)
 
 
 @dataclass(slots=True)
@@ -77,7 +129,7 @@ class StepPlan:
 
     @property
     def num_tokens(self) -> int:
-        return sum(len(w.token_ids) for w in self.work)
+        return sum(w.num_tokens for w in self.work)
 
     @property
     def empty(self) -> bool:
@@ -119,11 +171,21 @@ class Scheduler:
 
     @property
     def num_running(self) -> int:
+        """Running requests (a beam search counts once)."""
         return len(self._running)
 
     @property
+    def num_slots_used(self) -> int:
+        """Sequence slots held by running requests (a beam search holds its width)."""
+        return sum(s.num_slots for s in self._running)
+
+    @property
+    def num_free_slots(self) -> int:
+        return len(self._free_slots)
+
+    @property
     def kv_used(self) -> int:
-        return sum(s.num_computed for s in self._running)
+        return sum(s.kv_cells for s in self._running)
 
     def has_work(self) -> bool:
         return bool(self._waiting or self._running)
@@ -140,12 +202,18 @@ class Scheduler:
         max_new_tokens: int,
         *,
         want_prompt_logits: bool = False,
+        beam_width: int = 0,
     ) -> None:
+        """Queue a request; ``beam_width >= 1`` makes it a beam search over that many slots."""
         if request_id in self._seqs:
             raise ValueError(f"duplicate request id {request_id!r}")
         if not prompt_tokens:
             raise ValueError("empty prompt")
-        if len(prompt_tokens) + max_new_tokens > self.config.kv_capacity:
+        if beam_width > self.config.max_num_seqs:
+            raise ValueError("beam width exceeds the number of sequence slots")
+        if beam_width and (max_new_tokens < 1 or want_prompt_logits):
+            raise ValueError("a beam search generates at least one token and no prompt logits")
+        if len(prompt_tokens) + max(beam_width, 1) * max_new_tokens > self.config.kv_capacity:
             raise ValueError("request can never fit in the KV cache")
         seq = Sequence(
             request_id=request_id,
@@ -153,6 +221,7 @@ class Scheduler:
             prompt_len=len(prompt_tokens),
             max_new_tokens=max_new_tokens,
             want_prompt_logits=want_prompt_logits,
+            beam_width=beam_width,
         )
         self._seqs[request_id] = seq
         self._waiting.append(seq)
@@ -180,14 +249,17 @@ class Scheduler:
         self._release_slot(seq)
         seq.status = SeqStatus.WAITING
         seq.num_computed = 0
+        seq.beam_slots = []  # a beam search starts over
         seq.preemptions += 1
         self._waiting.appendleft(seq)
         return seq.request_id
 
     def _release_slot(self, seq: Sequence) -> None:
-        self._released.append(seq.slot)
-        self._free_slots.append(seq.slot)
+        held = seq.slots or [seq.slot]
+        self._released += held
+        self._free_slots += reversed(held)
         seq.slot = -1
+        seq.slots = []
 
     # --- the step ------------------------------------------------------------------------
 
@@ -200,6 +272,14 @@ class Scheduler:
         for seq in self._running:
             if budget <= 0 or kv_free <= 0:
                 break
+            if seq.decoding_beams:
+                beams = len(seq.beam_slots)
+                if beams > min(budget, kv_free):
+                    continue  # all beams advance together or not at all
+                plan.work.append(self._beam_work(seq))
+                budget -= beams
+                kv_free -= beams
+                continue
             if seq.num_computed >= len(seq.tokens):
                 continue  # nothing to feed until the loop finishes it
             work = self._work_for(seq, min(budget, kv_free))
@@ -207,14 +287,18 @@ class Scheduler:
             budget -= len(work.token_ids)
             kv_free -= len(work.token_ids)
 
-        while self._waiting and self._free_slots and budget > 0:
+        while self._waiting and budget > 0:
             seq = self._waiting[0]
-            # Admit only if its whole prompt fits next to what is running now: otherwise it
-            # would be preempted again almost at once.
-            if len(seq.tokens) + 1 > kv_free:
+            # Admit only if its whole prompt (and a first token of each beam) fits next to what
+            # is running now, otherwise it would be preempted again almost at once; and only
+            # with all its slots. The head of the queue waits rather than be overtaken.
+            if len(self._free_slots) < seq.num_slots or len(seq.tokens) + seq.num_slots > kv_free:
                 break
+            if seq.request_id in plan.preempted:
+                break  # it was pushed out for room a moment ago: not back in the same step
             self._waiting.popleft()
-            seq.slot = self._free_slots.pop()
+            seq.slots = [self._free_slots.pop() for _ in range(seq.num_slots)]
+            seq.slot = seq.slots[0]
             seq.status = SeqStatus.RUNNING
             seq.admitted_order = self._admit_counter
             self._admit_counter += 1
@@ -232,7 +316,7 @@ class Scheduler:
     def _make_room_for_decodes(self, plan: StepPlan) -> None:
         """Preempt the youngest sequences until every running one can grow by a token."""
         while self._running:
-            needed = sum(1 for s in self._running if s.num_computed >= len(s.tokens) - 1)
+            needed = sum(s.cells_for_next_token for s in self._running)
             if self.kv_used + needed <= self.config.kv_capacity:
                 return
             preempted = self.preempt_youngest()
@@ -254,16 +338,37 @@ class Scheduler:
             all_logits=seq.want_prompt_logits and in_prompt and not seq.prompt_logits_done,
         )
 
-    def update_from_output(self, plan: StepPlan, sampled: dict[str, int]) -> list[SeqUpdate]:
+    def _beam_work(self, seq: Sequence) -> SeqWork:
+        return SeqWork(
+            request_id=seq.request_id,
+            slot=seq.slot,
+            start_pos=seq.num_computed,
+            token_ids=(),
+            sample=True,
+            all_logits=False,
+            beam_slots=tuple(seq.beam_slots),
+        )
+
+    def update_from_output(
+        self,
+        plan: StepPlan,
+        sampled: Mapping[str, int],
+        beam_slots: Mapping[str, list[int]] | None = None,
+    ) -> list[SeqUpdate]:
         """Commit the step: advance ``num_computed`` and append the sampled tokens.
 
         A sequence finished or aborted while the step ran is skipped. A sequence whose prompt
         is done and that may generate no token (``max_new_tokens == 0``) finishes by length.
+        A beam search that sampled reports the slots of its live beams in ``beam_slots``
+        (none: the search has ended and the loop finishes it).
         """
         updates: list[SeqUpdate] = []
         for work in plan.work:
             seq = self._seqs.get(work.request_id)
             if seq is None or seq.status is not SeqStatus.RUNNING or seq.slot != work.slot:
+                continue
+            if seq.is_beam:
+                updates += self._update_beams(seq, work, beam_slots or {})
                 continue
             seq.num_computed = work.start_pos + len(work.token_ids)
             if seq.num_computed >= seq.prompt_len and seq.want_prompt_logits:
@@ -276,6 +381,20 @@ class Scheduler:
             at_length = seq.num_generated >= seq.max_new_tokens
             updates.append(SeqUpdate(work.request_id, token, at_length))
         return updates
+
+    def _update_beams(
+        self, seq: Sequence, work: SeqWork, beam_slots: Mapping[str, list[int]]
+    ) -> list[SeqUpdate]:
+        # Every beam fed one token at the same position; a prefill chunk fed several.
+        seq.num_computed = work.start_pos + (1 if work.beam_slots else len(work.token_ids))
+        if seq.num_computed < seq.prompt_len or not work.sample:
+            return []  # more prompt to prefill
+        live = list(beam_slots.get(seq.request_id, ()))
+        if not set(live) <= set(seq.slots) or len(set(live)) != len(live):
+            raise ValueError(f"beam slots {live} are not distinct slots of {seq.request_id!r}")
+        seq.beam_slots = live
+        at_length = bool(live) and seq.num_generated >= seq.max_new_tokens
+        return [SeqUpdate(seq.request_id, None, at_length)]
 
     def on_decode_failure(self) -> str | None:
         """The engine could not place the batch in its cache: shed the youngest sequence."""
