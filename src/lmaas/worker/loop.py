@@ -1,5 +1,9 @@
 """The worker's step loop: take new requests, schedule, decode one batch, sample, emit.
 
+A beam search request runs as a ``BeamSearch`` (``lmaas.worker.beam``) over the slots the
+scheduler gave it: its beams decode in the same batch as every other sequence, and after each
+step the loop moves KV cells between its slots as the search says.
+
 One thread runs ``EngineLoop.run``; the IPC reader thread only calls ``submit`` and ``abort``
 (which go through a queue) and ``prepare`` (which reads the vocabulary, never the context).
 """
@@ -24,6 +28,7 @@ from lmaas.protocol.engine import (
     TokenLogprob,
 )
 from lmaas.worker.backends.llamacpp import BackendError, BatchEntry, LlamaCppBackend, SeqSampler
+from lmaas.worker.beam import BeamSearch, BeamSettings, EntryFn
 from lmaas.worker.scheduler import Scheduler, SchedulerConfig, StepPlan
 from lmaas.worker.text import IncrementalDecoder, StopMatcher
 
@@ -47,7 +52,7 @@ class ActiveRequest:
     req: GenerateRequest
     prompt_ids: list[int]
     max_new_tokens: int
-    sampler: SeqSampler
+    sampler: SeqSampler | None  # None for a beam search, which does not sample
     arrival: float
     decoder: IncrementalDecoder = field(default_factory=IncrementalDecoder)
     stops: StopMatcher = field(default_factory=lambda: StopMatcher([]))
@@ -55,6 +60,8 @@ class ActiveRequest:
     queue_time: float | None = None
     queue_time_sent: bool = False
     prompt_logprobs: list[TokenLogprob] | None = None
+    beam_settings: BeamSettings | None = None
+    beam: BeamSearch | None = None  # from the end of its prefill (again after a preemption)
 
 
 class EngineLoop:
@@ -111,7 +118,10 @@ class EngineLoop:
                 param="messages" if req.parse_special else "prompt",
                 code="context_length_exceeded",
             )
-        max_new = req.max_tokens if req.max_tokens is not None else limit - len(ids)
+        if req.beam is not None:
+            max_new = self._beam_max_new_tokens(req, len(ids))
+        else:
+            max_new = req.max_tokens if req.max_tokens is not None else limit - len(ids)
         if len(ids) + max_new > limit:
             raise RequestRejected(
                 f"prompt ({len(ids)} tokens) + max_tokens ({max_new}) = {len(ids) + max_new} "
@@ -126,10 +136,25 @@ class EngineLoop:
                 f"logit_bias token id {bad_bias} is outside the vocabulary (0..{b.n_vocab - 1})",
                 param="logit_bias",
             )
-        try:
-            sampler = b.make_sampler(req.sampling)
-        except BackendError as exc:
-            raise RequestRejected(str(exc), param=exc.param) from exc
+        beam_settings = None
+        sampler = None
+        if req.beam is not None:
+            beam_settings = BeamSettings(
+                width=req.beam.width,
+                n=req.beam.n,
+                max_new_tokens=max_new,
+                length_penalty=req.beam.length_penalty,
+                early_stopping=req.beam.early_stopping,
+                stop=tuple(req.stop),
+                include_stop_str=req.include_stop_str,
+                ignore_eos=req.ignore_eos,
+                logit_bias=dict(req.sampling.logit_bias),
+            )
+        else:
+            try:
+                sampler = b.make_sampler(req.sampling)
+            except BackendError as exc:
+                raise RequestRejected(str(exc), param=exc.param) from exc
         return ActiveRequest(
             req=req,
             prompt_ids=ids,
@@ -137,7 +162,44 @@ class EngineLoop:
             sampler=sampler,
             arrival=self.clock(),
             stops=StopMatcher(req.stop, include_stop=req.include_stop_str),
+            beam_settings=beam_settings,
         )
+
+    def _beam_max_new_tokens(self, req: GenerateRequest, prompt_len: int) -> int:
+        """A beam search's token budget: every beam must fit in the KV cache at once."""
+        assert req.beam is not None
+        width = req.beam.width
+        slots = self.scheduler.config.max_num_seqs
+        if width > slots:
+            raise RequestRejected(
+                f"beam_width {width} exceeds the {slots} sequence slots of this model's worker",
+                param="beam_width",
+            )
+        if req.sampling.grammar is not None or req.sampling.json_schema is not None:
+            raise RequestRejected(
+                "beam search cannot follow a grammar or JSON schema", param="response_format"
+            )
+        if req.prompt_logprobs is not None:
+            raise RequestRejected("beam search does not return prompt logprobs", param="echo")
+        room = (self.scheduler.config.kv_capacity - prompt_len) // width
+        if req.max_tokens is None:
+            max_new = min(self.backend.max_model_len - prompt_len, room)
+            if max_new < 1:
+                raise RequestRejected(
+                    f"the prompt ({prompt_len} tokens) leaves no room for {width} beams",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
+            return max_new
+        if req.max_tokens > room:
+            raise RequestRejected(
+                f"prompt ({prompt_len} tokens) + beam_width ({width}) x max_tokens "
+                f"({req.max_tokens}) exceeds the KV cache of this model's worker; at most "
+                f"{max(room, 0)} tokens per beam fit: lower max_tokens or beam_width",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return req.max_tokens
 
     def submit(self, active: ActiveRequest) -> None:
         self._inbox.put(("add", active))
@@ -150,7 +212,8 @@ class EngineLoop:
         self._inbox.put(("wake", None))
 
     def stats(self) -> dict[str, int]:
-        return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting}
+        """Sequence slots in use (a beam search holds its width) and requests waiting."""
+        return {"running": self.scheduler.num_slots_used, "waiting": self.scheduler.num_waiting}
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -205,7 +268,7 @@ class EngineLoop:
             if member is None:
                 continue
             members.remove(member)
-            self.backend.free_sampler(member.sampler)
+            self._free_sampler(member)
             for other in members:
                 other.req.group_size -= 1
             if not members or len(members) >= members[0].req.group_size:
@@ -218,7 +281,7 @@ class EngineLoop:
     def _add(self, active: ActiveRequest) -> None:
         rid = active.req.request_id
         if rid in self._active:  # a duplicate id would corrupt the other request's slot
-            self.backend.free_sampler(active.sampler)
+            self._free_sampler(active)
             return
         self._active[rid] = active
         try:
@@ -227,6 +290,7 @@ class EngineLoop:
                 active.prompt_ids,
                 active.max_new_tokens,
                 want_prompt_logits=active.req.prompt_logprobs is not None,
+                beam_width=active.beam_settings.width if active.beam_settings else 0,
             )
         except ValueError as exc:  # prepare() should have caught it; never let it kill the loop
             event = self._final_event(active, FinishReason.ABORT, "")
@@ -238,6 +302,8 @@ class EngineLoop:
         plan = self.scheduler.schedule()
         for slot in plan.released_slots:
             self.backend.clear_slot(slot)
+        for rid in plan.preempted:
+            self._restart_beam(rid)
         now = self.clock()
         for rid in plan.admitted:
             active = self._active[rid]
@@ -245,12 +311,14 @@ class EngineLoop:
                 active.queue_time = now - active.arrival
         if plan.empty:
             return
-        entries, sample_at = self._build_batch(plan)
+        entries, sample_at, beams_at = self._build_batch(plan)
         status = self.backend.decode(entries)
         self.steps += 1
         self.last_step_at = self.clock()
         if status == 1:
             shed = self.scheduler.on_decode_failure()
+            if shed is not None:
+                self._restart_beam(shed)
             log.warning("KV cache full; preempted %s", shed)
             return
         if status != 0:
@@ -258,23 +326,39 @@ class EngineLoop:
             return
         self._collect_prompt_logprobs(plan, sample_at)
         sampled, logprobs = self._sample(plan, sample_at)
-        updates = self.scheduler.update_from_output(plan, sampled)
+        beam_slots, searches_done = self._step_beams(plan, sample_at, beams_at)
+        updates = self.scheduler.update_from_output(plan, sampled, beam_slots)
         events = [
             self._advance(u.request_id, u.new_token, u.finished_by_length, logprobs)
             for u in updates
+            if u.request_id not in beam_slots
         ]
+        events += [self._finish_beams(rid) for rid in searches_done]
         self.emit([e for e in events if e is not None], self.stats())
 
-    def _build_batch(self, plan: StepPlan) -> tuple[list[BatchEntry], dict[str, int]]:
+    def _build_batch(
+        self, plan: StepPlan
+    ) -> tuple[list[BatchEntry], dict[str, int], dict[str, list[int]]]:
         entries: list[BatchEntry] = []
         sample_at: dict[str, int] = {}  # request id -> batch index of its last token
+        beams_at: dict[str, list[int]] = {}  # beam search -> batch index of each running beam
         for work in plan.work:
+            if work.beam_slots:
+                search = self._active[work.request_id].beam
+                assert search is not None
+                if tuple(b.slot for b in search.running) != work.beam_slots:
+                    raise RuntimeError(f"beam slots of {work.request_id} out of step")
+                beams_at[work.request_id] = []
+                for beam in search.running:
+                    entries.append(BatchEntry(beam.slot, work.start_pos, beam.last_token, True))
+                    beams_at[work.request_id].append(len(entries) - 1)
+                continue
             last = len(work.token_ids) - 1
             for j, token in enumerate(work.token_ids):
                 want = work.all_logits or (work.sample and j == last)
                 entries.append(BatchEntry(work.slot, work.start_pos + j, token, want))
             sample_at[work.request_id] = len(entries) - 1
-        return entries, sample_at
+        return entries, sample_at, beams_at
 
     def _sample(
         self, plan: StepPlan, sample_at: dict[str, int]
@@ -285,6 +369,8 @@ class EngineLoop:
             if not work.sample:
                 continue
             active = self._active[work.request_id]
+            if active.sampler is None:
+                continue  # a beam search: _step_beams
             idx = sample_at[work.request_id]
             token = self.backend.sample(active.sampler, idx)
             sampled[work.request_id] = token
@@ -294,6 +380,66 @@ class EngineLoop:
                     self.backend.logprobs_row(idx), token, k
                 )
         return sampled, logprobs
+
+    def _step_beams(
+        self, plan: StepPlan, sample_at: dict[str, int], beams_at: dict[str, list[int]]
+    ) -> tuple[dict[str, list[int]], list[str]]:
+        """Advance every beam search of the step; returns each one's live slots, and the
+        searches that have ended."""
+        live: dict[str, list[int]] = {}
+        done: list[str] = []
+        for work in plan.work:
+            active = self._active[work.request_id]
+            settings = active.beam_settings
+            if settings is None or not work.sample:
+                continue
+            if work.beam_slots:
+                rows = beams_at[work.request_id]  # batch indices of the beams' logits
+            else:  # the prompt is prefilled: the search starts from its last logits
+                seq = self.scheduler.get(work.request_id)
+                assert seq is not None
+                active.beam = BeamSearch(
+                    settings, seq.slots, self.backend, self._entry_fn(active.req.logprobs)
+                )
+                rows = [sample_at[work.request_id]]
+            search = active.beam
+            assert search is not None
+            slot_plan = search.step([self.backend.logits(i) for i in rows])
+            if search.done:
+                live[work.request_id] = []
+                done.append(work.request_id)
+                continue
+            for src, dst in slot_plan.copies:
+                self.backend.copy_slot(src, dst)
+            for slot in slot_plan.cleared:
+                self.backend.clear_slot(slot)
+            live[work.request_id] = slot_plan.slots
+        return live, done
+
+    def _entry_fn(self, k: int | None) -> EntryFn | None:
+        """How a beam search builds its per-token logprobs (``k`` alternatives), if asked."""
+        if k is None:
+            return None
+        return lambda row, token: self._logprob_entry(row, token, k)
+
+    def _finish_beams(self, rid: str) -> TokenEvent | None:
+        active = self._active.get(rid)
+        if active is None or active.beam is None:
+            return None
+        beams = active.beam.results()
+        active.completion_tokens = sum(len(b.token_ids) for b in beams)
+        finish = beams[0].finish_reason if beams else FinishReason.LENGTH
+        event = self._final_event(active, finish, "")
+        event.beams = beams
+        self.scheduler.finish(rid)
+        self._close(rid)
+        return event
+
+    def _restart_beam(self, rid: str) -> None:
+        """A preempted beam search lost its KV cells: it starts over once readmitted."""
+        active = self._active.get(rid)
+        if active is not None:
+            active.beam = None
 
     def _collect_prompt_logprobs(self, plan: StepPlan, sample_at: dict[str, int]) -> None:
         for work in plan.work:
@@ -317,7 +463,9 @@ class EngineLoop:
                 row = self.backend.logprobs_row(base + j)
                 active.prompt_logprobs.append(self._logprob_entry(row, seq.tokens[target_pos], k))
 
-    def _logprob_entry(self, row: npt.NDArray[np.float32], token: int, k: int) -> TokenLogprob:
+    def _logprob_entry(
+        self, row: npt.NDArray[np.floating[Any]], token: int, k: int
+    ) -> TokenLogprob:
         top: list[tuple[int, str, list[int], float]] = []
         if k > 0:
             ids = np.argpartition(row, -k)[-k:]
@@ -419,4 +567,9 @@ class EngineLoop:
     def _close(self, rid: str) -> None:
         active = self._active.pop(rid, None)
         if active is not None:
+            self._free_sampler(active)
+
+    def _free_sampler(self, active: ActiveRequest) -> None:
+        if active.sampler is not None:
             self.backend.free_sampler(active.sampler)
+            active.sampler = None

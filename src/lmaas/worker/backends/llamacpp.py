@@ -307,10 +307,21 @@ class LlamaCppBackend:
         logits -= np.log(np.exp(logits).sum())
         return logits
 
+    def logits(self, batch_index: int) -> npt.NDArray[np.float32]:
+        """The raw logits of batch entry ``batch_index`` (a view, valid until the next decode)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, batch_index)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
     # --- the batch -----------------------------------------------------------------------
 
     def clear_slot(self, slot: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
+
+    def copy_slot(self, src: int, dst: int) -> None:
+        """Make ``dst`` hold exactly ``src``'s cells. In the unified KV cache the cells are
+        shared, not copied: each cell only gains ``dst`` among its sequence ids."""
+        llama_cpp.llama_memory_seq_rm(self.memory, dst, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
 
     def decode(self, entries: Sequence[BatchEntry]) -> int:
         """Decode one batch; returns llama_decode's status (0 ok, 1 no KV room, else error).
