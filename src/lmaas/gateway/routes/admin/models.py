@@ -8,12 +8,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request, status
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 
-from lmaas.errors import ConflictError, InvalidRequestError
+from lmaas.errors import ConflictError, InvalidRequestError, UnsupportedMediaTypeError
 from lmaas.gateway.auth import AdminKey
 from lmaas.registry.catalog import ModelInfo, VersionInfo, parse_reference
-from lmaas.registry.store import ModelStore
+from lmaas.registry.store import ArchiveKind, ModelStore
 
 router = APIRouter(prefix="/admin/models", tags=["admin: models"])
 
@@ -139,6 +139,41 @@ async def delete_model(name: str, store: StoreDep, served: ServedDep, _: AdminKe
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+_ARCHIVE_TYPES: dict[str, ArchiveKind] = {
+    "application/x-tar": "tar",
+    "application/tar": "tar",
+    "application/gzip": "tar",
+    "application/x-gzip": "tar",
+    "application/x-gtar": "tar",
+    "application/zip": "zip",
+    "application/x-zip-compressed": "zip",
+    "multipart/form-data": "multipart",
+}
+
+
+def _upload_kind(content_type: str) -> tuple[ArchiveKind | None, str]:
+    """(archive kind or None for a raw GGUF body, multipart boundary) of a Content-Type."""
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    if media in ("application/octet-stream", ""):
+        return None, ""
+    kind = _ARCHIVE_TYPES.get(media)
+    if kind is None:
+        raise UnsupportedMediaTypeError(
+            "send a GGUF file as application/octet-stream, or a Hugging Face folder as "
+            "application/x-tar, application/gzip, application/zip or multipart/form-data",
+            param="Content-Type",
+        )
+    boundary = ""
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if kind == "multipart" and not 1 <= len(boundary) <= 70:
+        raise InvalidRequestError("multipart/form-data needs a boundary", param="Content-Type")
+    return kind, boundary
+
+
 @router.post("/{name}/versions", response_model=VersionOut, status_code=201)
 async def upload_version(
     name: str,
@@ -147,13 +182,24 @@ async def upload_version(
     _: AdminKey,
     x_description: Annotated[str, Header(max_length=4096)] = "",
 ) -> VersionOut:
-    """Upload a GGUF file as the raw request body (streamed to disk, size-capped)."""
-    ctype = (request.headers.get("content-type") or "").split(";")[0].strip()
-    if ctype not in ("application/octet-stream", ""):
-        raise InvalidRequestError(
-            "send the model file as the raw body with Content-Type application/octet-stream"
+    """Upload a new version, streamed to disk and size-capped: a GGUF file as the raw body
+    (``application/octet-stream``), or a Hugging Face folder as a tar (``application/x-tar``),
+    gzip-compressed tar (``application/gzip``) or zip (``application/zip``) archive, or as
+    ``multipart/form-data`` parts whose filenames are their paths in the folder."""
+    kind, boundary = _upload_kind(request.headers.get("content-type") or "")
+    if kind is None:
+        version = await store.upload(
+            name, request.stream(), source="upload", description=x_description
         )
-    version = await store.upload(name, request.stream(), source="upload", description=x_description)
+    else:
+        version = await store.upload_folder(
+            name,
+            request.stream(),
+            kind,
+            boundary=boundary,
+            source=f"upload:{kind}",
+            description=x_description,
+        )
     return VersionOut.of(version)
 
 
@@ -172,7 +218,7 @@ async def import_version(name: str, body: ImportBody, store: StoreDep, _: AdminK
     else:
         assert body.path is not None
         version = await asyncio.to_thread(
-            store.import_file, name, Path(body.path), description=body.description
+            store.import_path, name, Path(body.path), description=body.description
         )
     return VersionOut.of(version)
 
@@ -183,11 +229,26 @@ async def show_version(name: str, ref: str, store: StoreDep, _: AdminKey) -> Ver
     return VersionOut.of(await asyncio.to_thread(store.catalog.get_version, name, parsed))
 
 
-@router.get("/{name}/versions/{ref}/content")
-async def download_version(name: str, ref: str, store: StoreDep, _: AdminKey) -> FileResponse:
-    """The version's file; supports HTTP Range requests (resumable downloads)."""
+@router.get("/{name}/versions/{ref}/content", response_model=None)
+async def download_version(
+    name: str, ref: str, store: StoreDep, _: AdminKey
+) -> FileResponse | StreamingResponse:
+    """A GGUF version's file, with HTTP Range requests (resumable downloads); a Hugging Face
+    version as a tar of its folder, generated as it is sent."""
     parsed = parse_reference(f"{name}:{ref}")[1]
     version = await asyncio.to_thread(store.catalog.get_version, name, parsed)
+    if version.format == "hf":
+        length, chunks = await asyncio.to_thread(store.folder_tar, version)
+        filename = f"{version.model}-v{version.number}.tar"
+        return StreamingResponse(
+            chunks,
+            media_type="application/x-tar",
+            headers={
+                "Content-Length": str(length),
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "X-Digest": version.digest,
+            },
+        )
     return FileResponse(
         store.path_of(version),
         media_type="application/octet-stream",
