@@ -164,6 +164,89 @@ CASES: list[Case] = [
 ]
 
 
+def _beam_chat(**fields: Any) -> dict[str, Any]:
+    return _chat(use_beam_search=True, **fields)
+
+
+def _beam_comp(**fields: Any) -> dict[str, Any]:
+    return _comp(use_beam_search=True, **fields)
+
+
+# Beam search (default limits: max_beam_width 8, max_n 8): every refusal names its field.
+BEAM_CASES: list[Case] = [
+    ("beam-flag-wrong-type", CHAT, _chat(use_beam_search="yes"), {}, 400, "use_beam_search"),
+    ("beam-width-zero", CHAT, _beam_chat(beam_width=0), {}, 400, "beam_width"),
+    ("beam-width-wrong-type", COMP, _beam_comp(beam_width=2.5), {}, 400, "beam_width"),
+    ("beam-width-above-limit", CHAT, _beam_chat(beam_width=9), {}, 400, "beam_width"),
+    ("beam-best-of-above-limit", COMP, _beam_comp(best_of=9), {}, 400, "best_of"),
+    ("beam-best-of-zero", COMP, _beam_comp(best_of=0), {}, 400, "best_of"),
+    (
+        "beam-best-of-differs-from-width",
+        COMP,
+        _beam_comp(best_of=3, beam_width=4),
+        {},
+        400,
+        "best_of",
+    ),
+    ("beam-n-above-width", CHAT, _beam_chat(beam_width=2, n=3), {}, 400, "n"),
+    ("beam-n-above-best-of", COMP, _beam_comp(best_of=2, n=3), {}, 400, "n"),
+    ("beam-n-above-width-completions", COMP, _beam_comp(n=8, beam_width=4), {}, 400, "n"),
+    ("beam-stream", CHAT, _beam_chat(stream=True), {}, 400, "stream"),
+    ("beam-stream-completions", COMP, _beam_comp(stream=True), {}, 400, "stream"),
+    ("beam-temperature", CHAT, _beam_chat(temperature=0.7), {}, 400, "temperature"),
+    ("beam-top-p", COMP, _beam_comp(top_p=0.9), {}, 400, "top_p"),
+    ("beam-top-k", CHAT, _beam_chat(top_k=5), {}, 400, "top_k"),
+    ("beam-min-p", COMP, _beam_comp(min_p=0.1), {}, 400, "min_p"),
+    (
+        "beam-repetition-penalty",
+        CHAT,
+        _beam_chat(repetition_penalty=1.2),
+        {},
+        400,
+        "repetition_penalty",
+    ),
+    ("beam-presence-penalty", CHAT, _beam_chat(presence_penalty=0.5), {}, 400, "presence_penalty"),
+    (
+        "beam-frequency-penalty",
+        COMP,
+        _beam_comp(frequency_penalty=-0.5),
+        {},
+        400,
+        "frequency_penalty",
+    ),
+    (
+        "beam-json-format",
+        CHAT,
+        _beam_chat(response_format={"type": "json_object"}),
+        {},
+        400,
+        "response_format",
+    ),
+    ("beam-echo", COMP, _beam_comp(echo=True), {}, 400, "echo"),
+    ("beam-length-penalty-range", CHAT, _beam_chat(length_penalty=50), {}, 400, "length_penalty"),
+    (
+        "beam-early-stopping-type",
+        CHAT,
+        _beam_chat(early_stopping="never"),
+        {},
+        400,
+        "early_stopping",
+    ),
+    ("beam-width-without-beam", CHAT, _chat(beam_width=2), {}, 400, "beam_width"),
+    ("length-penalty-without-beam", COMP, _comp(length_penalty=0.5), {}, 400, "length_penalty"),
+    ("early-stopping-without-beam", CHAT, _chat(early_stopping=True), {}, 400, "early_stopping"),
+    ("best-of-without-beam", COMP, _comp(best_of=3), {}, 400, "best_of"),
+    (
+        "beam-logit-bias-beyond-vocab",
+        CHAT,
+        _beam_chat(logit_bias={"99999999": 5}),
+        {},
+        400,
+        "logit_bias",
+    ),
+]
+
+
 def encode(body: bytes | dict[str, Any], model: str) -> bytes:
     if isinstance(body, bytes):
         return body

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from lmaas.engine.client import EngineClient, EngineHealth, ReplicaHealth
 from lmaas.errors import InvalidRequestError, ServiceUnavailableError
 from lmaas.protocol.engine import (
+    BeamResult,
     FinishReason,
     GenerateRequest,
     ModelInfo,
@@ -75,6 +76,38 @@ class FakeEngine(EngineClient):
             replicas=[ReplicaHealth(index=0, state=state)],
         )
 
+    @staticmethod
+    def _beams(request: GenerateRequest, prompt_len: int, max_new: int) -> TokenEvent:
+        """Beam j is ``w0 .. w{max_new-2} b{j}``, each token at logprob -0.5 - j/10."""
+        assert request.beam is not None
+        beams = []
+        for j in range(request.beam.n):
+            words = [f" w{i}" for i in range(max_new - 1)] + [f" b{j}"]
+            lp = -0.5 - j / 10
+            logprobs = None
+            if request.logprobs is not None:
+                logprobs = [
+                    TokenLogprob(i, w, list(w.encode()), lp, [(i, w, list(w.encode()), lp)])
+                    for i, w in enumerate(words)
+                ]
+            beams.append(
+                BeamResult(
+                    token_ids=list(range(max_new)),
+                    text="".join(words),
+                    finish_reason=FinishReason.LENGTH,
+                    cumulative_logprob=lp * max_new,
+                    score=lp * max_new / max_new**request.beam.length_penalty,
+                    logprobs=logprobs,
+                )
+            )
+        return TokenEvent(
+            request.request_id,
+            finish_reason=FinishReason.LENGTH,
+            prompt_tokens=prompt_len,
+            completion_tokens=max_new * request.beam.n,
+            beams=beams,
+        )
+
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
 
@@ -99,6 +132,10 @@ class FakeEngine(EngineClient):
         try:
             if self.hold is not None:
                 await self.hold.wait()
+            if request.beam is not None:
+                finished = True
+                yield self._beams(request, prompt_len, max_new)
+                return
             text_so_far = ""
             for i in range(max_new):
                 if self.fail_midstream and i == 2:

@@ -156,6 +156,15 @@ class Limits(BaseModel):
         int, Field(ge=1, description="Largest `max_tokens` a request may ask")
     ] = 4096
     max_n: Annotated[int, Field(ge=1, le=128, description="Largest `n` a request may ask")] = 8
+    max_beam_width: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=256,
+            description="Largest `beam_width` (or `best_of`) of a beam search; each beam holds "
+            "one of the worker's `max_num_seqs` sequence slots",
+        ),
+    ] = 8
     max_logprobs: Annotated[
         int, Field(ge=0, le=100, description="Largest `top_logprobs` / `logprobs`")
     ] = 20

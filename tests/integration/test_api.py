@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.bad_inputs import CASES, check_error_envelope, encode
+from tests.bad_inputs import BEAM_CASES, CASES, check_error_envelope, encode
 from tests.fakes import FakeEngine
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -256,3 +256,117 @@ async def test_models_and_openapi(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/models/other")).status_code == 404
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/completions" in spec["paths"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "param"),
+    [c[1:] for c in BEAM_CASES],
+    ids=[c[0] for c in BEAM_CASES],
+)
+async def test_bad_beam_search_input_table(
+    client: httpx.AsyncClient,
+    path: str,
+    body: Any,
+    headers: dict[str, str],
+    status: int,
+    param: str | None,
+) -> None:
+    r = await client.post(
+        path,
+        content=encode(body, "fake"),
+        headers={"content-type": "application/json", **headers},
+    )
+    assert r.status_code == status, r.text
+    assert check_error_envelope(r.json())["param"] == param
+
+
+async def test_beam_search_chat_shape(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    body = {
+        **CHAT,
+        "use_beam_search": True,
+        "beam_width": 3,
+        "n": 2,
+        "temperature": 0,
+        "length_penalty": 0.5,
+        "early_stopping": True,
+        "logprobs": True,
+        "top_logprobs": 1,
+        "stop": ["zz"],
+        "logit_bias": {"5": -100},
+    }
+    r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    (req,) = engine.requests
+    assert req.beam is not None
+    assert (req.beam.width, req.beam.n, req.beam.length_penalty, req.beam.early_stopping) == (
+        3,
+        2,
+        0.5,
+        True,
+    )
+    assert req.sampling.logit_bias == {5: -100.0} and req.stop == ["zz"] and req.logprobs == 1
+    choices = r.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    assert [c["message"]["content"] for c in choices] == [" w0 w1 b0", " w0 w1 b1"]
+    assert choices[0]["cumulative_logprob"] == pytest.approx(-1.5)
+    assert choices[0]["score"] > choices[1]["score"]
+    assert [t["token"] for t in choices[0]["logprobs"]["content"]] == [" w0", " w1", " b0"]
+    usage = r.json()["usage"]
+    assert usage["completion_tokens"] == 6  # the tokens of the beams returned
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 6
+
+
+async def test_beam_search_completions_per_prompt(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    body = {
+        "model": "fake",
+        "prompt": ["a b", "c"],
+        "max_tokens": 2,
+        "use_beam_search": True,
+        "best_of": 2,  # the beam width
+        "n": 2,
+        "logprobs": 1,
+    }
+    r = await client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert [req.beam.width if req.beam else None for req in engine.requests] == [2, 2]
+    choices = r.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    assert [c["text"] for c in choices] == [" w0 b0", " w0 b1"] * 2
+    assert choices[1]["logprobs"]["tokens"] == [" w0", " b1"]
+    assert choices[1]["logprobs"]["text_offset"] == [0, 3]
+    assert all(c["finish_reason"] == "length" for c in choices)
+    assert r.json()["usage"] == {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}
+
+
+async def test_beam_search_default_width_and_plain_request_unchanged(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    comp = {"model": "fake", "prompt": "a", "max_tokens": 2, "use_beam_search": True}
+    assert (await client.post("/v1/completions", json=comp)).status_code == 200
+    assert engine.requests[-1].beam is not None and engine.requests[-1].beam.width == 4
+    r = await client.post("/v1/completions", json={**comp, "n": 6})
+    assert r.status_code == 200 and engine.requests[-1].beam.width == 6  # type: ignore[union-attr]
+    assert len(r.json()["choices"]) == 6
+    r = await client.post("/v1/completions", json={**comp, "use_beam_search": False})
+    assert r.status_code == 200 and engine.requests[-1].beam is None
+    assert "cumulative_logprob" not in r.json()["choices"][0]
+
+
+async def test_beam_search_counts_its_slots_at_admission(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    engine.hold = asyncio.Event()
+    # capacity 4 + max_queue 2 = 6 in flight; 5 plain requests leave room for one sequence.
+    held = [asyncio.create_task(client.post("/v1/chat/completions", json=CHAT)) for _ in range(5)]
+    for _ in range(200):
+        if engine.outstanding == 5:
+            break
+        await asyncio.sleep(0.01)
+    beam = {**CHAT, "use_beam_search": True, "beam_width": 2}
+    r = await client.post("/v1/chat/completions", json=beam)
+    assert r.status_code == 429
+    engine.hold.set()
+    assert all(x.status_code == 200 for x in await asyncio.gather(*held))
+    assert (await client.post("/v1/chat/completions", json=beam)).status_code == 200

@@ -81,6 +81,11 @@ class SamplingFields(_Request):
     user: StrictStr | None = None
     ignore_eos: StrictBool = False
     include_stop_str_in_output: StrictBool = False
+    # Beam search (an extension, named as in vLLM); rules in gateway/serving/beam.py.
+    use_beam_search: StrictBool = False
+    beam_width: Annotated[StrictInt | None, Field(ge=1)] = None
+    length_penalty: Annotated[Float | None, Field(ge=-10.0, le=10.0)] = None
+    early_stopping: StrictBool | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -156,6 +161,9 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     logprobs: ChatChoiceLogprobs | None = None
     finish_reason: str | None
+    # Beam search only: the beam's summed logprob and its length-penalized score.
+    cumulative_logprob: float | None = None
+    score: float | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -180,6 +188,9 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
+    # Beam search only: the beam's summed logprob and its length-penalized score.
+    cumulative_logprob: float | None = None
+    score: float | None = None
 
 
 class Completion(BaseModel):

@@ -14,11 +14,13 @@ from lmaas.engine.client import EngineClient
 from lmaas.errors import InvalidRequestError, LmaasError, ServiceUnavailableError
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.serving import sse
+from lmaas.gateway.serving.beam import beam_params, beam_usage, run_beam_searches
 from lmaas.gateway.serving.common import (
     RequestTiming,
     build_sampling,
     check_admission,
     check_schema,
+    engine_request_id,
     first_event,
     merge_streams,
     new_generate_requests,
@@ -28,7 +30,7 @@ from lmaas.gateway.serving.common import (
     validate_common,
 )
 from lmaas.gateway.serving.template import render_chat
-from lmaas.protocol.engine import TokenEvent, TokenLogprob
+from lmaas.protocol.engine import GenerateRequest, SamplingParams, TokenEvent, TokenLogprob
 from lmaas.protocol.openai import ChatCompletionRequest
 from lmaas.registry.keys import KeyInfo
 from lmaas.telemetry.metrics import Metrics
@@ -70,24 +72,34 @@ class ChatServing:
                     f"{self.limits.max_logprobs} is allowed",
                     param="top_logprobs",
                 )
+        beam = beam_params(body, self.limits, response_format=body.response_format)
         schema = check_schema(body.response_format)
         info = engine.info
         if info is None:
             raise ServiceUnavailableError(f"model '{engine.name}' is still loading")
         prompt = render_chat(info, body.messages)
         sampling = build_sampling(body, info, schema)
+        generate_fields: dict[str, Any] = {
+            "parse_special": True,
+            "add_bos": not (info.bos_token and prompt.startswith(info.bos_token)),
+            "max_tokens": max_tokens,
+            "stop": body.stop_list(),
+            "include_stop_str": body.include_stop_str_in_output,
+            "ignore_eos": body.ignore_eos,
+            "logprobs": (body.top_logprobs or 0) if body.logprobs else None,
+        }
+        if beam is not None:
+            beam_request = GenerateRequest(
+                request_id=engine_request_id(request_id, 0),
+                prompt=prompt,
+                sampling=SamplingParams(logit_bias=sampling.logit_bias),
+                beam=beam,
+                **generate_fields,
+            )
+            return await self._create_beams(body, request, request_id, engine, beam_request)
         check_admission(engine, self.limits, body.n)
         requests = new_generate_requests(
-            request_id,
-            prompt,
-            seeds_for(sampling, body.n),
-            parse_special=True,
-            add_bos=not (info.bos_token and prompt.startswith(info.bos_token)),
-            max_tokens=max_tokens,
-            stop=body.stop_list(),
-            include_stop_str=body.include_stop_str_in_output,
-            ignore_eos=body.ignore_eos,
-            logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+            request_id, prompt, seeds_for(sampling, body.n), **generate_fields
         )
         timing = RequestTiming(model=engine.name)
         request.state.timing = timing
@@ -110,6 +122,44 @@ class ChatServing:
         if result is None:
             return Response(status_code=499)
         return JSONResponse(result)
+
+    async def _create_beams(
+        self,
+        body: ChatCompletionRequest,
+        request: Request,
+        request_id: str,
+        engine: EngineClient,
+        beam_request: GenerateRequest,
+    ) -> Response:
+        assert beam_request.beam is not None
+        check_admission(engine, self.limits, beam_request.beam.width)
+        timing = RequestTiming(model=engine.name)
+        request.state.timing = timing
+        results = await run_beam_searches(request, engine, [beam_request], timing, self.metrics)
+        if results is None:
+            return Response(status_code=499)
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{request_id}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.model,
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": b.text},
+                        "logprobs": {"content": [chat_logprob(lp) for lp in b.logprobs or ()]}
+                        if body.logprobs
+                        else None,
+                        "finish_reason": b.finish_reason.value,
+                        "cumulative_logprob": b.cumulative_logprob,
+                        "score": b.score,
+                    }
+                    for i, b in enumerate(results[0])
+                ],
+                "usage": beam_usage(timing.prompt_tokens, results),
+            }
+        )
 
     async def _collect(
         self,

@@ -74,7 +74,7 @@ def validate_common(body: SamplingFields, limits: Limits, max_tokens: int | None
     if any(not s for s in stops):
         raise InvalidRequestError("stop strings must not be empty", param="stop")
     temperature = 1.0 if body.temperature is None else float(body.temperature)
-    if body.n > 1 and temperature < _GREEDY_EPS:
+    if body.n > 1 and temperature < _GREEDY_EPS and not body.use_beam_search:
         raise InvalidRequestError(
             "n > 1 with temperature 0 (greedy) would return identical choices; use temperature > 0",
             param="n",

@@ -15,11 +15,13 @@ from lmaas.engine.client import EngineClient
 from lmaas.errors import InvalidRequestError, LmaasError, ServiceUnavailableError
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.serving import sse
+from lmaas.gateway.serving.beam import beam_params, beam_usage, run_beam_searches
 from lmaas.gateway.serving.common import (
     RequestTiming,
     build_sampling,
     check_admission,
     check_schema,
+    engine_request_id,
     first_event,
     merge_streams,
     new_generate_requests,
@@ -28,7 +30,13 @@ from lmaas.gateway.serving.common import (
     until_disconnected,
     validate_common,
 )
-from lmaas.protocol.engine import GenerateRequest, TokenEvent, TokenLogprob
+from lmaas.protocol.engine import (
+    BeamParams,
+    GenerateRequest,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+)
 from lmaas.protocol.openai import CompletionRequest
 from lmaas.registry.keys import KeyInfo
 from lmaas.telemetry.metrics import Metrics
@@ -106,11 +114,14 @@ class CompletionServing:
         validate_common(body, self.limits, body.max_tokens)
         if body.suffix is not None:
             raise InvalidRequestError("suffix is not supported", param="suffix")
-        if body.best_of is not None and body.best_of != body.n:
+        if body.best_of is not None and body.best_of != body.n and not body.use_beam_search:
             raise InvalidRequestError(
-                "best_of other than n needs beam search, which this endpoint does not do yet",
+                "best_of other than n needs beam search (use_beam_search: true), where it is "
+                "the beam width",
                 param="best_of",
             )
+        if body.use_beam_search and body.echo:
+            raise InvalidRequestError("beam search cannot echo the prompt", param="echo")
         if body.max_tokens == 0 and not body.echo:
             raise InvalidRequestError(
                 "max_tokens must be at least 1 (0 is allowed only with echo, to score a prompt)",
@@ -129,12 +140,19 @@ class CompletionServing:
         engine = resolve_engine(self.engines, body.model)
         request.state.model = engine.name
         self._validate(body)
+        beam = beam_params(
+            body, self.limits, response_format=body.response_format, best_of=body.best_of
+        )
         prompts = normalize_prompts(body.prompt, self.limits)
         schema = check_schema(body.response_format)
         info = engine.info
         if info is None:
             raise ServiceUnavailableError(f"model '{engine.name}' is still loading")
         sampling = build_sampling(body, info, schema)
+        if beam is not None:
+            return await self._create_beams(
+                body, request, request_id, engine, prompts, beam, sampling.logit_bias
+            )
         check_admission(engine, self.limits, body.n * len(prompts))
         requests: list[GenerateRequest] = []
         for p in prompts:
@@ -166,6 +184,64 @@ class CompletionServing:
         if result is None:
             return Response(status_code=499)
         return JSONResponse(result)
+
+    async def _create_beams(
+        self,
+        body: CompletionRequest,
+        request: Request,
+        request_id: str,
+        engine: EngineClient,
+        prompts: list[str | list[int]],
+        beam: BeamParams,
+        bias: dict[int, float],
+    ) -> Response:
+        """One beam search per prompt; choice ``i * n + j`` is beam ``j`` of prompt ``i``."""
+        check_admission(engine, self.limits, beam.width * len(prompts))
+        requests = [
+            GenerateRequest(
+                request_id=engine_request_id(request_id, i),
+                prompt=p,
+                max_tokens=body.max_tokens,
+                stop=body.stop_list(),
+                include_stop_str=body.include_stop_str_in_output,
+                ignore_eos=body.ignore_eos,
+                logprobs=body.logprobs,
+                sampling=SamplingParams(logit_bias=bias),
+                beam=beam,
+            )
+            for i, p in enumerate(prompts)
+        ]
+        timing = RequestTiming(model=engine.name)
+        request.state.timing = timing
+        results = await run_beam_searches(request, engine, requests, timing, self.metrics)
+        if results is None:
+            return Response(status_code=499)
+        choices = []
+        for i, beams in enumerate(results):
+            for j, b in enumerate(beams):
+                choice = _Choice()
+                if b.logprobs is not None:
+                    choice.add_logprobs(b.logprobs, 0)
+                choices.append(
+                    {
+                        "index": i * beam.n + j,
+                        "text": b.text,
+                        "logprobs": choice.logprobs() if body.logprobs is not None else None,
+                        "finish_reason": b.finish_reason.value,
+                        "cumulative_logprob": b.cumulative_logprob,
+                        "score": b.score,
+                    }
+                )
+        return JSONResponse(
+            {
+                "id": f"cmpl-{request_id}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.model,
+                "choices": choices,
+                "usage": beam_usage(timing.prompt_tokens, results),
+            }
+        )
 
 
 class _Run:
