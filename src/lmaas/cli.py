@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from lmaas.cli_deploy import deploy, ps, scale, undeploy
 from lmaas.cli_keys import keys_app
-from lmaas.cli_models import models_app
+from lmaas.cli_models import models_app, tasks_app
 from lmaas.config import SHIPPED_MODELS, ModelConfig, Settings, load_settings
 from lmaas.errors import LmaasError
 
@@ -47,11 +48,11 @@ def serve(
     """Serve the configured models behind the OpenAI-compatible API."""
     import uvicorn
 
-    from lmaas.controller.deployment import LocalDeployment
-    from lmaas.engine.client import EngineClient
+    from lmaas.controller.manager import DeploymentManager
     from lmaas.gateway.app import create_app
     from lmaas.gateway.auth import Authenticator, InsecureStartupError
-    from lmaas.registry.open import open_registry, resolve_served_paths
+    from lmaas.registry.open import open_registry
+    from lmaas.tasks.records import TaskRecorder
     from lmaas.telemetry.logging import setup_logging
 
     models = [_model_from_flag(m) for m in model] if model else None
@@ -70,17 +71,29 @@ def serve(
     except InsecureStartupError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(2) from exc
-    served = resolve_served_paths(registry.store, settings.models)
-    for m in settings.models:
-        try:
-            m.resolve_path()
-        except FileNotFoundError as exc:
-            typer.echo(f"model {m.name}: {exc}", err=True)
-            raise typer.Exit(2) from exc
-    engines: dict[str, EngineClient] = {
-        m.name: LocalDeployment(m, settings) for m in settings.models
-    }
-    api = create_app(settings, engines, auth=auth, store=registry.store, served_versions=served)
+    manager = DeploymentManager(settings, registry.store, registry.deployments)
+    try:
+        manager.check_config()
+    except (LmaasError, FileNotFoundError) as exc:
+        typer.echo(f"cannot serve the configured models: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    recorder = None
+    if settings.tasks.enabled:
+        recorder = TaskRecorder(
+            registry.tasks,
+            batch_size=settings.tasks.batch_size,
+            flush_interval=settings.tasks.flush_interval,
+            retention_days=settings.tasks.retention_days,
+        )
+    api = create_app(
+        settings,
+        manager.engines,
+        auth=auth,
+        store=registry.store,
+        deployments=manager,
+        recorder=recorder,
+        task_store=registry.tasks,
+    )
     uvicorn.run(
         api,
         host=settings.host,
@@ -93,6 +106,11 @@ def serve(
 
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(tasks_app, name="tasks")
+app.command()(deploy)
+app.command()(scale)
+app.command()(undeploy)
+app.command()(ps)
 
 
 @app.command("shipped-models")

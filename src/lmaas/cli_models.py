@@ -215,3 +215,52 @@ def alias(
             )
         )
     console.print(f"{name}:{alias_name} → version {v['number']}")
+
+
+tasks_app = typer.Typer(help="Query the record of inference requests", no_args_is_help=True)
+
+
+@tasks_app.command("ls")
+def list_tasks(
+    model: Annotated[str | None, typer.Option(help="Only this model")] = None,
+    status: Annotated[str | None, typer.Option(help="ok | error | cancelled")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-22T08:00:00Z")] = None,
+    key_id: Annotated[str | None, typer.Option("--key-id", help="Only this API key id")] = None,
+    limit: Annotated[int, typer.Option(help="Rows")] = 50,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    key: KeyOpt = None,
+) -> None:
+    """The newest task records, one row each."""
+    params = {"model": model, "status": status, "since": since, "key": key_id, "limit": limit}
+    with _client(url, key) as c:
+        page = _check(c.get("/admin/tasks", params={k: v for k, v in params.items() if v}))
+    table = Table(
+        "received",
+        "request id",
+        "type",
+        "model",
+        "status",
+        "http",
+        "in",
+        "out",
+        "ttft ms",
+        "latency ms",
+        "key",
+        "error",
+    )
+    for t in page["data"]:
+        table.add_row(
+            str(t["received_at"])[:19],
+            t["request_id"][:16],
+            t["task_type"],
+            t["model"] or "-",
+            t["status"],
+            str(t["http_status"]),
+            str(t["prompt_tokens"]),
+            str(t["completion_tokens"]),
+            f"{t['ttft_ms']:.0f}" if t["ttft_ms"] else "-",
+            f"{t['latency_ms']:.0f}",
+            t["api_key_id"] or "-",
+            (t["error"] or "")[:40],
+        )
+    console.print(table)

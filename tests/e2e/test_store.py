@@ -255,3 +255,43 @@ def test_kill_mid_upload_leaves_no_version_and_no_stray_blob(tmp_path: Path) -> 
         assert len([e for e in entries if e.startswith("sha256-")]) == 1  # the shipped model
     finally:
         restarted.stop()
+
+
+def test_task_records_for_successful_and_failed_requests(env: Env) -> None:
+    ok = env.req(
+        "POST", "/v1/completions", env.user, headers={"X-Request-ID": "task-ok-1"},
+        json={"model": MODEL, "prompt": "Hello there", "max_tokens": 3, "temperature": 0},
+    )
+    assert ok.status_code == 200
+    usage = ok.json()["usage"]
+    bad = env.req(
+        "POST", "/v1/chat/completions", env.user, headers={"X-Request-ID": "task-bad-1"},
+        json={"model": MODEL, "messages": [], "max_tokens": 3},
+    )
+    assert bad.status_code == 400
+
+    def records() -> dict[str, dict[str, object]]:
+        page = env.get("/admin/tasks?limit=1000", env.admin).json()
+        return {t["request_id"]: t for t in page["data"]}
+
+    found = wait_until(
+        lambda: (r := records()) and {"task-ok-1", "task-bad-1"} <= set(r) and r,
+        30, what="the task records to be written",
+    )
+    good = found["task-ok-1"]
+    assert good["status"] == "ok" and good["http_status"] == 200
+    assert good["task_type"] == "completion" and good["model"] == MODEL
+    assert good["version"] == 1 and good["client_ip"] == "127.0.0.1"
+    assert good["prompt_tokens"] == usage["prompt_tokens"]
+    assert good["completion_tokens"] == usage["completion_tokens"] == 3
+    assert good["api_key_id"] == env.user.split("-")[1]
+    assert good["params"]["temperature"] == 0 and good["prompt"] is None
+    assert good["ttft_ms"] is not None and good["latency_ms"] >= good["ttft_ms"]
+    failed = found["task-bad-1"]
+    assert failed["status"] == "error" and failed["http_status"] == 400
+    assert "messages" in str(failed["error"])
+
+    page = env.get("/admin/tasks?status=error&limit=1000", env.admin).json()
+    assert all(t["status"] == "error" for t in page["data"])
+    out = cli(env.home, "tasks", "ls", "--status", "ok", key=env.admin, url=env.server.url)
+    assert "task-ok-1" in out

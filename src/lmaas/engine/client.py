@@ -10,13 +10,16 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from lmaas.errors import InvalidRequestError
 from lmaas.protocol.engine import GenerateRequest, ModelInfo, TokenEvent
+from lmaas.protocol.tasks import TaskRequest, TaskResult
 
 
 @dataclass(slots=True)
 class ReplicaHealth:
     index: int
-    state: str  # starting | ready | failed | stopped
+    state: str  # starting | ready | failed | draining | stopped
+    version: int | None = None  # the model store version it serves, when it came from the store
     pid: int | None = None
     restarts: int = 0
     last_error: str | None = None
@@ -59,6 +62,16 @@ class EngineClient(ABC):
         no ready replica) and mid-stream when the replica dies. Closing the iterator early
         aborts the request and frees its slot.
         """
+
+    async def run_task(self, request: TaskRequest) -> TaskResult:
+        """Run one non-generation task (embed, classify, score, tokenize, detokenize).
+
+        Raises an ``LmaasError`` when the model refuses it (bad input, a task the model cannot
+        do) or no replica can run it. Engines that run no tasks keep this default.
+        """
+        raise InvalidRequestError(
+            f"model '{self.name}' does not run {request.kind} tasks", param="model"
+        )
 
     @abstractmethod
     async def abort(self, request_id: str) -> None:

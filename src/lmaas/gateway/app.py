@@ -11,15 +11,23 @@ from fastapi import FastAPI
 from lmaas import __version__
 from lmaas.config import Settings
 from lmaas.engine.client import EngineClient
+from lmaas.engine.directory import EngineDirectory
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.errors import install_error_handlers
 from lmaas.gateway.middleware import RequestContextMiddleware
 from lmaas.gateway.routes import ops
+from lmaas.gateway.routes.admin import deployments as admin_deployments
 from lmaas.gateway.routes.admin import models as admin_models
-from lmaas.gateway.routes.v1 import chat, completions, models
+from lmaas.gateway.routes.admin import tasks as admin_tasks
+from lmaas.gateway.routes.v1 import chat, completions, models, understanding
 from lmaas.gateway.serving.chat import ChatServing
+from lmaas.gateway.serving.classify import ClassifyServing
 from lmaas.gateway.serving.completions import CompletionServing
+from lmaas.gateway.serving.embeddings import EmbeddingServing
+from lmaas.gateway.serving.scoring import ScoringServing
+from lmaas.protocol.deploy import DeploymentControl
 from lmaas.registry.store import ModelStore
+from lmaas.tasks.records import TaskRecorder, TaskStore
 from lmaas.telemetry.metrics import Metrics
 
 
@@ -29,22 +37,42 @@ def create_app(
     *,
     auth: Authenticator,
     store: ModelStore | None = None,
+    deployments: DeploymentControl | None = None,
     served_versions: set[tuple[str, int]] | None = None,
+    recorder: TaskRecorder | None = None,
+    task_store: TaskStore | None = None,
 ) -> FastAPI:
-    """An app serving ``engines`` (keyed by model name); the lifespan starts and stops them.
+    """An app serving ``engines`` (keyed by served name).
 
-    ``auth`` decides who may call what; with a ``store`` the admin model API is mounted.
+    With ``deployments`` (a deployment manager whose live ``engines`` directory is passed as
+    ``engines``) the lifespan starts and stops the manager and ``/admin/deployments`` is
+    mounted; without it the lifespan starts and stops the fixed ``engines`` themselves, which
+    serve the ``served_versions`` of the store. ``auth`` decides who may call what; with a
+    ``store`` the admin model API is mounted, with a ``task_store`` the task records API.
     """
+    if not isinstance(engines, EngineDirectory):
+        fixed = {model: number for model, number in (served_versions or set())}
+        engines = EngineDirectory(engines, version_of=fixed.get)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for engine in engines.values():
-            await engine.start()
+        if recorder is not None:
+            recorder.start()
+        if deployments is not None:
+            await deployments.start()
+        else:
+            for engine in engines.values():
+                await engine.start()
         try:
             yield
         finally:
-            for engine in engines.values():
-                await engine.close()
+            if deployments is not None:
+                await deployments.close()
+            else:
+                for engine in engines.values():
+                    await engine.close()
+            if recorder is not None:
+                await recorder.close()
 
     app = FastAPI(
         title="lmaas",
@@ -59,21 +87,43 @@ def create_app(
     app.state.started_at = time.time()
     app.state.auth = auth
     app.state.store = store
-    app.state.served_versions = served_versions or set()
-    app.state.chat_serving = ChatServing(engines, settings.limits, metrics)
-    app.state.completion_serving = CompletionServing(engines, settings.limits, metrics)
+    app.state.deployments = deployments
+    app.state.served_versions = (
+        deployments.served_versions if deployments is not None else lambda: served_versions or set()
+    )
+    app.state.task_store = task_store
+    store_prompts = settings.tasks.store_prompts
+    app.state.chat_serving = ChatServing(
+        engines, settings.limits, metrics, store_prompts=store_prompts
+    )
+    app.state.completion_serving = CompletionServing(
+        engines, settings.limits, metrics, store_prompts=store_prompts
+    )
+    for attr, cls in (
+        ("embedding_serving", EmbeddingServing),
+        ("classify_serving", ClassifyServing),
+        ("scoring_serving", ScoringServing),
+    ):
+        setattr(app.state, attr, cls(engines, settings.limits, metrics, store_prompts=store_prompts))
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(understanding.router)
     if store is not None:
         app.include_router(admin_models.router)
+    if task_store is not None:
+        app.include_router(admin_tasks.router)
+    if deployments is not None:
+        app.include_router(admin_deployments.router)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.limits.max_body_bytes,
         metrics=metrics,
-        served_models=set(engines),
+        served_models=engines,
         access_log=settings.access_log,
+        recorder=recorder,
+        version_of=engines.version_of,
     )
     return app

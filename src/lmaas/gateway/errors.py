@@ -46,12 +46,15 @@ _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "function-after", 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LmaasError)
-    async def _lmaas(_: Request, exc: LmaasError) -> JSONResponse:
+    async def _lmaas(request: Request, exc: LmaasError) -> JSONResponse:
+        request.state.error = exc.message  # for the task record
         return _response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _response(validation_error(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        error = validation_error(exc)
+        request.state.error = error.message
+        return _response(error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

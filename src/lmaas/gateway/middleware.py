@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Container
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmaas.errors import LmaasError, RequestTooLargeError, UnsupportedMediaTypeError
+from lmaas.gateway.task_log import task_record
+from lmaas.tasks.records import TaskRecorder
 from lmaas.telemetry.logging import accept_request_id, log_access
 from lmaas.telemetry.metrics import Metrics
 
 _JSON_TYPES = ("application/json",)
 _INFERENCE_PREFIX = "/v1/"
+# Inference routes outside /v1 (vLLM's spelling): same body checks, same request counts.
+_INFERENCE_EXTRA = ("/tokenize", "/detokenize")
+
+
+def _is_inference(path: str) -> bool:
+    return path.startswith(_INFERENCE_PREFIX) or path in _INFERENCE_EXTRA
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -47,20 +57,25 @@ class RequestContextMiddleware:
         *,
         max_body_bytes: int,
         metrics: Metrics,
-        served_models: set[str],
+        served_models: Container[str],
         access_log: bool,
+        recorder: TaskRecorder | None = None,
+        version_of: Callable[[str], int | None] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.served_models = served_models
         self.access_log = access_log
+        self.recorder = recorder
+        self.version_of = version_of or (lambda _name: None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.monotonic()
+        received_at = datetime.now(UTC)
         request_id = accept_request_id(_header(scope, b"x-request-id"))
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -83,13 +98,23 @@ class RequestContextMiddleware:
             await self.app(scope, replay, send_wrapper)
         finally:
             self._after(scope, state, status_holder["status"], start, request_id)
+            if self.recorder is not None:
+                record = task_record(
+                    scope,
+                    state,
+                    http_status=status_holder["status"],
+                    received_at=received_at,
+                    latency_s=time.monotonic() - start,
+                    request_id=request_id,
+                    version_of=self.version_of,
+                )
+                if record is not None:
+                    self.recorder.record(record)
 
     async def _check_body(self, scope: Scope, receive: Receive) -> Receive:
         # Inference bodies are small JSON and are buffered here; admin uploads stream through
         # and are capped by the model store instead.
-        if scope["method"] not in ("POST", "PUT", "PATCH") or not scope["path"].startswith(
-            _INFERENCE_PREFIX
-        ):
+        if scope["method"] not in ("POST", "PUT", "PATCH") or not _is_inference(scope["path"]):
             return receive
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
@@ -134,7 +159,7 @@ class RequestContextMiddleware:
     ) -> None:
         path = scope["path"]
         model = state.get("model")
-        if path.startswith(_INFERENCE_PREFIX) and scope["method"] == "POST":
+        if _is_inference(path) and scope["method"] == "POST":
             label = model if model in self.served_models else "unknown"
             self.metrics.requests.labels(label, path, str(status)).inc()
         if not self.access_log:

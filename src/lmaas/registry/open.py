@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from lmaas.config import ModelConfig, Settings
-from lmaas.errors import LmaasError
+from lmaas.config import Settings
 from lmaas.registry.blobs import BlobStore
 from lmaas.registry.catalog import Catalog
 from lmaas.registry.db import create_db_engine, database_url, session_factory, upgrade_to_head
+from lmaas.registry.deployments import DeploymentStore
 from lmaas.registry.keys import KeyStore
 from lmaas.registry.store import ModelStore
+from lmaas.tasks.records import TaskStore
 
 
 @dataclass
@@ -20,6 +21,8 @@ class Registry:
     engine: Engine
     store: ModelStore
     keys: KeyStore
+    tasks: TaskStore
+    deployments: DeploymentStore
 
     def close(self) -> None:
         self.engine.dispose()
@@ -45,24 +48,6 @@ def open_registry(settings: Settings) -> Registry:
     )
     store.recover()
     store.ensure_shipped()
-    return Registry(engine, store, KeyStore(sessions))
-
-
-def resolve_served_paths(store: ModelStore, models: list[ModelConfig]) -> set[tuple[str, int]]:
-    """Point each served model without a ``path`` at its file in the store; returns the
-    (model, version) pairs now served, which the store refuses to delete.
-
-    ``name`` may be ``model``, ``model:alias`` or ``model:3``; models the store does not know
-    keep resolving as shipped models (and fail with a clear message if they are not).
-    """
-    served: set[tuple[str, int]] = set()
-    for model in models:
-        if model.path is not None:
-            continue
-        try:
-            version = store.catalog.resolve(model.name)
-        except LmaasError:  # unknown, or not a valid catalog name: not a store model
-            continue
-        model.path = store.path_of(version)
-        served.add((version.model, version.number))
-    return served
+    return Registry(
+        engine, store, KeyStore(sessions), TaskStore(sessions), DeploymentStore(sessions)
+    )

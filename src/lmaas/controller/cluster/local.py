@@ -41,9 +41,11 @@ class WorkerProcess:
         health_interval: float,
         backoff_max: float,
         on_ready: Callable[[ModelInfo], None] | None = None,
+        version: int | None = None,
     ) -> None:
         self.model = model
         self.index = index
+        self.version = version
         self.label = f"{model.name}#{index}"
         self.start_timeout = start_timeout
         self.health_interval = health_interval
@@ -68,6 +70,7 @@ class WorkerProcess:
         return ReplicaHealth(
             index=self.index,
             state=self.state,
+            version=self.version,
             pid=self.pid,
             restarts=self.restarts,
             last_error=self.last_error,

@@ -9,7 +9,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from lmaas.config import Limits
 from lmaas.engine.client import EngineClient
 from lmaas.errors import InvalidRequestError, LmaasError, ServiceUnavailableError
 from lmaas.gateway.auth import Authenticator
@@ -17,6 +16,7 @@ from lmaas.gateway.serving import sse
 from lmaas.gateway.serving.beam import beam_params, beam_usage, run_beam_searches
 from lmaas.gateway.serving.common import (
     RequestTiming,
+    ServingBase,
     build_sampling,
     check_admission,
     check_schema,
@@ -26,6 +26,7 @@ from lmaas.gateway.serving.common import (
     new_generate_requests,
     resolve_engine,
     seeds_for,
+    task_params,
     until_disconnected,
     validate_common,
 )
@@ -33,7 +34,6 @@ from lmaas.gateway.serving.template import render_chat
 from lmaas.protocol.engine import GenerateRequest, SamplingParams, TokenEvent, TokenLogprob
 from lmaas.protocol.openai import ChatCompletionRequest
 from lmaas.registry.keys import KeyInfo
-from lmaas.telemetry.metrics import Metrics
 
 
 def chat_logprob(lp: TokenLogprob) -> dict[str, Any]:
@@ -47,18 +47,14 @@ def chat_logprob(lp: TokenLogprob) -> dict[str, Any]:
     }
 
 
-class ChatServing:
-    def __init__(self, engines: dict[str, EngineClient], limits: Limits, metrics: Metrics) -> None:
-        self.engines = engines
-        self.limits = limits
-        self.metrics = metrics
-
+class ChatServing(ServingBase):
     async def create(
         self, body: ChatCompletionRequest, request: Request, request_id: str, key: KeyInfo | None
     ) -> Response:
         Authenticator.authorize_model(key, body.model)
         engine = resolve_engine(self.engines, body.model)
         request.state.model = engine.name
+        request.state.task_params = task_params(body)
         max_tokens = body.max_completion_tokens or body.max_tokens
         validate_common(body, self.limits, max_tokens)
         if body.top_logprobs is not None:
@@ -78,6 +74,8 @@ class ChatServing:
         if info is None:
             raise ServiceUnavailableError(f"model '{engine.name}' is still loading")
         prompt = render_chat(info, body.messages)
+        if self.store_prompts:
+            request.state.task_prompt = prompt
         sampling = build_sampling(body, info, schema)
         generate_fields: dict[str, Any] = {
             "parse_special": True,
@@ -284,6 +282,7 @@ class ChatServing:
                     }
                 )
         except LmaasError as exc:
+            timing.error = exc.message
             yield sse.event(exc.to_body())
         finally:
             await merged.aclose()

@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from lmaas.config import Limits
 from lmaas.engine.client import EngineClient
+from lmaas.engine.directory import EngineDirectory
 from lmaas.errors import InvalidRequestError, NotFoundError, OverloadedError
 from lmaas.protocol.engine import GenerateRequest, ModelInfo, SamplingParams, TokenEvent
 from lmaas.protocol.openai import ResponseFormat, SamplingFields
@@ -27,8 +28,27 @@ T = TypeVar("T")
 _GREEDY_EPS = 1e-5
 
 
+class ServingBase:
+    """What every endpoint's serving object holds."""
+
+    def __init__(
+        self,
+        engines: dict[str, EngineClient],
+        limits: Limits,
+        metrics: Metrics,
+        *,
+        store_prompts: bool = False,
+    ) -> None:
+        self.engines = engines
+        self.limits = limits
+        self.metrics = metrics
+        self.store_prompts = store_prompts
+
+
 def resolve_engine(engines: dict[str, EngineClient], model: str) -> EngineClient:
-    engine = engines.get(model)
+    """The engine serving ``model``: a served name, or (with a deployment manager) a model of
+    the store as ``name``, ``name:alias`` or ``name:3`` that a deployment serves."""
+    engine = engines.lookup(model) if isinstance(engines, EngineDirectory) else engines.get(model)
     if engine is None:
         raise NotFoundError(
             f"The model '{model}' does not exist; available: {', '.join(sorted(engines))}",
@@ -137,6 +157,30 @@ def build_sampling(
     )
 
 
+_TASK_PARAMS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "n",
+    "stream",
+    "max_tokens",
+    "stop",
+    "logit_bias",
+)
+
+
+def task_params(body: SamplingFields, **extra: Any) -> dict[str, Any]:
+    """The request's sampling settings for its task record (unset ones left out)."""
+    params = {k: getattr(body, k) for k in _TASK_PARAMS if getattr(body, k, None) is not None}
+    params.update({k: v for k, v in extra.items() if v is not None})
+    return params
+
+
 def seeds_for(base: SamplingParams, n: int) -> list[SamplingParams]:
     """One copy per choice; choice i uses seed + i so that a seeded request is reproducible."""
     if base.temperature < _GREEDY_EPS:
@@ -162,6 +206,7 @@ class RequestTiming:
     completion_tokens: int = 0
     max_choice_tokens: int = 0
     queue_time: float | None = None
+    error: str | None = None  # an error that ended a stream after its first byte
 
     def on_event(self, event: TokenEvent) -> None:
         now = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from lmaas.gateway.serving import sse
 from lmaas.gateway.serving.beam import beam_params, beam_usage, run_beam_searches
 from lmaas.gateway.serving.common import (
     RequestTiming,
+    ServingBase,
     build_sampling,
     check_admission,
     check_schema,
@@ -27,6 +29,7 @@ from lmaas.gateway.serving.common import (
     new_generate_requests,
     resolve_engine,
     seeds_for,
+    task_params,
     until_disconnected,
     validate_common,
 )
@@ -104,12 +107,7 @@ class _Choice:
         }
 
 
-class CompletionServing:
-    def __init__(self, engines: dict[str, EngineClient], limits: Limits, metrics: Metrics) -> None:
-        self.engines = engines
-        self.limits = limits
-        self.metrics = metrics
-
+class CompletionServing(ServingBase):
     def _validate(self, body: CompletionRequest) -> None:
         validate_common(body, self.limits, body.max_tokens)
         if body.suffix is not None:
@@ -139,11 +137,14 @@ class CompletionServing:
         Authenticator.authorize_model(key, body.model)
         engine = resolve_engine(self.engines, body.model)
         request.state.model = engine.name
+        request.state.task_params = task_params(body)
         self._validate(body)
         beam = beam_params(
             body, self.limits, response_format=body.response_format, best_of=body.best_of
         )
         prompts = normalize_prompts(body.prompt, self.limits)
+        if self.store_prompts:
+            request.state.task_prompt = json.dumps(prompts)
         schema = check_schema(body.response_format)
         info = engine.info
         if info is None:
@@ -388,6 +389,7 @@ class _Run:
             if include_usage:
                 yield sse.event({**base, "choices": [], "usage": self._usage()})
         except LmaasError as exc:
+            self.timing.error = exc.message
             yield sse.event(exc.to_body())
         finally:
             await merged.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -15,7 +16,20 @@ from lmaas.gateway.auth import AdminKey
 from lmaas.registry.catalog import ModelInfo, VersionInfo, parse_reference
 from lmaas.registry.store import ArchiveKind, ModelStore
 
-router = APIRouter(prefix="/admin/models", tags=["admin: models"])
+
+async def _follow_aliases(request: Request) -> AsyncIterator[None]:
+    """After a successful change to a model (upload, import, alias moved or deleted, version
+    deleted: each can move an alias), deployments that follow its aliases roll forward."""
+    yield
+    name = request.path_params.get("name")
+    deployments = getattr(request.app.state, "deployments", None)
+    if request.method != "GET" and name and deployments is not None:
+        await deployments.on_aliases_changed(name)
+
+
+router = APIRouter(
+    prefix="/admin/models", tags=["admin: models"], dependencies=[Depends(_follow_aliases)]
+)
 
 
 def _store(request: Request) -> ModelStore:
@@ -97,7 +111,8 @@ class ModelListOut(BaseModel):
 
 
 def _served(request: Request) -> set[tuple[str, int]]:
-    return request.app.state.served_versions  # type: ignore[no-any-return]
+    """The (model, version) pairs deployments serve now (refused for deletion)."""
+    return request.app.state.served_versions()  # type: ignore[no-any-return]
 
 
 ServedDep = Annotated[set[tuple[str, int]], Depends(_served)]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from lmaas.engine.client import EngineClient
 from lmaas.gateway.auth import Authenticator, InferenceKey
 from lmaas.gateway.deps import EnginesDep
 from lmaas.gateway.serving.common import resolve_engine
@@ -10,8 +11,7 @@ from lmaas.protocol.openai import ModelCard, ModelList
 router = APIRouter()
 
 
-def _card(request: Request, engines: EnginesDep, name: str) -> ModelCard:
-    engine = engines[name]
+def _card(request: Request, engine: EngineClient, name: str) -> ModelCard:
     info = engine.info
     return ModelCard(
         id=name,
@@ -24,7 +24,7 @@ def _card(request: Request, engines: EnginesDep, name: str) -> ModelCard:
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request, engines: EnginesDep, key: InferenceKey) -> ModelList:
     visible = [n for n in engines if key is None or key.allows_model(n)]
-    return ModelList(data=[_card(request, engines, name) for name in visible])
+    return ModelList(data=[_card(request, engines[name], name) for name in visible])
 
 
 @router.get("/v1/models/{model:path}", response_model=ModelCard)
@@ -32,5 +32,4 @@ async def get_model(
     model: str, request: Request, engines: EnginesDep, key: InferenceKey
 ) -> ModelCard:
     Authenticator.authorize_model(key, model)
-    resolve_engine(engines, model)
-    return _card(request, engines, model)
+    return _card(request, resolve_engine(engines, model), model)

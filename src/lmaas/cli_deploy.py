@@ -1,0 +1,148 @@
+"""`lmaas deploy|scale|undeploy|ps`: deployments of a running server, over its admin API."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmaas.cli_models import KeyOpt, UrlOpt, _check, _client
+
+# Piped output (scripts, tests) gets wide lines instead of names cut to fit 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
+
+WaitOpt = Annotated[
+    bool, typer.Option("--wait/--no-wait", help="Wait until every replica is ready")
+]
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for readiness")]
+
+
+def _wait_ready(url: str, key: str | None, name: str, timeout: float) -> dict[str, Any]:
+    """Poll the deployment with a live status line until it is ready, failed or timed out."""
+    deadline = time.monotonic() + timeout
+    with _client(url, key) as c, console.status(f"starting {name}") as status:
+        while True:
+            d: dict[str, Any] = _check(c.get(f"/admin/deployments/{name}"))
+            status.update(
+                f"{name}: {d['state']} ({d['ready_replicas']}/{d['replicas']} replicas ready)"
+            )
+            if d["state"] in ("ready", "stopped") or time.monotonic() > deadline:
+                return d
+            if d["state"] == "failed" and all(r["restarts"] > 0 for r in d["replica_status"]):
+                return d
+            time.sleep(0.25)
+
+
+def _show(d: dict[str, Any]) -> None:
+    colour = {"ready": "green", "failed": "red", "degraded": "yellow"}.get(d["state"], "cyan")
+    version = f"v{d['version']}" if d["version"] is not None else (d["path"] or "-")
+    console.print(
+        f"[bold]{d['name']}[/bold] → {d['model'] or d['path']} {version}"
+        f"{' (follows ' + d['follows'] + ')' if d['follows'] else ''}: "
+        f"[{colour}]{d['state']}[/{colour}], {d['ready_replicas']}/{d['replicas']} ready"
+    )
+    if d["last_error"]:
+        console.print(f"  [red]last error:[/red] {d['last_error']}")
+
+
+def deploy(
+    model: Annotated[str, typer.Argument(help="name, name:alias or name:3 of the store")],
+    name: Annotated[
+        str | None, typer.Option(help="Name clients use in `model` [default: the model's name]")
+    ] = None,
+    replicas: Annotated[int, typer.Option(min=0, max=64, help="Worker processes")] = 1,
+    context_size: Annotated[int | None, typer.Option(help="KV cache tokens per replica")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="Sequences per replica batch")] = None,
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 300.0,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    key: KeyOpt = None,
+) -> None:
+    """Serve a model of the store with N replicas."""
+    body: dict[str, Any] = {"model": model, "replicas": replicas}
+    if name:
+        body["name"] = name
+    engine = {
+        k: v for k, v in {"context_size": context_size, "max_num_seqs": max_num_seqs}.items() if v
+    }
+    if engine:
+        body["engine"] = engine
+    with _client(url, key) as c:
+        d = _check(c.post("/admin/deployments", json=body))
+    if wait:
+        d = _wait_ready(url, key, d["name"], timeout)
+    _show(d)
+    if wait and d["state"] != "ready":
+        raise typer.Exit(1)
+
+
+def scale(
+    name: str,
+    replicas: Annotated[int, typer.Argument(min=0, max=64)],
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 300.0,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    key: KeyOpt = None,
+) -> None:
+    """Change a deployment's replica count (retired replicas finish their requests first)."""
+    with _client(url, key) as c:
+        d = _check(c.patch(f"/admin/deployments/{name}", json={"replicas": replicas}))
+    if wait:
+        d = _wait_ready(url, key, name, timeout)
+    _show(d)
+
+
+def undeploy(name: str, url: UrlOpt = "http://127.0.0.1:8000", key: KeyOpt = None) -> None:
+    """Stop serving a deployment (in-flight requests finish first)."""
+    with _client(url, key) as c:
+        _check(c.delete(f"/admin/deployments/{name}"))
+    console.print(f"undeployed {name}")
+
+
+def ps(url: UrlOpt = "http://127.0.0.1:8000", key: KeyOpt = None) -> None:
+    """Deployments and their replicas."""
+    with _client(url, key) as c:
+        data = _check(c.get("/admin/deployments"))["data"]
+    table = Table(
+        "deployment",
+        "model",
+        "version",
+        "replica",
+        "state",
+        "pid",
+        "restarts",
+        "busy",
+        "last error",
+    )
+    for d in data:
+        version = str(d["version"]) if d["version"] is not None else "-"
+        if d["follows"]:
+            version += f" ({d['follows']})"
+        head = [d["name"], d["model"] or d["path"] or "-", version]
+        table.add_row(
+            *head,
+            "",
+            f"{d['state']} {d['ready_replicas']}/{d['replicas']}",
+            "",
+            "",
+            "",
+            d["last_error"] or "",
+            style="bold",
+        )
+        for r in d["replica_status"]:
+            table.add_row(
+                "",
+                "",
+                str(r["version"] or "-"),
+                f"#{r['index']}",
+                r["state"],
+                str(r["pid"] or "-"),
+                str(r["restarts"]),
+                str(r["outstanding"]),
+                (r["last_error"] or "")[:60],
+            )
+    console.print(table)

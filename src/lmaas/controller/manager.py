@@ -1,0 +1,362 @@
+"""The deployment manager: desired state (deployment specs in SQL) made real as local replicas.
+
+At start it reconciles the config file's deployments into the spec table, then brings up every
+spec. While serving, the admin API creates, scales, re-points and deletes deployments, and a
+moved alias rolls every deployment that follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmaas.config import EngineConfig, ModelConfig, Settings
+from lmaas.controller.deployment import LocalDeployment
+from lmaas.engine.directory import EngineDirectory
+from lmaas.errors import (
+    ConflictError,
+    InvalidRequestError,
+    LmaasError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from lmaas.protocol.deploy import (
+    DeploymentCreate,
+    DeploymentOut,
+    DeploymentPatch,
+    DeploymentState,
+    ReplicaOut,
+)
+from lmaas.registry.catalog import parse_reference
+from lmaas.registry.deployments import DeploymentSpec, DeploymentStore
+from lmaas.registry.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Resolved:
+    config: ModelConfig
+    model: str | None  # the store model, or None for a file outside the store
+    version: int | None
+    follows: str | None  # the alias followed; None when pinned to a number or a path
+
+
+@dataclass(slots=True)
+class _Entry:
+    spec: DeploymentSpec
+    deployment: LocalDeployment
+    model: str | None
+    follows: str | None
+    note: str | None = None  # e.g. the followed alias was deleted
+
+
+class DeploymentManager:
+    def __init__(self, settings: Settings, store: ModelStore, specs: DeploymentStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.specs = specs
+        self.engines = EngineDirectory(resolver=self.resolve, version_of=self.version_of)
+        self._entries: dict[str, _Entry] = {}
+        self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- start and stop ----------------------------------------------------------------------------
+
+    def config_specs(self) -> list[DeploymentSpec]:
+        """The config file's deployments as specs."""
+        return [
+            DeploymentSpec(
+                name=m.name,
+                reference=None if m.path is not None else (m.model or m.name),
+                path=str(m.path) if m.path is not None else None,
+                replicas=m.replicas,
+                engine_json=m.engine.model_dump_json(),
+                source="config",
+            )
+            for m in self.settings.models
+        ]
+
+    def check_config(self) -> None:
+        """Raise a clear error when a configured deployment cannot be served (before start)."""
+        for spec in self.config_specs():
+            self.resolve_spec(spec)
+
+    def reconcile_config(self) -> list[DeploymentSpec]:
+        """Write the config file's deployments over the stored ones and drop config
+        deployments the file no longer declares; returns every spec to run."""
+        declared = self.config_specs()
+        names = {s.name for s in declared}
+        for spec in declared:
+            self.specs.put(spec)
+        for spec in self.specs.list():
+            if spec.source == "config" and spec.name not in names:
+                log.info("deployment %s is no longer in the config file: removed", spec.name)
+                self.specs.delete(spec.name)
+        return self.specs.list()
+
+    async def start(self) -> None:
+        specs = await asyncio.to_thread(self.reconcile_config)
+        async with self._lock:
+            for spec in specs:
+                try:
+                    await self._launch(spec)
+                except LmaasError as exc:
+                    log.error("deployment %s cannot start: %s", spec.name, exc.message)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        entries = list(self._entries.values())
+        self._entries.clear()
+        self.engines.clear()
+        await asyncio.gather(*(e.deployment.close() for e in entries))
+
+    # -- resolution --------------------------------------------------------------------------------
+
+    def resolve_spec(self, spec: DeploymentSpec) -> Resolved:
+        engine = EngineConfig.model_validate_json(spec.engine_json)
+        if spec.path is not None:
+            config = ModelConfig(
+                name=spec.name, path=Path(spec.path), replicas=spec.replicas, engine=engine
+            )
+            if not config.resolve_path().exists():
+                raise NotFoundError(f"{spec.path} does not exist", param="path")
+            return Resolved(config, None, None, None)
+        reference = spec.reference or spec.name
+        model, ref = parse_reference(reference)
+        version = self.store.catalog.get_version(model, ref)
+        if version.format not in ("gguf", "hf"):
+            raise InvalidRequestError(
+                f"{model} version {version.number} is a {version.format} model; "
+                "GGUF files (llama.cpp) and Hugging Face folders (transformers) can be served",
+                param="model",
+            )
+        config = ModelConfig(
+            name=spec.name,
+            model=reference,
+            path=self.store.path_of(version),
+            replicas=spec.replicas,
+            engine=engine,
+        )
+        return Resolved(config, model, version.number, ref if isinstance(ref, str) else None)
+
+    def resolve(self, requested: str) -> str | None:
+        """The deployment that serves ``requested`` when it is not a deployment name:
+        ``model``, ``model:alias`` or ``model:3`` of the store."""
+        try:
+            model, ref = parse_reference(requested)
+            version = self.store.catalog.get_version(model, ref)
+        except LmaasError:
+            return None
+        matches = [
+            e
+            for e in self._entries.values()
+            if e.model == model and e.deployment.version == version.number
+        ]
+        if not matches:
+            return None
+        matches.sort(key=lambda e: (e.follows != ref, e.spec.name))
+        return matches[0].spec.name
+
+    def version_of(self, name: str) -> int | None:
+        entry = self._entries.get(name)
+        return entry.deployment.version if entry is not None else None
+
+    def served_versions(self) -> set[tuple[str, int]]:
+        served: set[tuple[str, int]] = set()
+        for e in self._entries.values():
+            if e.model is None:
+                continue
+            if e.deployment.version is not None:
+                served.add((e.model, e.deployment.version))
+            for r in e.deployment.health().replicas:
+                if r.version is not None:
+                    served.add((e.model, r.version))
+        return served
+
+    # -- the admin API -----------------------------------------------------------------------------
+
+    def list(self) -> list[DeploymentOut]:
+        return [self._out(e) for _, e in sorted(self._entries.items())]
+
+    def get(self, name: str) -> DeploymentOut:
+        return self._out(self._entry(name))
+
+    async def create(self, body: DeploymentCreate) -> DeploymentOut:
+        try:
+            default_name = parse_reference(body.model)[0]
+        except LmaasError as exc:
+            raise InvalidRequestError(exc.message, param="model") from exc
+        name = body.name or default_name
+        spec = DeploymentSpec(
+            name=name,
+            reference=body.model,
+            path=None,
+            replicas=body.replicas,
+            engine_json=(body.engine or EngineConfig()).model_dump_json(),
+            source="api",
+        )
+        async with self._lock:
+            if name in self._entries:
+                raise ConflictError(f"deployment {name!r} already exists", param="name")
+            await asyncio.to_thread(self.resolve_spec, spec)  # unknown model: 404 before any write
+            spec = await asyncio.to_thread(self.specs.create, spec)
+            entry = await self._launch(spec)
+        if body.wait:
+            await entry.deployment.wait_ready(self.settings.worker_start_timeout)
+        return self._out(entry)
+
+    async def update(self, name: str, body: DeploymentPatch) -> DeploymentOut:
+        entry = self._entry(name)
+        if body.model is not None:
+            candidate = DeploymentSpec(
+                name=name,
+                reference=body.model,
+                path=None,
+                replicas=entry.spec.replicas,
+                engine_json=entry.spec.engine_json,
+                source=entry.spec.source,
+            )
+            resolved = await asyncio.to_thread(self.resolve_spec, candidate)
+            if resolved.model != entry.model and entry.model is not None:
+                raise InvalidRequestError(
+                    f"deployment {name!r} serves {entry.model}; deploy {resolved.model} "
+                    "under its own name instead",
+                    param="model",
+                )
+            entry.spec = await asyncio.to_thread(self.specs.update, name, reference=body.model)
+            entry.model, entry.follows, entry.note = resolved.model, resolved.follows, None
+            if resolved.version != entry.deployment.version and not await entry.deployment.roll(
+                resolved.config, resolved.version
+            ):
+                raise ServiceUnavailableError(
+                    entry.deployment.last_error or "rolling update failed"
+                )
+        if body.replicas is not None:
+            entry.spec = await asyncio.to_thread(self.specs.update, name, replicas=body.replicas)
+            await entry.deployment.scale(body.replicas)
+        if body.wait:
+            await entry.deployment.wait_ready(self.settings.worker_start_timeout)
+        return self._out(entry)
+
+    async def delete(self, name: str) -> None:
+        async with self._lock:
+            entry = self._entry(name)
+            await asyncio.to_thread(self.specs.delete, name)
+            del self._entries[name]
+            self.engines.pop(name, None)
+        # In-flight requests finish; new ones get a 404 from now on.
+        self._in_background(entry.deployment.drain_and_close(), f"undeploy-{name}")
+
+    async def on_aliases_changed(self, model: str) -> None:
+        """Roll every deployment that follows an alias of ``model`` that now points elsewhere."""
+        for entry in list(self._entries.values()):
+            if entry.model == model and entry.follows is not None:
+                self._in_background(self._follow(entry), f"follow-{entry.spec.name}")
+
+    async def _follow(self, entry: _Entry) -> None:
+        assert entry.model is not None and entry.follows is not None
+        try:
+            version = await asyncio.to_thread(
+                self.store.catalog.get_version, entry.model, entry.follows
+            )
+        except NotFoundError:
+            entry.note = (
+                f"alias {entry.follows!r} of {entry.model} no longer exists; "
+                f"still serving version {entry.deployment.version}"
+            )
+            return
+        entry.note = None
+        if version.number == entry.deployment.version:
+            return
+        if version.format not in ("gguf", "hf"):
+            entry.note = f"version {version.number} is {version.format}; not rolled"
+            return
+        config = entry.deployment.model.model_copy(update={"path": self.store.path_of(version)})
+        log.info(
+            "%s: %s:%s moved to version %d; rolling",
+            entry.spec.name,
+            entry.model,
+            entry.follows,
+            version.number,
+        )
+        await entry.deployment.roll(config, version.number)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    async def _launch(self, spec: DeploymentSpec) -> _Entry:
+        resolved = await asyncio.to_thread(self.resolve_spec, spec)
+        deployment = LocalDeployment(resolved.config, self.settings, version=resolved.version)
+        entry = _Entry(spec, deployment, resolved.model, resolved.follows)
+        await deployment.start()
+        self._entries[spec.name] = entry
+        self.engines[spec.name] = deployment
+        return entry
+
+    def _entry(self, name: str) -> _Entry:
+        entry = self._entries.get(name)
+        if entry is None:
+            available = ", ".join(sorted(self._entries)) or "none"
+            raise NotFoundError(f"no deployment {name!r}; deployments: {available}", param="name")
+        return entry
+
+    def _in_background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    def _out(self, entry: _Entry) -> DeploymentOut:
+        d = entry.deployment
+        health = d.health()
+        active = [r for r in health.replicas if r.state != "draining"]
+        ready = sum(1 for r in active if r.state == "ready")
+        desired = entry.spec.replicas
+        state: DeploymentState
+        if d.rolling:
+            state = "rolling"
+        elif desired == 0:
+            state = "stopped"
+        elif ready >= desired:
+            state = "ready"
+        elif ready > 0:
+            state = "degraded"
+        elif any(r.state == "failed" for r in active):
+            state = "failed"
+        else:
+            state = "starting"
+        errors = [d.last_error, entry.note] + [r.last_error for r in active]
+        return DeploymentOut(
+            name=entry.spec.name,
+            model=entry.model,
+            follows=entry.follows,
+            version=d.version,
+            path=entry.spec.path,
+            replicas=desired,
+            ready_replicas=ready,
+            state=state,
+            source=entry.spec.source,
+            created_at=entry.spec.created_at,
+            last_error=next((e for e in errors if e), None),
+            replica_status=[
+                ReplicaOut(
+                    index=r.index,
+                    state=r.state,
+                    version=r.version,
+                    pid=r.pid,
+                    restarts=r.restarts,
+                    outstanding=r.outstanding,
+                    last_error=r.last_error,
+                )
+                for r in health.replicas
+            ],
+        )

@@ -1,0 +1,107 @@
+"""Deployments over the admin API: request bodies, responses and the control interface the
+gateway calls (implemented by ``lmaas.controller.manager.DeploymentManager``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmaas.config import EngineConfig
+
+DeploymentState = Literal["ready", "starting", "rolling", "degraded", "failed", "stopped"]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+
+
+class DeploymentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=200,
+            description="Model of the store: `name` (follows `latest`), `name:alias` "
+            "(follows the alias) or `name:3` (pinned)",
+        ),
+    ]
+    name: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=128,
+            pattern=NAME_PATTERN,
+            description="Name clients put in the `model` field (default: the model's name)",
+        ),
+    ] = None
+    replicas: Annotated[int, Field(ge=0, le=64, description="Worker processes")] = 1
+    engine: EngineConfig | None = None
+    wait: Annotated[
+        bool, Field(description="Answer only once every replica is ready (or failed)")
+    ] = False
+
+
+class DeploymentPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: Annotated[int | None, Field(ge=0, le=64)] = None
+    model: Annotated[
+        str | None,
+        Field(min_length=1, max_length=200, description="Serve another version or alias"),
+    ] = None
+    wait: bool = False
+
+
+class ReplicaOut(BaseModel):
+    index: int
+    state: str
+    version: int | None
+    pid: int | None
+    restarts: int
+    outstanding: int
+    last_error: str | None
+
+
+class DeploymentOut(BaseModel):
+    object: Literal["deployment"] = "deployment"
+    name: str
+    model: str | None
+    follows: str | None = Field(description="The alias this deployment follows, if any")
+    version: int | None
+    path: str | None
+    replicas: int = Field(description="Desired replica count")
+    ready_replicas: int
+    state: DeploymentState
+    source: Literal["config", "api"]
+    created_at: datetime | None
+    last_error: str | None
+    replica_status: list[ReplicaOut]
+
+
+class DeploymentListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DeploymentOut]
+
+
+class DeploymentControl(Protocol):
+    """What the gateway needs from the deployment manager."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def list(self) -> list[DeploymentOut]: ...
+
+    def get(self, name: str) -> DeploymentOut: ...
+
+    async def create(self, body: DeploymentCreate) -> DeploymentOut: ...
+
+    async def update(self, name: str, body: DeploymentPatch) -> DeploymentOut: ...
+
+    async def delete(self, name: str) -> None: ...
+
+    async def on_aliases_changed(self, model: str) -> None: ...
+
+    def served_versions(self) -> set[tuple[str, int]]: ...
