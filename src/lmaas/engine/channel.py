@@ -12,6 +12,7 @@ from typing import Any
 from lmaas.engine.ipc import FrameError, encode_frame, read_frame
 from lmaas.errors import LmaasError, ServiceUnavailableError, error_from_status
 from lmaas.protocol.engine import GenerateRequest, TokenEvent
+from lmaas.protocol.tasks import TaskRequest, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class WorkerChannel:
         self._accepts: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._streams: dict[str, asyncio.Queue[_Item]] = {}
         self._pongs: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks: dict[str, asyncio.Future[TaskResult]] = {}
         self._ping_ids = itertools.count()
         self.closed = False
         self.close_reason = "worker channel closed"
@@ -39,7 +41,7 @@ class WorkerChannel:
 
     @property
     def outstanding(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + len(self._tasks)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._read_loop(), name=f"channel-{self.label}")
@@ -80,6 +82,18 @@ class WorkerChannel:
             if not finished and not self.closed and accepted.done():
                 with contextlib.suppress(LmaasError, OSError):
                     self._send({"k": "abort", "r": rid})
+
+    async def run_task(self, req: TaskRequest) -> TaskResult:
+        """Send one task and wait for its result (or its error)."""
+        rid = req.request_id
+        fut: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        self._tasks[rid] = fut
+        try:
+            self._send({"k": "task", "req": req.model_dump()})
+            await self._writer.drain()
+            return await fut
+        finally:
+            self._tasks.pop(rid, None)
 
     def abort(self, request_id: str) -> None:
         if request_id in self._streams and not self.closed:
@@ -168,6 +182,8 @@ class WorkerChannel:
                         code=e.get("code"),
                     )
                 )
+        elif kind == "task_result":
+            self._task_result(frame)
         elif kind == "pong":
             stats = frame.get("s") or {}
             self.running = int(stats.get("running", self.running))
@@ -177,6 +193,29 @@ class WorkerChannel:
                 pong.set_result(frame)
         else:
             log.warning("%s: unknown frame kind %r", self.label, kind)
+
+    def _task_result(self, frame: dict[str, Any]) -> None:
+        stats = frame.get("s") or {}
+        self.running = int(stats.get("running", self.running))
+        self.waiting = int(stats.get("waiting", self.waiting))
+        fut = self._tasks.get(str(frame.get("r", "")))
+        if fut is None or fut.done():
+            return
+        e = frame.get("e")
+        if e is not None:
+            fut.set_exception(
+                error_from_status(
+                    int(e.get("status", 500)),
+                    str(e.get("message")),
+                    param=e.get("param"),
+                    code=e.get("code"),
+                )
+            )
+            return
+        try:
+            fut.set_result(TaskResult.model_validate(frame.get("res")))
+        except ValueError as exc:
+            fut.set_exception(ServiceUnavailableError(f"{self.label}: bad task result: {exc}"))
 
     def _fail_all(self, error: LmaasError) -> None:
         self.closed = True
@@ -188,3 +227,6 @@ class WorkerChannel:
         for pong in list(self._pongs.values()):
             if not pong.done():
                 pong.set_exception(error)
+        for task in list(self._tasks.values()):
+            if not task.done():
+                task.set_exception(error)

@@ -8,7 +8,10 @@ from fastapi import Depends, Request
 
 from lmaas.engine.client import EngineClient
 from lmaas.gateway.serving.chat import ChatServing
+from lmaas.gateway.serving.classify import ClassifyServing
 from lmaas.gateway.serving.completions import CompletionServing
+from lmaas.gateway.serving.embeddings import EmbeddingServing
+from lmaas.gateway.serving.scoring import ScoringServing
 from lmaas.telemetry.metrics import Metrics
 
 
@@ -18,6 +21,18 @@ def _chat(request: Request) -> ChatServing:
 
 def _completions(request: Request) -> CompletionServing:
     return request.app.state.completion_serving  # type: ignore[no-any-return]
+
+
+def _embeddings(request: Request) -> EmbeddingServing:
+    return request.app.state.embedding_serving  # type: ignore[no-any-return]
+
+
+def _classify(request: Request) -> ClassifyServing:
+    return request.app.state.classify_serving  # type: ignore[no-any-return]
+
+
+def _scoring(request: Request) -> ScoringServing:
+    return request.app.state.scoring_serving  # type: ignore[no-any-return]
 
 
 def _engines(request: Request) -> dict[str, EngineClient]:
@@ -34,6 +49,9 @@ def _request_id(request: Request) -> str:
 
 ChatServingDep = Annotated[ChatServing, Depends(_chat)]
 CompletionServingDep = Annotated[CompletionServing, Depends(_completions)]
+EmbeddingServingDep = Annotated[EmbeddingServing, Depends(_embeddings)]
+ClassifyServingDep = Annotated[ClassifyServing, Depends(_classify)]
+ScoringServingDep = Annotated[ScoringServing, Depends(_scoring)]
 EnginesDep = Annotated[dict[str, EngineClient], Depends(_engines)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 RequestIdDep = Annotated[str, Depends(_request_id)]

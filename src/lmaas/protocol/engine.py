@@ -208,3 +208,8 @@ class ModelInfo(BaseModel):
     architecture: str
     n_params: int
     size_bytes: int
+    # What the model can do (see ``lmaas.protocol.tasks``) and with which backend.
+    backend: str = "llamacpp"
+    capabilities: list[str] = Field(default_factory=lambda: ["generate", "score", "tokenize"])
+    labels: list[str] | None = None  # a classifier's labels, in output order
+    embedding_dim: int | None = None

@@ -81,5 +81,24 @@ class Metrics:
             "lmaas_generation_tokens", "Output tokens generated", ["model"], registry=r
         )
 
+        # The understanding endpoints (embeddings, classify, nli, score, tokenize).
+        self.task_latency = Histogram(
+            "lmaas_task_latency_seconds",
+            "Engine time of one embed/classify/score/tokenize request",
+            ["model", "task"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.task_inputs = Counter(
+            "lmaas_task_inputs", "Inputs (texts, pairs) sent to tasks", ["model", "task"], registry=r
+        )
+        self.task_batch_size = Histogram(
+            "lmaas_task_batch_size",
+            "Inputs in the worker forward pass a task ran in (batched across requests)",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,16 +16,20 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from lmaas.config import EngineConfig
 from lmaas.engine.ipc import FrameError, encode_frame, read_frame_blocking
 from lmaas.protocol.engine import GenerateRequest, TokenEvent
-from lmaas.worker.backends.llamacpp import LlamaCppBackend
-from lmaas.worker.loop import EngineLoop, RequestRejected
+from lmaas.protocol.tasks import TaskRequest, TaskResult
+from lmaas.worker.tasks import TaskLoop, TaskRejected
+
+if TYPE_CHECKING:
+    from lmaas.worker.loop import EngineLoop
 
 log = logging.getLogger("lmaas.worker")
 
@@ -42,12 +46,29 @@ def _die_with_parent() -> None:
 
 
 class WorkerServer:
-    def __init__(self, sock: socket.socket, loop: EngineLoop, info: dict[str, Any]) -> None:
+    """Serves one worker's frames. A llama.cpp worker has a generation ``loop`` and answers
+    tokenize/detokenize tasks inline (they only read the vocabulary); a transformers worker has
+    a ``tasks`` loop that batches every task."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: EngineLoop | None,
+        info: dict[str, Any],
+        *,
+        tasks: TaskLoop | None = None,
+        inline_task: Callable[[TaskRequest], TaskResult] | None = None,
+    ) -> None:
         self.sock = sock
         self.loop = loop
+        self.tasks = tasks
+        self.inline_task = inline_task
         self.info = info
         self._send_lock = threading.Lock()
-        loop.emit = self.emit_events
+        if loop is not None:
+            loop.emit = self.emit_events
+        if tasks is not None:
+            tasks.emit = self.emit_task_result
 
     def send(self, frame: dict[str, Any]) -> None:
         data = encode_frame(frame)
@@ -57,6 +78,54 @@ class WorkerServer:
     def emit_events(self, events: list[TokenEvent], stats: dict[str, int]) -> None:
         if events:
             self.send({"k": "ev", "evs": [e.to_wire() for e in events], "s": stats})
+
+    def emit_task_result(
+        self, request_id: str, result: TaskResult | None, error: dict[str, Any] | None
+    ) -> None:
+        frame: dict[str, Any] = {"k": "task_result", "r": request_id, "s": self.stats()}
+        if result is not None:
+            frame["res"] = result.model_dump()
+        else:
+            frame["e"] = error
+        self.send(frame)
+
+    def stats(self) -> dict[str, int]:
+        if self.loop is not None:
+            return self.loop.stats()
+        return self.tasks.stats() if self.tasks is not None else {}
+
+    def _stop_loops(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+        if self.tasks is not None:
+            self.tasks.stop()
+
+    def _handle_task(self, raw: Any) -> None:
+        rid = str(raw.get("request_id")) if isinstance(raw, dict) else ""
+        try:
+            req = TaskRequest.model_validate(raw)
+        except ValidationError as exc:
+            error = {"status": 400, "message": f"invalid task: {exc.errors()[0]['msg']}"}
+            self.emit_task_result(rid, None, {**error, "param": None, "code": None})
+            return
+        if self.tasks is not None:
+            self.tasks.submit(req)
+            return
+        if self.inline_task is None:
+            error = {"status": 400, "message": "this worker runs no tasks"}
+            self.emit_task_result(rid, None, {**error, "param": "model", "code": None})
+            return
+        try:
+            result = self.inline_task(req)
+        except TaskRejected as exc:
+            self.emit_task_result(rid, None, exc.error)
+            return
+        except Exception:  # never let one request kill the reader thread
+            log.exception("task %s failed", rid)
+            error = {"status": 500, "message": "the model failed to run this request"}
+            self.emit_task_result(rid, None, {**error, "param": None, "code": None})
+            return
+        self.emit_task_result(rid, result, None)
 
     def read_forever(self) -> None:
         reader = self.sock.makefile("rb")
@@ -69,23 +138,30 @@ class WorkerServer:
         except (OSError, FrameError) as exc:
             log.error("worker channel closed: %s", exc)
         finally:
-            self.loop.stop()
+            self._stop_loops()
 
     def handle(self, frame: dict[str, Any]) -> None:
         kind = frame.get("k")
         if kind == "gen":
             self._handle_generate(frame.get("req"))
-        elif kind == "abort":
+        elif kind == "task":
+            self._handle_task(frame.get("req"))
+        elif kind == "abort" and self.loop is not None:
             self.loop.abort(str(frame.get("r")))
         elif kind == "ping":
-            self.send(
-                {"k": "pong", "n": frame.get("n"), "s": self.loop.stats(), "steps": self.loop.steps}
-            )
+            steps = self.loop.steps if self.loop is not None else getattr(self.tasks, "steps", 0)
+            self.send({"k": "pong", "n": frame.get("n"), "s": self.stats(), "steps": steps})
         elif kind == "shutdown":
-            self.loop.stop()
+            self._stop_loops()
 
     def _handle_generate(self, raw: Any) -> None:
+        from lmaas.worker.loop import RequestRejected
+
         rid = raw.get("request_id") if isinstance(raw, dict) else None
+        if self.loop is None:
+            error = {"status": 400, "message": "this model does not generate text"}
+            self.send({"k": "rejected", "r": rid, "e": {**error, "param": "model", "code": None}})
+            return
         try:
             req = GenerateRequest.model_validate(raw)
             active = self.loop.prepare(req)
@@ -129,23 +205,49 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     sock = socket.socket(fileno=args.fd)
     config = EngineConfig.model_validate_json(args.engine_json)
+    path = Path(args.model_path)
     try:
-        backend = LlamaCppBackend(args.name, Path(args.model_path), config)
+        server, run = _build(sock, args.name, path, config)
     except Exception as exc:
         sock.sendall(encode_frame({"k": "fatal", "message": f"cannot load model: {exc}"}))
         return 1
+    server.send({"k": "ready", "info": server.info, "pid": os.getpid()})
+    reader = threading.Thread(target=server.read_forever, name="ipc-reader", daemon=True)
+    reader.start()
+    run()
+    return 0
+
+
+def _build(
+    sock: socket.socket, name: str, path: Path, config: EngineConfig
+) -> tuple[WorkerServer, Callable[[], None]]:
+    """Load the model with the backend its config (or its path) calls for."""
+    if config.backend_for(path) == "transformers":
+        from lmaas.worker.backends.transformers import TransformersBackend
+
+        hf = TransformersBackend(name, path, config)
+        tasks = TaskLoop(
+            hf,
+            lambda *_: None,
+            max_batch=config.max_task_batch,
+            window_s=config.task_batch_window_ms / 1000,
+        )
+        return WorkerServer(sock, None, hf.info().model_dump(), tasks=tasks), tasks.run
+
+    from lmaas.worker.backends.llamacpp import LlamaCppBackend
+    from lmaas.worker.backends.llamacpp_tasks import LlamaCppTasks
+    from lmaas.worker.loop import EngineLoop
+
+    backend = LlamaCppBackend(name, path, config)
     loop = EngineLoop(
         backend,
         lambda e, s: None,
         max_num_seqs=config.max_num_seqs,
         max_batch_tokens=config.max_batch_tokens,
     )
-    server = WorkerServer(sock, loop, backend.info().model_dump())
-    server.send({"k": "ready", "info": server.info, "pid": os.getpid()})
-    reader = threading.Thread(target=server.read_forever, name="ipc-reader", daemon=True)
-    reader.start()
-    loop.run()
-    return 0
+    inline = LlamaCppTasks(backend)
+    server = WorkerServer(sock, loop, inline.info().model_dump(), inline_task=inline.run)
+    return server, loop.run
 
 
 if __name__ == "__main__":

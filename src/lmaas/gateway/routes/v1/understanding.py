@@ -1,0 +1,97 @@
+"""The understanding endpoints: embeddings, classify, nli, score, tokenize, detokenize."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from lmaas.gateway.auth import InferenceKey
+from lmaas.gateway.deps import (
+    ClassifyServingDep,
+    EmbeddingServingDep,
+    RequestIdDep,
+    ScoringServingDep,
+)
+from lmaas.gateway.routes.v1.docs import ERROR_RESPONSES
+from lmaas.protocol.understanding import (
+    ClassifyRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    NLIRequest,
+    ScoreRequest,
+    TokenizeRequest,
+)
+
+router = APIRouter()
+
+
+@router.post("/v1/embeddings", responses=ERROR_RESPONSES)
+async def create_embeddings(
+    body: EmbeddingRequest,
+    request: Request,
+    serving: EmbeddingServingDep,
+    request_id: RequestIdDep,
+    key: InferenceKey,
+) -> Response:
+    """Vectors for texts or token-id lists (OpenAI's format); `encoding_format: base64`."""
+    return await serving.create(body, request, request_id, key)
+
+
+@router.post("/v1/classify", responses=ERROR_RESPONSES)
+async def classify(
+    body: ClassifyRequest,
+    request: Request,
+    serving: ClassifyServingDep,
+    request_id: RequestIdDep,
+    key: InferenceKey,
+) -> Response:
+    """Label probabilities: a classifier's own labels, or zero-shot `candidate_labels`."""
+    return await serving.classify(body, request, request_id, key)
+
+
+@router.post("/v1/nli", responses=ERROR_RESPONSES)
+async def nli(
+    body: NLIRequest,
+    request: Request,
+    serving: ClassifyServingDep,
+    request_id: RequestIdDep,
+    key: InferenceKey,
+) -> Response:
+    """Entailment / neutral / contradiction probabilities of premise-hypothesis pairs."""
+    return await serving.nli(body, request, request_id, key)
+
+
+@router.post("/v1/score", responses=ERROR_RESPONSES)
+async def score(
+    body: ScoreRequest,
+    request: Request,
+    serving: ScoringServingDep,
+    request_id: RequestIdDep,
+    key: InferenceKey,
+) -> Response:
+    """Per-token logprobs, total log-likelihood and perplexity of texts (or continuations)."""
+    return await serving.score(body, request, request_id, key)
+
+
+@router.post("/tokenize", responses=ERROR_RESPONSES)
+async def tokenize(
+    body: TokenizeRequest,
+    request: Request,
+    serving: ScoringServingDep,
+    request_id: RequestIdDep,
+    key: InferenceKey,
+) -> Response:
+    """Token ids of a text under a served model's tokenizer."""
+    return await serving.tokenize_endpoint(body, request, request_id, key)
+
+
+@router.post("/detokenize", responses=ERROR_RESPONSES)
+async def detokenize(
+    body: DetokenizeRequest,
+    request: Request,
+    serving: ScoringServingDep,
+    request_id: RequestIdDep,
+    key: InferenceKey,
+) -> Response:
+    """The text of token ids under a served model's tokenizer."""
+    return await serving.detokenize_endpoint(body, request, request_id, key)

@@ -1,0 +1,76 @@
+"""Request models of the understanding endpoints: embeddings (OpenAI's format), classify, nli,
+score, tokenize and detokenize.
+
+Fixed constraints live here; operator limits (``Limits.max_inputs``, ``max_labels``) and what
+a model can do are checked in ``gateway/serving``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+DEFAULT_HYPOTHESIS = "This text is about {}."
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class EmbeddingRequest(_Request):
+    model: StrictStr
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[StrictInt | None, Field(ge=1)] = None
+    user: StrictStr | None = None
+    # lmaas: cut inputs longer than the model reads instead of refusing them.
+    truncate: StrictBool = False
+
+
+class ClassifyRequest(_Request):
+    model: StrictStr
+    input: StrictStr | list[StrictStr]
+    # Zero-shot with a generation model: the labels to choose from, each scored by the
+    # log-likelihood of `hypothesis_template` filled with it, following the text.
+    candidate_labels: list[StrictStr] | None = None
+    hypothesis_template: StrictStr = DEFAULT_HYPOTHESIS
+    truncate: StrictBool = False
+    user: StrictStr | None = None
+
+
+class NLIPair(_Request):
+    premise: StrictStr
+    hypothesis: StrictStr
+
+
+class NLIRequest(_Request):
+    model: StrictStr
+    input: NLIPair | list[NLIPair]
+    truncate: StrictBool = False
+    user: StrictStr | None = None
+
+
+class ScorePair(_Request):
+    """Score only ``continuation``, read after ``prompt``."""
+
+    prompt: StrictStr
+    continuation: StrictStr
+
+
+class ScoreRequest(_Request):
+    model: StrictStr
+    input: StrictStr | ScorePair | list[StrictStr | ScorePair]
+    truncate: StrictBool = False
+    user: StrictStr | None = None
+
+
+class TokenizeRequest(_Request):
+    model: StrictStr
+    prompt: StrictStr
+    add_special_tokens: StrictBool = True
+
+
+class DetokenizeRequest(_Request):
+    model: StrictStr
+    tokens: list[StrictInt]
