@@ -12,7 +12,6 @@ from rich.table import Table
 
 from lmaas.cli_models import KeyOpt, UrlOpt, _check, _client
 
-# Piped output (scripts, tests) gets wide lines instead of names cut to fit 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 WaitOpt = Annotated[

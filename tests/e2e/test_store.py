@@ -130,15 +130,19 @@ def test_no_plaintext_key_in_the_database(env: Env) -> None:
         assert hashlib.sha256(key.encode()).hexdigest().encode() in data
 
 
+def blob_names(home: Path) -> set[str]:
+    return {p.name for p in (home / "blobs").iterdir() if p.name.startswith("sha256-")}
+
+
 def test_push_pull_with_range_alias_and_delete(env: Env, tmp_path: Path) -> None:
+    shipped = blob_names(env.home)
     out = cli(env.home, "models", "push", "tiny", str(GGUF), key=env.admin, url=env.server.url)
     assert "tiny version 1" in out
     cli(env.home, "models", "push", "tiny", str(GGUF), key=env.admin, url=env.server.url)
     model = env.get("/admin/models/tiny", env.admin).json()
     assert [v["number"] for v in model["versions"]] == [1, 2] and model["latest"] == 2
-    # identical content is stored once
-    blobs = [p for p in (env.home / "blobs").iterdir() if p.name.startswith("sha256-")]
-    assert len(blobs) == 1
+    # identical content is stored once (and the shipped GGUF is that content)
+    assert blob_names(env.home) == shipped
 
     # a partial download resumes with a Range request
     digest = model["versions"][0]["digest"].removeprefix("sha256:")
@@ -161,11 +165,7 @@ def test_push_pull_with_range_alias_and_delete(env: Env, tmp_path: Path) -> None
     assert env.req("DELETE", "/admin/models/tiny/versions/1", env.admin).status_code == 204
     cli(env.home, "models", "rm", "tiny", key=env.admin, url=env.server.url)
     assert env.get("/admin/models/tiny", env.admin).status_code == 404
-    assert not [
-        p
-        for p in (env.home / "blobs").iterdir()
-        if p.name != blobs[0].name and p.name.startswith("sha256-")
-    ]
+    assert blob_names(env.home) == shipped
 
 
 def test_served_version_cannot_be_deleted(env: Env) -> None:
@@ -213,7 +213,7 @@ def test_nothing_written_outside_home(env: Env) -> None:
     env.req("POST", "/admin/models", env.admin, json={"name": "../escape"})
     assert {p.name for p in env.home.parent.iterdir()} == outside
     names = {p.name for p in env.home.iterdir()}
-    assert names <= {"blobs", "lmaas.db", "lmaas.db-wal", "lmaas.db-shm", "server.log"}
+    assert names <= {"blobs", "models", "lmaas.db", "lmaas.db-wal", "lmaas.db-shm", "server.log"}
 
 
 def test_kill_mid_upload_leaves_no_version_and_no_stray_blob(tmp_path: Path) -> None:
@@ -223,6 +223,7 @@ def test_kill_mid_upload_leaves_no_version_and_no_stray_blob(tmp_path: Path) -> 
     server = ServerProcess(home)
     try:
         server.wait_ready()
+        shipped = blob_names(home)
         port = server.port
         # Send the headers and half the body, then kill the server mid-upload.
         sock = socket.create_connection(("127.0.0.1", port))
@@ -252,7 +253,7 @@ def test_kill_mid_upload_leaves_no_version_and_no_stray_blob(tmp_path: Path) -> 
         assert r.status_code == 404
         entries = [p.name for p in (home / "blobs").iterdir()]
         assert not [e for e in entries if e.startswith(".partial-")]
-        assert len([e for e in entries if e.startswith("sha256-")]) == 1  # the shipped model
+        assert blob_names(home) == shipped  # the shipped models' blobs only
     finally:
         restarted.stop()
 
