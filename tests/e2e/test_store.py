@@ -260,13 +260,19 @@ def test_kill_mid_upload_leaves_no_version_and_no_stray_blob(tmp_path: Path) -> 
 
 def test_task_records_for_successful_and_failed_requests(env: Env) -> None:
     ok = env.req(
-        "POST", "/v1/completions", env.user, headers={"X-Request-ID": "task-ok-1"},
+        "POST",
+        "/v1/completions",
+        env.user,
+        headers={"X-Request-ID": "task-ok-1"},
         json={"model": MODEL, "prompt": "Hello there", "max_tokens": 3, "temperature": 0},
     )
     assert ok.status_code == 200
     usage = ok.json()["usage"]
     bad = env.req(
-        "POST", "/v1/chat/completions", env.user, headers={"X-Request-ID": "task-bad-1"},
+        "POST",
+        "/v1/chat/completions",
+        env.user,
+        headers={"X-Request-ID": "task-bad-1"},
         json={"model": MODEL, "messages": [], "max_tokens": 3},
     )
     assert bad.status_code == 400
@@ -277,7 +283,8 @@ def test_task_records_for_successful_and_failed_requests(env: Env) -> None:
 
     found = wait_until(
         lambda: (r := records()) and {"task-ok-1", "task-bad-1"} <= set(r) and r,
-        30, what="the task records to be written",
+        30,
+        what="the task records to be written",
     )
     good = found["task-ok-1"]
     assert good["status"] == "ok" and good["http_status"] == 200
