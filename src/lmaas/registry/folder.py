@@ -13,13 +13,16 @@ written canonically (sorted paths and keys, no spaces), so identical folders sha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Final
 
-from lmaas.errors import InvalidRequestError
+from lmaas.errors import InvalidRequestError, RequestTooLargeError
+from lmaas.registry.archive import Readable, TarReader
 from lmaas.registry.blobs import normalize_digest
 
 # Weights that can run code when loaded are refused everywhere.
@@ -230,3 +233,32 @@ def tar_chunks(files: Sequence[tuple[str, int, Callable[[], BinaryIO]]]) -> Iter
         if _padding(size):
             yield bytes(_padding(size))
     yield bytes(2 * _BLOCK)
+
+
+def extract_tar(
+    stream: Readable, directory: Path, *, max_members: int = 100_000
+) -> list[FolderFile]:
+    """Write the files of a folder's tar stream under the empty ``directory``, each at its
+    normal-form path (the names are checked like an upload's; links and special files are
+    refused). Returns the files with their sha256 digests, for :func:`manifest_bytes`."""
+    layout = LayoutChecker()
+    files: list[FolderFile] = []
+    for count, member in enumerate(TarReader(stream).members(), start=1):
+        if count > max_members:
+            raise RequestTooLargeError(f"the archive has more than {max_members} members")
+        path = member_path(member.name)
+        if member.kind == "dir":
+            layout.add_dir(path)
+            continue
+        layout.add_file(path)
+        target = directory.joinpath(*path.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        with target.open("xb") as f:
+            for chunk in member.chunks():
+                f.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        files.append(FolderFile(path, f"sha256:{digest.hexdigest()}", size))
+    return files

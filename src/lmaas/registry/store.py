@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from lmaas.config import SHIPPED_MODELS, find_package_file
-from lmaas.errors import InvalidRequestError, NotFoundError
+from lmaas.errors import InvalidRequestError, LmaasError, NotFoundError
 from lmaas.registry.blobs import BlobInfo, BlobStore
 from lmaas.registry.catalog import Catalog, VersionInfo, VersionMetadata, validate_model_name
 from lmaas.registry.folder import (
@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 
 ArchiveKind = Literal["tar", "zip", "multipart"]
 TAR_SUFFIXES: Final = (".tar", ".tar.gz", ".tgz")
+# Shipped models come from packages the operator installed: the upload limits do not apply.
+_SHIPPED_BYTES: Final = 1 << 50
+_SHIPPED_LIMITS: Final = FolderLimits(
+    max_members=100_000, max_member_bytes=_SHIPPED_BYTES, max_total_bytes=_SHIPPED_BYTES
+)
 _READ_BUFFER: Final = 1 << 20
 
 
@@ -145,10 +150,11 @@ class ModelStore:
         *,
         source: str,
         description: str,
+        limits: FolderLimits | None = None,
     ) -> VersionInfo:
         """Run ``fill`` to receive a folder's files, check it and record it as a version; on
         any failure the blobs it created are deleted again (unless another version uses them)."""
-        builder = FolderBuilder(self.blobs, self.folder_limits)
+        builder = FolderBuilder(self.blobs, limits or self.folder_limits)
         try:
             fill(builder)
             content = builder.finish()
@@ -196,21 +202,36 @@ class ModelStore:
         return self.import_file(model, path, source=source, description=description)
 
     def import_folder(
-        self, model: str, directory: Path, *, source: str = "", description: str = ""
+        self,
+        model: str,
+        directory: Path,
+        *,
+        source: str = "",
+        description: str = "",
+        shipped: bool = False,
     ) -> VersionInfo:
-        """Copy a Hugging Face folder from the server's disk into the store as a new version."""
+        """Copy a Hugging Face folder from the server's disk into the store as a new version
+        (``shipped``: from an installed package, not held to the upload limits)."""
         validate_model_name(model)
         return self._register_folder(
             model,
             lambda builder: add_directory(builder, directory),
             source=source or f"dir:{directory}",
             description=description,
+            limits=_SHIPPED_LIMITS if shipped else None,
         )
 
     def import_file(
-        self, model: str, path: Path, *, source: str = "", description: str = ""
+        self,
+        model: str,
+        path: Path,
+        *,
+        source: str = "",
+        description: str = "",
+        shipped: bool = False,
     ) -> VersionInfo:
-        """Copy a GGUF file from the server's disk into the store as a new version."""
+        """Copy a GGUF file from the server's disk into the store as a new version
+        (``shipped``: from an installed package, not held to the upload limits)."""
         path = path.expanduser()
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise InvalidRequestError(
@@ -221,7 +242,7 @@ class ModelStore:
         if not path.is_file():
             raise InvalidRequestError(f"{path} is not a file on the server", param="path")
         with path.open("rb") as f:
-            blob = self.blobs.write_file(f, self.max_upload_bytes)
+            blob = self.blobs.write_file(f, _SHIPPED_BYTES if shipped else self.max_upload_bytes)
         return self._register_gguf(
             model, blob, source=source or f"file:{path}", description=description
         )
@@ -238,10 +259,12 @@ class ModelStore:
         if shipped.format == "hf":
             directory = find_package_file(shipped.package, shipped.file, directory=True)
             return self.import_folder(
-                name, directory, source=source, description=shipped.description
+                name, directory, source=source, description=shipped.description, shipped=True
             )
         path = find_package_file(shipped.package, shipped.file)
-        return self.import_file(name, path, source=source, description=shipped.description)
+        return self.import_file(
+            name, path, source=source, description=shipped.description, shipped=True
+        )
 
     def ensure_shipped(self) -> list[VersionInfo]:
         """Import each shipped model the catalog does not have yet (first start); models of
@@ -256,7 +279,7 @@ class ModelStore:
                 continue
             try:
                 imported.append(self.import_shipped(name))
-            except FileNotFoundError as exc:
+            except (FileNotFoundError, LmaasError) as exc:
                 log.warning("shipped model %s not imported: %s", name, exc)
         return imported
 
