@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from lmaas.cli_classifiers import classifiers_app
 from lmaas.cli_deploy import deploy, ps, scale, undeploy
 from lmaas.cli_keys import keys_app
 from lmaas.cli_models import models_app, tasks_app
@@ -107,6 +108,7 @@ def serve(
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(classifiers_app, name="classifiers")
 app.command()(deploy)
 app.command()(scale)
 app.command()(undeploy)

@@ -215,6 +215,9 @@ class Limits(BaseModel):
             "nli, score or tokenize request",
         ),
     ] = 256
+    max_train_examples: Annotated[
+        int, Field(ge=2, description="Most labelled examples in one classifier training call")
+    ] = 10_000
     max_labels: Annotated[
         int, Field(ge=2, le=1000, description="Most candidate_labels in a zero-shot classify")
     ] = 32

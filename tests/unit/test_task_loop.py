@@ -138,7 +138,7 @@ def test_a_full_batch_does_not_wait_for_the_window() -> None:
 
 
 def test_run_stops_when_asked() -> None:
-    loop, model, out = make()
+    loop, _, _ = make()
     thread = threading.Thread(target=loop.run)
     thread.start()
     loop.submit(req("a", "x"))

@@ -16,11 +16,13 @@ from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.errors import install_error_handlers
 from lmaas.gateway.middleware import RequestContextMiddleware
 from lmaas.gateway.routes import ops
+from lmaas.gateway.routes.admin import classifiers as admin_classifiers
 from lmaas.gateway.routes.admin import deployments as admin_deployments
 from lmaas.gateway.routes.admin import models as admin_models
 from lmaas.gateway.routes.admin import tasks as admin_tasks
 from lmaas.gateway.routes.v1 import chat, completions, models, understanding
 from lmaas.gateway.serving.chat import ChatServing
+from lmaas.gateway.serving.classifiers import ClassifierTrainer
 from lmaas.gateway.serving.classify import ClassifyServing
 from lmaas.gateway.serving.completions import CompletionServing
 from lmaas.gateway.serving.embeddings import EmbeddingServing
@@ -104,7 +106,9 @@ def create_app(
         ("classify_serving", ClassifyServing),
         ("scoring_serving", ScoringServing),
     ):
-        setattr(app.state, attr, cls(engines, settings.limits, metrics, store_prompts=store_prompts))
+        setattr(
+            app.state, attr, cls(engines, settings.limits, metrics, store_prompts=store_prompts)
+        )
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(models.router)
@@ -113,6 +117,10 @@ def create_app(
     app.include_router(understanding.router)
     if store is not None:
         app.include_router(admin_models.router)
+        app.state.classifier_trainer = ClassifierTrainer(
+            engines, settings.limits, store, deployments
+        )
+        app.include_router(admin_classifiers.router)
     if task_store is not None:
         app.include_router(admin_tasks.router)
     if deployments is not None:

@@ -74,3 +74,27 @@ class TokenizeRequest(_Request):
 class DetokenizeRequest(_Request):
     model: StrictStr
     tokens: list[StrictInt]
+
+
+class LabelledExample(_Request):
+    text: Annotated[StrictStr, Field(min_length=1)]
+    label: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+
+
+class ClassifierTrainRequest(_Request):
+    """Train a linear head on an embedding model's vectors of labelled examples."""
+
+    name: Annotated[
+        StrictStr,
+        Field(
+            min_length=1,
+            max_length=128,
+            description="Model name of the classifier in the store (a new version if it exists)",
+        ),
+    ]
+    model: StrictStr = Field(
+        default="all-minilm-l6-v2", description="A served embedding model (transformers)"
+    )
+    examples: Annotated[list[LabelledExample], Field(min_length=2)]
+    deploy: StrictBool = Field(default=True, description="Serve it (and wait until ready)")
+    description: StrictStr = ""

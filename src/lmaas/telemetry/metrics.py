@@ -90,7 +90,10 @@ class Metrics:
             registry=r,
         )
         self.task_inputs = Counter(
-            "lmaas_task_inputs", "Inputs (texts, pairs) sent to tasks", ["model", "task"], registry=r
+            "lmaas_task_inputs",
+            "Inputs (texts, pairs) sent to tasks",
+            ["model", "task"],
+            registry=r,
         )
         self.task_batch_size = Histogram(
             "lmaas_task_batch_size",

@@ -88,7 +88,7 @@ class TransformersBackend:
 
     def __init__(self, name: str, path: Path, config: EngineConfig) -> None:
         torch.set_num_threads(cpu_threads(config.threads))
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         if not path.is_dir():
             raise ValueError(f"{path} is not a Hugging Face model folder")
         if any(path.glob("*.bin")) and not any(path.glob("*.safetensors")):
@@ -353,7 +353,7 @@ class TransformersBackend:
             if "token_type_ids" in f:
                 types[i, :n] = torch.tensor(f["token_type_ids"], dtype=torch.long)
         batch = {"input_ids": ids, "attention_mask": mask}
-        if self.kind != "causal" and getattr(self.hf_config, "type_vocab_size", 0):
+        if self.kind != "causal" and int(getattr(self.hf_config, "type_vocab_size", 0) or 0):
             batch["token_type_ids"] = types
         return batch
 
