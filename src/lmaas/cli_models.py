@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import httpx
 import typer
@@ -17,8 +23,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from lmaas.errors import LmaasError
+from lmaas.registry.folder import (
+    extract_tar,
+    is_pickle_name,
+    manifest_bytes,
+    member_path,
+    tar_chunks,
+    tar_length,
+)
+
 models_app = typer.Typer(help="Manage models in a running server's store", no_args_is_help=True)
-console = Console()
+# Piped output (scripts, tests) gets wide lines instead of cells cut to fit 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="LMAAS_URL", help="Server URL")]
 KeyOpt = Annotated[str | None, typer.Option("--key", envvar="LMAAS_API_KEY", help="Admin API key")]
@@ -104,33 +121,98 @@ def _progress() -> Progress:
     )
 
 
+_ARCHIVE_TYPES = {
+    ".tar": "application/x-tar",
+    ".tgz": "application/gzip",
+    ".zip": "application/zip",
+}
+_SKIPPED_TOP_DIRS = {".git", ".cache"}
+
+FolderEntry = tuple[str, int, Callable[[], BinaryIO]]
+
+
+def _folder_entries(root: Path) -> list[FolderEntry]:
+    """The files under ``root`` as (path in the folder, size, opener), checked the way the
+    server checks them so a bad folder fails before anything is sent."""
+    entries: list[FolderEntry] = []
+    for directory, dirs, files in os.walk(root):
+        relative = Path(directory).relative_to(root)
+        if relative == Path("."):
+            dirs[:] = [d for d in dirs if d not in _SKIPPED_TOP_DIRS]
+        dirs.sort()
+        for name in sorted(files):
+            file = Path(directory) / name
+            path = member_path((relative / name).as_posix())
+            if is_pickle_name(path):
+                raise typer.BadParameter(
+                    f"{path}: pickle-based weights are refused; convert them to safetensors"
+                )
+            if not file.is_file():
+                raise typer.BadParameter(f"{file} is not a regular file")
+            entries.append((path, file.stat().st_size, _opener(file)))
+    return entries
+
+
+def _opener(file: Path) -> Callable[[], BinaryIO]:
+    return lambda: file.open("rb")
+
+
+def _upload_source(path: Path) -> tuple[int, Iterator[bytes], str]:
+    """(length, bytes, Content-Type) of what `push` sends for ``path``."""
+    if path.is_dir():
+        entries = _folder_entries(path)
+        length = tar_length((p, size) for p, size, _ in entries)
+        return length, tar_chunks(entries), "application/x-tar"
+    name = path.name.lower()
+    suffix = ".tgz" if name.endswith(".tar.gz") else path.suffix.lower()
+
+    def chunks() -> Iterator[bytes]:
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                yield chunk
+
+    ctype = _ARCHIVE_TYPES.get(suffix, "application/octet-stream")
+    return path.stat().st_size, chunks(), ctype
+
+
 @models_app.command("push")
 def push(
     name: str,
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            readable=True,
+            help="A GGUF file, a Hugging Face folder, or a .tar, .tar.gz or .zip of one",
+        ),
+    ],
     description: Annotated[str, typer.Option(help="Version description")] = "",
     url: UrlOpt = "http://127.0.0.1:8000",
     key: KeyOpt = None,
 ) -> None:
-    """Upload a GGUF file as a new version of NAME (created if needed), with a progress bar."""
-    total = file.stat().st_size
+    """Upload a new version of NAME (created if needed), with a progress bar. A directory is
+    sent as a tar generated on the fly (no temporary file)."""
+    try:
+        total, chunks, ctype = _upload_source(path)
+    except LmaasError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
 
     with _progress() as progress:
-        task = progress.add_task(f"push {file.name}", total=total)
+        task = progress.add_task(f"push {path.name}", total=total)
 
-        def body() -> Any:
-            with file.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    progress.advance(task, len(chunk))
-                    yield chunk
+        def body() -> Iterator[bytes]:
+            for chunk in chunks:
+                progress.advance(task, len(chunk))
+                yield chunk
 
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(total)}
+        headers = {"Content-Type": ctype, "Content-Length": str(total)}
         if description:
             headers["X-Description"] = description
         with _client(url, key, timeout=3600) as c:
             v = _check(c.post(f"/admin/models/{name}/versions", content=body(), headers=headers))
     console.print(
-        f"{v['model']} version {v['number']} ({v['digest'][:19]}…), "
+        f"{v['model']} version {v['number']} ({v['digest'][:19]}…), {v['format']}, "
         f"{v['architecture']}, {v['quantization']}, {_size(v['size_bytes'])}"
     )
 
@@ -138,15 +220,27 @@ def push(
 @models_app.command("pull")
 def pull(
     reference: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME:ALIAS")],
-    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="GGUF: the file. Hugging Face folder: a directory to create, or a .tar file",
+        ),
+    ] = None,
     url: UrlOpt = "http://127.0.0.1:8000",
     key: KeyOpt = None,
 ) -> None:
-    """Download a version; resumes a partial file with an HTTP Range request."""
+    """Download a version. A GGUF file resumes a partial download with an HTTP Range request;
+    a Hugging Face folder is written as a directory (or kept as a tar with -o NAME.tar)."""
     name, _, ref = reference.partition(":")
     ref = ref or "latest"
     with _client(url, key, timeout=3600) as c:
         v = _check(c.get(f"/admin/models/{name}/versions/{ref}"))
+        if v["format"] == "hf":
+            target = output or Path(f"{v['model']}-v{v['number']}")
+            _pull_folder(c, v, target)
+            return
         target = output or Path(f"{v['model']}-v{v['number']}.gguf")
         have = target.stat().st_size if target.exists() else 0
         if have >= v["size_bytes"]:
@@ -172,6 +266,69 @@ def pull(
                     f.write(chunk)
                     progress.advance(task, len(chunk))
     console.print(f"saved {target} ({_size(target.stat().st_size)})")
+
+
+class _ChunkReader:
+    """``read(n)`` over an iterator of byte chunks (for the tar reader)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = bytearray()
+
+    def read(self, size: int = -1, /) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, b"")
+            if not chunk:
+                break
+            self._buffer += chunk
+        if size < 0:
+            size = len(self._buffer)
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+
+def _pull_folder(c: httpx.Client, v: dict[str, Any], target: Path) -> None:
+    """Write a Hugging Face version to ``target``: a .tar file as sent, else a new directory,
+    extracted into a temporary sibling and renamed into place once its manifest checks out."""
+    as_tar = target.suffix.lower() == ".tar"
+    if not as_tar and target.exists() and (not target.is_dir() or any(target.iterdir())):
+        console.print(f"[red]error:[/red] {target} exists and is not an empty directory")
+        raise typer.Exit(1)
+    path = f"/admin/models/{v['model']}/versions/{v['number']}/content"
+    with _progress() as progress, c.stream("GET", path) as r:
+        if r.status_code >= 400:
+            r.read()
+            _check(r)
+        task = progress.add_task(f"pull {target.name}", total=int(r.headers["content-length"]))
+
+        def chunks() -> Iterator[bytes]:
+            for chunk in r.iter_bytes(_CHUNK):
+                progress.advance(task, len(chunk))
+                yield chunk
+
+        if as_tar:
+            with target.open("wb") as f:
+                for chunk in chunks():
+                    f.write(chunk)
+            console.print(f"saved {target} ({_size(target.stat().st_size)})")
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            files = extract_tar(_ChunkReader(chunks()), partial)
+            digest = "sha256:" + hashlib.sha256(manifest_bytes(files)).hexdigest()
+            if digest != r.headers.get("x-digest"):
+                raise LmaasError("the folder received does not match its manifest digest")
+            if target.exists():
+                target.rmdir()
+            partial.rename(target)
+        except LmaasError as exc:
+            console.print(f"[red]error:[/red] {exc.message}")
+            raise typer.Exit(1) from exc
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    console.print(f"saved {target}/ ({len(files)} files, {_size(sum(f.size for f in files))})")
 
 
 @models_app.command("rm")
