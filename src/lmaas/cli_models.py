@@ -139,6 +139,9 @@ def _folder_entries(root: Path) -> list[FolderEntry]:
         relative = Path(directory).relative_to(root)
         if relative == Path("."):
             dirs[:] = [d for d in dirs if d not in _SKIPPED_TOP_DIRS]
+        for d in dirs:
+            if (Path(directory) / d).is_symlink():
+                raise typer.BadParameter(f"{Path(directory) / d} links to a directory")
         dirs.sort()
         for name in sorted(files):
             file = Path(directory) / name

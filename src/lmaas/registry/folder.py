@@ -88,6 +88,12 @@ def member_path(name: str) -> str:
     return "/".join(parts)
 
 
+def is_root(name: str) -> bool:
+    """Whether a directory entry names the folder itself (``.`` or ``./``, as ``tar -C dir .``
+    writes it); such an entry is skipped, never joined to a path."""
+    return bool(name) and not name.startswith("/") and all(p in ("", ".") for p in name.split("/"))
+
+
 def is_pickle_name(path: str) -> bool:
     return path.lower().endswith(PICKLE_SUFFIXES)
 
@@ -246,10 +252,11 @@ def extract_tar(
     for count, member in enumerate(TarReader(stream).members(), start=1):
         if count > max_members:
             raise RequestTooLargeError(f"the archive has more than {max_members} members")
-        path = member_path(member.name)
         if member.kind == "dir":
-            layout.add_dir(path)
+            if not is_root(member.name):
+                layout.add_dir(member_path(member.name))
             continue
+        path = member_path(member.name)
         layout.add_file(path)
         target = directory.joinpath(*path.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ from lmaas.registry.folder import (
     FolderFile,
     LayoutChecker,
     is_pickle_name,
+    is_root,
     manifest_bytes,
     member_path,
     pickle_refused,
@@ -128,7 +129,8 @@ class FolderBuilder:
 
     def add_dir(self, name: str) -> None:
         self._count_member()
-        self._layout.add_dir(member_path(name))
+        if not is_root(name):
+            self._layout.add_dir(member_path(name))
 
     def open_file(self, name: str, declared_size: int | None = None) -> FileSink:
         """Start a file; refused at once for a bad or duplicate name, a pickle suffix, too many

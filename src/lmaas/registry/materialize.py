@@ -70,6 +70,8 @@ class FolderCache:
             os.link(source, destination)
         except OSError:  # no hard links here (another file system, or not supported)
             shutil.copyfile(source, destination)
+        # Read-only, so a loader cannot change a blob in place through its link.
+        os.chmod(destination, 0o444)
 
     def remove(self, digest: str) -> None:
         path = self.path_for(digest)

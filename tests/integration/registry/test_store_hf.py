@@ -91,6 +91,19 @@ async def test_a_tar_upload_becomes_a_version(store: ModelStore, gz: bool) -> No
     assert got == FILES
 
 
+async def test_a_tar_of_dot_with_directory_entries(store: ModelStore, tmp_path: Path) -> None:
+    # What `tar -cf x.tar -C folder .` writes: "./", "./1_Pooling/", "./config.json", ...
+    source = write_folder(tmp_path / "src", FILES)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(source, arcname=".")
+    v = await upload(store, "tar", buffer.getvalue())
+    directory = store.path_of(v)
+    assert folder_bytes(directory) == FILES
+    modes = {p.stat().st_mode & 0o777 for p in directory.rglob("*") if p.is_file()}
+    assert modes == {0o444}  # a loader cannot change a blob through its link
+
+
 async def test_every_way_in_gives_the_same_folder(store: ModelStore, tmp_path: Path) -> None:
     first = await upload(store, "tar", tar_bytes(FILES))
     second = await upload(store, "zip", zip_bytes(FILES))

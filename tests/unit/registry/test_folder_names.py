@@ -15,6 +15,7 @@ from lmaas.registry.folder import (
     check_layout,
     extract_tar,
     is_pickle_name,
+    is_root,
     manifest_bytes,
     member_path,
     parse_manifest,
@@ -75,6 +76,22 @@ def test_hostile_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidRequestError) as info:
         member_path(name)
     assert info.value.status_code == 400 and info.value.param == "path"
+
+
+@pytest.mark.parametrize(
+    ("name", "root"),
+    [
+        (".", True),
+        ("./", True),
+        ("./.", True),
+        ("/", False),
+        ("", False),
+        ("a", False),
+        ("./a", False),
+    ],
+)
+def test_root_entries(name: str, root: bool) -> None:
+    assert is_root(name) is root
 
 
 def test_non_text_names_are_refused() -> None:
