@@ -299,6 +299,7 @@ def test_a_dropped_upload_leaves_no_partial_file(env: Env) -> None:
     )
     assert env.get("/admin/models/dropped", env.admin).status_code == 404
     assert env.get("/health").status_code == 200
+    assert "Traceback" not in env.server.log()  # a client going away is not a server error
 
 
 def test_deleting_a_folder_version_removes_its_folder(env: Env) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request, status
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse, Response, StreamingResponse
 
 from lmaas.errors import ConflictError, InvalidRequestError, UnsupportedMediaTypeError
@@ -189,6 +190,17 @@ def _upload_kind(content_type: str) -> tuple[ArchiveKind | None, str]:
     return kind, boundary
 
 
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    """The request body; a client that goes away mid-upload is a 400, not a server error."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise InvalidRequestError(
+            "the upload was interrupted: the client disconnected", code="upload_interrupted"
+        ) from None
+
+
 @router.post("/{name}/versions", response_model=VersionOut, status_code=201)
 async def upload_version(
     name: str,
@@ -204,12 +216,12 @@ async def upload_version(
     kind, boundary = _upload_kind(request.headers.get("content-type") or "")
     if kind is None:
         version = await store.upload(
-            name, request.stream(), source="upload", description=x_description
+            name, _body(request), source="upload", description=x_description
         )
     else:
         version = await store.upload_folder(
             name,
-            request.stream(),
+            _body(request),
             kind,
             boundary=boundary,
             source=f"upload:{kind}",
