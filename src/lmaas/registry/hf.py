@@ -92,10 +92,13 @@ def _too_many(limit: int) -> RequestTooLargeError:
 
 
 class FileSink:
-    """One file being received; :meth:`write` its bytes, then :meth:`close`."""
+    """One file being received: :meth:`write` its bytes, then :meth:`close` (or :meth:`abort`,
+    which is a no-op after a close)."""
 
-    def __init__(self, builder: FolderBuilder, path: str, writer: BlobWriter, cap: str) -> None:
-        self._builder, self.path, self._writer, self._cap = builder, path, writer, cap
+    def __init__(
+        self, path: str, writer: BlobWriter, cap: str, on_close: Callable[[str, BlobInfo], None]
+    ) -> None:
+        self.path, self._writer, self._cap, self._on_close = path, writer, cap, on_close
 
     def write(self, chunk: bytes) -> None:
         try:
@@ -106,13 +109,15 @@ class FileSink:
             ) from None
 
     def close(self) -> None:
-        self._builder._record(self.path, self._writer.commit())
+        self._on_close(self.path, self._writer.commit())
 
     def abort(self) -> None:
         self._writer.abort()
 
 
 class FolderBuilder:
+    """Receives one folder's files into blobs (see the module docstring); not thread-safe."""
+
     def __init__(self, blobs: BlobStore, limits: FolderLimits) -> None:
         self._blobs = blobs
         self.limits = limits
@@ -148,7 +153,7 @@ class FolderBuilder:
             cap = f"limits.max_member_bytes ({budget} bytes)"
         if declared_size is not None and declared_size > budget:
             raise RequestTooLargeError(f"{path!r} is larger than {cap}", code="file_too_large")
-        return FileSink(self, path, self._blobs.writer(budget), cap)
+        return FileSink(path, self._blobs.writer(budget), cap, self._record)
 
     def add_file(self, name: str, chunks: Iterable[bytes], declared_size: int | None) -> None:
         sink = self.open_file(name, declared_size)
