@@ -128,9 +128,15 @@ def test_openai_sdk_gets_base64_embeddings_and_dimensions(server: Server) -> Non
     assert vec.shape == (64,) and abs(np.linalg.norm(vec) - 1) < 1e-5
 
 
+def test_generation_model_embeds_mean_pooled(server: Server) -> None:
+    texts = [PARAPHRASES[0][0], PARAPHRASES[0][1], PARAPHRASES[2][0]]
+    data = post(server, "/v1/embeddings", {"model": MODEL, "input": texts})["data"]
+    vecs = np.array([d["embedding"] for d in data])
+    assert vecs.shape == (3, 576) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
+    assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2]
+
+
 def test_embeddings_refusals(server: Server) -> None:
-    r = call(server, "/v1/embeddings", {"model": MODEL, "input": "hi"})
-    assert r.status_code == 400 and EMBEDDER in r.json()["error"]["message"]
     long = "word " * 400
     r = call(server, "/v1/embeddings", {"model": EMBEDDER, "input": long})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
@@ -428,6 +434,10 @@ def test_nli_classifier_uploaded_deployed_and_labels_mapped(server: Server, tmp_
         for idx, name in NLI_LABELS.items():
             assert item["scores"][name] == pytest.approx(float(row[idx]), abs=1e-5)
         assert item["label"] == NLI_LABELS[int(row.argmax())]
+    # A classifier cannot embed: the 400 names the models that can.
+    r = call(server, "/v1/embeddings", {"model": "nli-tiny", "input": "hi"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    assert EMBEDDER in r.json()["error"]["message"]
     # The same model answers /v1/classify with its own labels.
     plain = post(server, "/v1/classify", {"model": "nli-tiny", "input": "A man is sleeping."})
     assert {x["label"] for x in plain["data"][0]["labels"]} == set(NLI_LABELS.values())

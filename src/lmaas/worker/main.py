@@ -57,7 +57,7 @@ class WorkerServer:
         info: dict[str, Any],
         *,
         tasks: TaskLoop | None = None,
-        inline_task: Callable[[TaskRequest], TaskResult] | None = None,
+        inline_task: Callable[[TaskRequest], TaskResult | None] | None = None,
     ) -> None:
         self.sock = sock
         self.loop = loop
@@ -125,7 +125,8 @@ class WorkerServer:
             error = {"status": 500, "message": "the model failed to run this request"}
             self.emit_task_result(rid, None, {**error, "param": None, "code": None})
             return
-        self.emit_task_result(rid, result, None)
+        if result is not None:  # None: it runs elsewhere and emits its own result
+            self.emit_task_result(rid, result, None)
 
     def read_forever(self) -> None:
         reader = self.sock.makefile("rb")
@@ -245,8 +246,9 @@ def _build(
         max_num_seqs=config.max_num_seqs,
         max_batch_tokens=config.max_batch_tokens,
     )
-    inline = LlamaCppTasks(backend)
+    inline = LlamaCppTasks(backend, config)
     server = WorkerServer(sock, loop, inline.info().model_dump(), inline_task=inline.run)
+    inline.emit = server.emit_task_result
     return server, loop.run
 
 
