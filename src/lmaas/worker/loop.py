@@ -326,13 +326,14 @@ class EngineLoop:
             return
         self._collect_prompt_logprobs(plan, sample_at)
         sampled, logprobs = self._sample(plan, sample_at)
-        beam_slots, searches_done = self._step_beams(plan, sample_at, beams_at)
+        beam_slots, searches_done, started = self._step_beams(plan, sample_at, beams_at)
         updates = self.scheduler.update_from_output(plan, sampled, beam_slots)
         events = [
             self._advance(u.request_id, u.new_token, u.finished_by_length, logprobs)
             for u in updates
             if u.request_id not in beam_slots
         ]
+        events += [self._beams_started(rid) for rid in started if rid not in searches_done]
         events += [self._finish_beams(rid) for rid in searches_done]
         self.emit([e for e in events if e is not None], self.stats())
 
@@ -383,11 +384,12 @@ class EngineLoop:
 
     def _step_beams(
         self, plan: StepPlan, sample_at: dict[str, int], beams_at: dict[str, list[int]]
-    ) -> tuple[dict[str, list[int]], list[str]]:
-        """Advance every beam search of the step; returns each one's live slots, and the
-        searches that have ended."""
+    ) -> tuple[dict[str, list[int]], list[str], list[str]]:
+        """Advance every beam search of the step; returns each one's live slots, the searches
+        that have ended and those that started (their prompt is prefilled)."""
         live: dict[str, list[int]] = {}
         done: list[str] = []
+        started: list[str] = []
         for work in plan.work:
             active = self._active[work.request_id]
             settings = active.beam_settings
@@ -402,6 +404,7 @@ class EngineLoop:
                     settings, seq.slots, self.backend, self._entry_fn(active.req.logprobs)
                 )
                 rows = [sample_at[work.request_id]]
+                started.append(work.request_id)
             search = active.beam
             assert search is not None
             slot_plan = search.step([self.backend.logits(i) for i in rows])
@@ -414,13 +417,23 @@ class EngineLoop:
             for slot in slot_plan.cleared:
                 self.backend.clear_slot(slot)
             live[work.request_id] = slot_plan.slots
-        return live, done
+        return live, done, started
 
     def _entry_fn(self, k: int | None) -> EntryFn | None:
         """How a beam search builds its per-token logprobs (``k`` alternatives), if asked."""
         if k is None:
             return None
         return lambda row, token: self._logprob_entry(row, token, k)
+
+    def _beams_started(self, rid: str) -> TokenEvent | None:
+        """A search emits nothing until it ends; this one empty event tells the gateway (and
+        the running-sequences gauge, through the stats it carries) that it runs."""
+        active = self._active.get(rid)
+        if active is None:
+            return None
+        event = TokenEvent(request_id=rid, prompt_tokens=len(active.prompt_ids))
+        self._attach_once(active, event)
+        return event
 
     def _finish_beams(self, rid: str) -> TokenEvent | None:
         active = self._active.get(rid)
