@@ -114,8 +114,13 @@ class EngineConfig(BaseModel):
     ] = 5.0
     max_task_batch: Annotated[
         int,
-        Field(ge=1, le=4096, description="Most inputs in one embed/classify/score forward pass"),
-    ] = 64
+        Field(
+            ge=1,
+            le=4096,
+            description="Most embed/classify/score inputs a worker runs as one batch (the "
+            "waiting requests of one kind, length-sorted, in forward passes of up to 16)",
+        ),
+    ] = 256
 
     def backend_for(self, path: Path) -> Literal["llamacpp", "transformers"]:
         """The backend that serves ``path``: the configured one, else by the kind of path."""

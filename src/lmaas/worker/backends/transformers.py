@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 HEAD_FILE = "lmaas_head.json"
 HEAD_WEIGHTS = "head.safetensors"
 
+FORWARD_CHUNK = 16
+
 Kind = Literal["embedding", "classifier", "head", "causal"]
 Features = dict[str, list[int]]
 
@@ -96,6 +98,9 @@ class TransformersBackend:
         self.name = name
         self.path = path
         self.max_batch = config.max_task_batch
+        # Inputs of one batch run length-sorted in chunks of this many (as sentence-transformers
+        # does), so a batch collected from many requests pays little for padding.
+        self.chunk = min(FORWARD_CHUNK, config.max_task_batch)
         self.max_num_seqs = config.max_num_seqs
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -330,12 +335,12 @@ class TransformersBackend:
         return results
 
     def _forward_all(self, flat: list[Features], run: Any) -> np.ndarray[Any, Any]:
-        """Run ``flat`` in length-sorted chunks of ``max_batch`` (less padding); rows in input
+        """Run ``flat`` in length-sorted chunks of ``self.chunk`` (less padding); rows in input
         order."""
         order = sorted(range(len(flat)), key=lambda i: len(flat[i]["input_ids"]))
         out: list[np.ndarray[Any, Any]] = [np.empty(0)] * len(flat)
-        for start in range(0, len(order), self.max_batch):
-            chunk = order[start : start + self.max_batch]
+        for start in range(0, len(order), self.chunk):
+            chunk = order[start : start + self.chunk]
             rows = run(self._collate([flat[i] for i in chunk])).float().numpy()
             for j, i in enumerate(chunk):
                 out[i] = rows[j]
@@ -389,8 +394,8 @@ class TransformersBackend:
         starts = [s for p in prepared for s in p.score_from]
         per_seq: list[list[float]] = [[] for _ in flat]
         order = sorted(range(len(flat)), key=lambda i: len(flat[i][1]["input_ids"]))
-        for start in range(0, len(order), self.max_batch):
-            chunk = order[start : start + self.max_batch]
+        for start in range(0, len(order), self.chunk):
+            chunk = order[start : start + self.chunk]
             batch = self._collate([flat[i][1] for i in chunk])
             logprobs = torch.log_softmax(self.model(**batch).logits.float(), dim=-1)
             for j, i in enumerate(chunk):
