@@ -320,4 +320,5 @@ def test_metrics_and_openapi(server: ServerProcess) -> None:
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(spec["paths"])
     models = httpx.get(f"{server.url}/v1/models").json()
-    assert [m["id"] for m in models["data"]] == [MODEL]
+    # The chat model and the shipped embedding model.
+    assert {m["id"] for m in models["data"]} == {MODEL, "all-minilm-l6-v2"}

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lmaas.config import DEFAULT_MODEL, EngineConfig, ModelConfig, Settings, load_settings
+from lmaas.config import (
+    DEFAULT_EMBEDDING_MODEL,
+    DEFAULT_MODEL,
+    EngineConfig,
+    ModelConfig,
+    Settings,
+    load_settings,
+)
 from lmaas.errors import InvalidRequestError
 
 
@@ -20,7 +27,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_serve_the_shipped_model_on_loopback() -> None:
     s = Settings()
     assert (s.host, s.port) == ("127.0.0.1", 8000)
-    assert [m.name for m in s.models] == [DEFAULT_MODEL]
+    assert [m.name for m in s.models] == [DEFAULT_MODEL, DEFAULT_EMBEDDING_MODEL]
     assert s.models[0].resolve_path().name.endswith(".gguf")
 
 
