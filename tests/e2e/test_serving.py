@@ -229,7 +229,9 @@ def test_client_disconnect_frees_its_slot(server: ServerProcess) -> None:
         },
     ) as r:
         got = 0
-        for line in r.iter_lines():
+        # Keep the iterator referenced: a collected httpx line iterator closes the response.
+        lines = r.iter_lines()
+        for line in lines:
             if line.startswith("data: {"):
                 got += 1
                 if got == 3:
@@ -239,6 +241,7 @@ def test_client_disconnect_frees_its_slot(server: ServerProcess) -> None:
             30,
             what="the request to be running",
         )
+        del lines
     # The connection is closed now; the worker must drop the sequence long before 2000 tokens.
     wait_until(
         lambda: metric(server, "lmaas_num_requests_running", f'model="{MODEL}"') == 0,
