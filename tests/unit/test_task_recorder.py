@@ -6,36 +6,14 @@ import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from lmaas.tasks.records import TaskRecord, TaskRecorder
+from tests.task_records import T0, make_record
 
-T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 DEADLINE = 5.0
-
-
-def make_record(n: int) -> TaskRecord:
-    return TaskRecord(
-        request_id=f"req-{n}",
-        received_at=T0 + timedelta(milliseconds=n),
-        task_type="completion",
-        model="smollm2",
-        version=1,
-        client_ip="127.0.0.1",
-        api_key_id=None,
-        params={"temperature": 0.0},
-        prompt=None,
-        status="ok",
-        http_status=200,
-        queue_time_ms=0.5,
-        ttft_ms=10.0,
-        latency_ms=50.0,
-        prompt_tokens=5,
-        completion_tokens=7,
-        error=None,
-    )
 
 
 class FakeStore:

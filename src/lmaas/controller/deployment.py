@@ -53,7 +53,6 @@ class LocalDeployment(EngineClient):
         self._draining: list[WorkerProcess] = []
         self._owner: dict[str, WorkerProcess] = {}
         self._started = False
-        self._closed = False
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -97,7 +96,6 @@ class LocalDeployment(EngineClient):
 
     async def close(self) -> None:
         """Stop every replica now (in-flight requests fail); used at server shutdown."""
-        self._closed = True
         for task in list(self._background):
             task.cancel()
         replicas = self.replicas + self._draining
@@ -108,10 +106,8 @@ class LocalDeployment(EngineClient):
         """Stop taking requests, let the in-flight ones finish, then stop (undeploy)."""
         async with self._lock:
             retired, self.replicas = self.replicas, []
-            self._draining.extend(retired)
-        await self._retire(retired)
+            self._retire_later(retired)
         await asyncio.gather(*list(self._background), return_exceptions=True)
-        self._closed = True
 
     # -- changes while serving ----------------------------------------------------------------
 

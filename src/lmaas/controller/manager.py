@@ -129,13 +129,7 @@ class DeploymentManager:
             return Resolved(config, None, None, None)
         reference = spec.reference or spec.name
         model, ref = parse_reference(reference)
-        version = self.store.catalog.get_version(model, ref)
-        if version.format not in ("gguf", "hf"):
-            raise InvalidRequestError(
-                f"{model} version {version.number} is a {version.format} model; "
-                "GGUF files (llama.cpp) and Hugging Face folders (transformers) can be served",
-                param="model",
-            )
+        version = self.store.catalog.get_version(model, ref)  # gguf or hf: both are served
         config = ModelConfig(
             name=spec.name,
             model=reference,
@@ -147,21 +141,28 @@ class DeploymentManager:
 
     def resolve(self, requested: str) -> str | None:
         """The deployment that serves ``requested`` when it is not a deployment name:
-        ``model``, ``model:alias`` or ``model:3`` of the store."""
+        ``model``, ``model:alias`` or ``model:3`` of the store.
+
+        Runs on the request path, so a deployment that follows the alias (or serves the
+        number) answers from memory; only an alias no deployment follows costs a catalog query.
+        """
         try:
             model, ref = parse_reference(requested)
-            version = self.store.catalog.get_version(model, ref)
         except LmaasError:
             return None
-        matches = [
-            e
-            for e in self._entries.values()
-            if e.model == model and e.deployment.version == version.number
-        ]
-        if not matches:
+        mine = sorted(
+            (e for e in self._entries.values() if e.model == model), key=lambda e: e.spec.name
+        )
+        for e in mine:
+            if e.follows == ref or e.deployment.version == ref:
+                return e.spec.name
+        if not mine or isinstance(ref, int):
             return None
-        matches.sort(key=lambda e: (e.follows != ref, e.spec.name))
-        return matches[0].spec.name
+        try:
+            number = self.store.catalog.get_version(model, ref).number
+        except LmaasError:
+            return None
+        return next((e.spec.name for e in mine if e.deployment.version == number), None)
 
     def version_of(self, name: str) -> int | None:
         entry = self._entries.get(name)
@@ -260,11 +261,9 @@ class DeploymentManager:
                 self._in_background(self._follow(entry), f"follow-{entry.spec.name}")
 
     async def _follow(self, entry: _Entry) -> None:
-        assert entry.model is not None and entry.follows is not None
+        """Roll ``entry`` to the version its alias names now, if that changed."""
         try:
-            version = await asyncio.to_thread(
-                self.store.catalog.get_version, entry.model, entry.follows
-            )
+            resolved = await asyncio.to_thread(self.resolve_spec, entry.spec)
         except NotFoundError:
             entry.note = (
                 f"alias {entry.follows!r} of {entry.model} no longer exists; "
@@ -272,20 +271,16 @@ class DeploymentManager:
             )
             return
         entry.note = None
-        if version.number == entry.deployment.version:
+        if resolved.version == entry.deployment.version:
             return
-        if version.format not in ("gguf", "hf"):
-            entry.note = f"version {version.number} is {version.format}; not rolled"
-            return
-        config = entry.deployment.model.model_copy(update={"path": self.store.path_of(version)})
         log.info(
-            "%s: %s:%s moved to version %d; rolling",
+            "%s: %s:%s moved to version %s; rolling",
             entry.spec.name,
             entry.model,
             entry.follows,
-            version.number,
+            resolved.version,
         )
-        await entry.deployment.roll(config, version.number)
+        await entry.deployment.roll(resolved.config, resolved.version)
 
     # -- helpers -----------------------------------------------------------------------------------
 

@@ -217,13 +217,17 @@ def _version_ref(ref: int | str) -> int | str:
     return validate_alias(ref)  # type: ignore[arg-type]
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
+    """Now, as an aware UTC time: what every table of the catalog stores."""
     return datetime.now(UTC)
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands timestamps back without a zone; they were written in UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC time. SQLite hands timestamps back without a zone; the
+    catalog writes them in UTC, so a naive one is UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _check_metadata(meta: VersionMetadata) -> None:
@@ -270,7 +274,7 @@ class Catalog:
                 if session.scalar(select(exists().where(ModelRow.name == name))):
                     raise _model_exists(name)
                 row = ModelRow(name=name, description=description, last_version=0)
-                row.created_at = _now()
+                row.created_at = utc_now()
                 session.add(row)
                 session.flush()
                 return self._model_info(session, row)
@@ -329,7 +333,7 @@ class Catalog:
                 number=row.last_version,
                 digest=normalize_digest(digest),
                 state=state,
-                created_at=_now(),
+                created_at=utc_now(),
                 **asdict(metadata),  # its fields are the metadata columns
             )
             session.add(version)
@@ -530,11 +534,11 @@ def _point_alias(session: Session, model_id: int, name: str, version_id: int) ->
     alias = session.get(AliasRow, (model_id, name))
     if alias is None:
         session.add(
-            AliasRow(model_id=model_id, name=name, version_id=version_id, updated_at=_now())
+            AliasRow(model_id=model_id, name=name, version_id=version_id, updated_at=utc_now())
         )
     elif alias.version_id != version_id:
         alias.version_id = version_id
-        alias.updated_at = _now()
+        alias.updated_at = utc_now()
 
 
 def _alias_names(session: Session, model_id: int) -> dict[int, tuple[str, ...]]:
@@ -563,7 +567,7 @@ def _to_model_info(row: ModelRow, aliases: dict[str, int]) -> ModelInfo:
     return ModelInfo(
         name=row.name,
         description=row.description,
-        created_at=_utc(row.created_at),
+        created_at=as_utc(row.created_at),
         latest=aliases.get(LATEST),
         aliases=dict(aliases),
     )
@@ -582,7 +586,7 @@ def _to_version_info(model: str, v: VersionRow, aliases: Sequence[str]) -> Versi
         digest=v.digest,
         source=v.source,
         description=v.description,
-        created_at=_utc(v.created_at),
+        created_at=as_utc(v.created_at),
         state="pending" if v.state == "pending" else "ready",
         aliases=tuple(aliases),
     )

@@ -8,7 +8,7 @@ from the config file at every start) from those created through the API.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import CheckConstraint, DateTime, Integer, String, Text, select
@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from lmaas.errors import ConflictError, NotFoundError
-from lmaas.registry.catalog import Base
+from lmaas.registry.catalog import Base, as_utc, utc_now
 
 Source = Literal["config", "api"]
 
@@ -50,14 +50,7 @@ class DeploymentSpec:
     created_at: datetime | None = None
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _to_spec(row: DeploymentRow) -> DeploymentSpec:
-    created = row.created_at
-    if created.tzinfo is None:  # SQLite hands back naive datetimes
-        created = created.replace(tzinfo=UTC)
     return DeploymentSpec(
         name=row.name,
         reference=row.reference,
@@ -65,7 +58,7 @@ def _to_spec(row: DeploymentRow) -> DeploymentSpec:
         replicas=row.replicas,
         engine_json=row.engine_json,
         source="config" if row.source == "config" else "api",
-        created_at=created,
+        created_at=as_utc(row.created_at),
     )
 
 
@@ -88,7 +81,7 @@ class DeploymentStore:
             return _to_spec(row)
 
     def create(self, spec: DeploymentSpec) -> DeploymentSpec:
-        now = _now()
+        now = utc_now()
         try:
             with self._sessions.begin() as session:
                 row = DeploymentRow(
@@ -113,7 +106,7 @@ class DeploymentStore:
             row = session.scalar(
                 select(DeploymentRow).where(DeploymentRow.name == spec.name).with_for_update()
             )
-            now = _now()
+            now = utc_now()
             if row is None:
                 row = DeploymentRow(name=spec.name, created_at=now)
                 session.add(row)
@@ -140,7 +133,7 @@ class DeploymentStore:
             if reference is not None:
                 row.reference = reference
                 row.path = None
-            row.updated_at = _now()
+            row.updated_at = utc_now()
             session.flush()
             return _to_spec(row)
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final, Literal, cast
 
 from sqlalchemy import JSON, CheckConstraint, DateTime, String, func, select
@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from lmaas.errors import AuthenticationError, InvalidRequestError, NotFoundError
-from lmaas.registry.catalog import Base
+from lmaas.registry.catalog import Base, as_utc, utc_now
 
 Scope = Literal["admin", "inference"]
 SCOPES: Final = ("admin", "inference")
@@ -139,15 +139,8 @@ def validate_models(models: Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(sorted(set(models)))
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands timestamps back without a zone; they were written in UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+    return None if value is None else as_utc(value)
 
 
 def _to_info(row: KeyRow) -> KeyInfo:
@@ -181,7 +174,7 @@ class KeyStore:
         *,
         cache_ttl: float = DEFAULT_CACHE_TTL,
         clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = _utcnow,
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         self._sessions = session_factory
         self._ttl = cache_ttl

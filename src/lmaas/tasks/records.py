@@ -21,7 +21,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal, Protocol, cast
 
 from sqlalchemy import (
@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from lmaas.errors import InvalidRequestError
-from lmaas.registry.catalog import Base
+from lmaas.registry.catalog import Base, as_utc, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,6 @@ _MAX_PARAMS_DEPTH: Final = 16
 
 RETENTION_INTERVAL: Final = timedelta(hours=1)
 MAX_RETRY_DELAY: Final = 30.0
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +185,9 @@ class TaskStore:
         if status is not None:
             stmt = stmt.where(TaskRow.status == status)
         if since is not None:
-            stmt = stmt.where(TaskRow.received_at >= _as_utc(since))
+            stmt = stmt.where(TaskRow.received_at >= as_utc(since))
         if until is not None:
-            stmt = stmt.where(TaskRow.received_at < _as_utc(until))
+            stmt = stmt.where(TaskRow.received_at < as_utc(until))
         if api_key_id is not None:
             stmt = stmt.where(TaskRow.api_key_id == api_key_id)
         if before_id is not None:
@@ -209,7 +205,7 @@ class TaskStore:
 
         Deletes ``chunk_size`` rows per transaction so writers are never locked out for long.
         """
-        cutoff = _as_utc(cutoff)
+        cutoff = as_utc(cutoff)
         total = 0
         while True:
             old = select(TaskRow.id).where(TaskRow.received_at < cutoff).limit(chunk_size)
@@ -223,13 +219,6 @@ class TaskStore:
             total += deleted
             if deleted < chunk_size:
                 return total
-
-
-def _as_utc(value: datetime) -> datetime:
-    # SQLite stores timestamps as text without a zone, so every stored or compared time is UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def _clean(text: str) -> str:
@@ -280,7 +269,7 @@ def _row_values(rec: TaskRecord) -> dict[str, Any]:
     params = _jsonable(rec.params)
     return {
         "request_id": _text(rec.request_id, MAX_REQUEST_ID),
-        "received_at": _as_utc(rec.received_at),
+        "received_at": as_utc(rec.received_at),
         "task_type": _text(rec.task_type, MAX_TASK_TYPE),
         "model": _text(rec.model, MAX_MODEL),
         "version": _int32(rec.version),
@@ -303,7 +292,7 @@ def _to_out(row: TaskRow) -> TaskOut:
     return TaskOut(
         id=row.id,
         request_id=row.request_id,
-        received_at=_as_utc(row.received_at),
+        received_at=as_utc(row.received_at),
         task_type=row.task_type,
         model=row.model,
         version=row.version,
@@ -352,7 +341,7 @@ class TaskRecorder:
         flush_interval: float = 0.5,
         max_pending: int = 10_000,
         retention_days: float | None = 30.0,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")

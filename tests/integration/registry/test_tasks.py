@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
-from datetime import UTC, datetime, timedelta, timezone
+from dataclasses import asdict
+from datetime import timedelta, timezone
 from typing import Any
 
 import pytest
@@ -11,32 +11,8 @@ from sqlalchemy import Engine
 
 from lmaas.errors import InvalidRequestError
 from lmaas.registry.db import session_factory, upgrade_to_head
-from lmaas.tasks.records import TaskOut, TaskRecord, TaskStore
-
-T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-
-
-def make_record(n: int = 0, **changes: Any) -> TaskRecord:
-    record = TaskRecord(
-        request_id=f"req-{n}",
-        received_at=T0 + timedelta(seconds=n),
-        task_type="chat",
-        model="smollm2",
-        version=1,
-        client_ip="127.0.0.1",
-        api_key_id="0123456789ab",
-        params={"temperature": 0.7, "max_tokens": 16, "stop": ["\n"]},
-        prompt=None,
-        status="ok",
-        http_status=200,
-        queue_time_ms=1.5,
-        ttft_ms=20.25,
-        latency_ms=120.5,
-        prompt_tokens=12,
-        completion_tokens=16,
-        error=None,
-    )
-    return replace(record, **changes)
+from lmaas.tasks.records import TaskOut, TaskStore
+from tests.task_records import T0, make_record
 
 
 def fields(out: TaskOut) -> dict[str, Any]:
