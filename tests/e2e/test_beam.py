@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.bad_inputs import BEAM_CASES, check_error_envelope, encode
+from tests.bad_inputs import check_error_envelope
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess, wait_until
 
@@ -234,26 +234,3 @@ def test_beams_that_cannot_fit_the_kv_cache_are_refused(server: ServerProcess) -
     assert r.status_code == 400, r.text
     err = check_error_envelope(r.json())
     assert err["param"] == "max_tokens" and "beam_width" in err["message"]
-
-
-@pytest.mark.parametrize(
-    ("path", "body", "headers", "status", "param"),
-    [c[1:] for c in BEAM_CASES],
-    ids=[c[0] for c in BEAM_CASES],
-)
-def test_bad_beam_input_table(
-    server: ServerProcess,
-    path: str,
-    body: Any,
-    headers: dict[str, str],
-    status: int,
-    param: str | None,
-) -> None:
-    r = httpx.post(
-        f"{server.url}{path}",
-        content=encode(body, MODEL),
-        headers={"content-type": "application/json", **headers},
-        timeout=60,
-    )
-    assert r.status_code == status, r.text
-    assert check_error_envelope(r.json())["param"] == param

@@ -12,7 +12,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.bad_inputs import CASES, check_error_envelope, encode
+from tests.bad_inputs import BEAM_CASES, CASES, check_error_envelope, encode
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess, wait_until
 
@@ -276,8 +276,8 @@ def test_non_streaming_client_that_gives_up_frees_its_slot(server: ServerProcess
 
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "param"),
-    [c[1:] for c in CASES],
-    ids=[c[0] for c in CASES],
+    [c[1:] for c in CASES + BEAM_CASES],
+    ids=[c[0] for c in CASES + BEAM_CASES],
 )
 def test_bad_input_table(
     server: ServerProcess,

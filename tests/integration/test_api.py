@@ -149,8 +149,8 @@ async def test_completions_stream(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "param"),
-    [c[1:] for c in CASES],
-    ids=[c[0] for c in CASES],
+    [c[1:] for c in CASES + BEAM_CASES],
+    ids=[c[0] for c in CASES + BEAM_CASES],
 )
 async def test_bad_input_table(
     client: httpx.AsyncClient,
@@ -256,28 +256,6 @@ async def test_models_and_openapi(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/models/other")).status_code == 404
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/completions" in spec["paths"]
-
-
-@pytest.mark.parametrize(
-    ("path", "body", "headers", "status", "param"),
-    [c[1:] for c in BEAM_CASES],
-    ids=[c[0] for c in BEAM_CASES],
-)
-async def test_bad_beam_search_input_table(
-    client: httpx.AsyncClient,
-    path: str,
-    body: Any,
-    headers: dict[str, str],
-    status: int,
-    param: str | None,
-) -> None:
-    r = await client.post(
-        path,
-        content=encode(body, "fake"),
-        headers={"content-type": "application/json", **headers},
-    )
-    assert r.status_code == status, r.text
-    assert check_error_envelope(r.json())["param"] == param
 
 
 async def test_beam_search_chat_shape(client: httpx.AsyncClient, engine: FakeEngine) -> None:
