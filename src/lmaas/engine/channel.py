@@ -146,24 +146,14 @@ class WorkerChannel:
     def _dispatch(self, frame: dict[str, Any]) -> None:
         kind = frame.get("k")
         if kind == "ev":
-            stats = frame.get("s") or {}
-            self.running = int(stats.get("running", self.running))
-            self.waiting = int(stats.get("waiting", self.waiting))
+            self._update_stats(frame)
             for wire in frame.get("evs", ()):
                 queue = self._streams.get(wire.get("r"))
                 if queue is None:
                     continue
                 event = TokenEvent.from_wire(wire)
                 if event.error is not None:
-                    e = event.error
-                    queue.put_nowait(
-                        error_from_status(
-                            int(e.get("status", 500)),
-                            str(e.get("message")),
-                            param=e.get("param"),
-                            code=e.get("code"),
-                        )
-                    )
+                    queue.put_nowait(_wire_error(event.error, 500))
                 else:
                     queue.put_nowait(event)
         elif kind == "accepted":
@@ -172,45 +162,32 @@ class WorkerChannel:
                 fut.set_result(frame)
         elif kind == "rejected":
             fut = self._accepts.get(frame.get("r", ""))
-            e = frame.get("e") or {}
             if fut is not None and not fut.done():
-                fut.set_exception(
-                    error_from_status(
-                        int(e.get("status", 400)),
-                        str(e.get("message", "rejected")),
-                        param=e.get("param"),
-                        code=e.get("code"),
-                    )
-                )
+                fut.set_exception(_wire_error(frame.get("e") or {}, 400, "rejected"))
         elif kind == "task_result":
             self._task_result(frame)
         elif kind == "pong":
-            stats = frame.get("s") or {}
-            self.running = int(stats.get("running", self.running))
-            self.waiting = int(stats.get("waiting", self.waiting))
+            self._update_stats(frame)
             pong = self._pongs.get(int(frame.get("n", -1)))
             if pong is not None and not pong.done():
                 pong.set_result(frame)
         else:
             log.warning("%s: unknown frame kind %r", self.label, kind)
 
-    def _task_result(self, frame: dict[str, Any]) -> None:
+    def _update_stats(self, frame: dict[str, Any]) -> None:
+        """Frames carry the worker's load; the gauges and the router read it from here."""
         stats = frame.get("s") or {}
         self.running = int(stats.get("running", self.running))
         self.waiting = int(stats.get("waiting", self.waiting))
+
+    def _task_result(self, frame: dict[str, Any]) -> None:
+        self._update_stats(frame)
         fut = self._tasks.get(str(frame.get("r", "")))
         if fut is None or fut.done():
             return
         e = frame.get("e")
         if e is not None:
-            fut.set_exception(
-                error_from_status(
-                    int(e.get("status", 500)),
-                    str(e.get("message")),
-                    param=e.get("param"),
-                    code=e.get("code"),
-                )
-            )
+            fut.set_exception(_wire_error(e, 500))
             return
         try:
             fut.set_result(TaskResult.model_validate(frame.get("res")))
@@ -230,3 +207,13 @@ class WorkerChannel:
         for task in list(self._tasks.values()):
             if not task.done():
                 task.set_exception(error)
+
+
+def _wire_error(e: dict[str, Any], status: int, message: str = "worker error") -> LmaasError:
+    """The error a worker sent as ``{"status", "message", "param", "code"}``."""
+    return error_from_status(
+        int(e.get("status", status)),
+        str(e.get("message", message)),
+        param=e.get("param"),
+        code=e.get("code"),
+    )
