@@ -27,7 +27,7 @@ from lmaas.protocol.engine import (
     TokenEvent,
     TokenLogprob,
 )
-from lmaas.worker.backends.llamacpp import BackendError, BatchEntry, LlamaCppBackend, SeqSampler
+from lmaas.worker.backends.base import BackendError, BatchEntry, GenerationBackend
 from lmaas.worker.beam import BeamSearch, BeamSettings, EntryFn
 from lmaas.worker.scheduler import Scheduler, SchedulerConfig, StepPlan
 from lmaas.worker.text import IncrementalDecoder, StopMatcher
@@ -52,7 +52,7 @@ class ActiveRequest:
     req: GenerateRequest
     prompt_ids: list[int]
     max_new_tokens: int
-    sampler: SeqSampler | None  # None for a beam search, which does not sample
+    sampler: Any  # None for a beam search, which does not sample
     arrival: float
     decoder: IncrementalDecoder = field(default_factory=IncrementalDecoder)
     stops: StopMatcher = field(default_factory=lambda: StopMatcher([]))
@@ -67,7 +67,7 @@ class ActiveRequest:
 class EngineLoop:
     def __init__(
         self,
-        backend: LlamaCppBackend,
+        backend: GenerationBackend,
         emit: EmitFn,
         *,
         max_num_seqs: int,

@@ -30,7 +30,6 @@ from lmaas.worker.tasks import TaskLoop, TaskRejected
 
 if TYPE_CHECKING:
     from lmaas.worker.loop import EngineLoop
-
 log = logging.getLogger("lmaas.worker")
 
 _PR_SET_PDEATHSIG = 1
@@ -223,6 +222,8 @@ def _build(
     sock: socket.socket, name: str, path: Path, config: EngineConfig
 ) -> tuple[WorkerServer, Callable[[], None]]:
     """Load the model with the backend its config (or its path) calls for."""
+    from lmaas.worker.loop import EngineLoop
+
     if config.backend_for(path) == "transformers":
         from lmaas.worker.backends.transformers import TransformersBackend
 
@@ -233,11 +234,26 @@ def _build(
             max_batch=config.max_task_batch,
             window_s=config.task_batch_window_ms / 1000,
         )
-        return WorkerServer(sock, None, hf.info().model_dump(), tasks=tasks), tasks.run
+        if hf.kind != "causal":
+            return WorkerServer(sock, None, hf.info().model_dump(), tasks=tasks), tasks.run
+        # A causal model generates through the step loop on this thread, while scoring and
+        # embedding keep their batching task loop on a thread of its own.
+        loop = EngineLoop(
+            hf.generator(),
+            lambda e, s: None,
+            max_num_seqs=config.max_num_seqs,
+            max_batch_tokens=config.max_batch_tokens,
+        )
+        server = WorkerServer(sock, loop, hf.info().model_dump(), tasks=tasks)
+
+        def run_both() -> None:
+            threading.Thread(target=tasks.run, name="tasks", daemon=True).start()
+            loop.run()
+
+        return server, run_both
 
     from lmaas.worker.backends.llamacpp import LlamaCppBackend
     from lmaas.worker.backends.llamacpp_tasks import LlamaCppTasks
-    from lmaas.worker.loop import EngineLoop
 
     backend = LlamaCppBackend(name, path, config)
     loop = EngineLoop(

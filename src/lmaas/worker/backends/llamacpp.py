@@ -18,18 +18,11 @@ import numpy.typing as npt
 
 from lmaas.config import EngineConfig, cpu_threads
 from lmaas.protocol.engine import ModelInfo, SamplingParams
+from lmaas.worker.backends.base import BackendError, BatchEntry
 
 log = logging.getLogger(__name__)
 
 _GREEDY_EPS = 1e-5
-
-
-class BackendError(Exception):
-    """The backend refused an input; the message is safe to show to the client."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(slots=True)
@@ -45,14 +38,6 @@ class SeqSampler:
 
 
 _CANDIDATE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-
-
-@dataclass(frozen=True, slots=True)
-class BatchEntry:
-    slot: int
-    pos: int
-    token: int
-    want_logits: bool
 
 
 def _quiet_log_callback() -> object:

