@@ -1,6 +1,10 @@
 """Beam search throughput: beam width 4 against greedy decoding on the same prompts.
 
     python bench/beam.py [--width 4] [--max-tokens 32] [--concurrency 1 4] [--reps 2]
+                         [--backend llamacpp|transformers]
+
+``--backend transformers`` serves the same GGUF through transformers' GGUF loader (float32
+PyTorch) instead of llama.cpp.
 
 One lmaas server; non-streaming /v1/completions; end-of-sequence banned through logit_bias so
 every request (and every beam) runs to exactly max-tokens tokens. Modes alternate within each
@@ -75,6 +79,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--backend", choices=["llamacpp", "transformers"], default="llamacpp")
     args = ap.parse_args()
     bias = eog_bias(model_path())
     prompts = PROMPTS[: args.prompts]
@@ -85,7 +90,8 @@ def main() -> None:
     results: dict[str, dict[int, list[dict[str, Any]]]] = {
         m: {c: [] for c in args.concurrency} for m in modes
     }
-    server = start_server("lmaas", "", {})
+    served = [{"name": MODEL, "engine": {"backend": args.backend}}]
+    server = start_server("lmaas", "", {"LMAAS_MODELS": json.dumps(served)})
     try:
         asyncio.run(run_level(server.url, {"max_tokens": 4}, prompts[:1], 1))  # warm-up
         for rep in range(args.reps):
@@ -122,10 +128,10 @@ def main() -> None:
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out_dir / f"beam-{stamp}.json").write_text(
+    (out_dir / f"beam-{args.backend}-{stamp}.json").write_text(
         json.dumps({"args": vars(args), "results": results, "table": table}, indent=1)
     )
-    print(f"\nwritten bench/results/beam-{stamp}.json")
+    print(f"\nwritten bench/results/beam-{args.backend}-{stamp}.json")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ class EngineConfig(BaseModel):
             ge=1,
             le=4096,
             description="Most embed/classify/score inputs a worker runs as one batch (the "
-            "waiting requests of one kind, length-sorted, in forward passes of up to 16)",
+            "waiting requests of one kind, length-sorted, in forward passes of up to 32)",
         ),
     ] = 256
 
