@@ -203,11 +203,11 @@ def test_seeded_sampling_repeats_and_parameters_apply(
     assert len(set(sample("p", temperature=0.0, presence_penalty=1000.0))) == 12
 
 
-def test_transformers_refuses_grammars(tiny: tuple[TransformersBackend, Any]) -> None:
+def test_transformers_refuses_raw_grammars(tiny: tuple[TransformersBackend, Any]) -> None:
     backend, _ = tiny
     loop = EngineLoop(backend.generator(), lambda *_: None, max_num_seqs=4, max_batch_tokens=64)
     req = GenerateRequest(
-        request_id="j", prompt="hello", sampling=SamplingParams(json_schema={}), max_tokens=4
+        request_id="j", prompt="hello", sampling=SamplingParams(grammar='root ::= "x"')
     )
     with pytest.raises(RequestRejected) as err:
         loop.prepare(req)

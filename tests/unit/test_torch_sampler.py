@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from lmaas.protocol.engine import SamplingParams
 from lmaas.worker.backends.base import BackendError
-from lmaas.worker.backends.transformers_generate import make_sampler, sample
+from lmaas.worker.backends.transformers_generate import Guides, make_sampler, sample
 
 # softmax of these is 0.5, 0.3, 0.15, 0.05
 LOGITS = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
@@ -56,3 +57,35 @@ def test_logit_bias_and_its_bounds() -> None:
     with pytest.raises(BackendError) as err:
         make_sampler(SamplingParams(logit_bias={4: 1.0}), 4)
     assert err.value.param == "logit_bias"
+
+
+def test_a_json_schema_guide_forces_valid_output() -> None:
+    """Random logits over a toy vocabulary: whatever they favour, only a document the schema
+    accepts can come out, then the end token."""
+    pieces = {b"{": [0], b"}": [1], b'"': [2], b"a": [3], b":": [4], b"1": [5], b" ": [6]}
+    eos = 7
+    guides = Guides(lambda: pieces, eos)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    text = {token: piece for piece, ids in pieces.items() for token in ids}
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        s = make_sampler(SamplingParams(seed=seed, temperature=1.0, json_schema=schema), 8, guides)
+        out = b""
+        for _ in range(40):
+            token = sample(s, rng.normal(size=8).astype(np.float32) * 3)
+            if token == eos:
+                break
+            out += text[token]
+        else:
+            raise AssertionError(f"no end token after {out!r}")
+        assert isinstance(json.loads(out)["a"], int), out
+
+
+def test_guides_refuse_grammars_and_bad_schemas() -> None:
+    guides = Guides(lambda: {b"{": [0]}, 1)
+    with pytest.raises(BackendError) as err:
+        make_sampler(SamplingParams(grammar='root ::= "x"'), 2, guides)
+    assert err.value.param == "response_format"
+    with pytest.raises(BackendError) as err:
+        make_sampler(SamplingParams(json_schema={"type": "no-such-type"}), 2, guides)
+    assert err.value.param == "response_format.json_schema.schema"

@@ -226,6 +226,7 @@ def _build(
 
     if config.backend_for(path) == "transformers":
         from lmaas.worker.backends.transformers import TransformersBackend
+        from lmaas.worker.backends.transformers_generate import schema_regex
 
         hf = TransformersBackend(name, path, config)
         tasks = TaskLoop(
@@ -238,8 +239,11 @@ def _build(
             return WorkerServer(sock, None, hf.info().model_dump(), tasks=tasks), tasks.run
         # A causal model generates through the step loop on this thread, while scoring and
         # embedding keep their batching task loop on a thread of its own.
+        slots = hf.generator()
+        # json_object's automaton takes seconds to compile: start on it now, off every loop.
+        slots.guides.prefetch(schema_regex({}))
         loop = EngineLoop(
-            hf.generator(),
+            slots,
             lambda e, s: None,
             max_num_seqs=config.max_num_seqs,
             max_batch_tokens=config.max_batch_tokens,

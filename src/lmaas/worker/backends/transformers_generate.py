@@ -14,20 +14,29 @@ Each step:
 Sampling follows llama.cpp's chain order on the raw logits of a row: logit bias, repetition /
 frequency / presence penalties over the tokens generated so far, then greedy (temperature 0)
 or top-k, top-p and min-p on the softmax, temperature and a draw from a per-request seeded
-generator. Grammars (``response_format``) are llama.cpp's and are refused here.
+generator. ``response_format`` (``json_object`` / ``json_schema``) is enforced by a finite
+automaton over the vocabulary compiled by outlines-core from the schema's regular expression: at
+each step only tokens the automaton accepts keep their logits. Raw GBNF grammars are llama.cpp's
+and are refused here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from outlines_core import Guide, Index, Vocabulary
+from outlines_core.json_schema import build_regex_from_schema
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmaas.config import EngineConfig
@@ -43,22 +52,94 @@ _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>", "<
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, heads, len, dim]
 
 
+# ``response_format: json_object``: any JSON object (outlines-core's regex for it nests a few
+# levels deep). Compiling it over a 49k vocabulary takes ~11 s, so workers start on it at load.
+JSON_OBJECT_SCHEMA = '{"type": "object"}'
+GUIDE_CACHE = 32
+
+
+class Guides:
+    """Structured-output automata, one per regular expression, compiled on a thread of their
+    own (never the IPC reader's, which must keep answering health pings) and kept LRU."""
+
+    def __init__(
+        self, pieces: Callable[[], dict[bytes, list[int]]], eos_id: int, wait_s: float = 5.0
+    ) -> None:
+        self._pieces = pieces
+        self._eos_id = eos_id
+        self.wait_s = wait_s
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="guides")
+        self._vocabulary: Vocabulary | None = None
+        self._cache: OrderedDict[str, Future[Index]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def prefetch(self, regex: str) -> Future[Index]:
+        with self._lock:
+            future = self._cache.get(regex)
+            if future is None:
+                future = self._pool.submit(self._compile, regex)
+                self._cache[regex] = future
+                while len(self._cache) > GUIDE_CACHE:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(regex)
+            return future
+
+    def _compile(self, regex: str) -> Index:
+        if self._vocabulary is None:
+            self._vocabulary = Vocabulary(self._eos_id, self._pieces())
+        return Index(regex, self._vocabulary)
+
+    def guide(self, regex: str) -> Guide:
+        future = self.prefetch(regex)
+        try:
+            index = future.result(timeout=self.wait_s)
+        except FutureTimeout:
+            raise BackendError(
+                "this response_format is still being compiled for this model (a large schema "
+                "takes a while the first time); retry in a few seconds",
+                "response_format",
+            ) from None
+        except Exception as exc:  # outlines-core raises on regexes it cannot turn into an FSM
+            with self._lock:
+                self._cache.pop(regex, None)
+            raise BackendError(
+                f"the JSON schema cannot be compiled: {exc}", "response_format.json_schema.schema"
+            ) from exc
+        return Guide(index)
+
+
+def schema_regex(schema: dict[str, Any]) -> str:
+    text = JSON_OBJECT_SCHEMA if schema == {} else json.dumps(schema)
+    try:
+        return str(build_regex_from_schema(text))
+    except Exception as exc:  # unsupported keywords and malformed schemas
+        raise BackendError(
+            f"the JSON schema cannot be turned into a constraint: {exc}",
+            "response_format.json_schema.schema",
+        ) from exc
+
+
 @dataclass(slots=True)
 class TorchSampler:
-    """One sequence's sampling state: its settings, its random generator, what it generated."""
+    """One sequence's sampling state: its settings, its random generator, what it generated,
+    and the automaton its output must follow, if any."""
 
     params: SamplingParams
     rng: np.random.Generator
     counts: dict[int, int] = field(default_factory=dict)
     bias_ids: npt.NDArray[np.int64] | None = None
     bias_values: npt.NDArray[np.float64] | None = None
+    guide: Guide | None = None
 
 
-def make_sampler(params: SamplingParams, n_vocab: int) -> TorchSampler:
-    if params.grammar is not None or params.json_schema is not None:
+def make_sampler(
+    params: SamplingParams, n_vocab: int, guides: Guides | None = None
+) -> TorchSampler:
+    if params.grammar is not None or (params.json_schema is not None and guides is None):
         raise BackendError(
-            "response_format json_object / json_schema and grammars are served by llama.cpp "
-            "(GGUF) models only; this model runs on transformers",
+            "GBNF grammars are served by llama.cpp (GGUF) models only; this model runs on "
+            "transformers, which takes response_format json_object or json_schema",
             "response_format",
         )
     sampler = TorchSampler(params, np.random.default_rng(params.seed))
@@ -68,6 +149,8 @@ def make_sampler(params: SamplingParams, n_vocab: int) -> TorchSampler:
             raise BackendError("logit_bias names a token outside the vocabulary", "logit_bias")
         sampler.bias_ids = ids
         sampler.bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float64)
+    if params.json_schema is not None and guides is not None:
+        sampler.guide = guides.guide(schema_regex(params.json_schema))
     return sampler
 
 
@@ -80,6 +163,11 @@ def sample(sampler: TorchSampler, logits: npt.NDArray[np.floating[Any]]) -> int:
     """Pick the next token from one row of raw logits and remember it (for the penalties)."""
     p = sampler.params
     x = logits.astype(np.float64)
+    if sampler.guide is not None:  # only what the automaton accepts next
+        allowed = np.asarray(sampler.guide.get_tokens(), dtype=np.int64)
+        masked = np.full_like(x, -np.inf)
+        masked[allowed] = x[allowed]
+        x = masked
     if sampler.bias_ids is not None and sampler.bias_values is not None:
         x[sampler.bias_ids] += sampler.bias_values
     if sampler.counts and (
@@ -109,6 +197,8 @@ def sample(sampler: TorchSampler, logits: npt.NDArray[np.floating[Any]]) -> int:
             ids, vals = ids[keep], vals[keep]
         token = int(sampler.rng.choice(ids, p=_softmax(vals / p.temperature)))
     sampler.counts[token] = sampler.counts.get(token, 0) + 1
+    if sampler.guide is not None and not sampler.guide.is_finished():
+        sampler.guide.advance(token)
     return token
 
 
@@ -170,6 +260,21 @@ class TorchSlots:
         self._eog = self._end_tokens()
         self._byte_level = self._is_byte_level()
         self._bytes = _byte_decoder()
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            eos = min(self._eog, default=0)
+        self.guides = Guides(self._vocabulary, int(eos))
+
+    def _vocabulary(self) -> dict[bytes, list[int]]:
+        """Every non-special token by the bytes it renders as (what an automaton reads)."""
+        tokens: dict[bytes, list[int]] = {}
+        for token in range(min(self.n_vocab, len(self.tokenizer))):
+            if token in self._special:
+                continue
+            rendered = self.piece(token)
+            if rendered:
+                tokens.setdefault(rendered, []).append(token)
+        return tokens
 
     # --- vocabulary ----------------------------------------------------------------------
 
@@ -232,10 +337,11 @@ class TorchSlots:
     # --- sampling ------------------------------------------------------------------------
 
     def make_sampler(self, params: SamplingParams) -> TorchSampler:
-        return make_sampler(params, self.n_vocab)
+        return make_sampler(params, self.n_vocab, self.guides)
 
     def free_sampler(self, sampler: TorchSampler) -> None:
         sampler.counts.clear()
+        sampler.guide = None
 
     def sample(self, sampler: TorchSampler, batch_index: int) -> int:
         return sample(sampler, self._rows[batch_index])
