@@ -137,6 +137,32 @@ def test_sampling_parameters(server: ServerProcess) -> None:
         assert max(top, key=top.get) == token
 
 
+def test_echo_logprobs_agree_with_score_and_n_choices(server: ServerProcess) -> None:
+    """Prompt logprobs from the step loop (echo) and from the batched score task are two code
+    paths over the same model: they must agree."""
+    text = "The cat sat on the mat."
+    echoed = complete(server, text, max_tokens=0, echo=True, logprobs=0)["logprobs"]
+    scored = post(server, "/v1/score", {"input": text})["data"][0]
+    lps = [lp for lp in echoed["token_logprobs"] if lp is not None]
+    assert len(lps) == len(scored["tokens"])
+    assert sum(lps) == pytest.approx(scored["total_logprob"], abs=1e-2)
+    r = post(
+        server,
+        "/v1/completions",
+        {
+            "prompt": "Once upon a time",
+            "max_tokens": 6,
+            "n": 3,
+            "temperature": 1.2,
+            "seed": 5,
+            "ignore_eos": True,
+        },
+    )
+    assert [c["index"] for c in r["choices"]] == [0, 1, 2]
+    assert len({c["text"] for c in r["choices"]}) > 1
+    assert r["usage"]["completion_tokens"] == 18
+
+
 def test_concurrent_requests_do_not_cross_talk(server: ServerProcess) -> None:
     prompts = ["The capital of France is", "My favourite colour is", "1, 2, 3,", "Hello, my"]
     alone = [complete(server, p, max_tokens=8, temperature=0)["text"] for p in prompts]

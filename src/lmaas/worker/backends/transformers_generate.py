@@ -22,6 +22,7 @@ and are refused here.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -252,6 +253,8 @@ class TorchSlots:
         self.kv_capacity = config.context_size - config.max_num_seqs
         self.max_model_len = min(config.max_model_len or n_ctx_train, n_ctx_train, self.kv_capacity)
         self.max_batch_tokens = config.max_batch_tokens
+        # Most causal LMs can compute only the logits asked for; older architectures cannot.
+        self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._solo: dict[int, KV] = {}
         self._group: _Group | None = None
         self._rows: dict[int, npt.NDArray[np.float32]] = {}
@@ -429,6 +432,9 @@ class TorchSlots:
             return -1
         return 0
 
+    def _keep(self, n: int) -> dict[str, int]:
+        return {"logits_to_keep": n} if self._keep_logits else {}
+
     def _prefill(self, slot: int, es: list[tuple[int, BatchEntry]]) -> None:
         if self._group is not None and slot in self._group.slots:
             self._dissolve()
@@ -450,7 +456,7 @@ class TorchSlots:
             attention_mask=torch.ones((1, start + len(es)), dtype=torch.long),
             past_key_values=self._cache_of(kv),
             use_cache=True,
-            logits_to_keep=keep,
+            **self._keep(keep),
         )
         logits = out.logits[0].float().numpy()
         offset = len(es) - logits.shape[0]
@@ -477,7 +483,7 @@ class TorchSlots:
             attention_mask=mask,
             past_key_values=group.cache,
             use_cache=True,
-            logits_to_keep=1,
+            **self._keep(1),
         )
         logits = out.logits[:, -1].float().numpy()
         for row, (i, e) in enumerate(es):
