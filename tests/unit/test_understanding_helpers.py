@@ -36,7 +36,8 @@ def test_base64_is_little_endian_float32_as_the_openai_sdk_decodes_it() -> None:
     raw = base64.b64decode(encoded)
     assert len(raw) == 16 and raw[:4] == np.float32(0.5).tobytes()  # x86 and the spec: LE
     np.testing.assert_array_equal(np.frombuffer(raw, dtype="<f4"), vector)
-    assert encode_vector(vector, "float") == [0.5, -1.25, pytest.approx(3.0e-8), 7.0]
+    floats = encode_vector(vector, "float")
+    assert list(floats) == [0.5, -1.25, pytest.approx(3.0e-8), 7.0]
 
 
 def test_dimensions_cut_and_renormalise() -> None:

@@ -1,4 +1,8 @@
-"""Dependency aliases: routes get their collaborators from ``app.state``, never from globals."""
+"""Dependency aliases: routes get their collaborators from ``app.state``, never from globals.
+
+They are ``async``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
+per dependency per request that cost ~12% of the gateway's CPU under embeddings load.
+"""
 
 from __future__ import annotations
 
@@ -15,35 +19,35 @@ from lmaas.gateway.serving.scoring import ScoringServing
 from lmaas.telemetry.metrics import Metrics
 
 
-def _chat(request: Request) -> ChatServing:
+async def _chat(request: Request) -> ChatServing:
     return request.app.state.chat_serving  # type: ignore[no-any-return]
 
 
-def _completions(request: Request) -> CompletionServing:
+async def _completions(request: Request) -> CompletionServing:
     return request.app.state.completion_serving  # type: ignore[no-any-return]
 
 
-def _embeddings(request: Request) -> EmbeddingServing:
+async def _embeddings(request: Request) -> EmbeddingServing:
     return request.app.state.embedding_serving  # type: ignore[no-any-return]
 
 
-def _classify(request: Request) -> ClassifyServing:
+async def _classify(request: Request) -> ClassifyServing:
     return request.app.state.classify_serving  # type: ignore[no-any-return]
 
 
-def _scoring(request: Request) -> ScoringServing:
+async def _scoring(request: Request) -> ScoringServing:
     return request.app.state.scoring_serving  # type: ignore[no-any-return]
 
 
-def _engines(request: Request) -> dict[str, EngineClient]:
+async def _engines(request: Request) -> dict[str, EngineClient]:
     return request.app.state.engines  # type: ignore[no-any-return]
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
-def _request_id(request: Request) -> str:
+async def _request_id(request: Request) -> str:
     return str(request.scope["state"]["request_id"])
 
 

@@ -19,7 +19,7 @@ from lmaas.protocol.deploy import (
 router = APIRouter(prefix="/admin/deployments", tags=["admin: deployments"])
 
 
-def _control(request: Request) -> DeploymentControl:
+async def _control(request: Request) -> DeploymentControl:
     return request.app.state.deployments  # type: ignore[no-any-return]
 
 

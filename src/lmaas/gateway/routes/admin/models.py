@@ -33,7 +33,7 @@ router = APIRouter(
 )
 
 
-def _store(request: Request) -> ModelStore:
+async def _store(request: Request) -> ModelStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
@@ -111,7 +111,7 @@ class ModelListOut(BaseModel):
     data: list[ModelOut]
 
 
-def _served(request: Request) -> set[tuple[str, int]]:
+async def _served(request: Request) -> set[tuple[str, int]]:
     """The (model, version) pairs deployments serve now (refused for deletion)."""
     return request.app.state.served_versions()  # type: ignore[no-any-return]
 
