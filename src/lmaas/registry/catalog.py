@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, Literal
 
 from sqlalchemy import (
@@ -27,7 +27,6 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -36,11 +35,12 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import Select
 
 from lmaas.errors import ConflictError, InvalidRequestError, NotFoundError
 from lmaas.registry.blobs import normalize_digest
+from lmaas.registry.db import Base, as_utc, utc_now
 from lmaas.registry.gguf import GGUFMetadata
 
 LATEST: Final = "latest"
@@ -53,18 +53,6 @@ Format = Literal["gguf", "hf"]
 State = Literal["ready", "pending"]
 FORMATS: Final = ("gguf", "hf")
 STATES: Final = ("ready", "pending")
-
-NAMING_CONVENTION: Final = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class ModelRow(Base):
@@ -215,19 +203,6 @@ def _version_ref(ref: int | str) -> int | str:
     if isinstance(ref, str) and ref.isascii() and ref.isdigit() and len(ref) <= 9:
         return int(ref)
     return validate_alias(ref)  # type: ignore[arg-type]
-
-
-def utc_now() -> datetime:
-    """Now, as an aware UTC time: what every table of the catalog stores."""
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC time. SQLite hands timestamps back without a zone; the
-    catalog writes them in UTC, so a naive one is UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def _check_metadata(meta: VersionMetadata) -> None:

@@ -1,4 +1,4 @@
-"""Database URLs, engines and sessions for the catalog.
+"""Database URLs, engines and sessions, and the declarative base every table derives from.
 
 The catalog lives in ``LMAAS_HOME/lmaas.db`` (SQLite) unless ``LMAAS_DATABASE_URL`` names
 another database, such as ``postgresql://user@host:5432/lmaas``. Schema changes only go through
@@ -9,20 +9,47 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 DATABASE_URL_ENV = "LMAAS_DATABASE_URL"
 HOME_ENV = "LMAAS_HOME"
 DEFAULT_HOME = Path("~/.lmaas")
 SQLITE_FILE = "lmaas.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utc_now() -> datetime:
+    """Now, as an aware UTC time: what every table of the catalog stores."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC time. SQLite hands timestamps back without a zone; the
+    catalog writes them in UTC, so a naive one is UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def database_url(home: Path | None = None, environ: Mapping[str, str] | None = None) -> str:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from lmaas.errors import ConflictError, NotFoundError
-from lmaas.registry.catalog import Base, as_utc, utc_now
+from lmaas.registry.db import Base, as_utc, utc_now
 
 Source = Literal["config", "api"]
 

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from lmaas.errors import AuthenticationError, InvalidRequestError, NotFoundError
-from lmaas.registry.catalog import Base, as_utc, utc_now
+from lmaas.registry.db import Base, as_utc, utc_now
 
 Scope = Literal["admin", "inference"]
 SCOPES: Final = ("admin", "inference")

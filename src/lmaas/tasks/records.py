@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from lmaas.errors import InvalidRequestError
-from lmaas.registry.catalog import Base, as_utc, utc_now
+from lmaas.registry.db import Base, as_utc, utc_now
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
 from lmaas.errors import AuthenticationError, InvalidRequestError, NotFoundError
-from lmaas.registry.catalog import Base, Catalog
-from lmaas.registry.db import alembic_config, session_factory, upgrade_to_head
+from lmaas.registry.catalog import Catalog
+from lmaas.registry.db import Base, alembic_config, session_factory, upgrade_to_head
 from lmaas.registry.keys import KeyStore, hash_key
 
 

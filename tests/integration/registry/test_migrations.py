@@ -8,11 +8,11 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
+import lmaas.registry.catalog  # registers models, versions, aliases, blob refs
 import lmaas.registry.deployments  # registers the deployments table on Base.metadata
 import lmaas.registry.keys  # registers the api_keys table on Base.metadata
 import lmaas.tasks.records  # noqa: F401 - registers the tasks table on Base.metadata
-from lmaas.registry.catalog import Base
-from lmaas.registry.db import alembic_config, upgrade_to_head
+from lmaas.registry.db import Base, alembic_config, upgrade_to_head
 
 TABLES = {"models", "model_versions", "aliases", "blob_refs", "api_keys", "tasks", "deployments"}
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+import lmaas.registry.catalog  # registers models, versions, aliases, blob refs
 import lmaas.registry.deployments  # registers deployments on Base.metadata
 import lmaas.registry.keys  # registers api_keys on Base.metadata
 import lmaas.tasks.records  # noqa: F401 - registers tasks on Base.metadata
-from lmaas.registry.catalog import Base
+from lmaas.registry.db import Base
 
 target_metadata = Base.metadata
 
