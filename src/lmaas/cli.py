@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from lmaas.cli_classifiers import classifiers_app
 from lmaas.cli_deploy import deploy, ps, scale, undeploy
 from lmaas.cli_keys import keys_app
-from lmaas.cli_models import models_app, tasks_app
+from lmaas.cli_models import models_app, requests_app
 from lmaas.config import SHIPPED_MODELS, ModelConfig, Settings, load_settings
 from lmaas.errors import LmaasError
 
@@ -52,8 +52,8 @@ def serve(
     from lmaas.controller.manager import DeploymentManager
     from lmaas.gateway.app import create_app
     from lmaas.gateway.auth import Authenticator, InsecureStartupError
-    from lmaas.registry.open import open_registry
-    from lmaas.tasks.records import TaskRecorder
+    from lmaas.state import open_state
+    from lmaas.records.store import RecordWriter
     from lmaas.telemetry.logging import setup_logging
 
     models = [_model_from_flag(m) for m in model] if model else None
@@ -65,35 +65,35 @@ def serve(
         typer.echo(f"invalid settings: {exc}", err=True)
         raise typer.Exit(2) from exc
     setup_logging(settings.log_level)
-    registry = open_registry(settings)
-    auth = Authenticator(registry.keys, bind_host=settings.host)
+    state = open_state(settings)
+    auth = Authenticator(state.keys, bind_host=settings.host)
     try:
         auth.check_startup()
     except InsecureStartupError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(2) from exc
-    manager = DeploymentManager(settings, registry.store, registry.deployments)
+    manager = DeploymentManager(settings, state.store, state.deployments)
     try:
         manager.check_config()
     except (LmaasError, FileNotFoundError) as exc:
         typer.echo(f"cannot serve the configured models: {exc}", err=True)
         raise typer.Exit(2) from exc
     recorder = None
-    if settings.tasks.enabled:
-        recorder = TaskRecorder(
-            registry.tasks,
-            batch_size=settings.tasks.batch_size,
-            flush_interval=settings.tasks.flush_interval,
-            retention_days=settings.tasks.retention_days,
+    if settings.records.enabled:
+        recorder = RecordWriter(
+            state.records,
+            batch_size=settings.records.batch_size,
+            flush_interval=settings.records.flush_interval,
+            retention_days=settings.records.retention_days,
         )
     api = create_app(
         settings,
         manager.engines,
         auth=auth,
-        store=registry.store,
+        store=state.store,
         deployments=manager,
         recorder=recorder,
-        task_store=registry.tasks,
+        record_store=state.records,
     )
     uvicorn.run(
         api,
@@ -107,7 +107,7 @@ def serve(
 
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
-app.add_typer(tasks_app, name="tasks")
+app.add_typer(requests_app, name="requests")
 app.add_typer(classifiers_app, name="classifiers")
 app.command()(deploy)
 app.command()(scale)

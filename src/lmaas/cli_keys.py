@@ -17,7 +17,7 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from lmaas.errors import LmaasError
-from lmaas.registry.db import (
+from lmaas.db import (
     DEFAULT_HOME,
     HOME_ENV,
     create_db_engine,
@@ -25,7 +25,7 @@ from lmaas.registry.db import (
     session_factory,
     upgrade_to_head,
 )
-from lmaas.registry.keys import KeyInfo, KeyStore
+from lmaas.keys import KeyInfo, KeyStore
 
 keys_app = typer.Typer(help="Create, list and revoke API keys", no_args_is_help=True)
 

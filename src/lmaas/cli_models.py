@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from lmaas.errors import LmaasError
-from lmaas.registry.folder import (
+from lmaas.store.folder import (
     extract_tar,
     is_pickle_name,
     manifest_bytes,
@@ -377,11 +377,11 @@ def alias(
     console.print(f"{name}:{alias_name} → version {v['number']}")
 
 
-tasks_app = typer.Typer(help="Query the record of inference requests", no_args_is_help=True)
+requests_app = typer.Typer(help="Query the record of inference requests", no_args_is_help=True)
 
 
-@tasks_app.command("ls")
-def list_tasks(
+@requests_app.command("ls")
+def list_requests(
     model: Annotated[str | None, typer.Option(help="Only this model")] = None,
     status: Annotated[str | None, typer.Option(help="ok | error | cancelled")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-22T08:00:00Z")] = None,
@@ -390,10 +390,10 @@ def list_tasks(
     url: UrlOpt = "http://127.0.0.1:8000",
     key: KeyOpt = None,
 ) -> None:
-    """The newest task records, one row each."""
+    """The newest request records, one row each."""
     params = {"model": model, "status": status, "since": since, "key": key_id, "limit": limit}
     with _client(url, key) as c:
-        page = _check(c.get("/admin/tasks", params={k: v for k, v in params.items() if v}))
+        page = _check(c.get("/admin/requests", params={k: v for k, v in params.items() if v}))
     table = Table(
         "received",
         "request id",
@@ -412,7 +412,7 @@ def list_tasks(
         table.add_row(
             str(t["received_at"])[:19],
             t["request_id"][:16],
-            t["task_type"],
+            t["endpoint"],
             t["model"] or "-",
             t["status"],
             str(t["http_status"]),

@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from lmaas.errors import InvalidRequestError
+from lmaas.names import SERVED_NAME_PATTERN
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
@@ -153,7 +154,7 @@ class ModelConfig(BaseModel):
         Field(
             min_length=1,
             max_length=128,
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+            pattern=SERVED_NAME_PATTERN,
             description="Name clients put in the `model` field",
         ),
     ]
@@ -260,8 +261,8 @@ class Limits(BaseModel):
     ] = 256
 
 
-class TaskSettings(BaseModel):
-    """The per-request task records (who called what, when, and how it went)."""
+class RecordSettings(BaseModel):
+    """The per-request records (who called what, when, and how it went)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -298,7 +299,7 @@ class Settings(BaseSettings):
         Field(default_factory=lambda: default_models())
     )
     limits: Limits = Field(default_factory=Limits)
-    tasks: TaskSettings = Field(default_factory=TaskSettings)
+    records: RecordSettings = Field(default_factory=RecordSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: Annotated[bool, Field(description="One JSON log line per request")] = True
     worker_start_timeout: Annotated[

@@ -209,17 +209,17 @@ def test_task_records_for_successful_and_failed_requests(env: Env) -> None:
     assert bad.status_code == 400
 
     def records() -> dict[str, dict[str, object]]:
-        page = env.get("/admin/tasks?limit=1000", env.admin).json()
+        page = env.get("/admin/requests?limit=1000", env.admin).json()
         return {t["request_id"]: t for t in page["data"]}
 
     found = wait_until(
         lambda: (r := records()) and {"task-ok-1", "task-bad-1"} <= set(r) and r,
         30,
-        what="the task records to be written",
+        what="the request records to be written",
     )
     good = found["task-ok-1"]
     assert good["status"] == "ok" and good["http_status"] == 200
-    assert good["task_type"] == "completion" and good["model"] == MODEL
+    assert good["endpoint"] == "completion" and good["model"] == MODEL
     assert good["version"] == 1 and good["client_ip"] == "127.0.0.1"
     assert good["prompt_tokens"] == usage["prompt_tokens"]
     assert good["completion_tokens"] == usage["completion_tokens"] == 3
@@ -230,7 +230,7 @@ def test_task_records_for_successful_and_failed_requests(env: Env) -> None:
     assert failed["status"] == "error" and failed["http_status"] == 400
     assert "messages" in str(failed["error"])
 
-    page = env.get("/admin/tasks?status=error&limit=1000", env.admin).json()
+    page = env.get("/admin/requests?status=error&limit=1000", env.admin).json()
     assert all(t["status"] == "error" for t in page["data"])
-    out = cli(env.home, "tasks", "ls", "--status", "ok", key=env.admin, url=env.server.url)
+    out = cli(env.home, "requests", "ls", "--status", "ok", key=env.admin, url=env.server.url)
     assert "task-ok-1" in out

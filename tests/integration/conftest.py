@@ -9,8 +9,8 @@ import pytest
 from lmaas.config import Limits, ModelConfig, Settings
 from lmaas.gateway.app import create_app
 from lmaas.gateway.auth import Authenticator
-from lmaas.registry.db import create_db_engine, session_factory, upgrade_to_head
-from lmaas.registry.keys import KeyStore
+from lmaas.db import create_db_engine, session_factory, upgrade_to_head
+from lmaas.keys import KeyStore
 from tests.fakes import FakeEngine
 
 

@@ -22,8 +22,8 @@ from lmaas.gateway.auth import (
     InsecureStartupError,
 )
 from lmaas.gateway.errors import install_error_handlers
-from lmaas.registry.db import create_db_engine, database_url, session_factory, upgrade_to_head
-from lmaas.registry.keys import KeyStore
+from lmaas.db import create_db_engine, database_url, session_factory, upgrade_to_head
+from lmaas.keys import KeyStore
 
 
 class Completion(BaseModel):
@@ -226,7 +226,7 @@ async def test_authenticate_inference_checks_the_model_itself(keys: KeyStore) ->
     async def show(model: str, request: Request) -> dict[str, str]:
         key = await auth.authenticate_inference(request, model)
         seen.append(key.id if key else None)
-        assert request.state.api_key == key  # for task records
+        assert request.state.api_key == key  # for request records
         return {"model": model}
 
     transport = httpx.ASGITransport(app=app)

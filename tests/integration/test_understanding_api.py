@@ -14,7 +14,7 @@ import pytest
 from lmaas.config import Limits, ModelConfig, Settings
 from lmaas.gateway.app import create_app
 from lmaas.gateway.auth import Authenticator
-from lmaas.registry.keys import KeyStore
+from lmaas.keys import KeyStore
 from tests.bad_inputs import check_error_envelope
 from tests.fakes_tasks import DIM, FakeTaskEngine
 

@@ -9,7 +9,7 @@ import pytest
 
 from lmaas.errors import InvalidRequestError
 from lmaas.gateway.auth import is_loopback
-from lmaas.registry.keys import (
+from lmaas.keys import (
     KeyInfo,
     hash_key,
     new_key,

@@ -31,9 +31,9 @@ from lmaas.protocol.deploy import (
     DeploymentState,
     ReplicaOut,
 )
-from lmaas.registry.catalog import parse_reference
-from lmaas.registry.deployments import DeploymentSpec, DeploymentStore
-from lmaas.registry.store import ModelStore
+from lmaas.store.catalog import parse_reference
+from lmaas.controller.specs import DeploymentSpec, DeploymentStore
+from lmaas.store.model_store import ModelStore
 
 log = logging.getLogger(__name__)
 

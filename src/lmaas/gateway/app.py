@@ -19,7 +19,7 @@ from lmaas.gateway.routes import ops
 from lmaas.gateway.routes.admin import classifiers as admin_classifiers
 from lmaas.gateway.routes.admin import deployments as admin_deployments
 from lmaas.gateway.routes.admin import models as admin_models
-from lmaas.gateway.routes.admin import tasks as admin_tasks
+from lmaas.gateway.routes.admin import requests as admin_requests
 from lmaas.gateway.routes.v1 import chat, completions, models, understanding
 from lmaas.gateway.serving.chat import ChatServing
 from lmaas.gateway.serving.classifiers import ClassifierTrainer
@@ -28,8 +28,8 @@ from lmaas.gateway.serving.completions import CompletionServing
 from lmaas.gateway.serving.embeddings import EmbeddingServing
 from lmaas.gateway.serving.scoring import ScoringServing
 from lmaas.protocol.deploy import DeploymentControl
-from lmaas.registry.store import ModelStore
-from lmaas.tasks.records import TaskRecorder, TaskStore
+from lmaas.store.model_store import ModelStore
+from lmaas.records.store import RecordWriter, RecordStore
 from lmaas.telemetry.metrics import Metrics
 
 
@@ -41,8 +41,8 @@ def create_app(
     store: ModelStore | None = None,
     deployments: DeploymentControl | None = None,
     served_versions: set[tuple[str, int]] | None = None,
-    recorder: TaskRecorder | None = None,
-    task_store: TaskStore | None = None,
+    recorder: RecordWriter | None = None,
+    record_store: RecordStore | None = None,
 ) -> FastAPI:
     """An app serving ``engines`` (keyed by served name).
 
@@ -50,7 +50,7 @@ def create_app(
     ``engines``) the lifespan starts and stops the manager and ``/admin/deployments`` is
     mounted; without it the lifespan starts and stops the fixed ``engines`` themselves, which
     serve the ``served_versions`` of the store. ``auth`` decides who may call what; with a
-    ``store`` the admin model API is mounted, with a ``task_store`` the task records API.
+    ``store`` the admin model API is mounted, with a ``record_store`` the request records API.
     """
     if not isinstance(engines, EngineDirectory):
         fixed = {model: number for model, number in (served_versions or set())}
@@ -93,8 +93,8 @@ def create_app(
     app.state.served_versions = (
         deployments.served_versions if deployments is not None else lambda: served_versions or set()
     )
-    app.state.task_store = task_store
-    store_prompts = settings.tasks.store_prompts
+    app.state.record_store = record_store
+    store_prompts = settings.records.store_prompts
     app.state.chat_serving = ChatServing(
         engines, settings.limits, metrics, store_prompts=store_prompts
     )
@@ -121,8 +121,8 @@ def create_app(
             engines, settings.limits, store, deployments
         )
         app.include_router(admin_classifiers.router)
-    if task_store is not None:
-        app.include_router(admin_tasks.router)
+    if record_store is not None:
+        app.include_router(admin_requests.router)
     if deployments is not None:
         app.include_router(admin_deployments.router)
     app.add_middleware(

@@ -20,7 +20,7 @@ import anyio.to_thread
 from fastapi import Depends, Request
 
 from lmaas.errors import AuthenticationError, LmaasError, PermissionDeniedError
-from lmaas.registry.keys import KeyInfo, KeyStore
+from lmaas.keys import KeyInfo, KeyStore
 
 CREATE_ADMIN_KEY_HINT: Final = "lmaas keys create --scope admin --name NAME"
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})

@@ -47,7 +47,7 @@ _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "function-after", 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LmaasError)
     async def _lmaas(request: Request, exc: LmaasError) -> JSONResponse:
-        request.state.error = exc.message  # for the task record
+        request.state.error = exc.message  # for the request record
         return _response(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -15,8 +15,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmaas.errors import LmaasError, RequestTooLargeError, UnsupportedMediaTypeError
-from lmaas.gateway.task_log import task_record
-from lmaas.tasks.records import TaskRecorder
+from lmaas.gateway.recording import request_record
+from lmaas.records.store import RecordWriter
 from lmaas.telemetry.logging import accept_request_id, log_access
 from lmaas.telemetry.metrics import Metrics
 
@@ -59,7 +59,7 @@ class RequestContextMiddleware:
         metrics: Metrics,
         served_models: Container[str],
         access_log: bool,
-        recorder: TaskRecorder | None = None,
+        recorder: RecordWriter | None = None,
         version_of: Callable[[str], int | None] | None = None,
     ) -> None:
         self.app = app
@@ -99,7 +99,7 @@ class RequestContextMiddleware:
         finally:
             self._after(scope, state, status_holder["status"], start, request_id)
             if self.recorder is not None:
-                record = task_record(
+                record = request_record(
                     scope,
                     state,
                     http_status=status_holder["status"],

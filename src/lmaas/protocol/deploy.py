@@ -9,11 +9,9 @@ from typing import Annotated, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmaas.config import EngineConfig
+from lmaas.names import SERVED_NAME_PATTERN
 
 DeploymentState = Literal["ready", "starting", "rolling", "degraded", "failed", "stopped"]
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
-
 
 class DeploymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -32,7 +30,7 @@ class DeploymentCreate(BaseModel):
         Field(
             min_length=1,
             max_length=128,
-            pattern=NAME_PATTERN,
+            pattern=SERVED_NAME_PATTERN,
             description="Name clients put in the `model` field (default: the model's name)",
         ),
     ] = None

@@ -26,14 +26,14 @@ from lmaas.gateway.serving.common import (
     new_generate_requests,
     resolve_engine,
     seeds_for,
-    task_params,
+    record_params,
     until_disconnected,
     validate_common,
 )
 from lmaas.gateway.serving.template import render_chat
 from lmaas.protocol.engine import GenerateRequest, SamplingParams, TokenEvent, TokenLogprob
 from lmaas.protocol.openai import ChatCompletionRequest
-from lmaas.registry.keys import KeyInfo
+from lmaas.keys import KeyInfo
 
 
 def chat_logprob(lp: TokenLogprob) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class ChatServing(ServingBase):
         Authenticator.authorize_model(key, body.model)
         engine = resolve_engine(self.engines, body.model)
         request.state.model = engine.name
-        request.state.task_params = task_params(body)
+        request.state.record_params = record_params(body)
         max_tokens = body.max_completion_tokens or body.max_tokens
         validate_common(body, self.limits, max_tokens)
         if body.top_logprobs is not None:
@@ -75,7 +75,7 @@ class ChatServing(ServingBase):
             raise ServiceUnavailableError(f"model '{engine.name}' is still loading")
         prompt = render_chat(info, body.messages)
         if self.store_prompts:
-            request.state.task_prompt = prompt
+            request.state.record_prompt = prompt
         sampling = build_sampling(body, info, schema)
         generate_fields: dict[str, Any] = {
             "parse_special": True,

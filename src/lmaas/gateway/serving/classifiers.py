@@ -21,8 +21,8 @@ from lmaas.jobs.linear_head import HEAD_FILE, HEAD_WEIGHTS, LinearHead, fit_line
 from lmaas.protocol.deploy import DeploymentControl, DeploymentCreate
 from lmaas.protocol.tasks import EMBED, TaskRequest
 from lmaas.protocol.understanding import ClassifierTrainRequest
-from lmaas.registry.catalog import validate_model_name
-from lmaas.registry.store import ModelStore
+from lmaas.store.catalog import validate_model_name
+from lmaas.store.model_store import ModelStore
 
 
 class ClassifierTrainer:

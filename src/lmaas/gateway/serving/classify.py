@@ -32,7 +32,7 @@ from lmaas.gateway.serving.tasks import ClientGone, TaskServing, softmax, split_
 from lmaas.protocol.engine import ModelInfo
 from lmaas.protocol.tasks import CLASSIFY, SCORE, TaskRequest
 from lmaas.protocol.understanding import ClassifyRequest, NLIRequest
-from lmaas.registry.keys import KeyInfo
+from lmaas.keys import KeyInfo
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 # How a generation model is asked: the answer word that stands for each relation.
@@ -85,7 +85,7 @@ class ClassifyServing(TaskServing):
         self.check_count(len(texts))
         if any(not t for t in texts):
             raise InvalidRequestError("input must not contain empty strings", param="input")
-        request.state.task_params = {"inputs": len(texts)}
+        request.state.record_params = {"inputs": len(texts)}
         try:
             if body.candidate_labels is not None:
                 labels = self._check_labels(body.candidate_labels)
@@ -139,7 +139,7 @@ class ClassifyServing(TaskServing):
         self.check_count(len(pairs))
         if any(not p.premise or not p.hypothesis for p in pairs):
             raise InvalidRequestError("premise and hypothesis must not be empty", param="input")
-        request.state.task_params = {"inputs": len(pairs)}
+        request.state.record_params = {"inputs": len(pairs)}
         labels = list(NLI_LABELS)
         try:
             if CLASSIFY in info.capabilities:

@@ -174,8 +174,8 @@ _TASK_PARAMS = (
 )
 
 
-def task_params(body: SamplingFields, **extra: Any) -> dict[str, Any]:
-    """The request's sampling settings for its task record (unset ones left out)."""
+def record_params(body: SamplingFields, **extra: Any) -> dict[str, Any]:
+    """The request's sampling settings for its request record (unset ones left out)."""
     params = {k: getattr(body, k) for k in _TASK_PARAMS if getattr(body, k, None) is not None}
     params.update({k: v for k, v in extra.items() if v is not None})
     return params

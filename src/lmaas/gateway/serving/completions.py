@@ -29,7 +29,7 @@ from lmaas.gateway.serving.common import (
     new_generate_requests,
     resolve_engine,
     seeds_for,
-    task_params,
+    record_params,
     until_disconnected,
     validate_common,
 )
@@ -41,7 +41,7 @@ from lmaas.protocol.engine import (
     TokenLogprob,
 )
 from lmaas.protocol.openai import CompletionRequest
-from lmaas.registry.keys import KeyInfo
+from lmaas.keys import KeyInfo
 from lmaas.telemetry.metrics import Metrics
 
 
@@ -137,14 +137,14 @@ class CompletionServing(ServingBase):
         Authenticator.authorize_model(key, body.model)
         engine = resolve_engine(self.engines, body.model)
         request.state.model = engine.name
-        request.state.task_params = task_params(body)
+        request.state.record_params = record_params(body)
         self._validate(body)
         beam = beam_params(
             body, self.limits, response_format=body.response_format, best_of=body.best_of
         )
         prompts = normalize_prompts(body.prompt, self.limits)
         if self.store_prompts:
-            request.state.task_prompt = json.dumps(prompts)
+            request.state.record_prompt = json.dumps(prompts)
         schema = check_schema(body.response_format)
         info = engine.info
         if info is None:

@@ -18,7 +18,7 @@ from lmaas.protocol.understanding import (
     ScoreRequest,
     TokenizeRequest,
 )
-from lmaas.registry.keys import KeyInfo
+from lmaas.keys import KeyInfo
 
 
 def score_entry(index: int, logprobs: list[float], tokens: list[str]) -> dict[str, object]:
@@ -53,7 +53,7 @@ class ScoringServing(TaskServing):
                 raise InvalidRequestError(
                     "input must not contain empty texts or continuations", param="input"
                 )
-        request.state.task_params = {"inputs": len(items)}
+        request.state.record_params = {"inputs": len(items)}
         try:
             seqs, starts = await self._sequences(engine, request, request_id, items)
             scored = await self.logprobs(

@@ -24,7 +24,7 @@ from lmaas.gateway.serving.common import (
 )
 from lmaas.protocol.engine import GenerateRequest, ModelInfo
 from lmaas.protocol.tasks import GENERATE, SCORE, TaskRequest, TaskResult
-from lmaas.registry.keys import KeyInfo
+from lmaas.keys import KeyInfo
 
 T = TypeVar("T")
 

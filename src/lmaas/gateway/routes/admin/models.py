@@ -14,8 +14,8 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 
 from lmaas.errors import ConflictError, InvalidRequestError, UnsupportedMediaTypeError
 from lmaas.gateway.auth import AdminKey
-from lmaas.registry.catalog import ModelInfo, VersionInfo, parse_reference
-from lmaas.registry.store import ArchiveKind, ModelStore
+from lmaas.store.catalog import StoredModel, VersionInfo, parse_reference
+from lmaas.store.model_store import ArchiveKind, ModelStore
 
 
 async def _follow_aliases(request: Request) -> AsyncIterator[None]:
@@ -95,7 +95,7 @@ class ModelOut(BaseModel):
     versions: list[VersionOut] | None = None
 
     @classmethod
-    def of(cls, m: ModelInfo, versions: list[VersionInfo] | None = None) -> ModelOut:
+    def of(cls, m: StoredModel, versions: list[VersionInfo] | None = None) -> ModelOut:
         return cls(
             name=m.name,
             description=m.description,
