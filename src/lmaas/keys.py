@@ -27,9 +27,9 @@ from sqlalchemy import JSON, CheckConstraint, DateTime, String, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
+from lmaas.db import Base, as_utc, utc_now
 from lmaas.errors import AuthenticationError, InvalidRequestError, NotFoundError
 from lmaas.names import is_served_name
-from lmaas.db import Base, as_utc, utc_now
 
 Scope = Literal["admin", "inference"]
 SCOPES: Final = ("admin", "inference")

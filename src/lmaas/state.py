@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from lmaas.config import Settings
+from lmaas.controller.specs import DeploymentStore
+from lmaas.db import create_db_engine, database_url, session_factory, upgrade_to_head
+from lmaas.keys import KeyStore
+from lmaas.records.store import RecordStore
 from lmaas.store.blobs import BlobStore
 from lmaas.store.catalog import Catalog
-from lmaas.db import create_db_engine, database_url, session_factory, upgrade_to_head
-from lmaas.controller.specs import DeploymentStore
-from lmaas.keys import KeyStore
 from lmaas.store.model_store import ModelStore
-from lmaas.records.store import RecordStore
 
 
 @dataclass

@@ -40,8 +40,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from lmaas.errors import InvalidRequestError
 from lmaas.db import Base, as_utc, utc_now
+from lmaas.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
 

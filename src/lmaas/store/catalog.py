@@ -15,7 +15,6 @@ dataclasses, never ORM objects.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -38,10 +37,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import Select
 
+from lmaas.db import Base, as_utc, utc_now
 from lmaas.errors import ConflictError, InvalidRequestError, NotFoundError
 from lmaas.names import is_alias, is_store_model_name
 from lmaas.store.blobs import normalize_digest
-from lmaas.db import Base, as_utc, utc_now
 from lmaas.store.gguf import GGUFMetadata
 
 LATEST: Final = "latest"

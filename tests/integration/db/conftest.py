@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
-from lmaas.store.catalog import Catalog
 from lmaas.db import create_db_engine, session_factory, upgrade_to_head
+from lmaas.store.catalog import Catalog
 
 POSTGRES_URL = os.environ.get(
     "LMAAS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

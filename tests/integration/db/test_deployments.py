@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine
 
-from lmaas.errors import ConflictError, NotFoundError
-from lmaas.db import session_factory, upgrade_to_head
 from lmaas.controller.specs import DeploymentSpec, DeploymentStore
+from lmaas.db import session_factory, upgrade_to_head
+from lmaas.errors import ConflictError, NotFoundError
 
 
 @pytest.fixture

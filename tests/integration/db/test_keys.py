@@ -13,10 +13,10 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
-from lmaas.errors import AuthenticationError, InvalidRequestError, NotFoundError
-from lmaas.store.catalog import Catalog
 from lmaas.db import Base, alembic_config, session_factory, upgrade_to_head
+from lmaas.errors import AuthenticationError, InvalidRequestError, NotFoundError
 from lmaas.keys import KeyStore, hash_key
+from lmaas.store.catalog import Catalog
 
 
 class Clocks:

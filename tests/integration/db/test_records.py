@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from lmaas.errors import InvalidRequestError
 from lmaas.db import session_factory, upgrade_to_head
+from lmaas.errors import InvalidRequestError
 from lmaas.records.store import RecordOut, RecordStore
 from tests.records import T0, make_record
 

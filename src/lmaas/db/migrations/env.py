@@ -9,10 +9,6 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-import lmaas.store.catalog  # registers models, versions, aliases, blob refs
-import lmaas.controller.specs  # registers deployments on Base.metadata
-import lmaas.keys  # registers api_keys on Base.metadata
-import lmaas.records.store  # noqa: F401 - registers tasks on Base.metadata
 from lmaas.db import Base
 
 target_metadata = Base.metadata
