@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from lmaas.config import EngineConfig
+from lmaas.errors import ContextLengthExceededError, InvalidRequestError
 from lmaas.jobs.linear_head import fit_linear_head
 from lmaas.protocol.tasks import TaskKind, TaskRequest, TaskResult
-from lmaas.worker.backends.transformers import TransformersBackend
-from lmaas.worker.tasks import TaskRejected
+from lmaas.worker.backends.transformers.tasks import TransformersBackend
 from tests.tiny_models import MINILM, save_with_minilm_tokenizer, tiny_llama
 
 
@@ -47,16 +47,16 @@ def test_embeddings_match_across_batch_shapes(minilm: TransformersBackend) -> No
 
 def test_length_limit_and_truncation(minilm: TransformersBackend) -> None:
     long = "word " * 300
-    with pytest.raises(TaskRejected) as err:
+    with pytest.raises(ContextLengthExceededError) as err:
         minilm.prepare(TaskRequest(request_id="r", kind="embed", texts=[long]))
-    assert err.value.error["param"] == "input"
+    assert err.value.param == "input"
     result = run(minilm, "embed", texts=[long], truncate=True)
     assert result.prompt_tokens == 256 and result.truncated == [True]
-    with pytest.raises(TaskRejected):
+    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
         minilm.prepare(TaskRequest(request_id="r", kind="embed", token_ids=[[10**8]]))
-    with pytest.raises(TaskRejected) as err:
+    with pytest.raises(InvalidRequestError) as refused:
         minilm.prepare(TaskRequest(request_id="r", kind="score", token_ids=[[1, 2]]))
-    assert "embed" in err.value.error["message"]
+    assert "embed" in refused.value.message and refused.value.param == "model"
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from lmaas.config import EngineConfig
+from lmaas.errors import InvalidRequestError
 from lmaas.protocol.engine import BeamParams, GenerateRequest, SamplingParams, TokenEvent
 from lmaas.worker.backends.base import BatchEntry
-from lmaas.worker.backends.transformers import TransformersBackend
-from lmaas.worker.backends.transformers_generate import TorchSlots
-from lmaas.worker.loop import EngineLoop, RequestRejected
+from lmaas.worker.backends.transformers.generate import TorchSlots
+from lmaas.worker.backends.transformers.tasks import TransformersBackend
+from lmaas.worker.loop import EngineLoop
 from tests.tiny_models import save_with_minilm_tokenizer, tiny_llama
 
 EOS = 102  # [SEP]
@@ -194,7 +195,7 @@ def test_transformers_refuses_raw_grammars(tiny: tuple[TransformersBackend, Any]
     req = GenerateRequest(
         request_id="j", prompt="hello", sampling=SamplingParams(grammar='root ::= "x"')
     )
-    with pytest.raises(RequestRejected) as err:
+    with pytest.raises(InvalidRequestError) as err:
         loop.prepare(req)
-    assert err.value.error["param"] == "response_format"
+    assert err.value.param == "response_format"
     assert "generate" in backend.info().capabilities

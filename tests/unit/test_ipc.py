@@ -10,6 +10,7 @@ import struct
 import msgpack
 import pytest
 
+from lmaas import errors
 from lmaas.engine.ipc import FrameError, encode_frame, read_frame, read_frame_blocking
 from lmaas.protocol.engine import FinishReason, TokenEvent, TokenLogprob
 
@@ -68,3 +69,88 @@ def test_token_event_wire_round_trip() -> None:
     )
     wire = msgpack.unpackb(msgpack.packb(event.to_wire()), strict_map_key=False)
     assert TokenEvent.from_wire(wire) == event
+
+
+# --- errors across the channel -----------------------------------------------------------
+
+
+def _error_classes() -> set[type[errors.LmaasError]]:
+    found: set[type[errors.LmaasError]] = set()
+    todo: list[type[errors.LmaasError]] = [errors.LmaasError]
+    while todo:
+        cls = todo.pop()
+        if cls.__module__ == errors.__name__:
+            found.add(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+# One of each class of lmaas.errors, with every field it can carry set.
+WIRE_ERRORS: list[errors.LmaasError] = [
+    errors.LmaasError("the folder does not match its digest"),
+    errors.InvalidRequestError("token id 99 is outside the vocabulary (0..9)", param="prompt"),
+    errors.ContextLengthExceededError("the prompt is 9 tokens; the limit is 8", param="messages"),
+    errors.AuthenticationError("this key was revoked", code="revoked_api_key"),
+    errors.PermissionDeniedError("no access to model 'm'", param="model"),
+    errors.ConflictError("version 3 is deployed", code="version_in_use"),
+    errors.NotFoundError("no such route", code="not_found"),
+    errors.RequestTooLargeError("request body exceeds the limit of 10 bytes"),
+    errors.UnsupportedMediaTypeError("Content-Type must be application/json"),
+    errors.MethodNotAllowedError("method not allowed for this route"),
+    errors.OverloadedError("the queue of model 'm' is full", retry_after=7),
+    errors.ServiceUnavailableError("the worker serving this model stopped", retry_after=9),
+    errors.InternalError("the engine failed to decode (status -1)"),
+]
+
+
+def test_every_error_class_has_a_wire_case_and_a_name_of_its_own() -> None:
+    assert {type(e) for e in WIRE_ERRORS} == _error_classes()
+    names = [type(e).__dict__.get("wire_name") for e in WIRE_ERRORS]
+    assert None not in names and len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("error", WIRE_ERRORS, ids=lambda e: type(e).__name__)
+def test_errors_cross_a_frame_as_their_own_class(error: errors.LmaasError) -> None:
+    frame = {"k": "rejected", "r": "req-1", "e": error.to_wire()}
+    received = read_frame_blocking(io.BytesIO(encode_frame(frame)))
+    assert received is not None
+    back = errors.from_wire(received["e"])
+    assert type(back) is type(error)
+    assert (back.message, back.param, back.code) == (error.message, error.param, error.code)
+    assert back.headers == error.headers
+    assert back.status_code == error.status_code
+    assert back.to_body() == error.to_body()
+    assert str(back) == error.message
+
+
+def test_retry_after_survives_the_channel() -> None:
+    wire = errors.ServiceUnavailableError("restarting", retry_after=11).to_wire()
+    back = errors.from_wire(msgpack.unpackb(msgpack.packb(wire)))
+    assert back.headers == {"Retry-After": "11"}
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        {"kind": "quota_exceeded", "message": "/srv/secret/path is full", "param": None},
+        {"kind": "invalid_request", "message": 42, "param": None, "code": None},
+        {"kind": "invalid_request", "message": "m", "param": ["x"], "code": None},
+        {"kind": "overloaded", "message": "m", "param": None, "code": None, "headers": [1]},
+        {"kind": "overloaded", "message": "m", "headers": {"Retry-After": 3}},
+        ["invalid_request", "m"],
+        None,
+    ],
+)
+def test_unknown_or_malformed_errors_become_a_generic_internal_error(wire: object) -> None:
+    back = errors.from_wire(wire)
+    assert type(back) is errors.InternalError
+    assert back.status_code == 500 and back.code == "internal_error"
+    assert "secret" not in back.message and back.headers == {}
+
+
+def test_a_token_event_carries_its_error_class() -> None:
+    event = TokenEvent("r1", finish_reason=FinishReason.ABORT, error=errors.InternalError("boom"))
+    wire = msgpack.unpackb(msgpack.packb(event.to_wire()), strict_map_key=False)
+    back = TokenEvent.from_wire(wire)
+    assert type(back.error) is errors.InternalError and back.error.message == "boom"
+    assert TokenEvent.from_wire(TokenEvent("r2").to_wire()).error is None

@@ -6,8 +6,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from lmaas.errors import InternalError, InvalidRequestError
 from lmaas.protocol.tasks import TaskKind, TaskRequest, TaskResult
-from lmaas.worker.tasks import TaskLoop, TaskRejected
+from lmaas.worker.tasks import TaskLoop
 
 
 class FakeModel:
@@ -19,7 +20,7 @@ class FakeModel:
 
     def prepare(self, request: TaskRequest) -> TaskRequest:
         if any(t.startswith("bad") for t in request.texts or []):
-            raise TaskRejected("bad input", param="input")
+            raise InvalidRequestError("bad input", param="input")
         return request
 
     def run_batch(self, kind: TaskKind, prepared: Sequence[Any]) -> list[TaskResult]:
@@ -98,9 +99,9 @@ def test_a_bad_request_fails_alone() -> None:
     loop.execute(loop.next_batch(block=False))
     assert model.batches == [("embed", ["ok1", "ok2"])]
     errors = {rid: err for rid, _, err in out if err is not None}
-    assert errors == {
-        "bad": {"status": 400, "message": "bad input", "param": "input", "code": None}
-    }
+    assert list(errors) == ["bad"]
+    assert isinstance(errors["bad"], InvalidRequestError)
+    assert (errors["bad"].message, errors["bad"].param) == ("bad input", "input")
 
 
 def test_a_model_crash_fails_the_batch_with_500_and_the_loop_goes_on() -> None:
@@ -108,8 +109,8 @@ def test_a_model_crash_fails_the_batch_with_500_and_the_loop_goes_on() -> None:
     model.crash = True
     loop.submit(req("a", "x"))
     loop.execute(loop.next_batch(block=False))
-    assert out[0][0] == "a" and out[0][2]["status"] == 500
-    assert "exploded" not in out[0][2]["message"]  # no internals leak
+    assert out[0][0] == "a" and isinstance(out[0][2], InternalError)
+    assert "exploded" not in out[0][2].message  # no internals leak
     model.crash = False
     loop.submit(req("b", "x"))
     loop.execute(loop.next_batch(block=False))

@@ -8,9 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from lmaas.errors import InvalidRequestError
 from lmaas.protocol.engine import SamplingParams
-from lmaas.worker.backends.base import BackendError
-from lmaas.worker.backends.transformers_generate import Guides, make_sampler, sample
+from lmaas.worker.backends.transformers.guides import Guides
+from lmaas.worker.backends.transformers.sampler import make_sampler, sample
 
 # softmax of these is 0.5, 0.3, 0.15, 0.05
 LOGITS = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
@@ -54,7 +55,7 @@ def test_penalties_count_what_was_generated() -> None:
 def test_logit_bias_and_its_bounds() -> None:
     s = make_sampler(SamplingParams(temperature=0.0, logit_bias={3: 10.0}), 4)
     assert sample(s, LOGITS) == 3
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(InvalidRequestError) as err:
         make_sampler(SamplingParams(logit_bias={4: 1.0}), 4)
     assert err.value.param == "logit_bias"
 
@@ -83,9 +84,9 @@ def test_a_json_schema_guide_forces_valid_output() -> None:
 
 def test_guides_refuse_grammars_and_bad_schemas() -> None:
     guides = Guides(lambda: {b"{": [0]}, 1)
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(InvalidRequestError) as err:
         make_sampler(SamplingParams(grammar='root ::= "x"'), 2, guides)
     assert err.value.param == "response_format"
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(InvalidRequestError) as err:
         make_sampler(SamplingParams(json_schema={"type": "no-such-type"}), 2, guides)
     assert err.value.param == "response_format.json_schema.schema"

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from lmaas.engine.ipc import FrameError, encode_frame, read_frame
-from lmaas.errors import LmaasError, ServiceUnavailableError, error_from_status
+from lmaas.errors import LmaasError, ServiceUnavailableError, from_wire
 from lmaas.protocol.engine import GenerateRequest, TokenEvent
 from lmaas.protocol.tasks import TaskRequest, TaskResult
 
@@ -153,7 +153,7 @@ class WorkerChannel:
                     continue
                 event = TokenEvent.from_wire(wire)
                 if event.error is not None:
-                    queue.put_nowait(_wire_error(event.error, 500))
+                    queue.put_nowait(event.error)
                 else:
                     queue.put_nowait(event)
         elif kind == "accepted":
@@ -163,7 +163,7 @@ class WorkerChannel:
         elif kind == "rejected":
             fut = self._accepts.get(frame.get("r", ""))
             if fut is not None and not fut.done():
-                fut.set_exception(_wire_error(frame.get("e") or {}, 400, "rejected"))
+                fut.set_exception(from_wire(frame.get("e")))
         elif kind == "task_result":
             self._task_result(frame)
         elif kind == "pong":
@@ -187,7 +187,7 @@ class WorkerChannel:
             return
         e = frame.get("e")
         if e is not None:
-            fut.set_exception(_wire_error(e, 500))
+            fut.set_exception(from_wire(e))
             return
         try:
             fut.set_result(TaskResult.model_validate(frame.get("res")))
@@ -207,13 +207,3 @@ class WorkerChannel:
         for task in list(self._tasks.values()):
             if not task.done():
                 task.set_exception(error)
-
-
-def _wire_error(e: dict[str, Any], status: int, message: str = "worker error") -> LmaasError:
-    """The error a worker sent as ``{"status", "message", "param", "code"}``."""
-    return error_from_status(
-        int(e.get("status", status)),
-        str(e.get("message", message)),
-        param=e.get("param"),
-        code=e.get("code"),
-    )

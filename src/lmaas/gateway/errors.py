@@ -9,7 +9,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from lmaas.errors import InternalError, InvalidRequestError, LmaasError, NotFoundError
+from lmaas.errors import (
+    InternalError,
+    InvalidRequestError,
+    LmaasError,
+    MethodNotAllowedError,
+    NotFoundError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +67,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             error: LmaasError = NotFoundError("no such route", code="not_found")
         elif exc.status_code == 405:
-            error = InvalidRequestError("method not allowed for this route", code="bad_method")
-            error.status_code = 405
+            error = MethodNotAllowedError("method not allowed for this route")
         else:
             error = InvalidRequestError(str(exc.detail))
             error.status_code = exc.status_code

@@ -12,6 +12,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lmaas.errors import LmaasError, from_wire
+
 
 class FinishReason(StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
@@ -148,7 +150,7 @@ class TokenEvent:
     completion_tokens: int = 0
     queue_time: float | None = None  # seconds waiting in the worker before first scheduled
     prompt_logprobs: list[TokenLogprob] | None = None
-    error: dict[str, Any] | None = None  # {"status", "message", "param", "code"}
+    error: LmaasError | None = None  # the request failed; raised again in the gateway
     beams: list[BeamResult] | None = None  # the final event of a beam search, best first
 
     def to_wire(self) -> dict[str, Any]:
@@ -165,7 +167,7 @@ class TokenEvent:
         if self.prompt_logprobs is not None:
             wire["plp"] = [lp.to_wire() for lp in self.prompt_logprobs]
         if self.error is not None:
-            wire["e"] = self.error
+            wire["e"] = self.error.to_wire()
         if self.beams is not None:
             wire["bm"] = [b.to_wire() for b in self.beams]
         return wire
@@ -176,6 +178,7 @@ class TokenEvent:
         plp = wire.get("plp")
         fin = wire.get("f")
         beams = wire.get("bm")
+        error = wire.get("e")
         return cls(
             request_id=wire["r"],
             text=wire.get("t", ""),
@@ -186,7 +189,7 @@ class TokenEvent:
             completion_tokens=int(wire.get("ct", 0)),
             queue_time=wire.get("q"),
             prompt_logprobs=[TokenLogprob.from_wire(x) for x in plp] if plp is not None else None,
-            error=wire.get("e"),
+            error=from_wire(error) if error is not None else None,
             beams=[BeamResult.from_wire(b) for b in beams] if beams is not None else None,
         )
 

@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lmaas.errors import ContextLengthExceededError, InternalError, InvalidRequestError
 from lmaas.protocol.engine import (
     FinishReason,
     GenerateRequest,
     TokenEvent,
     TokenLogprob,
 )
-from lmaas.worker.backends.base import BackendError, BatchEntry, GenerationBackend
+from lmaas.worker.backends.base import BatchEntry, GenerationBackend
 from lmaas.worker.beam import BeamSearch, BeamSettings, EntryFn
 from lmaas.worker.scheduler import Scheduler, SchedulerConfig, StepPlan
 from lmaas.worker.text import IncrementalDecoder, StopMatcher
@@ -35,16 +36,6 @@ from lmaas.worker.text import IncrementalDecoder, StopMatcher
 log = logging.getLogger(__name__)
 
 EmitFn = Callable[[list[TokenEvent], dict[str, int]], None]
-
-
-class RequestRejected(Exception):
-    """A request the worker will not run; carries the OpenAI error fields."""
-
-    def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400
-    ) -> None:
-        super().__init__(message)
-        self.error = {"status": status, "message": message, "param": param, "code": code}
 
 
 @dataclass(slots=True)
@@ -94,45 +85,45 @@ class EngineLoop:
     # --- called from other threads -------------------------------------------------------
 
     def prepare(self, req: GenerateRequest) -> ActiveRequest:
-        """Tokenize and validate; raises ``RequestRejected`` with a client-facing message."""
+        """Tokenize and validate; raises ``InvalidRequestError`` (or a subclass) with a
+        client-facing message. The backend's ``make_sampler`` may refuse the sampling
+        settings the same way."""
         b = self.backend
         if isinstance(req.prompt, str):
             if not req.prompt:
-                raise RequestRejected("the prompt is empty", param="prompt")
+                raise InvalidRequestError("the prompt is empty", param="prompt")
             ids = b.tokenize(req.prompt, add_bos=req.add_bos, parse_special=req.parse_special)
         else:
             ids = list(req.prompt)
             bad = next((t for t in ids if not 0 <= t < b.n_vocab), None)
             if bad is not None:
-                raise RequestRejected(
+                raise InvalidRequestError(
                     f"token id {bad} is outside the vocabulary (0..{b.n_vocab - 1})",
                     param="prompt",
                 )
         if not ids:
-            raise RequestRejected("the prompt is empty", param="prompt")
+            raise InvalidRequestError("the prompt is empty", param="prompt")
         limit = b.max_model_len
         if len(ids) >= limit and not (req.max_tokens == 0 and len(ids) <= limit):
-            raise RequestRejected(
+            raise ContextLengthExceededError(
                 f"the prompt is {len(ids)} tokens; this model's limit is {limit} tokens "
                 "for prompt and completion together",
                 param="messages" if req.parse_special else "prompt",
-                code="context_length_exceeded",
             )
         if req.beam is not None:
             max_new = self._beam_max_new_tokens(req, len(ids))
         else:
             max_new = req.max_tokens if req.max_tokens is not None else limit - len(ids)
         if len(ids) + max_new > limit:
-            raise RequestRejected(
+            raise ContextLengthExceededError(
                 f"prompt ({len(ids)} tokens) + max_tokens ({max_new}) = {len(ids) + max_new} "
                 f"exceeds this model's limit of {limit} tokens; lower max_tokens or shorten "
                 "the prompt",
                 param="max_tokens",
-                code="context_length_exceeded",
             )
         bad_bias = next((t for t in req.sampling.logit_bias if not 0 <= t < b.n_vocab), None)
         if bad_bias is not None:
-            raise RequestRejected(
+            raise InvalidRequestError(
                 f"logit_bias token id {bad_bias} is outside the vocabulary (0..{b.n_vocab - 1})",
                 param="logit_bias",
             )
@@ -151,10 +142,7 @@ class EngineLoop:
                 logit_bias=dict(req.sampling.logit_bias),
             )
         else:
-            try:
-                sampler = b.make_sampler(req.sampling)
-            except BackendError as exc:
-                raise RequestRejected(str(exc), param=exc.param) from exc
+            sampler = b.make_sampler(req.sampling)
         return ActiveRequest(
             req=req,
             prompt_ids=ids,
@@ -171,33 +159,31 @@ class EngineLoop:
         width = req.beam.width
         slots = self.scheduler.config.max_num_seqs
         if width > slots:
-            raise RequestRejected(
+            raise InvalidRequestError(
                 f"beam_width {width} exceeds the {slots} sequence slots of this model's worker",
                 param="beam_width",
             )
         if req.sampling.grammar is not None or req.sampling.json_schema is not None:
-            raise RequestRejected(
+            raise InvalidRequestError(
                 "beam search cannot follow a grammar or JSON schema", param="response_format"
             )
         if req.prompt_logprobs is not None:
-            raise RequestRejected("beam search does not return prompt logprobs", param="echo")
+            raise InvalidRequestError("beam search does not return prompt logprobs", param="echo")
         room = (self.scheduler.config.kv_capacity - prompt_len) // width
         if req.max_tokens is None:
             max_new = min(self.backend.max_model_len - prompt_len, room)
             if max_new < 1:
-                raise RequestRejected(
+                raise ContextLengthExceededError(
                     f"the prompt ({prompt_len} tokens) leaves no room for {width} beams",
                     param="prompt",
-                    code="context_length_exceeded",
                 )
             return max_new
         if req.max_tokens > room:
-            raise RequestRejected(
+            raise ContextLengthExceededError(
                 f"prompt ({prompt_len} tokens) + beam_width ({width}) x max_tokens "
                 f"({req.max_tokens}) exceeds the KV cache of this model's worker; at most "
                 f"{max(room, 0)} tokens per beam fit: lower max_tokens or beam_width",
                 param="max_tokens",
-                code="context_length_exceeded",
             )
         return req.max_tokens
 
@@ -294,7 +280,7 @@ class EngineLoop:
             )
         except ValueError as exc:  # prepare() should have caught it; never let it kill the loop
             event = self._final_event(active, FinishReason.ABORT, "")
-            event.error = {"status": 400, "message": str(exc), "param": None, "code": None}
+            event.error = InvalidRequestError(str(exc))
             self._close(rid)
             self.emit([event], self.stats())
 
@@ -572,7 +558,7 @@ class EngineLoop:
                 continue
             self.scheduler.finish(work.request_id)
             event = self._final_event(active, FinishReason.ABORT, "")
-            event.error = {"status": 500, "message": message, "param": None, "code": None}
+            event.error = InternalError(message)
             events.append(event)
             self._close(work.request_id)
         self.emit(events, self.stats())

@@ -24,9 +24,10 @@ from pydantic import ValidationError
 
 from lmaas.config import EngineConfig
 from lmaas.engine.ipc import FrameError, encode_frame, read_frame_blocking
+from lmaas.errors import InternalError, InvalidRequestError, LmaasError
 from lmaas.protocol.engine import GenerateRequest, TokenEvent
 from lmaas.protocol.tasks import TaskRequest, TaskResult
-from lmaas.worker.tasks import TaskLoop, TaskRejected
+from lmaas.worker.tasks import TaskLoop
 
 if TYPE_CHECKING:
     from lmaas.worker.loop import EngineLoop
@@ -79,14 +80,18 @@ class WorkerServer:
             self.send({"k": "ev", "evs": [e.to_wire() for e in events], "s": stats})
 
     def emit_task_result(
-        self, request_id: str, result: TaskResult | None, error: dict[str, Any] | None
+        self, request_id: str, result: TaskResult | None, error: LmaasError | None
     ) -> None:
         frame: dict[str, Any] = {"k": "task_result", "r": request_id, "s": self.stats()}
         if result is not None:
             frame["res"] = result.model_dump()
         else:
-            frame["e"] = error
+            frame["e"] = (error or InternalError("the task produced no result")).to_wire()
         self.send(frame)
+
+    def reject(self, request_id: Any, error: LmaasError) -> None:
+        """Refuse a generation request before it is queued."""
+        self.send({"k": "rejected", "r": request_id, "e": error.to_wire()})
 
     def stats(self) -> dict[str, int]:
         if self.loop is not None:
@@ -104,25 +109,24 @@ class WorkerServer:
         try:
             req = TaskRequest.model_validate(raw)
         except ValidationError as exc:
-            error = {"status": 400, "message": f"invalid task: {exc.errors()[0]['msg']}"}
-            self.emit_task_result(rid, None, {**error, "param": None, "code": None})
+            message = f"invalid task: {exc.errors()[0]['msg']}"
+            self.emit_task_result(rid, None, InvalidRequestError(message))
             return
         if self.tasks is not None:
             self.tasks.submit(req)
             return
         if self.inline_task is None:
-            error = {"status": 400, "message": "this worker runs no tasks"}
-            self.emit_task_result(rid, None, {**error, "param": "model", "code": None})
+            error = InvalidRequestError("this worker runs no tasks", param="model")
+            self.emit_task_result(rid, None, error)
             return
         try:
             result = self.inline_task(req)
-        except TaskRejected as exc:
-            self.emit_task_result(rid, None, exc.error)
+        except LmaasError as exc:
+            self.emit_task_result(rid, None, exc)
             return
         except Exception:  # never let one request kill the reader thread
             log.exception("task %s failed", rid)
-            error = {"status": 500, "message": "the model failed to run this request"}
-            self.emit_task_result(rid, None, {**error, "param": None, "code": None})
+            self.emit_task_result(rid, None, InternalError("the model failed to run this request"))
             return
         if result is not None:  # None: it runs elsewhere and emits its own result
             self.emit_task_result(rid, result, None)
@@ -155,32 +159,20 @@ class WorkerServer:
             self._stop_loops()
 
     def _handle_generate(self, raw: Any) -> None:
-        from lmaas.worker.loop import RequestRejected
-
         rid = raw.get("request_id") if isinstance(raw, dict) else None
         if self.loop is None:
-            error = {"status": 400, "message": "this model does not generate text"}
-            self.send({"k": "rejected", "r": rid, "e": {**error, "param": "model", "code": None}})
+            error = InvalidRequestError("this model does not generate text", param="model")
+            self.reject(rid, error)
             return
         try:
             req = GenerateRequest.model_validate(raw)
             active = self.loop.prepare(req)
         except ValidationError as exc:
-            self.send(
-                {
-                    "k": "rejected",
-                    "r": rid,
-                    "e": {
-                        "status": 400,
-                        "message": f"invalid engine request: {exc.errors()[0]['msg']}",
-                        "param": None,
-                        "code": None,
-                    },
-                }
-            )
+            message = f"invalid engine request: {exc.errors()[0]['msg']}"
+            self.reject(rid, InvalidRequestError(message))
             return
-        except RequestRejected as exc:
-            self.send({"k": "rejected", "r": rid, "e": exc.error})
+        except LmaasError as exc:
+            self.reject(rid, exc)
             return
         # Accept before queueing so the gateway never sees events ahead of the acceptance.
         self.send(
@@ -225,8 +217,8 @@ def _build(
     from lmaas.worker.loop import EngineLoop
 
     if config.backend_for(path) == "transformers":
-        from lmaas.worker.backends.transformers import TransformersBackend
-        from lmaas.worker.backends.transformers_generate import schema_regex
+        from lmaas.worker.backends.transformers.guides import schema_regex
+        from lmaas.worker.backends.transformers.tasks import TransformersBackend
 
         hf = TransformersBackend(name, path, config)
         tasks = TaskLoop(
@@ -256,8 +248,8 @@ def _build(
 
         return server, run_both
 
-    from lmaas.worker.backends.llamacpp import LlamaCppBackend
-    from lmaas.worker.backends.llamacpp_tasks import LlamaCppTasks
+    from lmaas.worker.backends.llamacpp.generate import LlamaCppBackend
+    from lmaas.worker.backends.llamacpp.tasks import LlamaCppTasks
 
     backend = LlamaCppBackend(name, path, config)
     loop = EngineLoop(

@@ -16,26 +16,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from lmaas.errors import InternalError, LmaasError
 from lmaas.protocol.tasks import TaskKind, TaskRequest, TaskResult
 
 log = logging.getLogger(__name__)
-
-
-class TaskRejected(Exception):
-    """A task the worker will not run; carries the OpenAI error fields."""
-
-    def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400
-    ) -> None:
-        super().__init__(message)
-        self.error = {"status": status, "message": message, "param": param, "code": code}
 
 
 class TaskBackend(Protocol):
     """What the loop needs from a model: per-request preparation, then one batched run."""
 
     def prepare(self, request: TaskRequest) -> Any:
-        """Tokenize and validate one request; raise ``TaskRejected`` to refuse it."""
+        """Tokenize and validate one request; raise an ``LmaasError`` (e.g.
+        ``InvalidRequestError``) to refuse it."""
 
     def run_batch(self, kind: TaskKind, prepared: Sequence[Any]) -> list[TaskResult]:
         """Run prepared requests of one kind together; one result per request, in order."""
@@ -47,8 +39,8 @@ class _Queued:
     arrival: float
 
 
-# (request id, result or None, error fields or None)
-EmitFn = Callable[[str, TaskResult | None, dict[str, Any] | None], None]
+# (request id, result or None, the error that failed it or None)
+EmitFn = Callable[[str, TaskResult | None, LmaasError | None], None]
 
 
 class TaskLoop:
@@ -143,25 +135,20 @@ class TaskLoop:
             try:
                 prepared.append(self.backend.prepare(item.request))
                 accepted.append(item)
-            except TaskRejected as exc:
-                self.emit(item.request.request_id, None, exc.error)
+            except LmaasError as exc:
+                self.emit(item.request.request_id, None, exc)
         if not accepted:
             return
         self._running = len(accepted)
         try:
             results = self.backend.run_batch(accepted[0].request.kind, prepared)
-        except TaskRejected as exc:
+        except LmaasError as exc:
             for item in accepted:
-                self.emit(item.request.request_id, None, exc.error)
+                self.emit(item.request.request_id, None, exc)
             return
         except Exception:  # a model failure must fail the requests, never the worker
             log.exception("task batch of %d failed", len(accepted))
-            error = {
-                "status": 500,
-                "message": "the model failed to run this request",
-                "param": None,
-                "code": None,
-            }
+            error = InternalError("the model failed to run this request")
             for item in accepted:
                 self.emit(item.request.request_id, None, error)
             return

@@ -3,8 +3,11 @@
 A backend holds sequence *slots*: each slot is one sequence's KV cache. The loop asks it to
 decode a batch of (slot, position, token) entries, then reads the logits of the entries that
 asked for them by their index in the batch, samples with a per-sequence sampler, and moves
-or clears slots for beam search. llama.cpp (``llamacpp.py``) keeps every slot in one unified
-KV cache; transformers (``transformers_generate.py``) keeps one tensor cache per slot.
+or clears slots for beam search. llama.cpp (``llamacpp/generate.py``) keeps every slot in one
+unified KV cache; transformers (``transformers/generate.py``) keeps one tensor cache per slot.
+
+A backend refuses an input by raising an ``lmaas.errors`` type (``InvalidRequestError`` with the
+parameter at fault), which reaches the client as it is.
 """
 
 from __future__ import annotations
@@ -17,14 +20,6 @@ import numpy as np
 import numpy.typing as npt
 
 from lmaas.protocol.engine import SamplingParams
-
-
-class BackendError(Exception):
-    """The backend refused an input; the message is safe to show to the client."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +41,8 @@ class GenerationBackend(Protocol):
 
     def is_eog(self, token: int) -> bool: ...
 
-    def make_sampler(self, params: SamplingParams) -> Any: ...
+    def make_sampler(self, params: SamplingParams) -> Any:
+        """A sampler for one sequence; ``InvalidRequestError`` if ``params`` cannot be served."""
 
     def free_sampler(self, sampler: Any) -> None: ...
 

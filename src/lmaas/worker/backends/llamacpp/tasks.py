@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,14 +20,14 @@ import llama_cpp
 import numpy as np
 
 from lmaas.config import EngineConfig, cpu_threads
+from lmaas.errors import ContextLengthExceededError, InternalError, InvalidRequestError
 from lmaas.protocol.engine import ModelInfo
 from lmaas.protocol.tasks import EMBED, GENERATE, SCORE, TOKENIZE, TaskRequest, TaskResult
-from lmaas.worker.backends.llamacpp import LlamaCppBackend
-from lmaas.worker.tasks import TaskRejected
+from lmaas.worker.backends.llamacpp.generate import LlamaCppBackend
+from lmaas.worker.tasks import EmitFn
 
 log = logging.getLogger(__name__)
 
-EmitFn = Callable[[str, TaskResult | None, dict[str, Any] | None], None]
 _EMBED_CTX = 2048  # longest input embedded at once (tokens)
 
 
@@ -60,7 +59,7 @@ class LlamaCppTasks:
             ids = self._embed_inputs(request)  # refusals answer at once, on this thread
             self._embedder.submit(self._embed_and_emit, request.request_id, ids)
             return None
-        raise TaskRejected(
+        raise InvalidRequestError(
             f"model '{self.backend.name}' (llama.cpp) cannot {request.kind}; it can generate, "
             "score, tokenize and embed",
             param="model",
@@ -75,7 +74,7 @@ class LlamaCppTasks:
             for seq in seqs:
                 bad = next((t for t in seq if not 0 <= t < b.n_vocab), None)
                 if bad is not None:
-                    raise TaskRejected(
+                    raise InvalidRequestError(
                         f"token id {bad} is outside the vocabulary (0..{b.n_vocab - 1})",
                         param="input",
                     )
@@ -84,11 +83,10 @@ class LlamaCppTasks:
         for i, seq in enumerate(seqs):
             if len(seq) > self.embed_len:
                 if not request.truncate:
-                    raise TaskRejected(
+                    raise ContextLengthExceededError(
                         f"input {i} is {len(seq)} tokens; this model embeds at most "
                         f"{self.embed_len}; shorten it or set truncate: true",
                         param="input",
-                        code="context_length_exceeded",
                     )
                 seqs[i] = seq[: self.embed_len]
         return seqs
@@ -98,8 +96,7 @@ class LlamaCppTasks:
             rows = np.stack([self._embed_one(seq) for seq in seqs])
         except Exception:  # a failure answers the request; it never kills the worker
             log.exception("embedding %s failed", request_id)
-            error = {"status": 500, "message": "the model failed to embed this input"}
-            self.emit(request_id, None, {**error, "param": None, "code": None})
+            self.emit(request_id, None, InternalError("the model failed to embed this input"))
             return
         result = TaskResult(
             request_id=request_id,
@@ -171,7 +168,7 @@ class LlamaCppTasks:
         for seq in request.token_ids or []:
             bad = next((t for t in seq if not 0 <= t < b.n_vocab), None)
             if bad is not None:
-                raise TaskRejected(
+                raise InvalidRequestError(
                     f"token id {bad} is outside the vocabulary (0..{b.n_vocab - 1})",
                     param="tokens",
                 )

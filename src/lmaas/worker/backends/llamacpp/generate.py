@@ -1,6 +1,6 @@
 """llama.cpp through llama-cpp-python's low-level API: one context, many sequence slots.
 
-This module and the other backends are the only places that import a model library.
+The backend packages are the only places that import a model library.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from lmaas.config import EngineConfig, cpu_threads
+from lmaas.errors import InvalidRequestError
 from lmaas.protocol.engine import ModelInfo, SamplingParams
-from lmaas.worker.backends.base import BackendError, BatchEntry
+from lmaas.worker.backends.base import BatchEntry
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class LlamaCppBackend:
         mparams = llama_cpp.llama_model_default_params()
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
-            raise BackendError(f"llama.cpp could not load {path.name}")
+            raise RuntimeError(f"llama.cpp could not load {path.name}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
@@ -79,7 +80,7 @@ class LlamaCppBackend:
         cparams.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
-            raise BackendError("llama.cpp could not create a context")
+            raise RuntimeError("llama.cpp could not create a context")
         self.context_size = int(llama_cpp.llama_n_ctx(self.ctx))
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.max_batch_tokens = config.max_batch_tokens
@@ -187,7 +188,9 @@ class LlamaCppBackend:
             if grammar is not None:
                 g = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
                 if not g:
-                    raise BackendError("the grammar could not be parsed", "response_format")
+                    raise InvalidRequestError(
+                        "the grammar could not be parsed", param="response_format"
+                    )
                 sampler.grammar = g
             if (
                 params.repetition_penalty != 1.0
@@ -234,9 +237,9 @@ class LlamaCppBackend:
         try:
             return str(json_schema_to_gbnf(json.dumps(params.json_schema)))
         except Exception as exc:  # the converter raises many kinds on schemas it cannot express
-            raise BackendError(
+            raise InvalidRequestError(
                 f"the JSON schema cannot be turned into a grammar: {exc}",
-                "response_format.json_schema.schema",
+                param="response_format.json_schema.schema",
             ) from exc
 
     def sample(self, sampler: SeqSampler, batch_index: int) -> int:

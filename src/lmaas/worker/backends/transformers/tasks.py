@@ -1,10 +1,8 @@
-"""PyTorch models through Hugging Face transformers: embed, classify, score, tokenize, generate.
+"""The transformers backend's model and its tasks: embed, classify, score, tokenize.
 
-This package (``backends/``) is the only place that imports a model library. This module loads a
-Hugging Face folder (safetensors weights only; nothing is fetched from a hub) or a GGUF file
-(through transformers' GGUF loader, dequantised to float32) and runs batches that the task loop
+``TransformersBackend`` loads the model and runs batches that the task loop
 (``lmaas.worker.tasks``) puts together; a causal model also generates, through the step loop
-over ``transformers_generate.TorchSlots``. What the folder holds decides what the model can do:
+over ``generate.TorchSlots``. What the folder holds decides what the model can do:
 
 - a ``*ForSequenceClassification`` model classifies, labels from ``config.id2label``;
 - a ``*ForCausalLM`` model (or a GGUF file) generates and scores tokens (and gives mean-pooled
@@ -21,21 +19,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-# Never reach for a hub: every file must be in the folder.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's progress bar, in a worker's log
-# OpenMP threads that spin between forward passes burn cores the gateway and the other workers
-# need: sleeping at once cut this worker's CPU time by ~20% at the same /v1/embeddings throughput
-# (BENCHMARKS.md). libgomp reads this when torch loads it, so it must be set before the import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -52,6 +39,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from lmaas.config import EngineConfig, cpu_threads
+from lmaas.errors import ContextLengthExceededError, InvalidRequestError
 from lmaas.protocol.engine import ModelInfo
 from lmaas.protocol.tasks import (
     CLASSIFY,
@@ -63,8 +51,7 @@ from lmaas.protocol.tasks import (
     TaskRequest,
     TaskResult,
 )
-from lmaas.worker.backends.transformers_generate import TorchSlots
-from lmaas.worker.tasks import TaskRejected
+from lmaas.worker.backends.transformers.generate import TorchSlots
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +254,7 @@ class TransformersBackend:
     def prepare(self, request: TaskRequest) -> Prepared:
         kind = request.kind
         if kind not in ("tokenize", "detokenize") and kind not in self.capabilities():
-            raise TaskRejected(
+            raise InvalidRequestError(
                 f"model '{self.name}' cannot {kind}; it can: {', '.join(self.capabilities())}",
                 param="model",
             )
@@ -296,7 +283,7 @@ class TransformersBackend:
         n_vocab = len(self.tokenizer)
         bad = next((t for t in ids if not 0 <= t < n_vocab), None)
         if bad is not None:
-            raise TaskRejected(
+            raise InvalidRequestError(
                 f"token id {bad} is outside the vocabulary (0..{n_vocab - 1})", param="input"
             )
 
@@ -314,11 +301,10 @@ class TransformersBackend:
             return
         first = prepared.truncated.index(True)
         if not request.truncate:
-            raise TaskRejected(
+            raise ContextLengthExceededError(
                 f"input {first} is {len(prepared.features[first]['input_ids'])} tokens; this "
                 f"model reads at most {limit}; shorten it or set truncate: true",
                 param="input",
-                code="context_length_exceeded",
             )
         if request.texts is not None or request.pairs is not None:
             idx = [i for i, t in enumerate(prepared.truncated) if t]

@@ -11,13 +11,7 @@ Each step:
 - a slot that prefills (a prompt chunk) runs alone, with only the logits the loop asked for
   computed (``logits_to_keep``).
 
-Sampling follows llama.cpp's chain order on the raw logits of a row: logit bias, repetition /
-frequency / presence penalties over the tokens generated so far, then greedy (temperature 0)
-or top-k, top-p and min-p on the softmax, temperature and a draw from a per-request seeded
-generator. ``response_format`` (``json_object`` / ``json_schema``) is enforced by a finite
-automaton over the vocabulary compiled by outlines-core from the schema's regular expression: at
-each step only tokens the automaton accepts keep their logits. Raw GBNF grammars are llama.cpp's
-and are refused here.
+Sampling is ``sampler.py``'s, under the ``response_format`` automata of ``guides.py``.
 """
 
 from __future__ import annotations
@@ -25,182 +19,27 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from outlines_core import Guide, Index, Vocabulary
-from outlines_core.json_schema import build_regex_from_schema
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmaas.config import EngineConfig
 from lmaas.protocol.engine import SamplingParams
-from lmaas.worker.backends.base import BackendError, BatchEntry
+from lmaas.worker.backends.base import BatchEntry
+from lmaas.worker.backends.transformers.guides import Guides
+from lmaas.worker.backends.transformers.sampler import TorchSampler, make_sampler, sample
 
 log = logging.getLogger(__name__)
 
-_GREEDY_EPS = 1e-5
 # Tokens that end a turn in common chat formats, beside the tokenizer's own EOS.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>", "</s>", "<|end|>")
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, heads, len, dim]
-
-
-# ``response_format: json_object``: any JSON object (outlines-core's regex for it nests a few
-# levels deep). Compiling it over a 49k vocabulary takes ~11 s, so workers start on it at load.
-JSON_OBJECT_SCHEMA = '{"type": "object"}'
-GUIDE_CACHE = 32
-
-
-class Guides:
-    """Structured-output automata, one per regular expression, compiled on a thread of their
-    own (never the IPC reader's, which must keep answering health pings) and kept LRU."""
-
-    def __init__(
-        self, pieces: Callable[[], dict[bytes, list[int]]], eos_id: int, wait_s: float = 5.0
-    ) -> None:
-        self._pieces = pieces
-        self._eos_id = eos_id
-        self.wait_s = wait_s
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="guides")
-        self._vocabulary: Vocabulary | None = None
-        self._cache: OrderedDict[str, Future[Index]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def prefetch(self, regex: str) -> Future[Index]:
-        with self._lock:
-            future = self._cache.get(regex)
-            if future is None:
-                future = self._pool.submit(self._compile, regex)
-                self._cache[regex] = future
-                while len(self._cache) > GUIDE_CACHE:
-                    self._cache.popitem(last=False)
-            else:
-                self._cache.move_to_end(regex)
-            return future
-
-    def _compile(self, regex: str) -> Index:
-        if self._vocabulary is None:
-            self._vocabulary = Vocabulary(self._eos_id, self._pieces())
-        return Index(regex, self._vocabulary)
-
-    def guide(self, regex: str) -> Guide:
-        future = self.prefetch(regex)
-        try:
-            index = future.result(timeout=self.wait_s)
-        except FutureTimeout:
-            raise BackendError(
-                "this response_format is still being compiled for this model (a large schema "
-                "takes a while the first time); retry in a few seconds",
-                "response_format",
-            ) from None
-        except Exception as exc:  # outlines-core raises on regexes it cannot turn into an FSM
-            with self._lock:
-                self._cache.pop(regex, None)
-            raise BackendError(
-                f"the JSON schema cannot be compiled: {exc}", "response_format.json_schema.schema"
-            ) from exc
-        return Guide(index)
-
-
-def schema_regex(schema: dict[str, Any]) -> str:
-    text = JSON_OBJECT_SCHEMA if schema == {} else json.dumps(schema)
-    try:
-        return str(build_regex_from_schema(text))
-    except Exception as exc:  # unsupported keywords and malformed schemas
-        raise BackendError(
-            f"the JSON schema cannot be turned into a constraint: {exc}",
-            "response_format.json_schema.schema",
-        ) from exc
-
-
-@dataclass(slots=True)
-class TorchSampler:
-    """One sequence's sampling state: its settings, its random generator, what it generated,
-    and the automaton its output must follow, if any."""
-
-    params: SamplingParams
-    rng: np.random.Generator
-    counts: dict[int, int] = field(default_factory=dict)
-    bias_ids: npt.NDArray[np.int64] | None = None
-    bias_values: npt.NDArray[np.float64] | None = None
-    guide: Guide | None = None
-
-
-def make_sampler(
-    params: SamplingParams, n_vocab: int, guides: Guides | None = None
-) -> TorchSampler:
-    if params.grammar is not None or (params.json_schema is not None and guides is None):
-        raise BackendError(
-            "GBNF grammars are served by llama.cpp (GGUF) models only; this model runs on "
-            "transformers, which takes response_format json_object or json_schema",
-            "response_format",
-        )
-    sampler = TorchSampler(params, np.random.default_rng(params.seed))
-    if params.logit_bias:
-        ids = np.fromiter(params.logit_bias, dtype=np.int64)
-        if ids.min() < 0 or ids.max() >= n_vocab:
-            raise BackendError("logit_bias names a token outside the vocabulary", "logit_bias")
-        sampler.bias_ids = ids
-        sampler.bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float64)
-    if params.json_schema is not None and guides is not None:
-        sampler.guide = guides.guide(schema_regex(params.json_schema))
-    return sampler
-
-
-def _softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    e = np.exp(x - x.max())
-    return e / e.sum()  # type: ignore[no-any-return]
-
-
-def sample(sampler: TorchSampler, logits: npt.NDArray[np.floating[Any]]) -> int:
-    """Pick the next token from one row of raw logits and remember it (for the penalties)."""
-    p = sampler.params
-    x = logits.astype(np.float64)
-    if sampler.guide is not None:  # only what the automaton accepts next
-        allowed = np.asarray(sampler.guide.get_tokens(), dtype=np.int64)
-        masked = np.full_like(x, -np.inf)
-        masked[allowed] = x[allowed]
-        x = masked
-    if sampler.bias_ids is not None and sampler.bias_values is not None:
-        x[sampler.bias_ids] += sampler.bias_values
-    if sampler.counts and (
-        p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-    ):
-        ids = np.fromiter(sampler.counts, dtype=np.int64)
-        counts = np.fromiter(sampler.counts.values(), dtype=np.float64)
-        seen = x[ids]
-        seen = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
-        x[ids] = seen - counts * p.frequency_penalty - p.presence_penalty
-    if p.temperature < _GREEDY_EPS:
-        token = int(np.argmax(x))
-    else:
-        k = p.top_k if 0 < p.top_k < len(x) else len(x)
-        ids = np.argpartition(x, -k)[-k:] if k < len(x) else np.arange(len(x))
-        vals = x[ids]
-        order = np.argsort(-vals, kind="stable")
-        ids, vals = ids[order], vals[order]
-        if p.top_p < 1.0 or p.min_p > 0.0:
-            probs = _softmax(vals)
-            keep = np.ones(len(ids), dtype=bool)
-            if p.top_p < 1.0:  # the smallest prefix whose mass reaches top_p
-                keep &= (np.cumsum(probs) - probs) < p.top_p
-            if p.min_p > 0.0:
-                keep &= probs >= p.min_p * probs[0]
-            keep[0] = True
-            ids, vals = ids[keep], vals[keep]
-        token = int(sampler.rng.choice(ids, p=_softmax(vals / p.temperature)))
-    sampler.counts[token] = sampler.counts.get(token, 0) + 1
-    if sampler.guide is not None and not sampler.guide.is_finished():
-        sampler.guide.advance(token)
-    return token
 
 
 @dataclass(slots=True)
