@@ -14,15 +14,11 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
-from lmaas.cli_keys import keys_app
-from lmaas.gateway.auth import (
-    AdminKey,
-    Authenticator,
-    InferenceKey,
-    InsecureStartupError,
-)
-from lmaas.gateway.errors import install_error_handlers
+from lmaas.cli.keys import keys_app
 from lmaas.db import create_db_engine, database_url, session_factory, upgrade_to_head
+from lmaas.gateway.auth import Authenticator, InsecureStartupError
+from lmaas.gateway.deps import AdminKey, InferenceKey
+from lmaas.gateway.errors import install_error_handlers
 from lmaas.keys import KeyStore
 
 

@@ -14,6 +14,8 @@ from lmaas.engine.client import EngineClient
 from lmaas.engine.directory import EngineDirectory
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.errors import install_error_handlers
+from lmaas.gateway.management.models import ModelManagement
+from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.middleware import RequestContextMiddleware
 from lmaas.gateway.routes import ops
 from lmaas.gateway.routes.admin import classifiers as admin_classifiers
@@ -28,8 +30,8 @@ from lmaas.gateway.serving.completions import CompletionServing
 from lmaas.gateway.serving.embeddings import EmbeddingServing
 from lmaas.gateway.serving.scoring import ScoringServing
 from lmaas.protocol.deploy import DeploymentControl
+from lmaas.records.store import RecordStore, RecordWriter
 from lmaas.store.model_store import ModelStore
-from lmaas.records.store import RecordWriter, RecordStore
 from lmaas.telemetry.metrics import Metrics
 
 
@@ -88,12 +90,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.started_at = time.time()
     app.state.auth = auth
-    app.state.store = store
     app.state.deployments = deployments
-    app.state.served_versions = (
-        deployments.served_versions if deployments is not None else lambda: served_versions or set()
-    )
-    app.state.record_store = record_store
     store_prompts = settings.records.store_prompts
     app.state.chat_serving = ChatServing(
         engines, settings.limits, metrics, store_prompts=store_prompts
@@ -115,16 +112,15 @@ def create_app(
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(understanding.router)
-    if store is not None:
-        app.include_router(admin_models.router)
-        app.state.classifier_trainer = ClassifierTrainer(
-            engines, settings.limits, store, deployments
-        )
-        app.include_router(admin_classifiers.router)
-    if record_store is not None:
-        app.include_router(admin_requests.router)
-    if deployments is not None:
-        app.include_router(admin_deployments.router)
+    _mount_management(
+        app,
+        engines,
+        settings,
+        store=store,
+        deployments=deployments,
+        served_versions=served_versions or set(),
+        record_store=record_store,
+    )
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.limits.max_body_bytes,
@@ -135,3 +131,34 @@ def create_app(
         version_of=engines.version_of,
     )
     return app
+
+
+def _mount_management(
+    app: FastAPI,
+    engines: EngineDirectory,
+    settings: Settings,
+    *,
+    store: ModelStore | None,
+    deployments: DeploymentControl | None,
+    served_versions: set[tuple[str, int]],
+    record_store: RecordStore | None,
+) -> None:
+    """The ``/admin`` routers whose collaborators exist, and their services on ``app.state``."""
+    if store is not None:
+        app.state.model_management = ModelManagement(
+            store,
+            deployments=deployments,
+            served_versions=(
+                deployments.served_versions if deployments is not None else lambda: served_versions
+            ),
+        )
+        app.state.classifier_trainer = ClassifierTrainer(
+            engines, settings.limits, store, deployments
+        )
+        app.include_router(admin_models.router)
+        app.include_router(admin_classifiers.router)
+    if record_store is not None:
+        app.state.request_records = RequestRecords(record_store)
+        app.include_router(admin_requests.router)
+    if deployments is not None:
+        app.include_router(admin_deployments.router)

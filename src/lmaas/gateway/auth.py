@@ -6,18 +6,18 @@
 - With no active key, a server bound to a non-loopback address refuses to start
   (:meth:`Authenticator.check_startup`).
 
-Which rule applies is fixed by the route a request matched (it declares :data:`AdminKey` or
-:data:`InferenceKey`), never by a URL rebuilt from the ``Host`` header. Keys are never logged and
-never appear in an error message.
+Which rule applies is fixed by the route a request matched (it declares the ``AdminKey`` or
+``InferenceKey`` alias of ``gateway/deps.py``), never by a URL rebuilt from the ``Host``
+header. Keys are never logged and never appear in an error message.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Final
+from typing import Final
 
 import anyio.to_thread
-from fastapi import Depends, Request
+from fastapi import Request
 
 from lmaas.errors import AuthenticationError, LmaasError, PermissionDeniedError
 from lmaas.keys import KeyInfo, KeyStore
@@ -160,7 +160,3 @@ async def require_inference(request: Request) -> KeyInfo | None:
     """Key check only: routes whose model is in the body call
     :meth:`Authenticator.authorize_model` once they have parsed it."""
     return await _authenticator(request).authenticate_inference(request)
-
-
-AdminKey = Annotated[KeyInfo, Depends(require_admin)]
-InferenceKey = Annotated[KeyInfo | None, Depends(require_inference)]

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
-from lmaas.gateway.auth import AdminKey
-from lmaas.records.store import RecordStore
+from lmaas.gateway.deps import AdminKey, RequestRecordsDep
+from lmaas.gateway.management.requests import RecordQuery
 
 router = APIRouter(prefix="/admin/requests", tags=["admin: requests"])
 
 
 @router.get("")
 async def list_requests(
-    request: Request,
+    records: RequestRecordsDep,
     _: AdminKey,
     model: str | None = None,
     status: str | None = None,
@@ -28,15 +26,13 @@ async def list_requests(
     before: Annotated[int | None, Query(description="cursor from the previous page")] = None,
 ) -> dict[str, Any]:
     """Newest first; pass `next_cursor` back as `before` for the next page."""
-    store: RecordStore = request.app.state.record_store
-    records, cursor = await asyncio.to_thread(
-        store.query,
+    query = RecordQuery(
         model=model,
         status=status,
         since=since,
         until=until,
         api_key_id=key,
         limit=limit,
-        before_id=before,
+        before=before,
     )
-    return {"object": "list", "data": [asdict(r) for r in records], "next_cursor": cursor}
+    return await records.page(query)

@@ -3,8 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from lmaas.gateway.auth import InferenceKey
-from lmaas.gateway.deps import CompletionServingDep, RequestIdDep
+from lmaas.gateway.deps import CompletionServingDep, InferenceKey, RequestIdDep
 from lmaas.gateway.routes.v1.docs import ERROR_RESPONSES
 from lmaas.protocol.openai import Completion, CompletionRequest
 

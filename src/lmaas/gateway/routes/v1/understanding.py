@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from lmaas.gateway.auth import InferenceKey
 from lmaas.gateway.deps import (
     ClassifyServingDep,
     EmbeddingServingDep,
+    InferenceKey,
     RequestIdDep,
     ScoringServingDep,
 )

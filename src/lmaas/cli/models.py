@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,18 +12,25 @@ from typing import Annotated, Any, BinaryIO
 
 import httpx
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
+from lmaas.cli.http import (
+    CHUNK,
+    DEFAULT_URL,
+    AdminClient,
+    KeyOpt,
+    UrlOpt,
+    admin_path,
+    check_alias,
+    check_model_name,
+    check_version_ref,
+    console,
+    fail,
+    progress,
+)
 from lmaas.errors import LmaasError
 from lmaas.store.folder import (
+    FolderFile,
     extract_tar,
     is_pickle_name,
     manifest_bytes,
@@ -34,32 +40,6 @@ from lmaas.store.folder import (
 )
 
 models_app = typer.Typer(help="Manage models in a running server's store", no_args_is_help=True)
-# Piped output (scripts, tests) gets wide lines instead of cells cut to fit 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 200)
-
-UrlOpt = Annotated[str, typer.Option("--url", envvar="LMAAS_URL", help="Server URL")]
-KeyOpt = Annotated[str | None, typer.Option("--key", envvar="LMAAS_API_KEY", help="Admin API key")]
-_CHUNK = 1 << 20
-
-
-def _client(url: str, key: str | None, timeout: float = 60.0) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-
-
-def _check(r: httpx.Response) -> Any:
-    if r.status_code >= 400:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:500]
-        console.print(f"[red]error {r.status_code}:[/red] {message}")
-        raise typer.Exit(1)
-    return (
-        r.json()
-        if r.content and r.headers.get("content-type", "").startswith("application/json")
-        else None
-    )
 
 
 def _size(n: int | None) -> str:
@@ -74,10 +54,10 @@ def _size(n: int | None) -> str:
 
 
 @models_app.command("ls")
-def list_models(url: UrlOpt = "http://127.0.0.1:8000", key: KeyOpt = None) -> None:
+def list_models(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """List models with their latest version and aliases."""
-    with _client(url, key) as c:
-        data = _check(c.get("/admin/models"))["data"]
+    with AdminClient(url, key) as c:
+        data = c.get("/admin/models")["data"]
     table = Table("name", "latest", "aliases", "description")
     for m in data:
         aliases = ", ".join(f"{a}→{n}" for a, n in sorted(m["aliases"].items()))
@@ -86,10 +66,11 @@ def list_models(url: UrlOpt = "http://127.0.0.1:8000", key: KeyOpt = None) -> No
 
 
 @models_app.command("show")
-def show(name: str, url: UrlOpt = "http://127.0.0.1:8000", key: KeyOpt = None) -> None:
+def show(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Show a model and all its versions."""
-    with _client(url, key) as c:
-        m = _check(c.get(f"/admin/models/{name}"))
+    path = admin_path("models", check_model_name(name))
+    with AdminClient(url, key) as c:
+        m = c.get(path)
     table = Table(
         "version", "format", "arch", "params", "ctx", "quant", "size", "aliases", "created"
     )
@@ -108,17 +89,6 @@ def show(name: str, url: UrlOpt = "http://127.0.0.1:8000", key: KeyOpt = None) -
         )
     console.print(f"[bold]{m['name']}[/bold] {m['description']}")
     console.print(table)
-
-
-def _progress() -> Progress:
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
 
 
 _ARCHIVE_TYPES = {
@@ -171,7 +141,7 @@ def _upload_source(path: Path) -> tuple[int, Iterator[bytes], str]:
 
     def chunks() -> Iterator[bytes]:
         with path.open("rb") as f:
-            while chunk := f.read(_CHUNK):
+            while chunk := f.read(CHUNK):
                 yield chunk
 
     ctype = _ARCHIVE_TYPES.get(suffix, "application/octet-stream")
@@ -190,30 +160,28 @@ def push(
         ),
     ],
     description: Annotated[str, typer.Option(help="Version description")] = "",
-    url: UrlOpt = "http://127.0.0.1:8000",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Upload a new version of NAME (created if needed), with a progress bar. A directory is
     sent as a tar generated on the fly (no temporary file)."""
+    target = admin_path("models", check_model_name(name), "versions")
     try:
         total, chunks, ctype = _upload_source(path)
     except LmaasError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
-
-    with _progress() as progress:
-        task = progress.add_task(f"push {path.name}", total=total)
+        fail(exc.message)
+    headers = {"Content-Type": ctype, "Content-Length": str(total)}
+    if description:
+        headers["X-Description"] = description
+    with AdminClient(url, key, timeout=3600) as c, progress() as bar:
+        task = bar.add_task(f"push {path.name}", total=total)
 
         def body() -> Iterator[bytes]:
             for chunk in chunks:
-                progress.advance(task, len(chunk))
+                bar.advance(task, len(chunk))
                 yield chunk
 
-        headers = {"Content-Type": ctype, "Content-Length": str(total)}
-        if description:
-            headers["X-Description"] = description
-        with _client(url, key, timeout=3600) as c:
-            v = _check(c.post(f"/admin/models/{name}/versions", content=body(), headers=headers))
+        v = c.post(target, content=body(), headers=headers)
     console.print(
         f"{v['model']} version {v['number']} ({v['digest'][:19]}…), {v['format']}, "
         f"{v['architecture']}, {v['quantization']}, {_size(v['size_bytes'])}"
@@ -231,43 +199,41 @@ def pull(
             help="GGUF: the file. Hugging Face folder: a directory to create, or a .tar file",
         ),
     ] = None,
-    url: UrlOpt = "http://127.0.0.1:8000",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Download a version. A GGUF file resumes a partial download with an HTTP Range request;
     a Hugging Face folder is written as a directory (or kept as a tar with -o NAME.tar)."""
     name, _, ref = reference.partition(":")
-    ref = ref or "latest"
-    with _client(url, key, timeout=3600) as c:
-        v = _check(c.get(f"/admin/models/{name}/versions/{ref}"))
+    path = admin_path(
+        "models", check_model_name(name), "versions", check_version_ref(ref or "latest")
+    )
+    with AdminClient(url, key, timeout=3600) as c:
+        v = c.get(path)
+        content = admin_path("models", v["model"], "versions", str(v["number"]), "content")
         if v["format"] == "hf":
-            target = output or Path(f"{v['model']}-v{v['number']}")
-            _pull_folder(c, v, target)
-            return
-        target = output or Path(f"{v['model']}-v{v['number']}.gguf")
-        have = target.stat().st_size if target.exists() else 0
-        if have >= v["size_bytes"]:
-            have = 0  # complete or foreign file: start over
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        with (
-            _progress() as progress,
-            c.stream(
-                "GET", f"/admin/models/{name}/versions/{v['number']}/content", headers=headers
-            ) as r,
-        ):
-            if r.status_code >= 400:
-                r.read()
-                _check(r)
-            mode = "ab" if r.status_code == 206 else "wb"
-            task = progress.add_task(
-                f"pull {target.name}",
-                total=v["size_bytes"],
-                completed=have if mode == "ab" else 0,
-            )
-            with target.open(mode) as f:
-                for chunk in r.iter_bytes(_CHUNK):
-                    f.write(chunk)
-                    progress.advance(task, len(chunk))
+            _pull_folder(c, content, output or Path(f"{v['model']}-v{v['number']}"))
+        else:
+            _pull_file(c, content, v, output or Path(f"{v['model']}-v{v['number']}.gguf"))
+
+
+def _pull_file(c: AdminClient, path: str, v: dict[str, Any], target: Path) -> None:
+    """A GGUF version into ``target``, resuming a shorter file there with a Range request."""
+    have = target.stat().st_size if target.exists() else 0
+    if have >= v["size_bytes"]:
+        have = 0  # complete or foreign file: start over
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with progress() as bar, c.stream(path, headers=headers) as r:
+        mode = "ab" if r.status_code == 206 else "wb"
+        task = bar.add_task(
+            f"pull {target.name}",
+            total=v["size_bytes"],
+            completed=have if mode == "ab" else 0,
+        )
+        with target.open(mode) as f:
+            for chunk in r.iter_bytes(CHUNK):
+                f.write(chunk)
+                bar.advance(task, len(chunk))
     console.print(f"saved {target} ({_size(target.stat().st_size)})")
 
 
@@ -291,23 +257,18 @@ class _ChunkReader:
         return data
 
 
-def _pull_folder(c: httpx.Client, v: dict[str, Any], target: Path) -> None:
+def _pull_folder(c: AdminClient, path: str, target: Path) -> None:
     """Write a Hugging Face version to ``target``: a .tar file as sent, else a new directory,
     extracted into a temporary sibling and renamed into place once its manifest checks out."""
     as_tar = target.suffix.lower() == ".tar"
     if not as_tar and target.exists() and (not target.is_dir() or any(target.iterdir())):
-        console.print(f"[red]error:[/red] {target} exists and is not an empty directory")
-        raise typer.Exit(1)
-    path = f"/admin/models/{v['model']}/versions/{v['number']}/content"
-    with _progress() as progress, c.stream("GET", path) as r:
-        if r.status_code >= 400:
-            r.read()
-            _check(r)
-        task = progress.add_task(f"pull {target.name}", total=int(r.headers["content-length"]))
+        fail(f"{target} exists and is not an empty directory")
+    with progress() as bar, c.stream(path) as r:
+        task = bar.add_task(f"pull {target.name}", total=int(r.headers["content-length"]))
 
         def chunks() -> Iterator[bytes]:
-            for chunk in r.iter_bytes(_CHUNK):
-                progress.advance(task, len(chunk))
+            for chunk in r.iter_bytes(CHUNK):
+                bar.advance(task, len(chunk))
                 yield chunk
 
         if as_tar:
@@ -316,35 +277,45 @@ def _pull_folder(c: httpx.Client, v: dict[str, Any], target: Path) -> None:
                     f.write(chunk)
             console.print(f"saved {target} ({_size(target.stat().st_size)})")
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-        try:
-            files = extract_tar(_ChunkReader(chunks()), partial)
-            digest = "sha256:" + hashlib.sha256(manifest_bytes(files)).hexdigest()
-            if digest != r.headers.get("x-digest"):
-                raise LmaasError("the folder received does not match its manifest digest")
-            if target.exists():
-                target.rmdir()
-            partial.rename(target)
-        except LmaasError as exc:
-            console.print(f"[red]error:[/red] {exc.message}")
-            raise typer.Exit(1) from exc
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
+        files = _extract_checked(r, chunks(), target)
     console.print(f"saved {target}/ ({len(files)} files, {_size(sum(f.size for f in files))})")
+
+
+def _extract_checked(r: httpx.Response, chunks: Iterator[bytes], target: Path) -> list[FolderFile]:
+    """Extract the tar in ``chunks`` beside ``target`` and move it into place once the files'
+    manifest digest matches the one the server sent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        files = extract_tar(_ChunkReader(chunks), partial)
+        digest = "sha256:" + hashlib.sha256(manifest_bytes(files)).hexdigest()
+        if digest != r.headers.get("x-digest"):
+            raise LmaasError("the folder received does not match its manifest digest")
+        if target.exists():
+            target.rmdir()
+        partial.rename(target)
+    except LmaasError as exc:
+        fail(exc.message)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return files
 
 
 @models_app.command("rm")
 def remove(
     reference: Annotated[str, typer.Argument(help="NAME (all versions) or NAME:VERSION")],
-    url: UrlOpt = "http://127.0.0.1:8000",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Delete a model or one version (refused while it is being served)."""
-    name, _, number = reference.partition(":")
-    path = f"/admin/models/{name}" + (f"/versions/{number}" if number else "")
-    with _client(url, key) as c:
-        _check(c.delete(path))
+    name, colon, number = reference.partition(":")
+    parts = ["models", check_model_name(name)]
+    if colon:
+        if not (number.isascii() and number.isdigit()):
+            fail(f"{number!r} is not a version number", code=2)
+        parts += ["versions", number]
+    with AdminClient(url, key) as c:
+        c.delete(admin_path(*parts))
     console.print(f"deleted {reference}")
 
 
@@ -356,71 +327,19 @@ def alias(
         str | None, typer.Argument(help="version number; omit with --delete")
     ] = None,
     delete: Annotated[bool, typer.Option("--delete", help="Remove the alias")] = False,
-    url: UrlOpt = "http://127.0.0.1:8000",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Point ALIAS of NAME at a version, or remove it."""
-    with _client(url, key) as c:
+    path = admin_path("models", check_model_name(name), "aliases", check_alias(alias_name))
+    if not delete and version is None:
+        console.print("[red]give a version number (or --delete)[/red]")
+        raise typer.Exit(2)
+    with AdminClient(url, key) as c:
         if delete:
-            _check(c.delete(f"/admin/models/{name}/aliases/{alias_name}"))
+            c.delete(path)
             console.print(f"removed {name}:{alias_name}")
             return
-        if version is None:
-            console.print("[red]give a version number (or --delete)[/red]")
-            raise typer.Exit(2)
-        v = _check(
-            c.put(
-                f"/admin/models/{name}/aliases/{alias_name}",
-                json={"version": int(version) if version.isdigit() else version},
-            )
-        )
+        assert version is not None
+        v = c.put(path, json={"version": int(version) if version.isdigit() else version})
     console.print(f"{name}:{alias_name} → version {v['number']}")
-
-
-requests_app = typer.Typer(help="Query the record of inference requests", no_args_is_help=True)
-
-
-@requests_app.command("ls")
-def list_requests(
-    model: Annotated[str | None, typer.Option(help="Only this model")] = None,
-    status: Annotated[str | None, typer.Option(help="ok | error | cancelled")] = None,
-    since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-22T08:00:00Z")] = None,
-    key_id: Annotated[str | None, typer.Option("--key-id", help="Only this API key id")] = None,
-    limit: Annotated[int, typer.Option(help="Rows")] = 50,
-    url: UrlOpt = "http://127.0.0.1:8000",
-    key: KeyOpt = None,
-) -> None:
-    """The newest request records, one row each."""
-    params = {"model": model, "status": status, "since": since, "key": key_id, "limit": limit}
-    with _client(url, key) as c:
-        page = _check(c.get("/admin/requests", params={k: v for k, v in params.items() if v}))
-    table = Table(
-        "received",
-        "request id",
-        "type",
-        "model",
-        "status",
-        "http",
-        "in",
-        "out",
-        "ttft ms",
-        "latency ms",
-        "key",
-        "error",
-    )
-    for t in page["data"]:
-        table.add_row(
-            str(t["received_at"])[:19],
-            t["request_id"][:16],
-            t["endpoint"],
-            t["model"] or "-",
-            t["status"],
-            str(t["http_status"]),
-            str(t["prompt_tokens"]),
-            str(t["completion_tokens"]),
-            f"{t['ttft_ms']:.0f}" if t["ttft_ms"] else "-",
-            f"{t['latency_ms']:.0f}",
-            t["api_key_id"] or "-",
-            (t["error"] or "")[:40],
-        )
-    console.print(table)

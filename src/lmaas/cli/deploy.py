@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from lmaas.cli_models import KeyOpt, UrlOpt, _check, _client
-
-console = Console(width=None if sys.stdout.isatty() else 200)
+from lmaas.cli.http import (
+    DEFAULT_URL,
+    AdminClient,
+    KeyOpt,
+    UrlOpt,
+    admin_path,
+    check_served_name,
+    console,
+)
 
 WaitOpt = Annotated[
     bool, typer.Option("--wait/--no-wait", help="Wait until every replica is ready")
@@ -20,12 +24,13 @@ WaitOpt = Annotated[
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for readiness")]
 
 
-def _wait_ready(url: str, key: str | None, name: str, timeout: float) -> dict[str, Any]:
+def _wait_ready(c: AdminClient, name: str, timeout: float) -> dict[str, Any]:
     """Poll the deployment with a live status line until it is ready, failed or timed out."""
     deadline = time.monotonic() + timeout
-    with _client(url, key) as c, console.status(f"starting {name}") as status:
+    path = admin_path("deployments", name)
+    with console.status(f"starting {name}") as status:
         while True:
-            d: dict[str, Any] = _check(c.get(f"/admin/deployments/{name}"))
+            d: dict[str, Any] = c.get(path)
             status.update(
                 f"{name}: {d['state']} ({d['ready_replicas']}/{d['replicas']} replicas ready)"
             )
@@ -58,7 +63,7 @@ def deploy(
     max_num_seqs: Annotated[int | None, typer.Option(help="Sequences per replica batch")] = None,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
-    url: UrlOpt = "http://127.0.0.1:8000",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Serve a model of the store with N replicas."""
@@ -70,10 +75,10 @@ def deploy(
     }
     if engine:
         body["engine"] = engine
-    with _client(url, key) as c:
-        d = _check(c.post("/admin/deployments", json=body))
-    if wait:
-        d = _wait_ready(url, key, d["name"], timeout)
+    with AdminClient(url, key) as c:
+        d = c.post("/admin/deployments", json=body)
+        if wait:
+            d = _wait_ready(c, d["name"], timeout)
     _show(d)
     if wait and d["state"] != "ready":
         raise typer.Exit(1)
@@ -84,35 +89,37 @@ def scale(
     replicas: Annotated[int, typer.Argument(min=0, max=64)],
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
-    url: UrlOpt = "http://127.0.0.1:8000",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Change a deployment's replica count (retired replicas finish their requests first)."""
-    with _client(url, key) as c:
-        d = _check(c.patch(f"/admin/deployments/{name}", json={"replicas": replicas}))
-    if wait:
-        d = _wait_ready(url, key, name, timeout)
+    path = admin_path("deployments", check_served_name(name))
+    with AdminClient(url, key) as c:
+        d = c.patch(path, json={"replicas": replicas})
+        if wait:
+            d = _wait_ready(c, name, timeout)
     _show(d)
 
 
-def undeploy(name: str, url: UrlOpt = "http://127.0.0.1:8000", key: KeyOpt = None) -> None:
+def undeploy(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Stop serving a deployment (in-flight requests finish first)."""
-    with _client(url, key) as c:
-        _check(c.delete(f"/admin/deployments/{name}"))
+    path = admin_path("deployments", check_served_name(name))
+    with AdminClient(url, key) as c:
+        c.delete(path)
     console.print(f"undeployed {name}")
 
 
-def ps(url: UrlOpt = "http://127.0.0.1:8000", key: KeyOpt = None) -> None:
+def ps(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Deployments and their replicas."""
-    with _client(url, key) as c:
-        data = _check(c.get("/admin/deployments"))["data"]
+    with AdminClient(url, key) as c:
+        data = c.get("/admin/deployments")["data"]
     table = Table(
         "deployment",
         "model",
         "version",
         "replica",
         "state",
-        "pid",
+        "node",
         "restarts",
         "busy",
         "last error",
@@ -139,7 +146,7 @@ def ps(url: UrlOpt = "http://127.0.0.1:8000", key: KeyOpt = None) -> None:
                 str(r["version"] or "-"),
                 f"#{r['index']}",
                 r["state"],
-                str(r["pid"] or "-"),
+                r["node"],
                 str(r["restarts"]),
                 str(r["outstanding"]),
                 (r["last_error"] or "")[:60],

@@ -16,7 +16,6 @@ from typing import Annotated
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from lmaas.errors import LmaasError
 from lmaas.db import (
     DEFAULT_HOME,
     HOME_ENV,
@@ -25,6 +24,7 @@ from lmaas.db import (
     session_factory,
     upgrade_to_head,
 )
+from lmaas.errors import LmaasError
 from lmaas.keys import KeyInfo, KeyStore
 
 keys_app = typer.Typer(help="Create, list and revoke API keys", no_args_is_help=True)

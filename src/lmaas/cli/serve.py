@@ -1,21 +1,19 @@
-"""The `lmaas` command line; the only place that wires concrete classes together."""
+"""`lmaas serve`: the gateway and its workers in this process; the only place that wires
+concrete classes together."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
-from lmaas.cli_classifiers import classifiers_app
-from lmaas.cli_deploy import deploy, ps, scale, undeploy
-from lmaas.cli_keys import keys_app
-from lmaas.cli_models import models_app, requests_app
-from lmaas.config import SHIPPED_MODELS, ModelConfig, Settings, load_settings
+from lmaas.config import ModelConfig, Settings, load_settings
 from lmaas.errors import LmaasError
 
-app = typer.Typer(help="lmaas: language models as a service", no_args_is_help=True)
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def _model_from_flag(value: str) -> ModelConfig:
@@ -32,7 +30,6 @@ def _model_from_flag(value: str) -> ModelConfig:
         raise typer.BadParameter(f"{value!r} is not a model name", param_hint="--model") from exc
 
 
-@app.command()
 def serve(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML settings file")
@@ -49,22 +46,36 @@ def serve(
     """Serve the configured models behind the OpenAI-compatible API."""
     import uvicorn
 
-    from lmaas.controller.manager import DeploymentManager
-    from lmaas.gateway.app import create_app
-    from lmaas.gateway.auth import Authenticator, InsecureStartupError
-    from lmaas.state import open_state
-    from lmaas.records.store import RecordWriter
     from lmaas.telemetry.logging import setup_logging
 
     models = [_model_from_flag(m) for m in model] if model else None
     try:
-        settings: Settings = load_settings(
+        settings = load_settings(
             config, host=host, port=port, models=models, home=home, log_level=log_level
         )
     except (ValidationError, LmaasError) as exc:
         typer.echo(f"invalid settings: {exc}", err=True)
         raise typer.Exit(2) from exc
     setup_logging(settings.log_level)
+    uvicorn.run(
+        _build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _build_app(settings: Settings) -> FastAPI:
+    """The app over the state under ``settings.home``; a server that must not start (no key
+    on a network address, a configured model that cannot load) ends the command (exit 2)."""
+    from lmaas.controller.manager import DeploymentManager
+    from lmaas.gateway.app import create_app
+    from lmaas.gateway.auth import Authenticator, InsecureStartupError
+    from lmaas.records.store import RecordWriter
+    from lmaas.state import open_state
+
     state = open_state(settings)
     auth = Authenticator(state.keys, bind_host=settings.host)
     try:
@@ -86,7 +97,7 @@ def serve(
             flush_interval=settings.records.flush_interval,
             retention_days=settings.records.retention_days,
         )
-    api = create_app(
+    return create_app(
         settings,
         manager.engines,
         auth=auth,
@@ -95,32 +106,3 @@ def serve(
         recorder=recorder,
         record_store=state.records,
     )
-    uvicorn.run(
-        api,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
-
-
-app.add_typer(models_app, name="models")
-app.add_typer(keys_app, name="keys")
-app.add_typer(requests_app, name="requests")
-app.add_typer(classifiers_app, name="classifiers")
-app.command()(deploy)
-app.command()(scale)
-app.command()(undeploy)
-app.command()(ps)
-
-
-@app.command("shipped-models")
-def shipped_models() -> None:
-    """List the models that ship with the install."""
-    for name, shipped in SHIPPED_MODELS.items():
-        typer.echo(f"{name}\t{shipped.description}")
-
-
-def main() -> None:
-    app()

@@ -6,15 +6,12 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
+from lmaas.cli.http import DEFAULT_URL, AdminClient, KeyOpt, UrlOpt
 from lmaas.config import DEFAULT_EMBEDDING_MODEL
 
 classifiers_app = typer.Typer(help="Classifiers trained from labelled examples")
-
-UrlOpt = Annotated[str, typer.Option("--url", envvar="LMAAS_URL", help="Server URL")]
-KeyOpt = Annotated[str | None, typer.Option("--key", envvar="LMAAS_API_KEY", help="Admin API key")]
 
 
 def read_examples(path: Path) -> list[dict[str, str]]:
@@ -45,7 +42,7 @@ def train(
         str, typer.Option(help="Served embedding model to train on")
     ] = DEFAULT_EMBEDDING_MODEL,
     deploy: Annotated[bool, typer.Option(help="Serve the classifier once trained")] = True,
-    url: UrlOpt = "http://127.0.0.1:8000",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Train NAME on the examples in --data; it then answers /v1/classify."""
@@ -55,16 +52,8 @@ def train(
         "examples": read_examples(data),
         "deploy": deploy,
     }
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    r = httpx.post(f"{url.rstrip('/')}/admin/classifiers", json=body, headers=headers, timeout=600)
-    if r.status_code >= 400:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:500]
-        typer.echo(f"error {r.status_code}: {message}", err=True)
-        raise typer.Exit(1)
-    out = r.json()
+    with AdminClient(url, key, timeout=600) as c:
+        out = c.post("/admin/classifiers", json=body)
     deployed = out["deployment"]["state"] if out.get("deployment") else "not deployed"
     typer.echo(
         f"{out['name']} version {out['version']}: labels {', '.join(out['labels'])}; "

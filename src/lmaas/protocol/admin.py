@@ -1,0 +1,63 @@
+"""The model store over the admin API (``/admin/models``): request bodies and responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_DESCRIPTION = 4096
+
+
+class CreateModelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: Annotated[str, Field(max_length=MAX_DESCRIPTION)] = ""
+
+
+class ImportBody(BaseModel):
+    """Import from the server's own disk (`path`) or from an installed model package."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = None
+    package: str | None = None
+    description: Annotated[str, Field(max_length=MAX_DESCRIPTION)] = ""
+
+
+class AliasBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | str
+
+
+class VersionOut(BaseModel):
+    object: Literal["model.version"] = "model.version"
+    model: str
+    number: int
+    format: str
+    architecture: str | None
+    parameter_count: int | None
+    context_length: int | None
+    quantization: str | None
+    size_bytes: int
+    digest: str
+    source: str
+    description: str
+    created_at: datetime
+    state: str
+    aliases: list[str]
+
+
+class ModelOut(BaseModel):
+    object: Literal["model.entry"] = "model.entry"
+    name: str
+    description: str
+    created_at: datetime
+    latest: int | None
+    aliases: dict[str, int]
+    versions: list[VersionOut] | None = None
+
+
+class ModelListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
