@@ -1,11 +1,14 @@
-"""A fake engine for in-process integration tests (no model, no subprocess)."""
+"""Fakes for tests without a model or a subprocess: an engine for in-process integration tests,
+and a cluster of replicas for the router and the deployment controller."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from lmaas.engine.client import EngineClient, EngineHealth, ReplicaHealth
+from lmaas.engine.replica import ReplicaLoad
 from lmaas.errors import InvalidRequestError, ServiceUnavailableError
 from lmaas.protocol.engine import (
     BeamResult,
@@ -15,6 +18,7 @@ from lmaas.protocol.engine import (
     TokenEvent,
     TokenLogprob,
 )
+from lmaas.protocol.tasks import TaskRequest, TaskResult
 
 N_VOCAB = 1000
 MAX_MODEL_LEN = 8192
@@ -73,7 +77,7 @@ class FakeEngine(EngineClient):
         return EngineHealth(
             ready=self.ready,
             running=len(self._outstanding),
-            replicas=[ReplicaHealth(index=0, state=state)],
+            replicas=[ReplicaHealth(id="fake-0", index=0, state=state, node="test")],
         )
 
     @staticmethod
@@ -188,3 +192,112 @@ class FakeEngine(EngineClient):
             self._outstanding.discard(rid)
             if not finished:
                 self.aborted.append(rid)
+
+
+class FakeReplica:
+    """A replica without a process, for the router and the controller (``lmaas.engine.replica``).
+
+    It becomes ready on ``start`` unless its cluster says replicas fail to load. Generation
+    holds every request until ``release`` is set, then emits one token; ``die_before_first``
+    makes the next request find the replica dead (as a killed worker looks to the router).
+    """
+
+    def __init__(self, model: Any, index: int, *, loads: bool = True) -> None:
+        self.model = model
+        self.index = index
+        self.id = f"fake-{model.name}-{index}"
+        self.node = "test-node"
+        self.label = f"{model.name}#{index}"
+        self.version: int | None = model.version
+        self.state = "stopped"
+        self.last_error: str | None = None
+        self.stopped_now: bool | None = None  # how it was stopped, once it was
+        self.release = asyncio.Event()
+        self.die_before_first = False
+        self.aborted: list[str] = []
+        self.seen: list[str] = []  # ids of the requests sent to it
+        self._loads = loads
+        self._inflight: set[str] = set()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def capacity(self) -> int:
+        return 4 if self.ready else 0
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return fake_info(self.model.name) if self.ready else None
+
+    def load(self) -> ReplicaLoad:
+        return ReplicaLoad(len(self._inflight), len(self._inflight), 0)
+
+    def health(self) -> ReplicaHealth:
+        return ReplicaHealth(
+            id=self.id,
+            index=self.index,
+            state=self.state,
+            node=self.node,
+            version=self.version,
+            last_error=self.last_error,
+            outstanding=len(self._inflight),
+        )
+
+    async def start(self) -> None:
+        if self._loads:
+            self.state = "ready"
+        else:
+            self.state, self.last_error = "failed", "cannot load"
+
+    async def wait_ready(self, timeout: float) -> bool:
+        return self.ready
+
+    async def stop(self, *, now: bool = False) -> None:
+        self.state, self.stopped_now = "stopped", now
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        rid = request.request_id
+        self.seen.append(rid)
+        self._inflight.add(rid)
+        try:
+            if self.die_before_first:
+                self.state = "failed"
+                raise ServiceUnavailableError(f"{self.label} stopped")
+            await self.release.wait()
+            yield TokenEvent(rid, token_ids=[1], text="x", finish_reason=FinishReason.LENGTH)
+        finally:
+            self._inflight.discard(rid)
+
+    async def run_task(self, request: TaskRequest) -> TaskResult:
+        self.seen.append(request.request_id)
+        if self.die_before_first:
+            self.state = "failed"
+            raise ServiceUnavailableError(f"{self.label} stopped")
+        return TaskResult(request_id=request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+
+class FakeCluster:
+    """Makes ``FakeReplica``s; ``loads = False`` makes the next ones fail to start."""
+
+    kind = "fake"
+
+    def __init__(self, settings: Any = None, store: Any = None) -> None:
+        self.loads = True
+        self.made: list[FakeReplica] = []
+        self.closed = False
+
+    def check(self, model: Any) -> None:
+        pass
+
+    def new_replica(self, model: Any, *, index: int) -> FakeReplica:
+        replica = FakeReplica(model, index, loads=self.loads)
+        self.made.append(replica)
+        return replica
+
+    async def close(self) -> None:
+        self.closed = True

@@ -279,6 +279,21 @@ class RecordSettings(BaseModel):
     ] = 0.5
 
 
+class ClusterSettings(BaseModel):
+    """Where replicas run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="Cluster kind that runs the replicas: `local` (worker processes on this "
+            "machine) or a kind an installed plugin registers",
+        ),
+    ] = "local"
+
+
 class Settings(BaseSettings):
     """Everything `lmaas serve` needs."""
 
@@ -300,6 +315,7 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits)
     records: RecordSettings = Field(default_factory=RecordSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: Annotated[bool, Field(description="One JSON log line per request")] = True
     worker_start_timeout: Annotated[

@@ -1,8 +1,11 @@
-"""The deployment manager: desired state (deployment specs in SQL) made real as local replicas.
+"""The deployment manager: desired state (deployment specs in SQL) made real as replicas of a
+``Cluster`` (the kind ``cluster.kind`` names).
 
 At start it reconciles the config file's deployments into the spec table, then brings up every
 spec. While serving, the admin API creates, scales, re-points and deletes deployments, and a
-moved alias rolls every deployment that follows it.
+moved alias rolls every deployment that follows it. Everything the request path asks of it
+(which deployment serves ``name:alias``, which version a deployment serves) is answered from
+memory; the catalog is read off the event loop when deployments or aliases change.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from lmaas.config import EngineConfig, ModelConfig, Settings
-from lmaas.controller.deployment import LocalDeployment
+from lmaas.controller.cluster.base import Cluster, ClusterKinds, ModelFile, ModelRef
+from lmaas.controller.deployment import Deployment
+from lmaas.controller.specs import DeploymentSpec, DeploymentStore
 from lmaas.engine.directory import EngineDirectory
 from lmaas.errors import (
     ConflictError,
@@ -31,8 +36,7 @@ from lmaas.protocol.deploy import (
     DeploymentState,
     ReplicaOut,
 )
-from lmaas.store.catalog import parse_reference
-from lmaas.controller.specs import DeploymentSpec, DeploymentStore
+from lmaas.store.catalog import VersionInfo, parse_reference
 from lmaas.store.model_store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -40,30 +44,51 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Resolved:
-    config: ModelConfig
+    ref: ModelRef
     model: str | None  # the store model, or None for a file outside the store
-    version: int | None
     follows: str | None  # the alias followed; None when pinned to a number or a path
+    aliases: dict[str, int]  # the store model's aliases (alias -> version) when it was read
 
 
 @dataclass(slots=True)
 class _Entry:
     spec: DeploymentSpec
-    deployment: LocalDeployment
+    deployment: Deployment
     model: str | None
     follows: str | None
     note: str | None = None  # e.g. the followed alias was deleted
 
 
 class DeploymentManager:
-    def __init__(self, settings: Settings, store: ModelStore, specs: DeploymentStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelStore,
+        specs: DeploymentStore,
+        *,
+        cluster: Cluster | None = None,
+        kinds: ClusterKinds | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.specs = specs
         self.engines = EngineDirectory(resolver=self.resolve, version_of=self.version_of)
+        self._cluster = cluster
+        self._kinds = kinds
         self._entries: dict[str, _Entry] = {}
+        # Per served store model: alias -> version number, so `name:alias` resolves in memory.
+        self._aliases: dict[str, dict[str, int]] = {}
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def cluster(self) -> Cluster:
+        """The cluster replicas run on, made on first use from ``cluster.kind`` (an unknown
+        kind raises ``InvalidRequestError``, which ``check_config`` reports before start)."""
+        if self._cluster is None:
+            kinds = self._kinds or ClusterKinds.installed()
+            self._cluster = kinds.create(self.settings, self.store)
+        return self._cluster
 
     # -- start and stop ----------------------------------------------------------------------------
 
@@ -83,8 +108,9 @@ class DeploymentManager:
 
     def check_config(self) -> None:
         """Raise a clear error when a configured deployment cannot be served (before start)."""
+        cluster = self.cluster  # an unknown cluster kind is the first thing to report
         for spec in self.config_specs():
-            self.resolve_spec(spec)
+            cluster.check(self.resolve_spec(spec).ref)
 
     def reconcile_config(self) -> list[DeploymentSpec]:
         """Write the config file's deployments over the stored ones and drop config
@@ -115,36 +141,57 @@ class DeploymentManager:
         self._entries.clear()
         self.engines.clear()
         await asyncio.gather(*(e.deployment.close() for e in entries))
+        await self.cluster.close()
 
     # -- resolution --------------------------------------------------------------------------------
 
     def resolve_spec(self, spec: DeploymentSpec) -> Resolved:
+        """What ``spec`` serves now (blocking: reads the catalog and a folder's manifest)."""
         engine = EngineConfig.model_validate_json(spec.engine_json)
         if spec.path is not None:
-            config = ModelConfig(
-                name=spec.name, path=Path(spec.path), replicas=spec.replicas, engine=engine
-            )
-            if not config.resolve_path().exists():
+            config = ModelConfig(name=spec.name, path=Path(spec.path), engine=engine)
+            path = config.resolve_path()
+            if not path.exists():
                 raise NotFoundError(f"{spec.path} does not exist", param="path")
-            return Resolved(config, None, None, None)
-        reference = spec.reference or spec.name
-        model, ref = parse_reference(reference)
+            return Resolved(ModelRef(spec.name, engine, path=str(path)), None, None, {})
+        model, ref = parse_reference(spec.reference or spec.name)
         version = self.store.catalog.get_version(model, ref)  # gguf or hf: both are served
-        config = ModelConfig(
-            name=spec.name,
-            model=reference,
-            path=self.store.path_of(version),
-            replicas=spec.replicas,
-            engine=engine,
+        aliases = dict(self.store.catalog.get_model(model).aliases)
+        served = ModelRef(
+            spec.name,
+            engine,
+            model=model,
+            version=version.number,
+            format=version.format,
+            digest=version.digest,
+            files=self._files(version),
         )
-        return Resolved(config, model, version.number, ref if isinstance(ref, str) else None)
+        return Resolved(served, model, ref if isinstance(ref, str) else None, aliases)
+
+    def _files(self, version: VersionInfo) -> tuple[ModelFile, ...]:
+        if version.format == "hf":
+            files = self.store.folder_files(version)
+            return tuple(ModelFile(f.path, f.digest, f.size) for f in files)
+        return (ModelFile("model.gguf", version.digest, version.size_bytes),)
+
+    async def _resolve(self, spec: DeploymentSpec) -> Resolved:
+        resolved = await asyncio.to_thread(self.resolve_spec, spec)
+        self.cluster.check(resolved.ref)
+        return resolved
+
+    def _read_aliases(self, model: str) -> dict[str, int]:
+        try:
+            return dict(self.store.catalog.get_model(model).aliases)
+        except NotFoundError:
+            return {}
 
     def resolve(self, requested: str) -> str | None:
         """The deployment that serves ``requested`` when it is not a deployment name:
         ``model``, ``model:alias`` or ``model:3`` of the store.
 
-        Runs on the request path, so a deployment that follows the alias (or serves the
-        number) answers from memory; only an alias no deployment follows costs a catalog query.
+        Runs on the request path, so it reads only memory: the deployments, and the aliases of
+        each served store model as they were last read (at deploy time and after every change
+        through ``on_aliases_changed``).
         """
         try:
             model, ref = parse_reference(requested)
@@ -156,11 +203,8 @@ class DeploymentManager:
         for e in mine:
             if e.follows == ref or e.deployment.version == ref:
                 return e.spec.name
-        if not mine or isinstance(ref, int):
-            return None
-        try:
-            number = self.store.catalog.get_version(model, ref).number
-        except LmaasError:
+        number = self._aliases.get(model, {}).get(ref) if isinstance(ref, str) else None
+        if number is None:
             return None
         return next((e.spec.name for e in mine if e.deployment.version == number), None)
 
@@ -205,9 +249,9 @@ class DeploymentManager:
         async with self._lock:
             if name in self._entries:
                 raise ConflictError(f"deployment {name!r} already exists", param="name")
-            await asyncio.to_thread(self.resolve_spec, spec)  # unknown model: 404 before any write
+            resolved = await self._resolve(spec)  # unknown model: 404 before any write
             spec = await asyncio.to_thread(self.specs.create, spec)
-            entry = await self._launch(spec)
+            entry = await self._launch(spec, resolved)
         if body.wait:
             await entry.deployment.wait_ready(self.settings.worker_start_timeout)
         return self._out(entry)
@@ -223,7 +267,7 @@ class DeploymentManager:
                 engine_json=entry.spec.engine_json,
                 source=entry.spec.source,
             )
-            resolved = await asyncio.to_thread(self.resolve_spec, candidate)
+            resolved = await self._resolve(candidate)
             if resolved.model != entry.model and entry.model is not None:
                 raise InvalidRequestError(
                     f"deployment {name!r} serves {entry.model}; deploy {resolved.model} "
@@ -232,9 +276,9 @@ class DeploymentManager:
                 )
             entry.spec = await asyncio.to_thread(self.specs.update, name, reference=body.model)
             entry.model, entry.follows, entry.note = resolved.model, resolved.follows, None
-            if resolved.version != entry.deployment.version and not await entry.deployment.roll(
-                resolved.config, resolved.version
-            ):
+            self._remember_aliases(resolved)
+            moved = resolved.ref.version != entry.deployment.version
+            if moved and not await entry.deployment.roll(resolved.ref):
                 raise ServiceUnavailableError(
                     entry.deployment.last_error or "rolling update failed"
                 )
@@ -251,13 +295,20 @@ class DeploymentManager:
             await asyncio.to_thread(self.specs.delete, name)
             del self._entries[name]
             self.engines.pop(name, None)
+            if not any(e.model == entry.model for e in self._entries.values()):
+                self._aliases.pop(entry.model or "", None)
         # In-flight requests finish; new ones get a 404 from now on.
         self._in_background(entry.deployment.drain_and_close(), f"undeploy-{name}")
 
     async def on_aliases_changed(self, model: str) -> None:
-        """Roll every deployment that follows an alias of ``model`` that now points elsewhere."""
-        for entry in list(self._entries.values()):
-            if entry.model == model and entry.follows is not None:
+        """Re-read ``model``'s aliases (when it is served) and roll every deployment that
+        follows an alias of it that now points elsewhere."""
+        entries = [e for e in self._entries.values() if e.model == model]
+        if not entries:
+            return
+        self._aliases[model] = await asyncio.to_thread(self._read_aliases, model)
+        for entry in entries:
+            if entry.follows is not None:
                 self._in_background(self._follow(entry), f"follow-{entry.spec.name}")
 
     async def _follow(self, entry: _Entry) -> None:
@@ -271,27 +322,36 @@ class DeploymentManager:
             )
             return
         entry.note = None
-        if resolved.version == entry.deployment.version:
+        self._remember_aliases(resolved)
+        if resolved.ref.version == entry.deployment.version:
             return
         log.info(
             "%s: %s:%s moved to version %s; rolling",
             entry.spec.name,
             entry.model,
             entry.follows,
-            resolved.version,
+            resolved.ref.version,
         )
-        await entry.deployment.roll(resolved.config, resolved.version)
+        await entry.deployment.roll(resolved.ref)
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    async def _launch(self, spec: DeploymentSpec) -> _Entry:
-        resolved = await asyncio.to_thread(self.resolve_spec, spec)
-        deployment = LocalDeployment(resolved.config, self.settings, version=resolved.version)
+    async def _launch(self, spec: DeploymentSpec, resolved: Resolved | None = None) -> _Entry:
+        if resolved is None:
+            resolved = await self._resolve(spec)
+        deployment = Deployment(
+            resolved.ref, spec.replicas, cluster=self.cluster, settings=self.settings
+        )
         entry = _Entry(spec, deployment, resolved.model, resolved.follows)
         await deployment.start()
+        self._remember_aliases(resolved)
         self._entries[spec.name] = entry
-        self.engines[spec.name] = deployment
+        self.engines[spec.name] = deployment.engine
         return entry
+
+    def _remember_aliases(self, resolved: Resolved) -> None:
+        if resolved.model is not None:
+            self._aliases[resolved.model] = resolved.aliases
 
     def _entry(self, name: str) -> _Entry:
         entry = self._entries.get(name)
@@ -344,10 +404,11 @@ class DeploymentManager:
             last_error=next((e for e in errors if e), None),
             replica_status=[
                 ReplicaOut(
+                    id=r.id,
                     index=r.index,
+                    node=r.node,
                     state=r.state,
                     version=r.version,
-                    pid=r.pid,
                     restarts=r.restarts,
                     outstanding=r.outstanding,
                     last_error=r.last_error,

@@ -15,8 +15,8 @@ from sqlalchemy import CheckConstraint, DateTime, Integer, String, Text, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from lmaas.errors import ConflictError, NotFoundError
 from lmaas.db import Base, as_utc, utc_now
+from lmaas.errors import ConflictError, NotFoundError
 
 Source = Literal["config", "api"]
 

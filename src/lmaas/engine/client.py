@@ -1,7 +1,7 @@
 """The one engine interface the HTTP layer sees.
 
-A local worker pool, a Ray deployment and the test fake all implement ``EngineClient``; the
-gateway never imports a model library.
+``ReplicatedEngine`` (replicas of any cluster kind behind one router) and the test fake
+implement ``EngineClient``; the gateway never imports a model library.
 """
 
 from __future__ import annotations
@@ -17,10 +17,17 @@ from lmaas.protocol.tasks import TaskRequest, TaskResult
 
 @dataclass(slots=True)
 class ReplicaHealth:
-    index: int
+    """One replica as ``/ready`` and ``/admin/deployments`` show it.
+
+    ``id`` is opaque and unique among the cluster's replicas; ``node`` names the machine it
+    runs on. No process id: a replica may live on another machine.
+    """
+
+    id: str
+    index: int  # its ordinal within the deployment (#0, #1, ...)
     state: str  # starting | ready | failed | draining | stopped
+    node: str
     version: int | None = None  # the model store version it serves, when it came from the store
-    pid: int | None = None
     restarts: int = 0
     last_error: str | None = None
     outstanding: int = 0

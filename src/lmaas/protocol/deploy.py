@@ -13,6 +13,7 @@ from lmaas.names import SERVED_NAME_PATTERN
 
 DeploymentState = Literal["ready", "starting", "rolling", "degraded", "failed", "stopped"]
 
+
 class DeploymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -53,10 +54,11 @@ class DeploymentPatch(BaseModel):
 
 
 class ReplicaOut(BaseModel):
-    index: int
+    id: str = Field(description="Opaque replica id, unique within the cluster")
+    index: int = Field(description="Ordinal within the deployment")
+    node: str = Field(description="The machine (cluster node) the replica runs on")
     state: str
     version: int | None
-    pid: int | None
     restarts: int
     outstanding: int
     last_error: str | None

@@ -1,0 +1,161 @@
+"""ReplicatedEngine: routing over fake replicas (no processes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from lmaas.config import EngineConfig
+from lmaas.controller.cluster.base import ModelRef
+from lmaas.engine.directory import EngineDirectory
+from lmaas.engine.replicated import ReplicatedEngine
+from lmaas.errors import ServiceUnavailableError
+from lmaas.protocol.engine import GenerateRequest, TokenEvent
+from lmaas.protocol.tasks import TaskRequest
+from tests.fakes import FakeReplica
+
+
+def replicas(count: int, version: int = 1) -> list[FakeReplica]:
+    ref = ModelRef("m", EngineConfig(), model="m", version=version)
+    made = [FakeReplica(ref, i) for i in range(count)]
+    for r in made:
+        r.state = "ready"
+    return made
+
+
+def request(rid: str) -> GenerateRequest:
+    return GenerateRequest(request_id=rid, prompt=[1, 2], max_tokens=1)
+
+
+async def consume(engine: ReplicatedEngine, rid: str) -> list[TokenEvent]:
+    return [e async for e in engine.generate(request(rid))]
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def loop() -> None:
+        while not predicate():  # noqa: ASYNC110 - a condition wait on fake state
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+async def test_routes_to_the_replica_with_fewest_outstanding() -> None:
+    a, b, c = replicas(3)
+    engine = ReplicatedEngine("m", [a, b, c])
+    tasks = [asyncio.create_task(consume(engine, f"r{i}")) for i in range(3)]
+    await wait_for(lambda: engine.outstanding == 3)
+    assert [r.load().outstanding for r in (a, b, c)] == [1, 1, 1]
+    b.release.set()  # b finishes its request: it is now the least busy
+    await wait_for(lambda: engine.outstanding == 2)
+    b.release.clear()
+    late = asyncio.create_task(consume(engine, "late"))
+    await wait_for(lambda: engine.outstanding == 3)
+    assert [r.load().outstanding for r in (a, b, c)] == [1, 1, 1]
+    assert engine.health().running == 3
+    assert b.seen == ["r1", "late"]
+    for r in (a, b, c):
+        r.release.set()
+    events = await asyncio.gather(*tasks, late)
+    assert all(e[-1].finish_reason == "length" for e in events)
+
+
+async def test_retries_once_elsewhere_when_a_replica_dies_before_any_token() -> None:
+    dying, healthy = replicas(2)
+    engine = ReplicatedEngine("m", [dying, healthy])
+    dying.die_before_first = True
+    healthy._inflight.add("x")  # the router picks `dying` first
+    healthy.release.set()
+    events = await consume(engine, "r")
+    assert events[-1].finish_reason == "length"
+    assert dying.seen == ["r"] and healthy.seen == ["r"]
+    assert not dying.ready
+
+
+async def test_no_retry_when_the_replica_is_still_up() -> None:
+    """A 503 from a replica that is still ready is its answer, not its death: no retry."""
+    flaky, other = replicas(2)
+    engine = ReplicatedEngine("m", [flaky, other])
+    other.release.set()
+
+    async def refuse(req: GenerateRequest):  # type: ignore[no-untyped-def]
+        raise ServiceUnavailableError("busy")
+        yield  # pragma: no cover - makes this an async generator
+
+    flaky.generate = refuse  # type: ignore[method-assign]
+    other._inflight.add("x")  # the router picks `flaky` first
+    with pytest.raises(ServiceUnavailableError, match="busy"):
+        await consume(engine, "r")
+
+
+async def test_no_ready_replica_is_a_503() -> None:
+    (only,) = replicas(1)
+    only.state = "failed"
+    engine = ReplicatedEngine("m", [only])
+    with pytest.raises(ServiceUnavailableError, match="no ready replica"):
+        await consume(engine, "r")
+    assert engine.capacity == 0 and not engine.health().ready
+
+
+async def test_run_task_retries_on_another_replica_when_its_replica_died() -> None:
+    dying, healthy = replicas(2)
+    engine = ReplicatedEngine("m", [dying, healthy])
+    dying.die_before_first = True
+    healthy._inflight.add("x")  # the router picks `dying` first
+    result = await engine.run_task(TaskRequest(request_id="t", kind="tokenize", texts=["a"]))
+    assert result.request_id == "t"
+    assert dying.seen == ["t"] and healthy.seen == ["t"]
+
+
+async def test_abort_goes_to_the_replica_running_the_request() -> None:
+    a, b = replicas(2)
+    engine = ReplicatedEngine("m", [a, b])
+    stream = engine.generate(request("r"))
+    pending = asyncio.ensure_future(anext(stream))
+    await wait_for(lambda: engine.outstanding == 1)
+    owner, idle = (a, b) if a.load().outstanding else (b, a)
+    await engine.abort("r")
+    assert owner.aborted == ["r"] and idle.aborted == []
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    await stream.aclose()
+    assert owner.load().outstanding == 0 and engine.outstanding == 0
+
+
+async def test_retired_replicas_take_no_requests_and_show_as_draining() -> None:
+    old, new = replicas(2)
+    engine = ReplicatedEngine("m", [old])
+    engine.route_to([old, new])
+    engine.retire([old])
+    new.release.set()
+    await consume(engine, "r")
+    assert old.load().outstanding == 0
+    assert [(h.id, h.state) for h in engine.health().replicas] == [
+        (new.id, "ready"),
+        (old.id, "draining"),
+    ]
+    engine.forget(old)
+    assert [h.id for h in engine.health().replicas] == [new.id]
+
+
+def test_directory_resolves_other_spellings() -> None:
+    engine = ReplicatedEngine("chat", replicas(1))
+    names = {"chat:production": "chat"}
+    directory = EngineDirectory({"chat": engine}, resolver=names.get, version_of={"chat": 3}.get)
+    assert directory.lookup("chat") is engine
+    assert directory.lookup("chat:production") is engine
+    assert directory.lookup("other") is None
+    assert directory.version_of("chat") == 3 and directory.version_of("other") is None
+
+
+async def test_closing_the_stream_early_closes_the_replica_stream_at_once() -> None:
+    (only,) = replicas(1)
+    engine = ReplicatedEngine("m", [only])
+    only.release.set()
+    stream = engine.generate(request("r"))
+    first = await anext(stream)  # the replica's stream is suspended after its event
+    assert first.finish_reason == "length" and only.load().outstanding == 1
+    await stream.aclose()
+    assert only.load().outstanding == 0 and engine.outstanding == 0
