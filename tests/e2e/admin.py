@@ -32,13 +32,14 @@ def cli(home: Path, *args: str, key: str | None = None, url: str | None = None) 
     return done.stdout + done.stderr
 
 
-def new_key(home: Path, scope: str, *extra: str) -> str:
-    env = {**os.environ, "LMAAS_HOME": str(home)}
+def new_key(home: Path, scope: str, *extra: str, env: dict[str, str] | None = None) -> str:
+    """A key made by ``lmaas keys create`` in the database of ``home`` (or the one
+    ``env["LMAAS_DATABASE_URL"]`` names, as the server will be given)."""
     done = subprocess.run(
         [sys.executable, "-m", "lmaas", "keys", "create", "--scope", scope, "--name", "t", *extra],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, **(env or {}), "LMAAS_HOME": str(home)},
         check=True,
         timeout=60,
     )
@@ -86,8 +87,9 @@ def served_env(
 ) -> Iterator[Env]:
     """A ready server over ``home`` with an admin key and an inference key (limited to
     ``user_models`` when given); stopped on exit."""
-    admin = new_key(home, "admin")
-    user = new_key(home, "inference", *(["--models", *user_models] if user_models else []))
+    admin = new_key(home, "admin", env=server_env)
+    models = ["--models", *user_models] if user_models else []
+    user = new_key(home, "inference", *models, env=server_env)
     server = ServerProcess(home, *server_args, env=server_env)
     try:
         server.wait_ready()
