@@ -113,10 +113,13 @@ def test_kv_pressure_preempts_youngest_and_recomputes_it_later() -> None:
     assert young is not None and young.num_computed == 0 and young.preemptions == 1
     # It keeps the token it generated and is recomputed (prompt + output) once there is room.
     assert young.tokens[:4] == [5, 6, 7, 8] and len(young.tokens) >= 5
+    so_far = tuple(young.tokens)
     s.finish("old")
     plan, _ = run_step(s)
     assert plan.admitted == ["young"]
-    assert plan.work[0].token_ids == tuple(young.tokens[:-1]) or plan.work[0].sample
+    # Every token so far is fed again from position 0, and the next one is sampled.
+    (work,) = plan.work
+    assert (work.start_pos, work.token_ids, work.sample) == (0, so_far, True)
 
 
 def test_zero_max_tokens_scores_prompt_without_sampling() -> None:

@@ -223,7 +223,8 @@ def test_version_from_the_shipped_gguf(catalog: Catalog) -> None:
         8192,
         "Q4_1",
     )
-    assert 130_000_000 < (version.parameter_count or 0) < 140_000_000
+    assert version.parameter_count is not None
+    assert 130_000_000 < version.parameter_count < 140_000_000
 
 
 def test_concurrent_adds_get_distinct_numbers(catalog: Catalog) -> None:

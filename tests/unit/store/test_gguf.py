@@ -46,8 +46,14 @@ def write(tmp_path: Path) -> Callable[[bytes], Path]:
     return _write
 
 
+# A deadline against a parser that walks a huge declared count entry by entry (it would run for
+# hours), generous enough for a loaded machine; not a speed claim.
+RUNAWAY_SECONDS = 30.0
+
+
 def rejects(path: Path, match: str, **limits: int) -> None:
-    """The file must be refused fast and without a big allocation."""
+    """The file must be refused without walking what it declares and without a big
+    allocation."""
     tracemalloc.start()
     started = time.perf_counter()
     try:
@@ -56,7 +62,7 @@ def rejects(path: Path, match: str, **limits: int) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < RUNAWAY_SECONDS
     assert peak < 8 << 20, f"parser allocated {peak} bytes"
 
 
