@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    MISSING,
     BaseModel,
     ConfigDict,
     Field,
@@ -62,7 +63,7 @@ class ChatMessage(_Request):
 
 
 class SamplingFields(_Request):
-    """Sampling fields shared by chat and completions (vLLM's extensions included)."""
+    """Generation fields shared by chat and completions (vLLM's extensions included)."""
 
     model: StrictStr
     temperature: Annotated[Float | None, Field(ge=0.0, le=2.0)] = None
@@ -81,6 +82,7 @@ class SamplingFields(_Request):
     user: StrictStr | None = None
     ignore_eos: StrictBool = False
     include_stop_str_in_output: StrictBool = False
+    response_format: ResponseFormat | None = None
     # Beam search (an extension, named as in vLLM); rules in gateway/serving/beam.py.
     use_beam_search: StrictBool = False
     beam_width: Annotated[StrictInt | None, Field(ge=1)] = None
@@ -111,7 +113,6 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt | None, Field(ge=0)] = None
-    response_format: ResponseFormat | None = None
 
 
 PromptType = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
@@ -125,19 +126,34 @@ class CompletionRequest(SamplingFields):
     logprobs: Annotated[StrictInt | None, Field(ge=0)] = None
     suffix: StrictStr | None = None
     best_of: Annotated[StrictInt | None, Field(ge=1)] = None
-    response_format: ResponseFormat | None = None
 
 
 # --- responses -------------------------------------------------------------------------
+# Generation responses are built from these models (gateway/serving/chat.py, completions.py):
+# by their constructors, or (stream chunks, where it is cheaper per token) validated from plain
+# dicts, which is why they forbid unknown fields. A field that defaults to MISSING is left out
+# of the JSON until it is set, unlike a None, which is sent as null (OpenAI has both kinds).
 
 
-class Usage(BaseModel):
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
 
-class TopLogprob(BaseModel):
+
+class TopLogprob(_Response):
     token: str
     logprob: float
     bytes: list[int] | None
@@ -147,60 +163,96 @@ class ChatLogprob(TopLogprob):
     top_logprobs: list[TopLogprob]
 
 
-class ChatChoiceLogprobs(BaseModel):
+class ChatChoiceLogprobs(_Response):
     content: list[ChatLogprob] | None
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(_Response):
     index: int
     message: AssistantMessage
     logprobs: ChatChoiceLogprobs | None = None
     finish_reason: str | None
     # Beam search only: the beam's summed logprob and its length-penalized score.
-    cumulative_logprob: float | None = None
-    score: float | None = None
+    cumulative_logprob: float | MISSING = MISSING
+    score: float | MISSING = MISSING
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(_Response):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    system_fingerprint: str | None = None
+    system_fingerprint: str | MISSING = MISSING
 
 
-class CompletionLogprobs(BaseModel):
+class ChatDelta(_Response):
+    """What a stream chunk adds to a choice's message; unset fields are left out."""
+
+    role: Literal["assistant"] | MISSING = MISSING
+    content: str | MISSING = MISSING
+
+
+class ChatChunkChoice(_Response):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatChoiceLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Response):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    # Only with stream_options.include_usage: null on every chunk but the last, which has no
+    # choices. (Before `choices`, where it has always been in this server's streams.)
+    usage: Usage | MISSING | None = MISSING
+    choices: list[ChatChunkChoice]
+
+
+class CompletionLogprobs(_Response):
     tokens: list[str]
     token_logprobs: list[float | None]
     top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(_Response):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
     # Beam search only: the beam's summed logprob and its length-penalized score.
-    cumulative_logprob: float | None = None
-    score: float | None = None
+    cumulative_logprob: float | MISSING = MISSING
+    score: float | MISSING = MISSING
 
 
-class Completion(BaseModel):
+class Completion(_Response):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     choices: list[CompletionChoice]
     usage: Usage
-    system_fingerprint: str | None = None
+    system_fingerprint: str | MISSING = MISSING
+
+
+class CompletionChunk(_Response):
+    """A /v1/completions stream chunk (OpenAI names its object ``text_completion`` too)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    usage: Usage | MISSING | None = MISSING  # as in ChatCompletionChunk
+    choices: list[CompletionChoice]
 
 
 class ModelCard(BaseModel):
@@ -210,6 +262,8 @@ class ModelCard(BaseModel):
     owned_by: str = "lmaas"
     max_model_len: int | None = None
     ready: bool = False
+    # Which engine serves it ("llamacpp" or "transformers"); None until a replica has loaded.
+    backend: str | None = None
 
 
 class ModelList(BaseModel):

@@ -28,7 +28,7 @@ from lmaas.gateway.serving.common import (
     until_disconnected,
 )
 from lmaas.protocol.engine import BeamParams, BeamResult, GenerateRequest, TokenEvent
-from lmaas.protocol.openai import ResponseFormat, SamplingFields
+from lmaas.protocol.openai import ResponseFormat, SamplingFields, Usage
 from lmaas.telemetry.metrics import Metrics
 
 DEFAULT_BEAM_WIDTH = 4
@@ -170,10 +170,8 @@ def _record(timing: RequestTiming, metrics: Metrics, finals: list[TokenEvent | N
     timing.record(metrics)
 
 
-def beam_usage(prompt_tokens: int, beams: Sequence[Sequence[BeamResult]]) -> dict[str, int]:
-    completion = sum(len(b.token_ids) for per_prompt in beams for b in per_prompt)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-    }
+def beam_usage(prompt_tokens: int, beams: Sequence[Sequence[BeamResult]]) -> Usage:
+    """Each prompt once, the tokens of the beams returned."""
+    return Usage.of(
+        prompt_tokens, sum(len(b.token_ids) for per_prompt in beams for b in per_prompt)
+    )

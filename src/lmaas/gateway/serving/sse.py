@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import BaseModel
+
 DONE = b"data: [DONE]\n\n"
 MEDIA_TYPE = "text/event-stream"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -17,3 +19,8 @@ def event(payload: dict[str, Any]) -> bytes:
         + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         + b"\n\n"
     )
+
+
+def model_event(model: BaseModel) -> bytes:
+    """One ``data:`` event holding ``model`` as JSON (pydantic's serializer, straight to bytes)."""
+    return b"data: " + model.__pydantic_serializer__.to_json(model) + b"\n\n"

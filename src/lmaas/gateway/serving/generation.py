@@ -1,0 +1,398 @@
+"""The generation pipeline that /v1/chat/completions and /v1/completions both run.
+
+A request goes through one run, written once here:
+
+1. ``plan``: authorize the key for the model, resolve the engine, record the parameters,
+   validate (limits shared by every endpoint, then the endpoint's own rules), choose beam
+   search or sampling, check the output schema, build the prompts, check admission, and make
+   the engine requests (``n`` choices per prompt with consecutive seeds, or one beam search
+   per prompt);
+2. ``create``: merge the engine streams, wait for the first event (a client that leaves
+   meanwhile aborts the request and gets 499), then stream server-sent events or collect one
+   body; an error after the first byte ends a stream with an error event and ``[DONE]``.
+   Usage, ``RequestTiming`` and metrics are kept here, as is what the request record reads
+   from ``request.state`` (``model``, ``record_params``, ``record_prompt``, ``timing``).
+
+What differs between endpoints is a ``GenerationFormat``, made fresh for each request. It
+supplies the request side (its prompts as ``Prompt`` values, its own validation,
+``max_tokens``, the engine's ``logprobs``, ``best_of``, the output schema, what the request
+record keeps as the prompt) and the response side: how events become a collected choice
+(``add``/``collected_choices``), stream chunks (``opening_chunks``/``chunks``/``usage_chunk``),
+beams become choices (``beam_choice``), and choices plus usage become the body (``response``).
+Every body and chunk is a pydantic model of ``lmaas.protocol.openai``.
+
+New generation features plug in at these seams rather than copying the run: tool calls are a
+chat format whose ``prompts`` render the tools into the template, whose ``output_schema`` may
+constrain the output, and whose ``add``/``collected_choices``/``chunks`` turn the generated text
+into ``tool_calls`` (and ``finish_reason: "tool_calls"``); a job that generates without an HTTP
+client calls ``plan`` with its own state object, then ``GenerationRun.collect`` on the merged
+streams, and gets the same response model an HTTP client would.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from lmaas.config import Limits
+from lmaas.engine.client import EngineClient
+from lmaas.errors import LmaasError, ServiceUnavailableError
+from lmaas.gateway.auth import Authenticator
+from lmaas.gateway.serving import sse
+from lmaas.gateway.serving.beam import beam_params, beam_usage, run_beam_searches
+from lmaas.gateway.serving.common import (
+    RequestTiming,
+    ServingBase,
+    build_sampling,
+    check_admission,
+    check_schema,
+    engine_request_id,
+    first_event,
+    merge_streams,
+    new_generate_requests,
+    record_params,
+    resolve_engine,
+    seeds_for,
+    until_disconnected,
+    validate_common,
+)
+from lmaas.keys import KeyInfo
+from lmaas.protocol.engine import (
+    BeamParams,
+    BeamResult,
+    GenerateRequest,
+    ModelInfo,
+    SamplingParams,
+    TokenEvent,
+)
+from lmaas.protocol.openai import SamplingFields, Usage
+from lmaas.telemetry.metrics import Metrics
+
+BodyT = TypeVar("BodyT", bound=SamplingFields)
+ChoiceT = TypeVar("ChoiceT", bound=BaseModel)
+
+Merged = AsyncGenerator[tuple[int, TokenEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One prompt to generate from, and what the engine must know about it."""
+
+    prompt: str | list[int]
+    parse_special: bool = False  # a rendered chat template holds special tokens
+    add_bos: bool = True
+    prompt_logprobs: int | None = None  # for echo: the prompt's own logprobs
+
+
+class GenerationFormat(ABC, Generic[BodyT, ChoiceT]):
+    """What one endpoint supplies to the pipeline; one instance per request.
+
+    Choice ``i`` of the response is choice ``i % n`` of prompt ``i // n``.
+    """
+
+    id_prefix: str = ""
+
+    def __init__(self, body: BodyT, request_id: str) -> None:
+        self.body = body
+        self.id = f"{self.id_prefix}{request_id}"
+        self.created = 0
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        # What every stream chunk but the usage one repeats (set by ``begin``).
+        self.chunk_fields: dict[str, Any] = {}
+
+    # --- request side ---------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def max_tokens(self) -> int | None:
+        """The generation budget per choice (``None``: up to the model's length limit)."""
+
+    @property
+    @abstractmethod
+    def logprobs(self) -> int | None:
+        """Alternatives per generated token the engine reports (``None``: no logprobs)."""
+
+    @property
+    def best_of(self) -> int | None:
+        """A beam width the request names besides ``beam_width``."""
+        return None
+
+    def validate(self, limits: Limits) -> None:
+        """Refuse what this endpoint does not allow (after the checks every endpoint shares)."""
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the output must follow (``{}``: any JSON object; ``None``: text)."""
+        return check_schema(self.body.response_format)
+
+    @abstractmethod
+    def prompts(self, info: ModelInfo) -> list[Prompt]:
+        """The prompts to generate from, in choice order."""
+
+    @abstractmethod
+    def prompt_record(self) -> str:
+        """The prompt as a request record keeps it (after ``prompts``)."""
+
+    # --- response side --------------------------------------------------------------------
+
+    def begin(self, created: int) -> None:
+        """Output starts: ``created`` is the response's timestamp."""
+        self.created = created
+        self.chunk_fields = {"id": self.id, "created": created, "model": self.body.model}
+        if self.include_usage:
+            self.chunk_fields["usage"] = None
+
+    @abstractmethod
+    def add(self, index: int, event: TokenEvent) -> None:
+        """Collect an event of choice ``index`` for the non-streaming body."""
+
+    @abstractmethod
+    def collected_choices(self) -> list[ChoiceT]:
+        """The choices ``add`` collected, in index order."""
+
+    @abstractmethod
+    def beam_choice(self, index: int, beam: BeamResult) -> ChoiceT:
+        """One beam of a beam search as choice ``index``."""
+
+    @abstractmethod
+    def response(self, choices: list[ChoiceT], usage: Usage) -> BaseModel:
+        """The non-streaming body."""
+
+    def opening_chunks(self) -> Sequence[BaseModel]:
+        """Chunks a stream starts with, before any event's."""
+        return ()
+
+    @abstractmethod
+    def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel]:
+        """The stream chunks an event of choice ``index`` becomes (maybe none)."""
+
+    @abstractmethod
+    def usage_chunk(self, usage: Usage) -> BaseModel:
+        """The last chunk of a stream with ``stream_options.include_usage``."""
+
+    def beam_response(self, beams: Sequence[Sequence[BeamResult]], usage: Usage) -> BaseModel:
+        """The body of a beam search: choice ``i * n + j`` is beam ``j`` of prompt ``i``."""
+        n = self.body.n
+        choices = [
+            self.beam_choice(i * n + j, beam)
+            for i, per_prompt in enumerate(beams)
+            for j, beam in enumerate(per_prompt)
+        ]
+        return self.response(choices, usage)
+
+
+@dataclass(slots=True)
+class GenerationPlan:
+    """A validated, admitted request: the engine and what to ask it."""
+
+    engine: EngineClient
+    requests: list[GenerateRequest]
+    prompts: int
+    beam: BeamParams | None
+
+
+class GenerationRun:
+    """Usage and timing of a sampled request in flight, and its two ways to answer."""
+
+    def __init__(
+        self,
+        fmt: GenerationFormat[Any, Any],
+        prompts: int,
+        timing: RequestTiming,
+        metrics: Metrics,
+    ) -> None:
+        self.fmt = fmt
+        self.n = fmt.body.n
+        self.timing = timing
+        self.metrics = metrics
+        self.prompt_tokens = [0] * prompts
+        self.completion_tokens = [0] * (prompts * self.n)
+
+    def _count(self, index: int, event: TokenEvent) -> None:
+        self.timing.on_event(event)
+        p = index // self.n
+        if event.prompt_tokens > self.prompt_tokens[p]:
+            self.prompt_tokens[p] = event.prompt_tokens
+        self.completion_tokens[index] = event.completion_tokens
+
+    def usage(self) -> Usage:
+        """Each prompt once, every choice's tokens."""
+        return Usage.of(sum(self.prompt_tokens), sum(self.completion_tokens))
+
+    def _finish(self) -> None:
+        t = self.timing
+        t.prompt_tokens = sum(self.prompt_tokens)
+        t.completion_tokens = sum(self.completion_tokens)
+        t.max_choice_tokens = max(self.completion_tokens, default=0)
+        t.record(self.metrics)
+
+    async def collect(self, first: tuple[int, TokenEvent], merged: Merged) -> BaseModel:
+        """The whole body, once every choice has finished."""
+        fmt = self.fmt
+        try:
+            item: tuple[int, TokenEvent] | None = first
+            while item is not None:
+                index, event = item
+                self._count(index, event)
+                fmt.add(index, event)
+                item = await anext(merged, None)
+        finally:
+            await merged.aclose()
+            self._finish()
+        return fmt.response(fmt.collected_choices(), self.usage())
+
+    async def stream(self, first: tuple[int, TokenEvent], merged: Merged) -> AsyncIterator[bytes]:
+        """Server-sent events; an error after the first byte becomes an error event."""
+        fmt = self.fmt
+        try:
+            for chunk in fmt.opening_chunks():
+                yield sse.model_event(chunk)
+            item: tuple[int, TokenEvent] | None = first
+            while item is not None:
+                index, event = item
+                self._count(index, event)
+                for chunk in fmt.chunks(index, event):
+                    yield sse.model_event(chunk)
+                item = await anext(merged, None)
+            if fmt.include_usage:
+                yield sse.model_event(fmt.usage_chunk(self.usage()))
+        except LmaasError as exc:
+            self.timing.error = exc.message
+            yield sse.event(exc.to_body())
+        finally:
+            await merged.aclose()
+            self._finish()
+        yield sse.DONE
+
+
+def json_response(model: BaseModel) -> Response:
+    """A non-streaming body, serialized by its pydantic model."""
+    return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
+
+
+class GenerationServing(ServingBase, Generic[BodyT]):
+    """The pipeline; an endpoint's serving object names only its format."""
+
+    @abstractmethod
+    def new_format(self, body: BodyT, request_id: str) -> GenerationFormat[BodyT, Any]:
+        """The format of one request to this endpoint."""
+
+    async def create(
+        self, body: BodyT, request: Request, request_id: str, key: KeyInfo | None
+    ) -> Response:
+        fmt = self.new_format(body, request_id)
+        plan = self.plan(fmt, request_id, key, request.state)
+        timing = RequestTiming(model=plan.engine.name)
+        request.state.timing = timing
+        if plan.beam is not None:
+            return await self._beam_search(fmt, plan, request, timing)
+        merged = merge_streams([plan.engine.generate(r) for r in plan.requests])
+        first = await first_event(request, merged)
+        if first is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        fmt.begin(int(time.time()))
+        run = GenerationRun(fmt, plan.prompts, timing, self.metrics)
+        if body.stream:
+            return StreamingResponse(
+                run.stream(first, merged), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS
+            )
+        result = await until_disconnected(request, run.collect(first, merged))
+        if result is None:
+            return Response(status_code=499)
+        return json_response(result)
+
+    def plan(
+        self,
+        fmt: GenerationFormat[BodyT, Any],
+        request_id: str,
+        key: KeyInfo | None,
+        state: Any,
+    ) -> GenerationPlan:
+        """Everything up to the engine requests; raises ``LmaasError`` on a refusal.
+
+        ``state`` (``request.state`` for HTTP) receives what the request record reads.
+        """
+        body = fmt.body
+        Authenticator.authorize_model(key, body.model)
+        engine = resolve_engine(self.engines, body.model)
+        state.model = engine.name
+        state.record_params = record_params(body)
+        validate_common(body, self.limits, fmt.max_tokens)
+        fmt.validate(self.limits)
+        beam = beam_params(
+            body, self.limits, response_format=body.response_format, best_of=fmt.best_of
+        )
+        schema = fmt.output_schema()
+        info = engine.info
+        if info is None:
+            raise ServiceUnavailableError(f"model '{engine.name}' is still loading")
+        prompts = fmt.prompts(info)
+        if self.store_prompts:
+            state.record_prompt = fmt.prompt_record()
+        sampling = build_sampling(body, info, schema)
+        per_prompt = beam.width if beam is not None else body.n
+        check_admission(engine, self.limits, per_prompt * len(prompts))
+        requests = _engine_requests(fmt, request_id, prompts, sampling, beam)
+        return GenerationPlan(engine, requests, len(prompts), beam)
+
+    async def _beam_search(
+        self,
+        fmt: GenerationFormat[BodyT, Any],
+        plan: GenerationPlan,
+        request: Request,
+        timing: RequestTiming,
+    ) -> Response:
+        results = await run_beam_searches(request, plan.engine, plan.requests, timing, self.metrics)
+        if results is None:
+            return Response(status_code=499)
+        fmt.begin(int(time.time()))
+        return json_response(fmt.beam_response(results, beam_usage(timing.prompt_tokens, results)))
+
+
+def _engine_requests(
+    fmt: GenerationFormat[Any, Any],
+    request_id: str,
+    prompts: list[Prompt],
+    sampling: SamplingParams,
+    beam: BeamParams | None,
+) -> list[GenerateRequest]:
+    """``n`` sequences per prompt (one group each), or one beam search per prompt."""
+    body = fmt.body
+    shared: dict[str, Any] = {
+        "max_tokens": fmt.max_tokens,
+        "stop": body.stop_list(),
+        "include_stop_str": body.include_stop_str_in_output,
+        "ignore_eos": body.ignore_eos,
+        "logprobs": fmt.logprobs,
+    }
+    if beam is not None:
+        return [
+            GenerateRequest(
+                request_id=engine_request_id(request_id, i),
+                prompt=p.prompt,
+                parse_special=p.parse_special,
+                add_bos=p.add_bos,
+                sampling=SamplingParams(logit_bias=sampling.logit_bias),
+                beam=beam,
+                **shared,
+            )
+            for i, p in enumerate(prompts)
+        ]
+    requests: list[GenerateRequest] = []
+    for p in prompts:
+        requests += new_generate_requests(
+            request_id,
+            p.prompt,
+            seeds_for(sampling, body.n),
+            parse_special=p.parse_special,
+            add_bos=p.add_bos,
+            prompt_logprobs=p.prompt_logprobs,
+            **shared,
+        )
+    return requests
