@@ -165,11 +165,13 @@ def test_kill_mid_upload_leaves_no_version_and_no_stray_blob(tmp_path: Path) -> 
             f"Content-Length: {size}\r\n\r\n".encode()
         )
         sock.sendall(GGUF.read_bytes()[: size // 2])
-        wait_until(
-            lambda: any(p.name.startswith(".partial-") for p in (home / "blobs").iterdir()),
-            30,
-            what="the upload to reach the disk",
-        )
+
+        def upload_on_disk() -> bool:
+            # Bytes in a temporary file, not merely the file made when the upload began.
+            partial = [p for p in (home / "blobs").iterdir() if p.name.startswith(".partial-")]
+            return any(p.stat().st_size > 0 for p in partial)
+
+        wait_until(upload_on_disk, 30, what="the upload to reach the disk")
         os.killpg(server.proc.pid, signal.SIGKILL)
         server.proc.wait()
         sock.close()
@@ -231,6 +233,7 @@ def test_task_records_for_successful_and_failed_requests(env: Env) -> None:
     assert "messages" in str(failed["error"])
 
     page = env.get("/admin/requests?status=error&limit=1000", env.admin).json()
-    assert all(t["status"] == "error" for t in page["data"])
+    assert "task-bad-1" in {t["request_id"] for t in page["data"]}
+    assert {t["status"] for t in page["data"]} == {"error"}
     out = cli(env.home, "requests", "ls", "--status", "ok", key=env.admin, url=env.server.url)
     assert "task-ok-1" in out
