@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -58,6 +58,51 @@ def create_app(
         fixed = {model: number for model, number in (served_versions or set())}
         engines = EngineDirectory(engines, version_of=fixed.get)
 
+    app = FastAPI(
+        title="lmaas",
+        version=__version__,
+        description="Language models as a service: an OpenAI-compatible API",
+        lifespan=_lifespan(engines, deployments, recorder),
+    )
+    metrics = Metrics()
+    app.state.settings = settings
+    app.state.engines = engines
+    app.state.metrics = metrics
+    app.state.started_at = time.time()
+    app.state.auth = auth
+    app.state.deployments = deployments
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    _mount_serving(app, engines, settings, metrics)
+    _mount_management(
+        app,
+        engines,
+        settings,
+        store=store,
+        deployments=deployments,
+        served_versions=served_versions or set(),
+        record_store=record_store,
+    )
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.limits.max_body_bytes,
+        metrics=metrics,
+        served_models=engines,
+        access_log=settings.access_log,
+        recorder=recorder,
+        version_of=engines.version_of,
+    )
+    return app
+
+
+def _lifespan(
+    engines: EngineDirectory,
+    deployments: DeploymentControl | None,
+    recorder: RecordWriter | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the deployment manager (else the fixed engines) and the record writer with the
+    app; stop them in reverse when it shuts down."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if recorder is not None:
@@ -78,19 +123,13 @@ def create_app(
             if recorder is not None:
                 await recorder.close()
 
-    app = FastAPI(
-        title="lmaas",
-        version=__version__,
-        description="Language models as a service: an OpenAI-compatible API",
-        lifespan=lifespan,
-    )
-    metrics = Metrics()
-    app.state.settings = settings
-    app.state.engines = engines
-    app.state.metrics = metrics
-    app.state.started_at = time.time()
-    app.state.auth = auth
-    app.state.deployments = deployments
+    return lifespan
+
+
+def _mount_serving(
+    app: FastAPI, engines: EngineDirectory, settings: Settings, metrics: Metrics
+) -> None:
+    """The ``/v1`` routers and their serving objects on ``app.state``."""
     store_prompts = settings.records.store_prompts
     app.state.chat_serving = ChatServing(
         engines, settings.limits, metrics, store_prompts=store_prompts
@@ -106,31 +145,10 @@ def create_app(
         setattr(
             app.state, attr, cls(engines, settings.limits, metrics, store_prompts=store_prompts)
         )
-    install_error_handlers(app)
-    app.include_router(ops.router)
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(understanding.router)
-    _mount_management(
-        app,
-        engines,
-        settings,
-        store=store,
-        deployments=deployments,
-        served_versions=served_versions or set(),
-        record_store=record_store,
-    )
-    app.add_middleware(
-        RequestContextMiddleware,
-        max_body_bytes=settings.limits.max_body_bytes,
-        metrics=metrics,
-        served_models=engines,
-        access_log=settings.access_log,
-        recorder=recorder,
-        version_of=engines.version_of,
-    )
-    return app
 
 
 def _mount_management(
