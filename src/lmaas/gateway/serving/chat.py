@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from lmaas.config import Limits
 from lmaas.errors import InvalidRequestError
 from lmaas.gateway.serving.generation import GenerationFormat, GenerationServing, Prompt
@@ -23,7 +25,6 @@ from lmaas.protocol.openai import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatLogprob,
-    Usage,
 )
 
 
@@ -45,6 +46,8 @@ def chat_logprob(lp: TokenLogprob) -> ChatLogprob:
 
 
 class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
+    body_model = ChatCompletion
+    chunk_model = ChatCompletionChunk
     id_prefix = "chatcmpl-"
 
     def __init__(self, body: ChatCompletionRequest, request_id: str) -> None:
@@ -119,44 +122,27 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
             score=beam.score,
         )
 
-    def response(self, choices: list[ChatChoice], usage: Usage) -> ChatCompletion:
-        return ChatCompletion(
-            id=self.id, created=self.created, model=self.body.model, choices=choices, usage=usage
-        )
-
     # --- stream ---
 
-    # Stream chunks are validated from dicts: one call per chunk, where constructors for the
-    # chunk, its choice and its delta cost more on every streamed token.
-
-    def _chunk(self, choice: dict[str, Any]) -> ChatCompletionChunk:
-        return ChatCompletionChunk.model_validate({**self.chunk_fields, "choices": [choice]})
-
-    def opening_chunks(self) -> list[ChatCompletionChunk]:
+    def opening_chunks(self) -> list[BaseModel]:
         return [
-            self._chunk({"index": i, "delta": {"role": "assistant", "content": ""}})
+            self.chunk({"index": i, "delta": {"role": "assistant", "content": ""}})
             for i in range(self.body.n)
         ]
 
-    def chunks(self, index: int, event: TokenEvent) -> Sequence[ChatCompletionChunk]:
-        out: list[ChatCompletionChunk] = []
+    def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel]:
+        out: list[BaseModel] = []
         logprobs = None
         if self.body.logprobs and event.logprobs:
             logprobs = {"content": [logprob_fields(lp) for lp in event.logprobs]}
         if event.text or logprobs is not None:
             delta = {"content": event.text}
-            out.append(self._chunk({"index": index, "delta": delta, "logprobs": logprobs}))
+            out.append(self.chunk({"index": index, "delta": delta, "logprobs": logprobs}))
         if event.finish_reason is not None:
             finish = event.finish_reason.value
-            out.append(self._chunk({"index": index, "delta": {}, "finish_reason": finish}))
+            out.append(self.chunk({"index": index, "delta": {}, "finish_reason": finish}))
         return out
-
-    def usage_chunk(self, usage: Usage) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.body.model, choices=[], usage=usage
-        )
 
 
 class ChatServing(GenerationServing[ChatCompletionRequest]):
-    def new_format(self, body: ChatCompletionRequest, request_id: str) -> ChatFormat:
-        return ChatFormat(body, request_id)
+    format_class = ChatFormat

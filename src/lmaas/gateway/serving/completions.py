@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from lmaas.config import Limits
 from lmaas.errors import InvalidRequestError
 from lmaas.gateway.serving.generation import GenerationFormat, GenerationServing, Prompt
@@ -22,7 +24,6 @@ from lmaas.protocol.openai import (
     CompletionChunk,
     CompletionLogprobs,
     CompletionRequest,
-    Usage,
 )
 
 
@@ -90,6 +91,8 @@ class _Choice:
 
 
 class CompletionFormat(GenerationFormat[CompletionRequest, CompletionChoice]):
+    body_model = Completion
+    chunk_model = CompletionChunk
     id_prefix = "cmpl-"
 
     def __init__(self, body: CompletionRequest, request_id: str) -> None:
@@ -205,28 +208,16 @@ class CompletionFormat(GenerationFormat[CompletionRequest, CompletionChoice]):
             score=beam.score,
         )
 
-    def response(self, choices: list[CompletionChoice], usage: Usage) -> Completion:
-        return Completion(
-            id=self.id, created=self.created, model=self.body.model, choices=choices, usage=usage
-        )
-
     # --- stream ---
 
-    def chunks(self, index: int, event: TokenEvent) -> Sequence[CompletionChunk]:
+    def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel]:
         text, logprobs = self._take(index, event)
         if not (text or logprobs is not None or event.finish_reason is not None):
             return ()
         finish = event.finish_reason.value if event.finish_reason is not None else None
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
-        # Validated from a dict: one call per chunk, cheaper than a constructor per part.
-        return (CompletionChunk.model_validate({**self.chunk_fields, "choices": [choice]}),)
-
-    def usage_chunk(self, usage: Usage) -> CompletionChunk:
-        return CompletionChunk(
-            id=self.id, created=self.created, model=self.body.model, choices=[], usage=usage
-        )
+        return (self.chunk(choice),)
 
 
 class CompletionServing(GenerationServing[CompletionRequest]):
-    def new_format(self, body: CompletionRequest, request_id: str) -> CompletionFormat:
-        return CompletionFormat(body, request_id)
+    format_class = CompletionFormat

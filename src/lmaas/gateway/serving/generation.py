@@ -2,31 +2,34 @@
 
 A request goes through one run, written once here:
 
-1. ``plan``: authorize the key for the model, resolve the engine, record the parameters,
-   validate (limits shared by every endpoint, then the endpoint's own rules), choose beam
-   search or sampling, check the output schema, build the prompts, check admission, and make
-   the engine requests (``n`` choices per prompt with consecutive seeds, or one beam search
-   per prompt);
-2. ``create``: merge the engine streams, wait for the first event (a client that leaves
-   meanwhile aborts the request and gets 499), then stream server-sent events or collect one
-   body; an error after the first byte ends a stream with an error event and ``[DONE]``.
-   Usage, ``RequestTiming`` and metrics are kept here, as is what the request record reads
-   from ``request.state`` (``model``, ``record_params``, ``record_prompt``, ``timing``).
+1. ``GenerationServing.plan``: authorize the key for the model, resolve the engine, record the
+   parameters, validate (the limits every endpoint shares, then the endpoint's own rules),
+   choose beam search or sampling, check the output schema, build the prompts, check
+   admission, and make the engine requests (``n`` choices per prompt with consecutive seeds,
+   or one beam search per prompt);
+2. ``GenerationServing.create``: merge the engine streams, wait for the first event (a client
+   that leaves meanwhile aborts the request and gets 499), then stream server-sent events or
+   collect one body (``GenerationRun``); an error after the first byte ends a stream with an
+   error event and ``[DONE]``. Usage, ``RequestTiming`` and metrics are kept here, as is what
+   the request record reads from ``request.state`` (``model``, ``record_params``,
+   ``record_prompt``, ``timing``).
 
-What differs between endpoints is a ``GenerationFormat``, made fresh for each request. It
-supplies the request side (its prompts as ``Prompt`` values, its own validation,
-``max_tokens``, the engine's ``logprobs``, ``best_of``, the output schema, what the request
-record keeps as the prompt) and the response side: how events become a collected choice
-(``add``/``collected_choices``), stream chunks (``opening_chunks``/``chunks``/``usage_chunk``),
-beams become choices (``beam_choice``), and choices plus usage become the body (``response``).
-Every body and chunk is a pydantic model of ``lmaas.protocol.openai``.
+What differs between endpoints is a ``GenerationFormat`` (the serving class names it as its
+``format_class``), made fresh for each request. It supplies the request side (its prompts as
+``Prompt`` values, its own validation, ``max_tokens``, the engine's ``logprobs``, ``best_of``,
+the output schema, what the request record keeps as the prompt) and the response side: how
+events become a collected choice (``add``, ``collected_choices``), stream chunks
+(``opening_chunks``, ``chunks``), and beams become choices (``beam_choice``). Bodies and chunks
+are the pydantic models of ``lmaas.protocol.openai`` that the format names (``body_model``,
+``chunk_model``); the envelope (id, created, model, usage) is filled in here.
 
-New generation features plug in at these seams rather than copying the run: tool calls are a
+New generation features plug in at these seams instead of copying the run. Tool calls are a
 chat format whose ``prompts`` render the tools into the template, whose ``output_schema`` may
-constrain the output, and whose ``add``/``collected_choices``/``chunks`` turn the generated text
-into ``tool_calls`` (and ``finish_reason: "tool_calls"``); a job that generates without an HTTP
-client calls ``plan`` with its own state object, then ``GenerationRun.collect`` on the merged
-streams, and gets the same response model an HTTP client would.
+constrain the output, and whose ``add``/``collected_choices``/``chunks`` turn the generated
+text into ``tool_calls`` (with ``finish_reason: "tool_calls"``); new response fields go into
+the models once. A job that generates without an HTTP client calls ``plan`` with a state
+object of its own, runs ``plan.requests`` on ``plan.engine`` through ``merge_streams``, and
+hands the events to ``GenerationRun.collect``: it gets the body an HTTP client would.
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ class GenerationFormat(ABC, Generic[BodyT, ChoiceT]):
     """
 
     id_prefix: str = ""
+    body_model: type[BaseModel]  # the non-streaming body: id, created, model, choices, usage
+    chunk_model: type[BaseModel]  # a stream chunk: the same envelope, usage only at the end
 
     def __init__(self, body: BodyT, request_id: str) -> None:
         self.body = body
@@ -160,9 +165,11 @@ class GenerationFormat(ABC, Generic[BodyT, ChoiceT]):
     def beam_choice(self, index: int, beam: BeamResult) -> ChoiceT:
         """One beam of a beam search as choice ``index``."""
 
-    @abstractmethod
     def response(self, choices: list[ChoiceT], usage: Usage) -> BaseModel:
         """The non-streaming body."""
+        return self.body_model(
+            id=self.id, created=self.created, model=self.body.model, choices=choices, usage=usage
+        )
 
     def opening_chunks(self) -> Sequence[BaseModel]:
         """Chunks a stream starts with, before any event's."""
@@ -172,9 +179,19 @@ class GenerationFormat(ABC, Generic[BodyT, ChoiceT]):
     def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel]:
         """The stream chunks an event of choice ``index`` becomes (maybe none)."""
 
-    @abstractmethod
+    def chunk(self, choice: dict[str, Any]) -> BaseModel:
+        """A stream chunk of one choice, given as a dict of the choice model's fields.
+
+        Validated from a dict: one call per chunk, where a constructor for the chunk, its
+        choice and their parts would cost more on every streamed token.
+        """
+        return self.chunk_model.model_validate({**self.chunk_fields, "choices": [choice]})
+
     def usage_chunk(self, usage: Usage) -> BaseModel:
         """The last chunk of a stream with ``stream_options.include_usage``."""
+        return self.chunk_model(
+            id=self.id, created=self.created, model=self.body.model, choices=[], usage=usage
+        )
 
     def beam_response(self, beams: Sequence[Sequence[BeamResult]], usage: Usage) -> BaseModel:
         """The body of a beam search: choice ``i * n + j`` is beam ``j`` of prompt ``i``."""
@@ -277,11 +294,13 @@ def json_response(model: BaseModel) -> Response:
 
 
 class GenerationServing(ServingBase, Generic[BodyT]):
-    """The pipeline; an endpoint's serving object names only its format."""
+    """The pipeline; an endpoint's serving object names only its ``format_class``."""
 
-    @abstractmethod
+    format_class: type[GenerationFormat[Any, Any]]
+
     def new_format(self, body: BodyT, request_id: str) -> GenerationFormat[BodyT, Any]:
         """The format of one request to this endpoint."""
+        return self.format_class(body, request_id)
 
     async def create(
         self, body: BodyT, request: Request, request_id: str, key: KeyInfo | None
