@@ -25,11 +25,13 @@ def post(server: ServerProcess, path: str, body: dict[str, Any]) -> dict[str, An
 
 
 def metric(server: ServerProcess, name: str) -> float:
+    """The sample of ``name`` for the model; a missing sample fails (it is not zero)."""
     text = httpx.get(f"{server.url}/metrics").text
     m = re.search(
         r"^" + re.escape(name) + r'\{model="' + re.escape(MODEL) + r'"\} (\S+)$', text, re.M
     )
-    return float(m.group(1)) if m else 0.0
+    assert m, f"no {name} sample for {MODEL} in /metrics"
+    return float(m.group(1))
 
 
 def test_beams_are_distinct_ranked_and_scored(server: ServerProcess) -> None:
@@ -68,6 +70,7 @@ def test_chat_beams_follow_stop_and_logit_bias(server: ServerProcess) -> None:
     plain = post(server, "/v1/chat/completions", {**base, "n": 3})["choices"]
     assert len({c["message"]["content"] for c in plain}) == 3
     stop = post(server, "/v1/chat/completions", {**base, "n": 3, "stop": ["."]})["choices"]
+    assert len(stop) == 3
     for c in stop:
         assert "." not in c["message"]["content"]
     # A banned token appears in no beam ("Paris" is one token in this vocabulary).
@@ -155,6 +158,7 @@ def greedy_counts(server: ServerProcess, starts: list[int]) -> dict[int, str]:
 def test_beam_search_beside_normal_requests_changes_nothing(server: ServerProcess) -> None:
     starts = [100, 250, 370]
     alone = greedy_counts(server, starts)
+    assert sorted(alone) == starts
     for start, text in alone.items():
         assert [int(x) for x in re.findall(r"\d+", text)][:2] == [start + 6, start + 7]
     # Long enough (end-of-text banned) to overlap the three short requests for sure.
