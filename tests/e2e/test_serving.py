@@ -35,7 +35,8 @@ def metric(server: ServerProcess, name: str, labels: str = "") -> float:
     text = httpx.get(f"{server.url}/metrics").text
     pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(\{[^}]*\})?")
     m = re.search(r"^" + pattern + r" ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    assert m, f"no {name}{{{labels}}} sample in /metrics"  # missing is not zero
+    return float(m.group(1))
 
 
 def test_chat_completion_with_sdk(sdk: openai.OpenAI) -> None:
@@ -91,7 +92,7 @@ def test_completions_echo_with_prompt_logprobs(sdk: openai.OpenAI) -> None:
     assert "".join(lp.tokens) == prompt
     assert lp.token_logprobs[0] is None
     assert all(x is not None and x <= 0 for x in lp.token_logprobs[1:])
-    assert len(lp.tokens) == r.usage.prompt_tokens if r.usage else False
+    assert r.usage is not None and len(lp.tokens) == r.usage.prompt_tokens
     # A fluent sentence: the model finds most of its tokens likely.
     assert sum(lp.token_logprobs[1:]) / (len(lp.tokens) - 1) > -6  # type: ignore[operator]
 
@@ -295,8 +296,7 @@ def test_bad_input_table(
     )
     assert r.status_code == status, r.text
     err = check_error_envelope(r.json())
-    if param is not None:
-        assert err["param"] == param, err
+    assert err["param"] == param, err
 
 
 def test_server_still_healthy_after_bad_inputs(server: ServerProcess, sdk: openai.OpenAI) -> None:
