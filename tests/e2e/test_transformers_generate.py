@@ -64,7 +64,8 @@ def complete(server: ServerProcess, prompt: str, **body: Any) -> dict[str, Any]:
 
 def test_models_report_their_backends(server: ServerProcess) -> None:
     models = {m["id"]: m for m in httpx.get(f"{server.url}/v1/models").json()["data"]}
-    assert TORCH in models and MODEL in models
+    backends = {name: models[name]["backend"] for name in (TORCH, MODEL)}
+    assert backends == {TORCH: "transformers", MODEL: "llamacpp"}
 
 
 def test_chat_streams_through_the_openai_sdk(server: ServerProcess) -> None:

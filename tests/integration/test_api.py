@@ -57,7 +57,10 @@ async def test_chat_stream_with_usage(client: httpx.AsyncClient) -> None:
 
 async def test_stream_without_usage_has_no_usage_field(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
-    assert all("usage" not in c for c in sse_payloads(r.text))
+    assert r.status_code == 200, r.text
+    chunks = sse_payloads(r.text)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == " w0 w1 w2"
+    assert all("usage" not in c for c in chunks)
 
 
 async def test_n_choices_get_consecutive_seeds(
@@ -167,8 +170,7 @@ async def test_bad_input_table(
     )
     assert r.status_code == status, r.text
     err = check_error_envelope(r.json())
-    if param is not None:
-        assert err["param"] == param, err
+    assert err["param"] == param, err
 
 
 async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
@@ -252,7 +254,8 @@ async def test_access_log_line_per_request(
 async def test_models_and_openapi(client: httpx.AsyncClient) -> None:
     models = (await client.get("/v1/models")).json()
     assert models["object"] == "list" and models["data"][0]["id"] == "fake"
-    assert (await client.get("/v1/models/fake")).json()["max_model_len"] == 8192
+    card = (await client.get("/v1/models/fake")).json()
+    assert (card["max_model_len"], card["backend"]) == (8192, "llamacpp")
     assert (await client.get("/v1/models/other")).status_code == 404
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/completions" in spec["paths"]

@@ -18,6 +18,7 @@ def _card(started_at: float, engine: EngineClient, name: str) -> ModelCard:
         created=int(started_at),
         max_model_len=info.max_model_len if info else None,
         ready=engine.health().ready,
+        backend=info.backend if info else None,
     )
 
 
