@@ -31,9 +31,10 @@ serve: $(STAMP)
 	$(BIN)/lmaas serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 	$(BIN)/mypy
+	$(BIN)/python tools/check_sizes.py src
 
 test: lint
 	$(BIN)/pytest
