@@ -7,9 +7,9 @@ import httpx
 import pytest
 
 from lmaas.config import Limits, ModelConfig, Settings
+from lmaas.db import create_db_engine, session_factory, upgrade_to_head
 from lmaas.gateway.app import create_app
 from lmaas.gateway.auth import Authenticator
-from lmaas.db import create_db_engine, session_factory, upgrade_to_head
 from lmaas.keys import KeyStore
 from tests.fakes import FakeEngine
 

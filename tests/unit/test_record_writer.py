@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from lmaas.records.store import RequestRecord, RecordWriter
+from lmaas.records.store import RecordWriter, RequestRecord
 from tests.records import T0, make_record
 
 DEADLINE = 5.0

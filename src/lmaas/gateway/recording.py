@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.types import Scope
 
-from lmaas.records.store import RequestRecord, RecordStatus
+from lmaas.records.store import RecordStatus, RequestRecord
 
 ENDPOINTS = {
     "/v1/chat/completions": "chat",

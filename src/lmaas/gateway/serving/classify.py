@@ -29,10 +29,10 @@ from lmaas.engine.client import EngineClient
 from lmaas.errors import InvalidRequestError
 from lmaas.gateway.serving.common import engine_request_id
 from lmaas.gateway.serving.tasks import ClientGone, TaskServing, softmax, split_template
+from lmaas.keys import KeyInfo
 from lmaas.protocol.engine import ModelInfo
 from lmaas.protocol.tasks import CLASSIFY, SCORE, TaskRequest
 from lmaas.protocol.understanding import ClassifyRequest, NLIRequest
-from lmaas.keys import KeyInfo
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 # How a generation model is asked: the answer word that stands for each relation.

@@ -15,9 +15,9 @@ from starlette.responses import Response
 from lmaas.errors import InvalidRequestError
 from lmaas.gateway.serving.common import engine_request_id
 from lmaas.gateway.serving.tasks import ClientGone, TaskServing
+from lmaas.keys import KeyInfo
 from lmaas.protocol.tasks import EMBED, TaskRequest
 from lmaas.protocol.understanding import EmbeddingRequest
-from lmaas.keys import KeyInfo
 
 
 def normalize_input(raw: Any) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -71,7 +71,10 @@ class EmbeddingServing(TaskServing):
             )
         if info.embedding_dim is not None and body.dimensions is not None:
             shorten(np.zeros((1, info.embedding_dim), dtype=np.float32), body.dimensions)
-        request.state.record_params = {"inputs": len(items), "encoding_format": body.encoding_format}
+        request.state.record_params = {
+            "inputs": len(items),
+            "encoding_format": body.encoding_format,
+        }
         if self.store_prompts and texts is not None:
             request.state.record_prompt = json.dumps(texts)
         task = TaskRequest(

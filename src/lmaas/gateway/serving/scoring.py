@@ -11,6 +11,7 @@ from lmaas.engine.client import EngineClient
 from lmaas.errors import InvalidRequestError
 from lmaas.gateway.serving.common import engine_request_id
 from lmaas.gateway.serving.tasks import ClientGone, TaskServing
+from lmaas.keys import KeyInfo
 from lmaas.protocol.tasks import SCORE, TOKENIZE, TaskRequest
 from lmaas.protocol.understanding import (
     DetokenizeRequest,
@@ -18,7 +19,6 @@ from lmaas.protocol.understanding import (
     ScoreRequest,
     TokenizeRequest,
 )
-from lmaas.keys import KeyInfo
 
 
 def score_entry(index: int, logprobs: list[float], tokens: list[str]) -> dict[str, object]:

@@ -22,9 +22,9 @@ from lmaas.gateway.serving.common import (
     resolve_engine,
     until_disconnected,
 )
+from lmaas.keys import KeyInfo
 from lmaas.protocol.engine import GenerateRequest, ModelInfo
 from lmaas.protocol.tasks import GENERATE, SCORE, TaskRequest, TaskResult
-from lmaas.keys import KeyInfo
 
 T = TypeVar("T")
 
