@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 
 def free_port() -> int:
@@ -71,6 +72,18 @@ class ServerProcess:
         except (TimeoutError, RuntimeError):
             raise RuntimeError(f"server did not become ready; log:\n{self.log()[-4000:]}") from None
 
+    def worker_pids(self, name: str) -> set[int]:
+        """The worker processes serving deployment ``name``, found among the server's children
+        (the API names replicas by id and node, not by process)."""
+        pids = set()
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+                cmdline = child.cmdline()
+                alive = child.status() != psutil.STATUS_ZOMBIE
+                if alive and "lmaas.worker" in cmdline and _arg(cmdline, "--name") == name:
+                    pids.add(child.pid)
+        return pids
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
@@ -85,3 +98,7 @@ class ServerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self._log.close()
+
+
+def _arg(cmdline: list[str], flag: str) -> str | None:
+    return cmdline[cmdline.index(flag) + 1] if flag in cmdline[:-1] else None

@@ -173,7 +173,9 @@ def test_moving_an_alias_rolls_the_deployment_with_zero_failed_requests(env: Env
     assert created.status_code == 201, created.text
     before = created.json()
     assert (before["version"], before["follows"], before["state"]) == (1, "production", "ready")
-    old_pids = {r["pid"] for r in before["replica_status"]}
+    old_ids = {r["id"] for r in before["replica_status"]}
+    old_workers = env.server.worker_pids("prod")
+    assert len(old_workers) == 2
 
     with Load(env, "prod", clients=3) as load:
         # Uploading version 2 moves `latest`: the `chatbot` deployment (following latest) rolls.
@@ -186,7 +188,9 @@ def test_moving_an_alias_rolls_the_deployment_with_zero_failed_requests(env: Env
         load.wait_for(6)  # traffic keeps flowing on the new version
     assert len(load.results) >= 10
     assert load.failures() == []
-    assert not old_pids & {r["pid"] for r in after["replica_status"]}
+    assert not old_ids & {r["id"] for r in after["replica_status"]}
+    new_workers = env.server.worker_pids("prod")
+    assert len(new_workers) == 2 and not old_workers & new_workers
     wait_until(lambda: settled(env, "chatbot", 2, 2), 180, 0.2, "chatbot to roll to v2")
     assert complete(env, "chatbot:production").status_code == 200
 
@@ -205,18 +209,29 @@ def test_delete_refused_while_deployed(env: Env) -> None:
 
 
 def test_kill_a_replica_under_load(env: Env) -> None:
-    d = deployment(env, "chatbot")
-    victim = d["replica_status"][0]
+    replicas = deployment(env, "chatbot")["replica_status"]
+    assert [r["restarts"] for r in replicas] == [0, 0]
+    workers = env.server.worker_pids("chatbot")
+    victim = min(workers)
     with Load(env, "chatbot", clients=4) as load:
         killed_at = time.monotonic()
-        os.kill(victim["pid"], signal.SIGKILL)
+        os.kill(victim, signal.SIGKILL)
 
         def replaced() -> bool:
-            reps = {r["index"]: r for r in deployment(env, "chatbot")["replica_status"]}
-            r = reps[victim["index"]]
-            return r["state"] == "ready" and r["restarts"] == 1 and r["pid"] != victim["pid"]
+            now = deployment(env, "chatbot")["replica_status"]
+            pids = env.server.worker_pids("chatbot")
+            return (
+                [r["state"] for r in now] == ["ready", "ready"]
+                and sorted(r["restarts"] for r in now) == [0, 1]
+                and len(pids) == 2
+                and victim not in pids
+            )
 
         wait_until(replaced, 120, 0.1, "the killed replica to be replaced")
+        # The replica was restarted in place: same ids, one new worker process.
+        after = deployment(env, "chatbot")["replica_status"]
+        assert [r["id"] for r in after] == [r["id"] for r in replicas]
+        assert len(env.server.worker_pids("chatbot") - workers) == 1
         load.wait_for(8)
     # Requests started after the kill never went to the dead replica (or were retried before
     # producing anything); only those already running on it may have failed, with a 503.
