@@ -1,14 +1,24 @@
-"""Deployment: scaling, draining and rolling updates through a fake cluster (no processes)."""
+"""Deployment: scaling, draining and rolling updates through a fake cluster (no processes);
+the local cluster's model references and replica identity."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from lmaas.config import EngineConfig, Settings
-from lmaas.controller.cluster.base import ModelRef
+from lmaas.controller.cluster.base import ModelFile, ModelRef
+from lmaas.controller.cluster.local import LocalCluster
 from lmaas.controller.deployment import Deployment
+from lmaas.errors import InvalidRequestError
 from lmaas.protocol.engine import GenerateRequest, TokenEvent
+from lmaas.store.folder import FolderFile
 from tests.fakes import FakeCluster, FakeReplica
 
 
@@ -124,3 +134,50 @@ async def test_drain_and_close_lets_requests_finish() -> None:
     only.release.set()
     await asyncio.gather(inflight, closing)
     assert only.stopped_now is False and d.health().replicas == []
+
+
+class _Blobs:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, digest: str) -> Path:
+        return self.root / digest.removeprefix("sha256:")
+
+
+class _Folders:
+    def __init__(self) -> None:
+        self.built: list[tuple[str, list[FolderFile]]] = []
+
+    def ensure(self, digest: str, files: list[FolderFile]) -> Path:
+        self.built.append((digest, files))
+        return Path("/folders") / digest
+
+
+def test_the_local_cluster_resolves_references_to_the_store_s_files(tmp_path: Path) -> None:
+    store = SimpleNamespace(blobs=_Blobs(tmp_path), folders=_Folders())
+    cluster = LocalCluster(Settings(), store)  # type: ignore[arg-type]
+    (tmp_path / "aa").write_bytes(b"GGUF")
+    gguf = dataclasses.replace(ref(1), digest="sha256:aa")
+    assert cluster.locate(gguf) == tmp_path / "aa"
+    with pytest.raises(RuntimeError, match="missing"):
+        cluster.locate(dataclasses.replace(gguf, digest="sha256:bb"))
+    folder = dataclasses.replace(
+        gguf, format="hf", digest="sha256:cc", files=(ModelFile("config.json", "sha256:dd", 2),)
+    )
+    assert cluster.locate(folder) == Path("/folders/sha256:cc")
+    assert store.folders.built == [("sha256:cc", [FolderFile("config.json", "sha256:dd", 2)])]
+    outside = ModelRef("m", EngineConfig(), path="/models/x.gguf")
+    assert cluster.locate(outside) == Path("/models/x.gguf")
+
+    replica = cluster.new_replica(gguf, index=4)
+    health = replica.health()
+    assert (health.index, health.node, health.state) == (4, socket.gethostname(), "stopped")
+    assert health.id == replica.id and replica.id != cluster.new_replica(gguf, index=4).id
+    assert not replica.ready and replica.capacity == 0
+
+
+def test_a_local_cluster_without_a_store_refuses_store_models() -> None:
+    cluster = LocalCluster(Settings(), None)
+    with pytest.raises(InvalidRequestError, match="store"):
+        cluster.check(ref(1))
+    cluster.check(ModelRef("m", EngineConfig(), path="/models/x.gguf"))
