@@ -12,6 +12,7 @@ import pytest
 
 from lmaas.config import ModelConfig, Settings
 from lmaas.controller.cluster.base import ClusterKinds
+from lmaas.controller.cluster.kinds import installed_kinds
 from lmaas.controller.manager import DeploymentManager
 from lmaas.controller.specs import DeploymentSpec
 from lmaas.errors import InvalidRequestError, NotFoundError
@@ -227,4 +228,4 @@ async def test_the_cluster_kind_comes_from_settings() -> None:
     assert manager.cluster.made[0].model.digest == f"sha256:{3:064x}"
     await manager.close()
     assert manager.cluster.closed
-    assert ClusterKinds.installed().names()[:1] == ["local"]
+    assert installed_kinds().names()[:1] == ["local"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from lmaas.config import EngineConfig, ModelConfig, Settings
 from lmaas.controller.cluster.base import Cluster, ClusterKinds, ModelFile, ModelRef
+from lmaas.controller.cluster.kinds import installed_kinds
 from lmaas.controller.deployment import Deployment
 from lmaas.controller.specs import DeploymentSpec, DeploymentStore
 from lmaas.engine.directory import EngineDirectory
@@ -86,7 +87,7 @@ class DeploymentManager:
         """The cluster replicas run on, made on first use from ``cluster.kind`` (an unknown
         kind raises ``InvalidRequestError``, which ``check_config`` reports before start)."""
         if self._cluster is None:
-            kinds = self._kinds or ClusterKinds.installed()
+            kinds = self._kinds or installed_kinds()
             self._cluster = kinds.create(self.settings, self.store)
         return self._cluster
 

@@ -10,8 +10,6 @@ factory registered under a name in ``ClusterKinds``; ``cluster.kind`` in the set
 
 from __future__ import annotations
 
-import importlib.metadata
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -24,10 +22,6 @@ if TYPE_CHECKING:
     from lmaas.store.model_store import ModelStore
 
 __all__ = ["Cluster", "ClusterFactory", "ClusterKinds", "ModelFile", "ModelRef", "Replica"]
-
-log = logging.getLogger(__name__)
-
-ENTRY_POINT_GROUP = "lmaas.clusters"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,18 +101,3 @@ class ClusterKinds:
                 param="cluster.kind",
             )
         return factory(settings, store)
-
-    @classmethod
-    def installed(cls) -> ClusterKinds:
-        """The built-in ``local`` kind plus the kinds installed packages declare as factories
-        in the ``lmaas.clusters`` entry-point group."""
-        from lmaas.controller.cluster.local import LocalCluster
-
-        kinds = cls()
-        kinds.register("local", LocalCluster)
-        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                kinds.register(entry.name, entry.load())
-            except Exception:
-                log.exception("cluster kind %r (%s) failed to load", entry.name, entry.value)
-        return kinds
