@@ -232,17 +232,28 @@ class Limits(BaseModel):
         Field(
             ge=1024,
             description="Largest model accepted by an upload or import: a GGUF file, or all "
-            "files of a Hugging Face folder together (and the archive they come in)",
+            "files of a Hugging Face folder together, unpacked (and the archive they come "
+            "in). The default holds a 14B model at 8 bits or a 7B one at 16 bits",
         ),
-    ] = 64 * 1024**3
+    ] = 16 * 1024**3
     max_member_bytes: Annotated[
         int,
         Field(
             ge=1024,
             description="Largest single file of a Hugging Face folder (counted as it is "
-            "unpacked, whatever an archive declares)",
+            "unpacked, whatever an archive declares); the default holds the 10 GB "
+            "safetensors shards older transformers versions wrote",
         ),
-    ] = 64 * 1024**3
+    ] = 10 * 1024**3
+    max_expansion_ratio: Annotated[
+        float,
+        Field(
+            ge=1,
+            description="Most bytes a compressed archive (tar.gz, zip) may unpack to per "
+            "compressed byte read, judged once more than 8 MiB are unpacked; model weights "
+            "barely compress, so beyond this an upload is refused as a decompression bomb",
+        ),
+    ] = 200.0
     max_archive_members: Annotated[
         int,
         Field(
@@ -335,6 +346,14 @@ class Settings(BaseSettings):
             "undeploy) may take to finish its requests before it is stopped",
         ),
     ] = 300.0
+    verify_blob_hashes: Annotated[
+        bool,
+        Field(
+            description="At start, hash every blob a model version uses and mark versions "
+            "whose bytes changed as broken (reads every model byte: slow); without it only "
+            "each blob's presence and size are checked",
+        ),
+    ] = False
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:

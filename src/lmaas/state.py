@@ -45,8 +45,9 @@ def open_state(settings: Settings) -> State:
         max_upload_bytes=settings.limits.max_upload_bytes,
         max_archive_members=settings.limits.max_archive_members,
         max_member_bytes=settings.limits.max_member_bytes,
+        max_expansion_ratio=settings.limits.max_expansion_ratio,
     )
-    store.recover()
+    store.recover(rehash=settings.verify_blob_hashes)
     store.ensure_shipped()
     return State(
         engine, store, KeyStore(sessions), RecordStore(sessions), DeploymentStore(sessions)

@@ -16,6 +16,7 @@ from lmaas.config import find_package_file
 from tests.e2e.admin import Env, cli, new_key, served_env
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess, wait_until
+from tests.hf_folder import folder_files, tar_bytes, zip_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -187,6 +188,64 @@ def test_kill_mid_upload_leaves_no_version_and_no_stray_blob(tmp_path: Path) -> 
         entries = [p.name for p in (home / "blobs").iterdir()]
         assert not [e for e in entries if e.startswith(".partial-")]
         assert blob_names(home) == shipped  # the shipped models' blobs only
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.parametrize("kind", ["application/gzip", "application/zip"])
+def test_a_small_bomb_is_refused_by_the_default_ratio(env: Env, kind: str) -> None:
+    # A few KiB unpacking to 16 MiB of zeros: under every default size cap, so only the
+    # expansion ratio (judged past 8 MiB) can stop it.
+    files = {**folder_files(), "big.safetensors": bytes(16 << 20)}
+    body = zip_bytes(files) if kind == "application/zip" else tar_bytes(files, gz=True)
+    assert len(body) < 64 << 10
+    before = sorted(p.name for p in (env.home / "blobs").iterdir())
+    r = env.req(
+        "POST",
+        "/admin/models/bomb/versions",
+        env.admin,
+        content=body,
+        headers={"Content-Type": kind},
+    )
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert error["code"] == "expansion_ratio_exceeded"
+    assert "limits.max_expansion_ratio" in error["message"]
+    assert sorted(p.name for p in (env.home / "blobs").iterdir()) == before
+    assert env.get("/admin/models/bomb", env.admin).status_code == 404
+
+
+def test_a_restart_marks_a_version_whose_blob_is_gone_broken(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with served_env(home, "--model", MODEL) as e:
+        r = e.req(
+            "POST",
+            "/admin/models/tiny/versions",
+            e.admin,
+            content=tar_bytes(folder_files()),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        assert r.status_code == 201, r.text
+    vocab = "sha256:" + hashlib.sha256(folder_files()["vocab.txt"]).hexdigest()
+    (home / "blobs" / vocab.replace(":", "-")).unlink()  # lost while the server was down
+    restarted = ServerProcess(home, "--model", MODEL)
+    try:
+        restarted.wait_ready()
+        e = Env(home, restarted, e.admin, e.user)
+        error = f"vocab.txt: blob {vocab} is missing"
+        v = e.get("/admin/models/tiny/versions/1", e.admin).json()
+        assert (v["state"], v["error"]) == ("broken", error)
+        out = cli(home, "models", "show", "tiny", key=e.admin, url=restarted.url)
+        assert "broken" in out and "version 1 is broken" in out
+        assert error in " ".join(out.split()), out
+        r = e.get("/admin/models/tiny/versions/1/content", e.admin)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "version_broken"
+        r = e.req(
+            "POST", "/admin/deployments", e.admin, json={"model": "tiny:1", "name": "tiny-one"}
+        )
+        assert r.status_code == 409 and r.json()["error"]["code"] == "version_broken", r.text
+        assert error in restarted.log()
     finally:
         restarted.stop()
 

@@ -166,6 +166,18 @@ def test_import_a_directory_from_the_server_disk(env: Env, tmp_path: Path) -> No
     (source / "pytorch_model.bin").write_bytes(b"\x80\x04")
     r = env.req("POST", "/admin/models/imported/import", env.admin, json={"path": str(source)})
     assert r.status_code == 400 and "safetensors" in r.json()["error"]["message"]
+    (source / "pytorch_model.bin").unlink()
+    secret = tmp_path / "secret.txt"  # a file outside the directory, reached by a link
+    secret.write_bytes(b"not for the store")
+    (source / "notes.txt").symlink_to(secret)
+    r = env.req("POST", "/admin/models/imported/import", env.admin, json={"path": str(source)})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == ("symlink_refused", "path")
+    assert "'notes.txt' is a symbolic link" in error["message"]
+    assert [
+        v["number"] for v in env.get("/admin/models/imported", env.admin).json()["versions"]
+    ] == [1]
 
 
 def test_gguf_download_keeps_range_support(env: Env) -> None:

@@ -67,7 +67,9 @@ class RecordingDeployments:
 
 
 class Admin:
-    def __init__(self, app: FastAPI, key: str, deployments: RecordingDeployments) -> None:
+    def __init__(
+        self, app: FastAPI, key: str, deployments: RecordingDeployments, store: ModelStore
+    ) -> None:
         self.transport = httpx.ASGITransport(app=app)
         self.http = httpx.AsyncClient(
             transport=self.transport,
@@ -75,6 +77,7 @@ class Admin:
             headers={"Authorization": f"Bearer {key}"},
         )
         self.deployments = deployments
+        self.store = store
 
     async def upload(self, name: str = "tiny") -> httpx.Response:
         return await self.http.post(
@@ -99,7 +102,7 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
         deployments=deployments,
         record_store=RecordStore(sessions),
     )
-    admin = Admin(app, admin_key, deployments)
+    admin = Admin(app, admin_key, deployments, store)
     async with admin.http:
         yield admin
     db.dispose()
@@ -150,6 +153,29 @@ async def test_served_versions_are_not_deleted(admin: Admin) -> None:
     assert (await admin.http.delete("/admin/models/tiny/versions/1")).status_code == 204
     assert admin.deployments.changed == ["tiny", "tiny"]
     assert (await admin.http.get("/admin/models/tiny/versions/1")).status_code == 404
+
+
+async def test_a_broken_version_is_shown_with_its_error_and_not_sent(admin: Admin) -> None:
+    v = (await admin.upload()).json()
+    manifest = admin.store.folder_files(admin.store.catalog.get_version("tiny", 1))
+    vocab = next(f for f in manifest if f.path == "vocab.txt")
+    admin.store.blobs.path_for(vocab.digest).unlink()
+    admin.store.recover()  # what the next start does
+    error = f"vocab.txt: blob {vocab.digest} is missing"
+    shown = (await admin.http.get("/admin/models/tiny")).json()
+    assert shown["latest"] is None
+    assert [(x["number"], x["state"], x["error"]) for x in shown["versions"]] == [
+        (1, "broken", error)
+    ]
+    r = await admin.http.get("/admin/models/tiny/versions/1")
+    assert r.status_code == 200 and (r.json()["digest"], r.json()["state"]) == (
+        v["digest"],
+        "broken",
+    )
+    r = await admin.http.get("/admin/models/tiny/versions/1/content")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "version_broken"
+    assert error in r.json()["error"]["message"]
+    assert (await admin.http.delete("/admin/models/tiny/versions/1")).status_code == 204
 
 
 async def test_aliases_move_and_go(admin: Admin) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, BinaryIO
 
 import httpx
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lmaas.cli.http import (
@@ -72,12 +73,14 @@ def show(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     with AdminClient(url, key) as c:
         m = c.get(path)
     table = Table(
-        "version", "format", "arch", "params", "ctx", "quant", "size", "aliases", "created"
+        "version", "state", "format", "arch", "params", "ctx", "quant", "size", "aliases", "created"
     )
     for v in m["versions"]:
         params = f"{v['parameter_count'] / 1e6:.0f}M" if v["parameter_count"] else "-"
+        state = v.get("state", "ready")
         table.add_row(
             str(v["number"]),
+            f"[red]{state}[/red]" if state == "broken" else state,
             v["format"],
             v["architecture"] or "-",
             params,
@@ -89,6 +92,9 @@ def show(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
         )
     console.print(f"[bold]{m['name']}[/bold] {m['description']}")
     console.print(table)
+    for v in m["versions"]:
+        if v.get("error"):
+            console.print(f"[red]version {v['number']} is broken:[/red] {escape(v['error'])}")
 
 
 _ARCHIVE_TYPES = {

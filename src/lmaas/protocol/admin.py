@@ -44,8 +44,9 @@ class VersionOut(BaseModel):
     source: str
     description: str
     created_at: datetime
-    state: str
+    state: str  # ready, pending, or broken (its blobs were found missing or damaged)
     aliases: list[str]
+    error: str | None = None  # why a broken version is broken
 
 
 class ModelOut(BaseModel):

@@ -51,6 +51,14 @@ class Peekable(Readable, Protocol):
     def peek(self, size: int = 0, /) -> bytes: ...
 
 
+class Seekable(Readable, Protocol):
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+    def seekable(self) -> bool: ...
+
+
 def refused(message: str) -> InvalidRequestError:
     return InvalidRequestError(message, param="file", code="invalid_archive")
 
@@ -68,11 +76,28 @@ def _read_exact(stream: Readable, n: int) -> bytes:
 # -- tar ----------------------------------------------------------------------------------------
 
 
-class _Gunzip:
-    """A streaming gunzip whose decoding errors are refusals (its input's errors pass)."""
+class _CountingReader:
+    def __init__(self, stream: Readable) -> None:
+        self._stream = stream
+        self.bytes_read = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._stream.read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+class Gunzip:
+    """A streaming gunzip whose decoding errors are refusals (its input's errors pass).
+    ``compressed_bytes`` is how much of its input it has read."""
 
     def __init__(self, stream: Peekable) -> None:
-        self._gzip: gzip.GzipFile = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[call-overload]
+        self._input = _CountingReader(stream)
+        self._gzip: gzip.GzipFile = gzip.GzipFile(fileobj=self._input, mode="rb")  # type: ignore[call-overload]
+
+    @property
+    def compressed_bytes(self) -> int:
+        return self._input.bytes_read
 
     def read(self, size: int = -1) -> bytes:
         try:
@@ -83,7 +108,7 @@ class _Gunzip:
 
 def open_maybe_gzip(stream: Peekable) -> Readable:
     """``stream`` itself, or a streaming gunzip of it when it starts with the gzip magic."""
-    return _Gunzip(stream) if stream.peek(2)[:2] == _GZIP_MAGIC else stream
+    return Gunzip(stream) if stream.peek(2)[:2] == _GZIP_MAGIC else stream
 
 
 def _number(field: bytes, what: str) -> int:
@@ -237,6 +262,30 @@ class TarReader:
 
 # -- zip ----------------------------------------------------------------------------------------
 
+
+class CountingFile:
+    """A seekable binary file that counts the bytes read through it (what a zip's members
+    really take, however their headers describe them)."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self.bytes_read = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._file.read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+
 _EOCD = struct.Struct("<4s4H2LH")  # end of central directory record
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
@@ -254,7 +303,7 @@ _ZIP_ERRORS: Final = (
 )
 
 
-def _zip_directory_bounds(file: IO[bytes]) -> tuple[int, int]:
+def _zip_directory_bounds(file: Seekable) -> tuple[int, int]:
     """(entries, bytes) of the central directory, read from the end records the way
     ``zipfile`` finds them, before ``zipfile`` loads the directory into memory."""
     size = file.seek(0, 2)
@@ -283,7 +332,7 @@ def _zip_directory_bounds(file: IO[bytes]) -> tuple[int, int]:
     return entries, cd_size
 
 
-def zip_members(file: IO[bytes], *, max_members: int) -> Iterator[Member]:
+def zip_members(file: Seekable, *, max_members: int) -> Iterator[Member]:
     """The members of a zip archive in a seekable file, in directory order."""
     entries, cd_size = _zip_directory_bounds(file)
     if entries > max_members:

@@ -5,6 +5,11 @@ the file, renames it to its digest name and fsyncs the directory. A crash at any
 most a temporary file, which :meth:`BlobStore.sweep_temp` removes on the next start; a blob name
 only ever appears for complete, fsynced content. Identical content is stored once.
 
+A writer may be given a ``claim`` callback: it is called with the digest once the content is
+known and *before* the store looks whether that blob exists, so that the caller can record its
+use of the blob first (see :mod:`lmaas.store.refs`: this is what keeps a concurrent cleanup from
+deleting a blob an upload has just found).
+
 Client input never becomes a path by itself: a digest is validated against a strict pattern and
 the path is rebuilt from the matched hex only.
 """
@@ -18,7 +23,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import AsyncIterable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +34,8 @@ _DIGEST_RE = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 _BLOB_NAME_RE = re.compile(r"sha256-([0-9a-f]{64})")
 _TEMP_PREFIX = ".partial-"
 _READ_CHUNK = 1 << 20
+
+Claim = Callable[[str], None]
 
 
 def normalize_digest(digest: str) -> str:
@@ -64,11 +71,12 @@ class BlobWriter:
     Thread-safe, so an abort from a cancelled async upload waits for a chunk being written.
     """
 
-    def __init__(self, store: BlobStore, max_bytes: int) -> None:
+    def __init__(self, store: BlobStore, max_bytes: int, claim: Claim | None = None) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self._store = store
         self._max_bytes = max_bytes
+        self._claim = claim
         self._hash = hashlib.sha256()
         self._size = 0
         self._lock = threading.Lock()
@@ -99,7 +107,8 @@ class BlobWriter:
         self._size += len(chunk)
 
     def commit(self) -> BlobInfo:
-        """Make the content durable under its digest name and return where it is."""
+        """Make the content durable under its digest name and return where it is (the claim
+        callback, if any, runs first; if it raises, nothing is stored)."""
         with self._lock:
             return self._commit()
 
@@ -114,6 +123,8 @@ class BlobWriter:
             with file:
                 file.flush()
                 os.fsync(file.fileno())
+            if self._claim is not None:
+                self._claim(f"sha256:{hexdigest}")
             if not final.exists():
                 os.replace(self._temp, final)
                 created = True
@@ -154,23 +165,27 @@ class BlobStore:
         hexdigest = normalize_digest(digest).removeprefix("sha256:")
         return self.blobs_dir / f"sha256-{hexdigest}"
 
-    def writer(self, max_bytes: int) -> BlobWriter:
-        return BlobWriter(self, max_bytes)
+    def writer(self, max_bytes: int, claim: Claim | None = None) -> BlobWriter:
+        return BlobWriter(self, max_bytes, claim)
 
-    def write(self, chunks: Iterable[bytes], max_bytes: int) -> BlobInfo:
+    def write(
+        self, chunks: Iterable[bytes], max_bytes: int, claim: Claim | None = None
+    ) -> BlobInfo:
         """Store everything ``chunks`` yields."""
-        with self.writer(max_bytes) as writer:
+        with self.writer(max_bytes, claim) as writer:
             for chunk in chunks:
                 writer.append(chunk)
             return writer.commit()
 
-    def write_file(self, file: BinaryIO, max_bytes: int) -> BlobInfo:
+    def write_file(self, file: BinaryIO, max_bytes: int, claim: Claim | None = None) -> BlobInfo:
         """Store the rest of an open binary file (read in 1 MiB chunks)."""
-        return self.write(_file_chunks(file), max_bytes)
+        return self.write(_file_chunks(file), max_bytes, claim)
 
-    async def write_async(self, stream: AsyncIterable[bytes], max_bytes: int) -> BlobInfo:
+    async def write_async(
+        self, stream: AsyncIterable[bytes], max_bytes: int, claim: Claim | None = None
+    ) -> BlobInfo:
         """Like :meth:`write` for an async stream (an HTTP body); disk work runs off the loop."""
-        writer = await asyncio.to_thread(self.writer, max_bytes)
+        writer = await asyncio.to_thread(self.writer, max_bytes, claim)
         try:
             async for chunk in stream:
                 if chunk:
@@ -187,6 +202,26 @@ class BlobStore:
             return self.path_for(digest).stat().st_size
         except FileNotFoundError:
             raise _not_found(digest) from None
+
+    def check(self, digest: str, size: int | None = None, *, rehash: bool = False) -> str | None:
+        """What is wrong with a stored blob, or ``None``: it is missing, it has another size
+        than ``size``, or (with ``rehash``, which reads it whole) its content no longer hashes
+        to its name."""
+        digest = normalize_digest(digest)
+        path = self.path_for(digest)
+        if not path.is_file():
+            return f"blob {digest} is missing"
+        actual = path.stat().st_size
+        if size is not None and actual != size:
+            return f"blob {digest} has {actual} bytes instead of {size}"
+        if rehash:
+            hasher = hashlib.sha256()
+            with path.open("rb") as f:
+                for chunk in _file_chunks(f):
+                    hasher.update(chunk)
+            if f"sha256:{hasher.hexdigest()}" != digest:
+                return f"blob {digest} is damaged (its content no longer matches its digest)"
+        return None
 
     def open(self, digest: str) -> BinaryIO:
         """The blob opened for binary reading; ``NotFoundError`` if it is not stored."""

@@ -1,12 +1,16 @@
 """The model catalog: models, their immutable numbered versions, movable aliases and blob refs.
 
-Tables (created only by the Alembic migrations in ``migrations/``):
+The tables (:mod:`lmaas.store.tables`, created only by the Alembic migrations):
 
 - ``models``: one row per model name; ``last_version`` is the highest number ever handed out, so
   a deleted version's number is never reused.
 - ``model_versions``: immutable once ready; ``number`` increases per model.
 - ``aliases``: ``(model, name) -> version``; ``latest`` always names the newest ready version.
-- ``blob_refs``: which blobs each version uses, so a blob shared by versions outlives each one.
+- ``blob_refs``: which blobs each version uses, so a blob shared by versions outlives each one
+  (with ``blob_leases``, the blobs uploads in progress use: see :mod:`lmaas.store.refs`).
+
+A version whose blobs were found missing or damaged at start-up is *broken* (its ``error``
+says why): it is listed, never served, and ``latest`` skips it.
 
 :class:`Catalog` is the only API: it validates names, runs each operation in one transaction
 (locking the model row so concurrent writers of one model serialize) and returns plain frozen
@@ -20,94 +24,27 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Final, Literal
 
-from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    DateTime,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    delete,
-    exists,
-    select,
-)
+from sqlalchemy import delete, exists, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Select
 
-from lmaas.db import Base, as_utc, utc_now
+from lmaas.db import as_utc, utc_now
 from lmaas.errors import ConflictError, InvalidRequestError, NotFoundError
 from lmaas.names import is_alias, is_store_model_name
 from lmaas.store.blobs import normalize_digest
 from lmaas.store.gguf import GGUFMetadata
+from lmaas.store.refs import BlobRefs
+from lmaas.store.tables import AliasRow, BlobRefRow, ModelRow, VersionRow
 
 LATEST: Final = "latest"
 MAX_DESCRIPTION: Final = 4096
 MAX_SOURCE: Final = 2048
 
 Format = Literal["gguf", "hf"]
-State = Literal["ready", "pending"]
+State = Literal["ready", "pending", "broken"]
 FORMATS: Final = ("gguf", "hf")
 STATES: Final = ("ready", "pending")
-
-
-class ModelRow(Base):
-    __tablename__ = "models"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
-    description: Mapped[str] = mapped_column(Text)
-    last_version: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class VersionRow(Base):
-    __tablename__ = "model_versions"
-    __table_args__ = (
-        UniqueConstraint("model_id", "number"),
-        CheckConstraint("number > 0", name="number_positive"),
-        CheckConstraint("format IN ('gguf', 'hf')", name="format"),
-        CheckConstraint("state IN ('ready', 'pending')", name="state"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
-    number: Mapped[int] = mapped_column(Integer)
-    format: Mapped[str] = mapped_column(String(8))
-    architecture: Mapped[str | None] = mapped_column(String(128))
-    parameter_count: Mapped[int | None] = mapped_column(BigInteger)
-    context_length: Mapped[int | None] = mapped_column(BigInteger)
-    quantization: Mapped[str | None] = mapped_column(String(32))
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    digest: Mapped[str] = mapped_column(String(71))
-    source: Mapped[str] = mapped_column(Text)
-    description: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    state: Mapped[str] = mapped_column(String(16))
-
-
-class AliasRow(Base):
-    __tablename__ = "aliases"
-
-    model_id: Mapped[int] = mapped_column(
-        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
-    )
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    version_id: Mapped[int] = mapped_column(
-        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
-    )
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class BlobRefRow(Base):
-    __tablename__ = "blob_refs"
-
-    version_id: Mapped[int] = mapped_column(
-        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
-    )
-    digest: Mapped[str] = mapped_column(String(71), primary_key=True, index=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +101,7 @@ class VersionInfo:
     created_at: datetime
     state: State
     aliases: tuple[str, ...]
+    error: str | None = None  # why a broken version is broken
 
 
 def validate_model_name(name: str) -> str:
@@ -236,6 +174,7 @@ class Catalog:
 
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._sessions = session_factory
+        self.refs = BlobRefs(session_factory)
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -339,11 +278,32 @@ class Catalog:
             by_version = _alias_names(session, row.id)
             return [_to_version_info(model, v, by_version.get(v.id, ())) for v in versions]
 
-    def get_version(self, model: str, ref: int | str = LATEST) -> VersionInfo:
-        """A version by number (``3`` or ``"3"``) or by alias (``"latest"``, ``"production"``)."""
+    def get_version(
+        self, model: str, ref: int | str = LATEST, *, broken_ok: bool = False
+    ) -> VersionInfo:
+        """A version by number (``3`` or ``"3"``) or by alias (``"latest"``, ``"production"``).
+
+        A broken version is refused (``ConflictError``, code ``version_broken``) unless
+        ``broken_ok``: what is returned by default may be served and downloaded.
+        """
         with self._sessions.begin() as session:
             row = _find_model(session, model)
-            return self._version_info(session, model, _find_version(session, row, ref))
+            version = _find_version(session, row, ref)
+            if version.error is not None and not broken_ok:
+                raise _broken(model, version)
+            return self._version_info(session, model, version)
+
+    def set_error(self, model: str, number: int, error: str | None) -> VersionInfo:
+        """Mark a version broken (``error`` says why) or, with ``None``, intact again;
+        ``latest`` moves to the newest ready version that is not broken."""
+        with self._sessions.begin() as session:
+            row = _find_model(session, model, lock=True)
+            version = _find_version(session, row, number)
+            version.error = error[:MAX_DESCRIPTION] if error is not None else None
+            session.flush()
+            _move_latest(session, row.id)
+            session.flush()
+            return self._version_info(session, model, version)
 
     def resolve(self, reference: str) -> VersionInfo:
         """The version a ``name[:alias|number]`` reference names (``latest`` by default)."""
@@ -390,6 +350,8 @@ class Catalog:
         with self._sessions.begin() as session:
             row = _find_model(session, model, lock=True)
             version = _find_version(session, row, ref)
+            if version.error is not None:
+                raise _broken(model, version)
             if version.state != "ready":
                 raise ConflictError(
                     f"version {version.number} of {model!r} is not ready yet",
@@ -415,18 +377,6 @@ class Catalog:
             if deleted.rowcount == 0:  # type: ignore[attr-defined]
                 raise _alias_not_found(model, alias)
 
-    # -- blobs ----------------------------------------------------------------------------------
-
-    def is_referenced(self, digest: str) -> bool:
-        """Whether any version (pending ones included) uses the blob."""
-        with self._sessions.begin() as session:
-            query = exists().where(BlobRefRow.digest == normalize_digest(digest))
-            return bool(session.scalar(select(query)))
-
-    def referenced_digests(self) -> set[str]:
-        with self._sessions.begin() as session:
-            return set(session.scalars(select(BlobRefRow.digest).distinct()).all())
-
     # -- helpers --------------------------------------------------------------------------------
 
     def _drop_versions(
@@ -437,9 +387,7 @@ class Catalog:
         session.execute(delete(AliasRow).where(AliasRow.version_id.in_(ids)))
         session.execute(delete(BlobRefRow).where(BlobRefRow.version_id.in_(ids)))
         session.execute(delete(VersionRow).where(VersionRow.id.in_(ids)))
-        newest = _newest_ready(session, model.id)
-        if newest is not None:
-            _point_alias(session, model.id, LATEST, newest.id)
+        _move_latest(session, model.id)
         return _unreferenced(session, digests)
 
     def _stored_model(self, session: Session, row: ModelRow) -> StoredModel:
@@ -497,10 +445,25 @@ def _find_version(session: Session, model: ModelRow, ref: int | str) -> VersionR
 def _newest_ready(session: Session, model_id: int) -> VersionRow | None:
     return session.scalar(
         select(VersionRow)
-        .where(VersionRow.model_id == model_id, VersionRow.state == "ready")
+        .where(
+            VersionRow.model_id == model_id,
+            VersionRow.state == "ready",
+            VersionRow.error.is_(None),
+        )
         .order_by(VersionRow.number.desc())
         .limit(1)
     )
+
+
+def _move_latest(session: Session, model_id: int) -> None:
+    """``latest`` to the newest ready version that is not broken (gone when there is none)."""
+    newest = _newest_ready(session, model_id)
+    if newest is not None:
+        _point_alias(session, model_id, LATEST, newest.id)
+    else:
+        session.execute(
+            delete(AliasRow).where(AliasRow.model_id == model_id, AliasRow.name == LATEST)
+        )
 
 
 def _point_alias(session: Session, model_id: int, name: str, version_id: int) -> None:
@@ -560,8 +523,18 @@ def _to_version_info(model: str, v: VersionRow, aliases: Sequence[str]) -> Versi
         source=v.source,
         description=v.description,
         created_at=as_utc(v.created_at),
-        state="pending" if v.state == "pending" else "ready",
+        state="broken" if v.error is not None else "pending" if v.state == "pending" else "ready",
         aliases=tuple(aliases),
+        error=v.error,
+    )
+
+
+def _broken(model: str, version: VersionRow) -> ConflictError:
+    return ConflictError(
+        f"version {version.number} of {model!r} is broken: {version.error}; "
+        "upload it again, or delete it",
+        param="version",
+        code="version_broken",
     )
 
 

@@ -3,20 +3,24 @@ directory on the server.
 
 :class:`FolderBuilder` is the one gate every file passes: its name is brought to normal form
 (:func:`folder.member_path`), pickle weights are refused, the member count and the per-file and
-total sizes are capped on the declared size *and* on the bytes actually received, and the bytes
-stream straight into a blob (never to a path the client chose, never held whole in memory).
+total sizes are capped on the declared size *and* on the bytes actually received, a compressed
+archive may not expand more than a set ratio of the compressed bytes read, and the bytes stream
+straight into a blob (never to a path the client chose, never held whole in memory).
 :meth:`FolderBuilder.finish` then checks the folder as a whole (``config.json``, safetensors
-headers) and writes its manifest. Whatever fails, :meth:`FolderBuilder.discard` deletes the blobs
-the builder created that nothing else references.
+headers) and writes its manifest. Each blob is claimed through the builder's ``claim`` callback
+(the upload's lease, :mod:`lmaas.store.refs`), whose release deletes whatever a failed upload
+leaves that nothing else uses.
 
 Everything here blocks; the store runs it in a worker thread.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +32,8 @@ from python_multipart.multipart import MultipartParser
 
 from lmaas.errors import InvalidRequestError, RequestTooLargeError
 from lmaas.store.archive import (
+    CountingFile,
+    Gunzip,
     Member,
     Peekable,
     Readable,
@@ -36,7 +42,7 @@ from lmaas.store.archive import (
     refused,
     zip_members,
 )
-from lmaas.store.blobs import BlobInfo, BlobStore, BlobWriter
+from lmaas.store.blobs import BlobInfo, BlobStore, BlobWriter, Claim
 from lmaas.store.folder import (
     MAX_DEPTH,
     MAX_MANIFEST_BYTES,
@@ -53,6 +59,9 @@ from lmaas.store.safetensors_header import read_header
 MAX_JSON_BYTES: Final = 16 << 20
 MAX_TRAILING_BYTES: Final = 1 << 20
 _CHUNK: Final = 1 << 20
+# The expansion ratio is only judged past this many unpacked bytes: small files (JSON, a
+# vocabulary) may compress very well, and a few MiB is harmless whatever it came from.
+RATIO_FREE_BYTES: Final = 8 << 20
 # Written by `git clone` and `huggingface-cli download --local-dir`, not part of a model.
 _SKIPPED_TOP_DIRS: Final = frozenset({".git", ".cache"})
 
@@ -62,6 +71,8 @@ class FolderLimits:
     max_members: int
     max_member_bytes: int
     max_total_bytes: int
+    # Unpacked bytes per compressed byte read (None: no limit, e.g. for shipped models).
+    max_expansion_ratio: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +102,29 @@ def _too_many(limit: int) -> RequestTooLargeError:
     )
 
 
+def _bomb(ratio: float, compressed: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"the archive unpacks to more than {ratio:g} times the {compressed} compressed bytes "
+        "read so far, which model files do not: refused as a decompression bomb "
+        "(limits.max_expansion_ratio)",
+        code="expansion_ratio_exceeded",
+    )
+
+
 class FileSink:
     """One file being received: :meth:`write` its bytes, then :meth:`close` (or :meth:`abort`,
     which is a no-op after a close)."""
 
     def __init__(
-        self, path: str, writer: BlobWriter, cap: str, on_close: Callable[[str, BlobInfo], None]
+        self,
+        path: str,
+        writer: BlobWriter,
+        cap: str,
+        on_write: Callable[[int], None],
+        on_close: Callable[[str, BlobInfo], None],
     ) -> None:
-        self.path, self._writer, self._cap, self._on_close = path, writer, cap, on_close
+        self.path, self._writer, self._cap = path, writer, cap
+        self._on_write, self._on_close = on_write, on_close
 
     def write(self, chunk: bytes) -> None:
         try:
@@ -107,6 +133,7 @@ class FileSink:
             raise RequestTooLargeError(
                 f"{self.path!r} is larger than {self._cap}", code="file_too_large"
             ) from None
+        self._on_write(len(chunk))
 
     def close(self) -> None:
         self._on_close(self.path, self._writer.commit())
@@ -118,14 +145,30 @@ class FileSink:
 class FolderBuilder:
     """Receives one folder's files into blobs (see the module docstring); not thread-safe."""
 
-    def __init__(self, blobs: BlobStore, limits: FolderLimits) -> None:
+    def __init__(self, blobs: BlobStore, limits: FolderLimits, claim: Claim | None = None) -> None:
         self._blobs = blobs
         self.limits = limits
+        self._claim = claim
         self._layout = LayoutChecker()
         self._members = 0
         self._total = 0
+        self._unpacked = 0  # bytes written, the file being received included
+        self._compressed: Callable[[], int] | None = None
         self._files: list[FolderFile] = []
-        self._created: list[str] = []
+
+    def watch_compression(self, compressed_bytes: Callable[[], int]) -> None:
+        """Hold the unpacked bytes to ``limits.max_expansion_ratio`` times what
+        ``compressed_bytes()`` says has been read of the compressed archive."""
+        self._compressed = compressed_bytes
+
+    def _wrote(self, n: int) -> None:
+        self._unpacked += n
+        ratio = self.limits.max_expansion_ratio
+        if ratio is None or self._compressed is None or self._unpacked <= RATIO_FREE_BYTES:
+            return
+        compressed = self._compressed()
+        if self._unpacked > ratio * compressed:
+            raise _bomb(ratio, compressed)
 
     def _count_member(self) -> None:
         self._members += 1
@@ -153,7 +196,8 @@ class FolderBuilder:
             cap = f"limits.max_member_bytes ({budget} bytes)"
         if declared_size is not None and declared_size > budget:
             raise RequestTooLargeError(f"{path!r} is larger than {cap}", code="file_too_large")
-        return FileSink(path, self._blobs.writer(budget), cap, self._record)
+        writer = self._blobs.writer(budget, self._claim)
+        return FileSink(path, writer, cap, self._wrote, self._record)
 
     def add_file(self, name: str, chunks: Iterable[bytes], declared_size: int | None) -> None:
         sink = self.open_file(name, declared_size)
@@ -171,30 +215,19 @@ class FolderBuilder:
             self.add_file(member.name, member.chunks(), member.size)
 
     def _record(self, path: str, blob: BlobInfo) -> None:
-        if blob.created:
-            self._created.append(blob.digest)
         self._total += blob.size
         self._files.append(FolderFile(path, blob.digest, blob.size))
 
     def finish(self) -> FolderContent:
         """Check the folder and store its manifest."""
         facts = describe_folder(self._blobs, self._files)
-        manifest = self._blobs.write([manifest_bytes(self._files)], MAX_MANIFEST_BYTES)
-        if manifest.created:
-            self._created.append(manifest.digest)
+        manifest = self._blobs.write([manifest_bytes(self._files)], MAX_MANIFEST_BYTES, self._claim)
         return FolderContent(
             manifest=manifest,
             files=tuple(sorted(self._files, key=lambda f: f.path)),
             size_bytes=self._total,
             facts=facts,
         )
-
-    def discard(self, is_referenced: Callable[[str], bool]) -> None:
-        """Delete the blobs this builder created that no version references."""
-        for digest in self._created:
-            if not is_referenced(digest):
-                self._blobs.delete(digest)
-        self._created.clear()
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -212,6 +245,8 @@ def _drain(stream: Readable, what: str) -> None:
 def add_tar(builder: FolderBuilder, stream: Peekable) -> None:
     """Every member of a tar or gzip-compressed tar stream."""
     tar = open_maybe_gzip(stream)
+    if isinstance(tar, Gunzip):
+        builder.watch_compression(lambda: tar.compressed_bytes)
     for member in TarReader(tar).members():
         builder.add_member(member)
     _drain(tar, "tar archive")
@@ -221,44 +256,91 @@ def add_zip(builder: FolderBuilder, stream: BinaryIO, spool_dir: Path) -> None:
     """Every member of a zip archive; a stream that cannot seek is first spooled to an
     anonymous temporary file in ``spool_dir`` (a zip's directory is at its end)."""
     if stream.seekable():
-        for member in zip_members(stream, max_members=builder.limits.max_members):
-            builder.add_member(member)
+        _add_zip_members(builder, stream)
         return
     with tempfile.TemporaryFile(dir=spool_dir) as spool:
         shutil.copyfileobj(stream, spool, _CHUNK)
-        for member in zip_members(spool, max_members=builder.limits.max_members):
-            builder.add_member(member)
+        _add_zip_members(builder, spool)
+
+
+def _add_zip_members(builder: FolderBuilder, file: BinaryIO) -> None:
+    counted = CountingFile(file)  # what the members' decompressors read, to judge the ratio
+    builder.watch_compression(lambda: counted.bytes_read)
+    for member in zip_members(counted, max_members=builder.limits.max_members):
+        builder.add_member(member)
 
 
 def add_directory(builder: FolderBuilder, root: Path) -> None:
-    """Every file under ``root``. Symbolic links to files are followed (a Hugging Face cache
-    snapshot is made of them); links to directories, and anything that is neither a file nor
-    a directory, are refused. ``.git`` and ``.cache`` at the top are skipped."""
-    if not root.is_dir():
-        raise InvalidRequestError(f"{root} is not a directory on the server", param="path")
-    _add_tree(builder, root, "", 0)
+    """Every file under ``root`` (``root`` itself may be a link to the directory). Any symbolic
+    link inside is refused, to a file or a directory alike, so an import reads only what lies
+    in the directory it was given; so is anything that is neither a regular file nor a
+    directory. ``.git`` and ``.cache`` at the top are skipped."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        raise InvalidRequestError(
+            f"{root} is not a directory on the server", param="path"
+        ) from None
+    try:
+        _add_tree(builder, fd, "", 0)
+    finally:
+        os.close(fd)
 
 
-def _add_tree(builder: FolderBuilder, directory: Path, prefix: str, depth: int) -> None:
+def _add_tree(builder: FolderBuilder, dir_fd: int, prefix: str, depth: int) -> None:
     if depth >= MAX_DEPTH:
-        raise InvalidRequestError(f"{directory} is nested too deep", param="path")
-    with os.scandir(directory) as scan:
-        entries = sorted(scan, key=lambda e: e.name)
-    for entry in entries:
-        relative = f"{prefix}{entry.name}"
-        if entry.is_dir(follow_symlinks=False):
-            if not prefix and entry.name in _SKIPPED_TOP_DIRS:
+        raise InvalidRequestError(f"{prefix!r} is nested too deep", param="path")
+    with os.scandir(dir_fd) as scan:
+        names = sorted(entry.name for entry in scan)
+    for name in names:
+        relative = f"{prefix}{name}"
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode):
+            raise _link_refused(relative)
+        if stat.S_ISDIR(mode):
+            if not prefix and name in _SKIPPED_TOP_DIRS:
                 continue
             builder.add_dir(relative)
-            _add_tree(builder, Path(entry.path), f"{relative}/", depth + 1)
-        elif entry.is_file(follow_symlinks=True):
-            with open(entry.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                builder.add_file(relative, iter_chunks(f), size)
+            child = _open_no_follow(name, dir_fd, relative, os.O_DIRECTORY)
+            try:
+                _add_tree(builder, child, f"{relative}/", depth + 1)
+            finally:
+                os.close(child)
+        elif stat.S_ISREG(mode):
+            fd = _open_no_follow(name, dir_fd, relative, 0)
+            with os.fdopen(fd, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise _not_regular(relative)
+                builder.add_file(relative, iter_chunks(f), info.st_size)
         else:
-            raise InvalidRequestError(
-                f"{relative!r} is not a regular file or directory", param="path"
-            )
+            raise _not_regular(relative)
+
+
+def _open_no_follow(name: str, dir_fd: int, relative: str, flags: int) -> int:
+    """Open an entry that was not a link when it was listed, refusing one put there since."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # what O_NOFOLLOW gives for a link
+            raise _link_refused(relative) from None
+        raise InvalidRequestError(
+            f"{relative!r} could not be read ({exc.strerror})", param="path"
+        ) from None
+
+
+def _link_refused(relative: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{relative!r} is a symbolic link; links are refused so an import reads only the "
+        "directory it names (copy the files in, e.g. with `cp -rL`, or download with "
+        "`huggingface-cli download --local-dir`)",
+        param="path",
+        code="symlink_refused",
+    )
+
+
+def _not_regular(relative: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{relative!r} is not a regular file or directory", param="path")
 
 
 class _MultipartHandler:

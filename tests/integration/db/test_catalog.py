@@ -149,14 +149,53 @@ def test_shared_blobs_outlive_each_version(catalog: Catalog, db_engine: Engine) 
     catalog.add_version("a", META, digest(1), blobs=[digest(7)])
     catalog.add_version("b", META, digest(1))
     catalog.add_version("b", META, digest(2), blobs=[digest(7), digest(2)])
-    assert catalog.referenced_digests() == {digest(1), digest(2), digest(7)}
+    assert catalog.refs.referenced() == {digest(1), digest(2), digest(7)}
     assert catalog.delete_version("b", 1) == []  # digest(1) still used by a:1
     assert catalog.delete_model("a") == [digest(1)]  # digest(7) still used by b:2
-    assert catalog.is_referenced(digest(7)) and not catalog.is_referenced(digest(1))
+    assert catalog.refs.is_referenced(digest(7)) and not catalog.refs.is_referenced(digest(1))
     assert catalog.delete_model("b") == sorted([digest(2), digest(7)])
     with db_engine.connect() as conn:
         for table in (VersionRow, AliasRow, BlobRefRow):
             assert conn.scalar(select(func.count()).select_from(table)) == 0
+
+
+def test_leases_keep_blobs_until_released(catalog: Catalog) -> None:
+    refs = catalog.refs
+    unlinked: list[str] = []
+    a, b = refs.lease(unlinked.append), refs.lease(unlinked.append)
+    a.claim(digest(1))
+    a.claim(digest(2))
+    a.claim(digest(2))  # claiming twice is one lease
+    b.claim(digest(2))
+    assert refs.referenced() == {digest(1), digest(2)}
+    catalog.create_model("m")
+    catalog.add_version("m", META, digest(1))  # A's version uses digest(1) only
+    assert a.release() == [] and unlinked == []  # one referenced, the other leased by B
+    assert b.release() == [digest(2)] and unlinked == [digest(2)]
+    assert refs.collect([digest(1), digest(3)], unlinked.append) == [digest(3)]
+    refs.lease(unlinked.append).claim(digest(4))  # an upload a crash interrupted
+    assert refs.sweep_leases() == 1 and refs.referenced() == {digest(1)}
+
+
+def test_broken_versions_are_listed_but_never_resolved(catalog: Catalog) -> None:
+    catalog.create_model("m")
+    catalog.add_version("m", META, digest(1))
+    catalog.add_version("m", META, digest(2))
+    broken = catalog.set_error("m", 2, "blob x is missing")
+    assert (broken.state, broken.error, broken.aliases) == ("broken", "blob x is missing", ())
+    assert catalog.get_model("m").latest == 1
+    with pytest.raises(ConflictError, match="broken: blob x is missing") as refused:
+        catalog.resolve("m:2")
+    assert (refused.value.code, refused.value.status_code) == ("version_broken", 409)
+    assert [v.state for v in catalog.list_versions("m")] == ["ready", "broken"]
+    assert catalog.get_version("m", 2, broken_ok=True).error == "blob x is missing"
+    assert catalog.set_error("m", 2, None).aliases == ("latest",)  # repaired
+    catalog.set_error("m", 1, "gone")
+    catalog.set_error("m", 2, "gone")
+    assert catalog.get_model("m").latest is None
+    with pytest.raises(NotFoundError):
+        catalog.get_version("m")
+    assert catalog.delete_version("m", 2) == [digest(2)]
 
 
 def test_pending_versions(catalog: Catalog) -> None:

@@ -17,6 +17,7 @@ TABLES = {
     "model_versions",
     "aliases",
     "blob_refs",
+    "blob_leases",
     "api_keys",
     "request_records",
     "deployments",
@@ -82,3 +83,52 @@ def test_request_records_migration_keeps_the_rows(db_engine: Engine) -> None:
         command.downgrade(alembic_config(conn), "0004")
         back = conn.execute(text("SELECT request_id, task_type FROM tasks ORDER BY id")).all()
     assert [tuple(r) for r in back] == [("r-1", "chat"), ("r-2", "completion")]
+
+
+def test_blob_leases_migration_keeps_versions_and_their_refs(db_engine: Engine) -> None:
+    """0006 adds ``model_versions.error`` and ``blob_leases`` without touching existing rows
+    (on SQLite a table copy would fire the cascades to aliases and blob_refs)."""
+    digest = "sha256:" + "ab" * 32
+    with db_engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0005")
+        conn.execute(
+            text(
+                "INSERT INTO models (id, name, description, last_version, created_at) "
+                "VALUES (1, 'm', '', 1, :t)"
+            ),
+            {"t": datetime(2026, 11, 1, tzinfo=UTC)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO model_versions (id, model_id, number, format, size_bytes, digest, "
+                "source, description, created_at, state) "
+                "VALUES (7, 1, 1, 'gguf', 3, :d, '', '', :t, 'ready')"
+            ),
+            {"d": digest, "t": datetime(2026, 11, 1, tzinfo=UTC)},
+        )
+        conn.execute(
+            text("INSERT INTO blob_refs (version_id, digest) VALUES (7, :d)"), {"d": digest}
+        )
+        conn.execute(
+            text(
+                "INSERT INTO aliases (model_id, name, version_id, updated_at) "
+                "VALUES (1, 'latest', 7, :t)"
+            ),
+            {"t": datetime(2026, 11, 1, tzinfo=UTC)},
+        )
+    for target in ("head", "0005"):
+        with db_engine.begin() as conn:
+            if target == "head":
+                command.upgrade(alembic_config(conn), "head")
+                assert conn.execute(text("SELECT id, error FROM model_versions")).all() == [
+                    (7, None)
+                ]
+            else:
+                command.downgrade(alembic_config(conn), "0005")
+            assert conn.execute(text("SELECT version_id, digest FROM blob_refs")).all() == [
+                (7, digest)
+            ]
+            assert conn.execute(text("SELECT name, version_id FROM aliases")).all() == [
+                ("latest", 7)
+            ]
+    assert "blob_leases" not in inspect(db_engine).get_table_names()

@@ -10,9 +10,10 @@ import tarfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from lmaas.config import SHIPPED_MODELS, ShippedModel
+from lmaas.config import SHIPPED_MODELS, Limits, ShippedModel
 from lmaas.errors import LmaasError, NotFoundError
 from lmaas.store.blobs import BlobStore
 from lmaas.store.catalog import Catalog, VersionInfo
@@ -256,6 +257,59 @@ async def test_refused_uploads_leave_nothing_behind(
         store.catalog.get_model("tiny")
 
 
+# Zeros unpacked from a few KiB: past the 8 MiB the ratio limit leaves alone, far under every
+# default size cap, so only the ratio can refuse it.
+BOMB_BYTES = 16 << 20
+
+
+def with_default_limits(catalog: Catalog, home: Path) -> ModelStore:
+    limits = Limits()
+    return ModelStore(
+        catalog,
+        BlobStore(home),
+        max_upload_bytes=limits.max_upload_bytes,
+        max_archive_members=limits.max_archive_members,
+        max_member_bytes=limits.max_member_bytes,
+        max_expansion_ratio=limits.max_expansion_ratio,
+    )
+
+
+def bombs() -> Iterator[tuple[str, ArchiveKind, bytes]]:
+    big = {**FILES, "big.safetensors": bytes(BOMB_BYTES)}
+    yield "gzip", "tar", tar_bytes(big, gz=True)
+    yield "zip", "zip", zip_bomb(BOMB_BYTES)
+
+
+@pytest.mark.parametrize(("kind", "data"), [b[1:] for b in bombs()], ids=[b[0] for b in bombs()])
+async def test_default_limits_refuse_a_small_bomb_by_its_ratio(
+    catalog: Catalog, tmp_path: Path, kind: ArchiveKind, data: bytes
+) -> None:
+    store = with_default_limits(catalog, tmp_path / "home")
+    assert len(data) < 64 << 10 and Limits().max_member_bytes > BOMB_BYTES
+    before = on_disk(store)
+    with pytest.raises(LmaasError) as refused:
+        await upload(store, kind, data)
+    assert refused.value.status_code == 413 and refused.value.code == "expansion_ratio_exceeded"
+    assert "limits.max_expansion_ratio" in refused.value.message
+    archive = tmp_path / ("bomb.zip" if kind == "zip" else "bomb.tar.gz")
+    archive.write_bytes(data)
+    with pytest.raises(LmaasError, match=r"limits\.max_expansion_ratio"):
+        store.import_path("tiny", archive)  # from the server's disk as well
+    assert on_disk(store) == before  # no blob, no temporary file left
+    with pytest.raises(NotFoundError):
+        store.catalog.get_model("tiny")
+
+
+async def test_default_limits_take_weights_that_barely_compress(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    store = with_default_limits(catalog, tmp_path / "home")
+    noise = np.random.default_rng(7).standard_normal(BOMB_BYTES // 4, dtype=np.float32)
+    files = {**FILES, "more.safetensors": weights({"noise": noise})}
+    v = await upload(store, "tar", tar_bytes(files, gz=True))
+    assert v.size_bytes == sum(len(d) for d in files.values())
+
+
 async def test_pickle_refusal_says_to_convert(store: ModelStore) -> None:
     with pytest.raises(LmaasError, match="convert them to safetensors"):
         await upload(store, "tar", tar_bytes({**FILES, "pytorch_model.bin": b"\x80"}))
@@ -273,26 +327,41 @@ async def test_a_refused_folder_keeps_blobs_other_versions_use(store: ModelStore
     assert folder_bytes(store.path_of(good)) == FILES
 
 
-def test_server_directories_follow_file_links_only(store: ModelStore, tmp_path: Path) -> None:
-    blobs = write_folder(tmp_path / "hub-blobs", {"weights": FILES["model.safetensors"]})
-    snapshot = write_folder(
-        tmp_path / "snapshot", {k: v for k, v in FILES.items() if k != "model.safetensors"}
+def test_server_directories_refuse_every_link(store: ModelStore, tmp_path: Path) -> None:
+    outside = write_folder(tmp_path / "elsewhere", {"weights": FILES["model.safetensors"]})
+    source = write_folder(
+        tmp_path / "source", {k: v for k, v in FILES.items() if k != "model.safetensors"}
     )
-    (snapshot / "model.safetensors").symlink_to(blobs / "weights")
-    (snapshot / ".git").mkdir()
-    (snapshot / ".git" / "HEAD").write_text("ref")
-    v = store.import_folder("tiny", snapshot)
-    assert folder_bytes(store.path_of(v)) == FILES
-    (snapshot / "loop").symlink_to(snapshot)
-    with pytest.raises(LmaasError, match="not a regular file or directory"):
-        store.import_folder("tiny", snapshot)
-    (snapshot / "loop").unlink()
-    os.mkfifo(snapshot / "fifo")
-    with pytest.raises(LmaasError, match="not a regular file or directory"):
-        store.import_folder("tiny", snapshot)
+    (source / ".git").mkdir()
+    (source / ".git" / "HEAD").write_text("ref")
+    before = on_disk(store)
+    links = {
+        "model.safetensors": outside / "weights",  # a file outside the directory
+        "1_Pooling/inside.json": source / "config.json",  # a file inside it
+        "loop": source,  # a directory
+        "gone": tmp_path / "missing",  # nothing at all
+    }
+    for name, target in links.items():
+        (source / name).symlink_to(target)
+        with pytest.raises(LmaasError) as refused:
+            store.import_path("tiny", source)
+        assert refused.value.status_code == 400 and refused.value.code == "symlink_refused"
+        assert f"{name!r} is a symbolic link" in refused.value.message
+        (source / name).unlink()
+    assert on_disk(store) == before  # nothing read from any link was stored
+    with pytest.raises(NotFoundError):
+        store.catalog.get_model("tiny")
+    os.mkfifo(source / "fifo")
+    with pytest.raises(LmaasError, match="'fifo' is not a regular file or directory"):
+        store.import_folder("tiny", source)
+    (source / "fifo").unlink()
     with pytest.raises(LmaasError, match="not a directory"):
         store.import_folder("tiny", tmp_path / "missing")
-    assert [v.number for v in store.catalog.list_versions("tiny")] == [1]
+    # The directory named may itself be reached through a link: the operator chose it.
+    (source / "model.safetensors").write_bytes(FILES["model.safetensors"])
+    (tmp_path / "chosen").symlink_to(source)
+    v = store.import_path("tiny", tmp_path / "chosen")
+    assert folder_bytes(store.path_of(v)) == FILES  # .git skipped
 
 
 def test_import_path_refuses_pickles_and_missing_paths(store: ModelStore, tmp_path: Path) -> None:

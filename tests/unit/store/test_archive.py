@@ -14,6 +14,8 @@ import pytest
 from lmaas.errors import InvalidRequestError
 from lmaas.store.archive import (
     MAX_EXTENDED_HEADER,
+    CountingFile,
+    Gunzip,
     TarReader,
     open_maybe_gzip,
     zip_members,
@@ -199,3 +201,25 @@ def test_zip_lying_about_a_member_size_fails_on_read() -> None:
     assert member.size == 10
     with pytest.raises(InvalidRequestError):
         b"".join(member.chunks())
+
+
+def test_a_gunzip_counts_the_compressed_bytes_it_read() -> None:
+    data = tar_bytes({"zeros.bin": bytes(4 << 20)}, gz=True)
+    stream = open_maybe_gzip(io.BufferedReader(io.BytesIO(data)))  # type: ignore[arg-type]
+    assert isinstance(stream, Gunzip) and stream.compressed_bytes == 0
+    unpacked = 0
+    while chunk := stream.read(1 << 20):
+        unpacked += len(chunk)
+    assert unpacked > 4 << 20 and stream.compressed_bytes == len(data)
+    plain = open_maybe_gzip(io.BufferedReader(io.BytesIO(tar_bytes(FILES))))  # type: ignore[arg-type]
+    assert not isinstance(plain, Gunzip)
+
+
+def test_a_counting_file_counts_what_zip_members_read() -> None:
+    data = zip_bytes({"zeros.bin": bytes(4 << 20), "a.txt": b"a"})
+    counted = CountingFile(io.BytesIO(data))
+    unpacked = sum(len(b"".join(m.chunks())) for m in zip_members(counted, max_members=10))
+    assert unpacked == (4 << 20) + 1
+    # Every byte is counted at least once; the end records and the directory, read twice
+    # (once to bound them, once by zipfile), are counted twice.
+    assert len(data) <= counted.bytes_read < 3 * len(data)

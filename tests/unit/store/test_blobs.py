@@ -190,3 +190,36 @@ def test_writer_cannot_be_reused(store: BlobStore) -> None:
         writer.commit()
     writer.abort()  # after a commit: nothing to do, the blob stays
     assert info.path.read_bytes() == b"abc"
+
+
+def test_the_claim_comes_before_the_blob_is_looked_at(store: BlobStore) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def claim(digest: str) -> None:
+        seen.append((digest, store.exists(digest)))
+
+    first = store.write(chunks(CONTENT), len(CONTENT), claim)
+    second = store.write(chunks(CONTENT), len(CONTENT), claim)
+    assert (first.created, second.created) == (True, False)
+    assert seen == [(f"sha256:{HEX}", False), (f"sha256:{HEX}", True)]
+
+
+def test_a_refused_claim_stores_nothing(store: BlobStore) -> None:
+    def claim(digest: str) -> None:
+        raise RuntimeError("the catalog is down")
+
+    with pytest.raises(RuntimeError, match="catalog is down"):
+        store.write(chunks(CONTENT), len(CONTENT), claim)
+    assert files_in(store) == []
+
+
+def test_check_names_what_is_wrong_with_a_blob(store: BlobStore) -> None:
+    info = store.write([CONTENT], len(CONTENT))
+    assert store.check(info.digest, len(CONTENT), rehash=True) is None
+    wrong_size = store.check(info.digest, 5)
+    assert wrong_size == f"blob {info.digest} has {len(CONTENT)} bytes instead of 5"
+    info.path.write_bytes(CONTENT.upper())  # same size, other bytes
+    assert store.check(info.digest, len(CONTENT)) is None  # a size check cannot see it
+    assert "is damaged" in (store.check(info.digest, rehash=True) or "")
+    info.path.unlink()
+    assert store.check(info.digest) == f"blob {info.digest} is missing"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +168,11 @@ class ModelManagement:
         return version_out(version)
 
     async def show_version(self, name: str, ref: str) -> VersionOut:
-        return version_out(await self._version(name, ref))
+        """Any version, a broken one included (its ``state`` and ``error`` say so)."""
+        return version_out(await self._version(name, ref, broken_ok=True))
 
     async def content(self, name: str, ref: str) -> VersionContent:
+        """Refused (409) for a broken version: its bytes are not all there."""
         version = await self._version(name, ref)
         if version.format == "hf":
             length, chunks = await asyncio.to_thread(self._store.folder_tar, version)
@@ -178,7 +181,9 @@ class ModelManagement:
 
     async def delete_version(self, name: str, number: int) -> None:
         """Refused (409) while the version is served."""
-        version = await asyncio.to_thread(self._store.catalog.get_version, name, number)
+        version = await asyncio.to_thread(
+            partial(self._store.catalog.get_version, name, number, broken_ok=True)
+        )
         self._refuse_if_served([version])
         await asyncio.to_thread(self._store.delete_version, name, number)
         await self._aliases_changed(name)
@@ -195,9 +200,10 @@ class ModelManagement:
         await asyncio.to_thread(self._store.catalog.delete_alias, name, alias)
         await self._aliases_changed(name)
 
-    async def _version(self, name: str, ref: str) -> VersionInfo:
+    async def _version(self, name: str, ref: str, *, broken_ok: bool = False) -> VersionInfo:
         parsed = parse_reference(f"{name}:{ref}")[1]
-        return await asyncio.to_thread(self._store.catalog.get_version, name, parsed)
+        get = partial(self._store.catalog.get_version, name, parsed, broken_ok=broken_ok)
+        return await asyncio.to_thread(get)
 
     def _refuse_if_served(self, versions: list[VersionInfo]) -> None:
         served = self._served_versions()
