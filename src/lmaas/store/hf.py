@@ -294,7 +294,10 @@ def _add_tree(builder: FolderBuilder, dir_fd: int, prefix: str, depth: int) -> N
         names = sorted(entry.name for entry in scan)
     for name in names:
         relative = f"{prefix}{name}"
-        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        try:
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        except OSError as exc:  # gone since it was listed
+            raise _unreadable(relative, exc) from None
         if stat.S_ISLNK(mode):
             raise _link_refused(relative)
         if stat.S_ISDIR(mode):
@@ -307,7 +310,8 @@ def _add_tree(builder: FolderBuilder, dir_fd: int, prefix: str, depth: int) -> N
             finally:
                 os.close(child)
         elif stat.S_ISREG(mode):
-            fd = _open_no_follow(name, dir_fd, relative, 0)
+            # O_NONBLOCK: a fifo put there since it was listed cannot block the open.
+            fd = _open_no_follow(name, dir_fd, relative, os.O_NONBLOCK)
             with os.fdopen(fd, "rb") as f:
                 info = os.fstat(f.fileno())
                 if not stat.S_ISREG(info.st_mode):
@@ -324,9 +328,11 @@ def _open_no_follow(name: str, dir_fd: int, relative: str, flags: int) -> int:
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):  # what O_NOFOLLOW gives for a link
             raise _link_refused(relative) from None
-        raise InvalidRequestError(
-            f"{relative!r} could not be read ({exc.strerror})", param="path"
-        ) from None
+        raise _unreadable(relative, exc) from None
+
+
+def _unreadable(relative: str, exc: OSError) -> InvalidRequestError:
+    return InvalidRequestError(f"{relative!r} could not be read ({exc.strerror})", param="path")
 
 
 def _link_refused(relative: str) -> InvalidRequestError:
