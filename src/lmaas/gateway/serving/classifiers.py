@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -119,15 +120,19 @@ class ClassifierTrainer:
         return np.concatenate(rows).astype(np.float32)
 
     def _store(self, body: ClassifierTrainRequest, base: Path, head: LinearHead) -> Any:
-        """The base model's files (linked, not copied: the store dedupes by content) plus the
-        head, imported as one folder."""
-        with tempfile.TemporaryDirectory(prefix="lmaas-head-") as tmp:
+        """The base model's files plus the head, imported as one folder. The files are hard
+        links where the file system allows (the store dedupes by content either way), copies
+        otherwise; never symlinks, which an import refuses."""
+        with tempfile.TemporaryDirectory(prefix="lmaas-head-", dir=self.store.blobs.root) as tmp:
             root = Path(tmp)
             for path in base.rglob("*"):
                 if path.is_file() and path.name not in (HEAD_FILE, HEAD_WEIGHTS):
                     target = root / path.relative_to(base)
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(path.resolve(), target)
+                    try:
+                        os.link(path.resolve(), target)
+                    except OSError:
+                        shutil.copyfile(path.resolve(), target)
             head.save(root, base_model=body.model)
             return self.store.import_folder(
                 body.name,
