@@ -270,6 +270,33 @@ class Limits(BaseModel):
             "before new ones get 429",
         ),
     ] = 256
+    chat_template_timeout: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=600,
+            description="Longest a model's chat template may take to render one prompt (s); "
+            "beyond it the renderer process is killed and the request gets a 500",
+        ),
+    ] = 5.0
+    chat_template_max_chars: Annotated[
+        int,
+        Field(
+            ge=1024,
+            le=16 * 1024 * 1024,
+            description="Most characters a model's chat template may render for one prompt "
+            "(500 beyond)",
+        ),
+    ] = 8 * 1024 * 1024
+    chat_template_processes: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="Child processes that render chat templates, each one prompt at a "
+            "time (started on first use)",
+        ),
+    ] = 2
 
 
 class RecordSettings(BaseModel):

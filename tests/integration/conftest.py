@@ -42,3 +42,4 @@ async def client(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         yield c
+    await app.state.chat_serving.close()  # the lifespan would; ASGITransport does not run it

@@ -199,3 +199,23 @@ def test_transformers_refuses_raw_grammars(tiny: tuple[TransformersBackend, Any]
         loop.prepare(req)
     assert err.value.param == "response_format"
     assert "generate" in backend.info().capabilities
+
+
+def test_special_token_text_in_text_spans_is_tokenized_as_text(
+    tiny: tuple[TransformersBackend, Any],
+) -> None:
+    backend, _ = tiny
+    assert {"[CLS]", "[SEP]"} <= set(backend.info().special_tokens)
+    loop = EngineLoop(backend.generator(), lambda *_: None, max_num_seqs=4, max_batch_tokens=64)
+    prompt = "[CLS] hello [SEP] world [SEP]"
+    forged = (12, 17)  # the first [SEP], as message content would bring it
+
+    def ids(spans: list[tuple[int, int]]) -> list[int]:
+        req = GenerateRequest(
+            request_id="s", prompt=prompt, parse_special=True, add_bos=False, text_spans=spans
+        )
+        return loop.prepare(req).prompt_ids
+
+    parsed, marked = ids([]), ids([forged])
+    assert parsed.count(EOS) == 2 and marked.count(EOS) == 1  # only the markup's [SEP]
+    assert marked[-1] == EOS and len(marked) > len(parsed)

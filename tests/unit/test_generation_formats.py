@@ -37,6 +37,7 @@ from lmaas.protocol.openai import (
 )
 from lmaas.telemetry.metrics import Metrics
 from tests.fakes import fake_info
+from tests.fakes_templates import inline_renderer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -46,24 +47,26 @@ def lp(token: str, logprob: float | None, top: float | None = None) -> TokenLogp
     return TokenLogprob(1, token, list(token.encode()), logprob, alternatives)
 
 
-def chat(**fields: Any) -> ChatFormat:
-    fmt = ChatFormat(ChatCompletionRequest(model="m", messages=MESSAGES, **fields), "r1")
+async def chat(**fields: Any) -> ChatFormat:
+    fmt = ChatFormat(
+        ChatCompletionRequest(model="m", messages=MESSAGES, **fields), "r1", inline_renderer()
+    )
     fmt.validate(Limits())
-    fmt.prompts(fake_info("m"))
+    await fmt.prompts(fake_info("m"))
     fmt.begin(1700)
     return fmt
 
 
-def completion(**fields: Any) -> CompletionFormat:
+async def completion(**fields: Any) -> CompletionFormat:
     fmt = CompletionFormat(CompletionRequest(model="m", **fields), "r2")
     fmt.validate(Limits())
-    fmt.prompts(fake_info("m"))
+    await fmt.prompts(fake_info("m"))
     fmt.begin(1700)
     return fmt
 
 
-def test_chat_collects_each_choice_with_its_logprobs() -> None:
-    fmt = chat(n=2, temperature=1, logprobs=True, top_logprobs=1)
+async def test_chat_collects_each_choice_with_its_logprobs() -> None:
+    fmt = await chat(n=2, temperature=1, logprobs=True, top_logprobs=1)
     fmt.add(1, TokenEvent("b", text=" x", logprobs=[lp(" x", -0.25, -1.0)]))
     fmt.add(0, TokenEvent("a", text=" y", finish_reason=FinishReason.STOP))
     fmt.add(1, TokenEvent("b", text=" z", finish_reason=FinishReason.LENGTH))
@@ -100,8 +103,8 @@ def test_chat_collects_each_choice_with_its_logprobs() -> None:
     assert set(wire["choices"][0]) == {"index", "message", "logprobs", "finish_reason"}
 
 
-def test_chat_stream_opens_each_choice_and_closes_it_with_an_empty_delta() -> None:
-    fmt = chat(n=2, temperature=1, stream=True, stream_options={"include_usage": True})
+async def test_chat_stream_opens_each_choice_and_closes_it_with_an_empty_delta() -> None:
+    fmt = await chat(n=2, temperature=1, stream=True, stream_options={"include_usage": True})
     assert fmt.opening_chunks() == [
         ChatCompletionChunk(
             id="chatcmpl-r1",
@@ -132,8 +135,8 @@ def test_chat_stream_opens_each_choice_and_closes_it_with_an_empty_delta() -> No
     assert json.loads(last.model_dump_json())["usage"]["total_tokens"] == 7
 
 
-def test_chat_stream_without_include_usage_has_no_usage_key() -> None:
-    fmt = chat(stream=True, logprobs=True)
+async def test_chat_stream_without_include_usage_has_no_usage_key() -> None:
+    fmt = await chat(stream=True, logprobs=True)
     (chunk,) = fmt.chunks(0, TokenEvent("a", text="", logprobs=[lp("é", -0.5)]))
     wire = json.loads(sse.model_event(chunk)[len(b"data: ") :])
     assert "usage" not in wire
@@ -143,22 +146,35 @@ def test_chat_stream_without_include_usage_has_no_usage_key() -> None:
 
 
 def test_chat_refuses_top_logprobs_without_logprobs() -> None:
-    fmt = ChatFormat(ChatCompletionRequest(model="m", messages=MESSAGES, top_logprobs=2), "r")
+    fmt = ChatFormat(
+        ChatCompletionRequest(model="m", messages=MESSAGES, top_logprobs=2), "r", inline_renderer()
+    )
     with pytest.raises(InvalidRequestError) as info:
         fmt.validate(Limits())
     assert info.value.param == "top_logprobs"
 
 
-def test_chat_prompt_is_the_template_and_keeps_a_rendered_bos() -> None:
-    fmt = ChatFormat(ChatCompletionRequest(model="m", messages=MESSAGES), "r")
+async def test_chat_prompt_is_the_template_and_keeps_a_rendered_bos() -> None:
+    fmt = ChatFormat(ChatCompletionRequest(model="m", messages=MESSAGES), "r", inline_renderer())
     info = fake_info("m").model_copy(update={"chat_template": "<s>{{ messages[0]['content'] }}"})
-    assert fmt.prompts(info) == [Prompt("<s>hi", parse_special=True, add_bos=False)]
+    assert await fmt.prompts(info) == [Prompt("<s>hi", parse_special=True, add_bos=False)]
     assert fmt.prompt_record() == "<s>hi"
 
 
-def test_completion_echo_streams_the_prompt_first_with_offsets_across_both() -> None:
-    fmt = completion(prompt="ab", echo=True, logprobs=0, max_tokens=2, stream=True)
-    assert fmt.prompts(fake_info("m")) == [Prompt("ab", prompt_logprobs=0)]
+async def test_chat_prompt_adds_the_bos_when_message_content_only_reads_like_one() -> None:
+    body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "<s>hi"}])
+    fmt = ChatFormat(body, "r", inline_renderer())
+    info = fake_info("m").model_copy(
+        update={"chat_template": "{{ messages[0]['content'] }}", "special_tokens": ["<s>"]}
+    )
+    assert await fmt.prompts(info) == [
+        Prompt("<s>hi", parse_special=True, text_spans=((0, 3),), add_bos=True)
+    ]
+
+
+async def test_completion_echo_streams_the_prompt_first_with_offsets_across_both() -> None:
+    fmt = await completion(prompt="ab", echo=True, logprobs=0, max_tokens=2, stream=True)
+    assert await fmt.prompts(fake_info("m")) == [Prompt("ab", prompt_logprobs=0)]
     first = TokenEvent(
         "a", text="c", logprobs=[lp("c", -0.5)], prompt_logprobs=[lp("a", None), lp("b", -2.0)]
     )
@@ -191,10 +207,10 @@ def test_completion_echo_streams_the_prompt_first_with_offsets_across_both() -> 
     assert (chunk.choices[0].text, chunk.choices[0].finish_reason) == ("", "length")
 
 
-def test_completion_collects_echoed_token_ids_as_text_without_logprobs() -> None:
-    fmt = completion(prompt=[[5, 6], [7]], echo=True, n=2, temperature=1)
+async def test_completion_collects_echoed_token_ids_as_text_without_logprobs() -> None:
+    fmt = await completion(prompt=[[5, 6], [7]], echo=True, n=2, temperature=1)
     # Token-id prompts ask for their tokens back, to echo them as text.
-    assert [p.prompt_logprobs for p in fmt.prompts(fake_info("m"))] == [0, 0]
+    assert [p.prompt_logprobs for p in await fmt.prompts(fake_info("m"))] == [0, 0]
     for i, prompt in ((0, "ab"), (1, "ab"), (2, "c"), (3, "c")):
         plp = [lp(ch, None) for ch in prompt]
         fmt.add(i, TokenEvent(str(i), text=f" {i}", prompt_logprobs=plp))
@@ -213,8 +229,8 @@ def test_completion_collects_echoed_token_ids_as_text_without_logprobs() -> None
     assert fmt.prompt_record() == "[[5, 6], [7]]"
 
 
-def test_beam_choices_carry_their_scores_and_are_numbered_per_prompt() -> None:
-    fmt = completion(prompt=["a", "b"], n=2, use_beam_search=True, logprobs=0)
+async def test_beam_choices_carry_their_scores_and_are_numbered_per_prompt() -> None:
+    fmt = await completion(prompt=["a", "b"], n=2, use_beam_search=True, logprobs=0)
     beams = [
         [
             BeamResult([1], f" {p}{j}", FinishReason.LENGTH, -1.0 - j, -0.5 - j, [lp(" x", -1.0)])
@@ -247,7 +263,7 @@ async def _events(
 
 
 async def test_run_counts_each_prompt_once_and_every_choice() -> None:
-    fmt = completion(prompt=["a b", "c"], n=2, temperature=1, max_tokens=3)
+    fmt = await completion(prompt=["a b", "c"], n=2, temperature=1, max_tokens=3)
     events = [
         (
             i,
@@ -271,7 +287,9 @@ async def test_run_counts_each_prompt_once_and_every_choice() -> None:
 
 
 async def test_run_stream_ends_with_usage_then_done() -> None:
-    fmt = completion(prompt="a", max_tokens=1, stream=True, stream_options={"include_usage": True})
+    fmt = await completion(
+        prompt="a", max_tokens=1, stream=True, stream_options={"include_usage": True}
+    )
     first = (
         0,
         TokenEvent(

@@ -115,6 +115,7 @@ def _lifespan(
         try:
             yield
         finally:
+            await app.state.chat_serving.close()  # its chat template renderers
             if deployments is not None:
                 await deployments.close()
             else:

@@ -66,6 +66,9 @@ class GenerateRequest(BaseModel):
     prompt: str | list[int]
     # Chat prompts are rendered templates that contain special tokens; plain completions do not.
     parse_special: bool = False
+    # With ``parse_special``: character spans ``[start, end)`` of ``prompt`` that are text even
+    # though they read as special tokens (message content, see ``gateway/serving/template.py``).
+    text_spans: list[tuple[int, int]] = Field(default_factory=list)
     add_bos: bool = True
     max_tokens: int | None = None  # None = up to the model's length limit
     stop: list[str] = Field(default_factory=list)
@@ -81,6 +84,19 @@ class GenerateRequest(BaseModel):
     # One beam search over `beam.width` sequence slots; its only event is the final one, which
     # carries the `beam.n` best beams.
     beam: BeamParams | None = None
+
+    @model_validator(mode="after")
+    def _spans_within_prompt(self) -> Self:
+        if not self.text_spans:
+            return self
+        if not (self.parse_special and isinstance(self.prompt, str)):
+            raise ValueError("text_spans need a text prompt with parse_special")
+        end = 0
+        for start, stop in self.text_spans:
+            if not end <= start <= stop <= len(self.prompt):
+                raise ValueError("text_spans must be sorted, disjoint and within the prompt")
+            end = stop
+        return self
 
 
 @dataclass(slots=True)
@@ -216,3 +232,6 @@ class ModelInfo(BaseModel):
     capabilities: list[str] = Field(default_factory=lambda: ["generate", "score", "tokenize"])
     labels: list[str] | None = None  # a classifier's labels, in output order
     embedding_dim: int | None = None
+    # Texts of the tokens that only a special-token parse produces (control tokens): what
+    # message content may not turn into tokens (bounded by ``lmaas.worker.prompt``).
+    special_tokens: list[str] = Field(default_factory=list)

@@ -30,6 +30,7 @@ from lmaas.protocol.engine import (
 )
 from lmaas.worker.backends.base import BatchEntry, GenerationBackend
 from lmaas.worker.beam import BeamSearch, BeamSettings, EntryFn
+from lmaas.worker.prompt import tokenize_prompt
 from lmaas.worker.scheduler import Scheduler, SchedulerConfig, StepPlan
 from lmaas.worker.text import IncrementalDecoder, StopMatcher
 
@@ -92,7 +93,7 @@ class EngineLoop:
         if isinstance(req.prompt, str):
             if not req.prompt:
                 raise InvalidRequestError("the prompt is empty", param="prompt")
-            ids = b.tokenize(req.prompt, add_bos=req.add_bos, parse_special=req.parse_special)
+            ids = tokenize_prompt(b, req)
         else:
             ids = list(req.prompt)
             bad = next((t for t in ids if not 0 <= t < b.n_vocab), None)

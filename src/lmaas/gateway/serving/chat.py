@@ -1,6 +1,8 @@
 """POST /v1/chat/completions: the chat format of the generation pipeline (``generation.py``).
 
-The prompt is the model's chat template over the messages; a stream opens each choice with
+The prompt is the model's chat template over the messages, rendered by a ``ChatRenderer``
+(``template.py``: in a child process with time and size limits, message content kept from
+forging special tokens); a stream opens each choice with
 an assistant role delta, carries text (and logprobs) deltas, and closes each choice with an
 empty delta that holds its finish reason.
 """
@@ -13,9 +15,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from lmaas.config import Limits
+from lmaas.engine.client import EngineClient
 from lmaas.errors import InvalidRequestError
 from lmaas.gateway.serving.generation import GenerationFormat, GenerationServing, Prompt
-from lmaas.gateway.serving.template import render_chat
+from lmaas.gateway.serving.template import ChatRenderer, TemplatePool
 from lmaas.protocol.engine import BeamResult, ModelInfo, TokenEvent, TokenLogprob
 from lmaas.protocol.openai import (
     AssistantMessage,
@@ -26,6 +29,7 @@ from lmaas.protocol.openai import (
     ChatCompletionRequest,
     ChatLogprob,
 )
+from lmaas.telemetry.metrics import Metrics
 
 
 def logprob_fields(lp: TokenLogprob) -> dict[str, Any]:
@@ -50,8 +54,11 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
     chunk_model = ChatCompletionChunk
     id_prefix = "chatcmpl-"
 
-    def __init__(self, body: ChatCompletionRequest, request_id: str) -> None:
+    def __init__(
+        self, body: ChatCompletionRequest, request_id: str, templates: ChatRenderer
+    ) -> None:
         super().__init__(body, request_id)
+        self.templates = templates
         self.prompt = ""
         self.texts = [""] * body.n
         self.finish: list[str | None] = [None] * body.n
@@ -79,10 +86,16 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
                 param="top_logprobs",
             )
 
-    def prompts(self, info: ModelInfo) -> list[Prompt]:
-        self.prompt = render_chat(info, self.body.messages)
-        add_bos = not (info.bos_token and self.prompt.startswith(info.bos_token))
-        return [Prompt(self.prompt, parse_special=True, add_bos=add_bos)]
+    async def prompts(self, info: ModelInfo) -> list[Prompt]:
+        rendered = await self.templates.render(info, self.body.messages)
+        self.prompt = rendered.text
+        # The template wrote the BOS itself (not message content that reads like one).
+        bos_first = bool(info.bos_token) and self.prompt.startswith(info.bos_token)
+        content_first = bool(rendered.text_spans) and rendered.text_spans[0][0] == 0
+        add_bos = not (bos_first and not content_first)
+        return [
+            Prompt(self.prompt, parse_special=True, text_spans=rendered.text_spans, add_bos=add_bos)
+        ]
 
     def prompt_record(self) -> str:
         return self.prompt
@@ -145,4 +158,31 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
 
 
 class ChatServing(GenerationServing[ChatCompletionRequest]):
+    """The chat pipeline, and the child processes that render chat templates (started on
+    first use; ``close`` stops them)."""
+
     format_class = ChatFormat
+
+    def __init__(
+        self,
+        engines: dict[str, EngineClient],
+        limits: Limits,
+        metrics: Metrics,
+        *,
+        store_prompts: bool = False,
+    ) -> None:
+        super().__init__(engines, limits, metrics, store_prompts=store_prompts)
+        self.templates = ChatRenderer(
+            TemplatePool(
+                processes=limits.chat_template_processes,
+                timeout=limits.chat_template_timeout,
+                max_chars=limits.chat_template_max_chars,
+            )
+        )
+
+    def new_format(self, body: ChatCompletionRequest, request_id: str) -> ChatFormat:
+        return ChatFormat(body, request_id, self.templates)
+
+    async def close(self) -> None:
+        """Stop the template renderers."""
+        await self.templates.close()

@@ -136,7 +136,7 @@ class CompletionFormat(GenerationFormat[CompletionRequest, CompletionChoice]):
             )
         self.texts = normalize_prompts(body.prompt, limits)
 
-    def prompts(self, info: ModelInfo) -> list[Prompt]:
+    async def prompts(self, info: ModelInfo) -> list[Prompt]:
         body = self.body
         self.choices = [_Choice() for _ in range(len(self.texts) * body.n)]
         out = []

@@ -4,7 +4,8 @@ A request goes through one run, written once here:
 
 1. ``GenerationServing.plan``: authorize the key for the model, resolve the engine, record the
    parameters, validate (the limits every endpoint shares, then the endpoint's own rules),
-   choose beam search or sampling, check the output schema, build the prompts, check
+   choose beam search or sampling, check the output schema, build the prompts (a chat
+   template renders in a child process, off the event loop: ``template.py``), check
    admission, and make the engine requests (``n`` choices per prompt with consecutive seeds,
    or one beam search per prompt);
 2. ``GenerationServing.create``: merge the engine streams, wait for the first event (a client
@@ -27,7 +28,7 @@ New generation features plug in at these seams instead of copying the run. Tool 
 chat format whose ``prompts`` render the tools into the template, whose ``output_schema`` may
 constrain the output, and whose ``add``/``collected_choices``/``chunks`` turn the generated
 text into ``tool_calls`` (with ``finish_reason: "tool_calls"``); new response fields go into
-the models once. A job that generates without an HTTP client calls ``plan`` with a state
+the models once. A job that generates without an HTTP client awaits ``plan`` with a state
 object of its own, runs ``plan.requests`` on ``plan.engine`` through ``merge_streams``, and
 hands the events to ``GenerationRun.collect``: it gets the body an HTTP client would.
 """
@@ -90,6 +91,8 @@ class Prompt:
 
     prompt: str | list[int]
     parse_special: bool = False  # a rendered chat template holds special tokens
+    # With parse_special: spans of the prompt that are text all the same (message content).
+    text_spans: tuple[tuple[int, int], ...] = ()
     add_bos: bool = True
     prompt_logprobs: int | None = None  # for echo: the prompt's own logprobs
 
@@ -137,8 +140,9 @@ class GenerationFormat(ABC, Generic[BodyT, ChoiceT]):
         return check_schema(self.body.response_format)
 
     @abstractmethod
-    def prompts(self, info: ModelInfo) -> list[Prompt]:
-        """The prompts to generate from, in choice order."""
+    async def prompts(self, info: ModelInfo) -> list[Prompt]:
+        """The prompts to generate from, in choice order (awaited: a chat template renders in
+        a child process)."""
 
     @abstractmethod
     def prompt_record(self) -> str:
@@ -306,7 +310,7 @@ class GenerationServing(ServingBase, Generic[BodyT]):
         self, body: BodyT, request: Request, request_id: str, key: KeyInfo | None
     ) -> Response:
         fmt = self.new_format(body, request_id)
-        plan = self.plan(fmt, request_id, key, request.state)
+        plan = await self.plan(fmt, request_id, key, request.state)
         timing = RequestTiming(model=plan.engine.name)
         request.state.timing = timing
         if plan.beam is not None:
@@ -326,7 +330,7 @@ class GenerationServing(ServingBase, Generic[BodyT]):
             return Response(status_code=499)
         return json_response(result)
 
-    def plan(
+    async def plan(
         self,
         fmt: GenerationFormat[BodyT, Any],
         request_id: str,
@@ -351,7 +355,7 @@ class GenerationServing(ServingBase, Generic[BodyT]):
         info = engine.info
         if info is None:
             raise ServiceUnavailableError(f"model '{engine.name}' is still loading")
-        prompts = fmt.prompts(info)
+        prompts = await fmt.prompts(info)
         if self.store_prompts:
             state.record_prompt = fmt.prompt_record()
         sampling = build_sampling(body, info, schema)
@@ -396,6 +400,7 @@ def _engine_requests(
                 request_id=engine_request_id(request_id, i),
                 prompt=p.prompt,
                 parse_special=p.parse_special,
+                text_spans=list(p.text_spans),
                 add_bos=p.add_bos,
                 sampling=SamplingParams(logit_bias=sampling.logit_bias),
                 beam=beam,
@@ -410,6 +415,7 @@ def _engine_requests(
             p.prompt,
             seeds_for(sampling, body.n),
             parse_special=p.parse_special,
+            text_spans=list(p.text_spans),
             add_bos=p.add_bos,
             prompt_logprobs=p.prompt_logprobs,
             **shared,

@@ -20,6 +20,7 @@ from lmaas.config import EngineConfig, cpu_threads
 from lmaas.errors import InvalidRequestError
 from lmaas.protocol.engine import ModelInfo, SamplingParams
 from lmaas.worker.backends.base import BatchEntry
+from lmaas.worker.prompt import bounded_special_tokens
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,21 @@ class LlamaCppBackend:
             architecture=self._meta("general.architecture") or "unknown",
             n_params=int(llama_cpp.llama_model_n_params(self.model)),
             size_bytes=self.path.stat().st_size,
+            special_tokens=bounded_special_tokens(self._special_texts(), self.name),
         )
+
+    def _special_texts(self) -> list[str]:
+        """Texts of the tokens only a special-token parse produces (control and unknown)."""
+        kinds = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        texts = []
+        for token in range(self.n_vocab):
+            if llama_cpp.llama_vocab_get_attr(self.vocab, token) & kinds:
+                raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
+                try:
+                    texts.append(raw.decode("utf-8"))
+                except UnicodeDecodeError:  # no str content can hold it
+                    continue
+        return texts
 
     def piece_special(self, token: int) -> str:
         if token < 0:

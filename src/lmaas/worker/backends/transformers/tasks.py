@@ -52,6 +52,7 @@ from lmaas.protocol.tasks import (
     TaskResult,
 )
 from lmaas.worker.backends.transformers.generate import TorchSlots
+from lmaas.worker.prompt import bounded_special_tokens
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,10 @@ class TransformersBackend:
             capabilities=self.capabilities(),
             labels=self.labels,
             embedding_dim=int(hidden) if hidden and self.kind != "classifier" else None,
+            special_tokens=bounded_special_tokens(
+                (t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special),
+                self.name,
+            ),
         )
 
     # --- preparing one request -----------------------------------------------------------
