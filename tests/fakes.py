@@ -115,7 +115,9 @@ class FakeEngine(EngineClient):
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+    async def generate(  # noqa: C901, PLR0915 - fakes every generation option
+        self, request: GenerateRequest
+    ) -> AsyncIterator[TokenEvent]:
         if not self.ready:
             raise ServiceUnavailableError("fake worker down")
         prompt = request.prompt
