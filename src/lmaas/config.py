@@ -122,6 +122,15 @@ class EngineConfig(BaseModel):
             "waiting requests of one kind, length-sorted, in forward passes of up to 32)",
         ),
     ] = 256
+    grammar_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=600,
+            description="Longest a worker spends turning a request's JSON schema into a "
+            "grammar (on a thread of its own) before it refuses the request with a 400",
+        ),
+    ] = 20.0
 
     def backend_for(self, path: Path) -> Literal["llamacpp", "transformers"]:
         """The backend that serves ``path``: the configured one, else by the kind of path."""
@@ -297,6 +306,53 @@ class Limits(BaseModel):
             "time (started on first use)",
         ),
     ] = 2
+    # A response_format JSON schema becomes a grammar in the worker, and a small schema can
+    # ask for a huge one: these bound it before it leaves the gateway (serving/schema_limits).
+    schema_max_bytes: Annotated[
+        int,
+        Field(
+            ge=64,
+            le=16 * 1024**2,
+            description="Largest response_format JSON schema, as compact JSON",
+        ),
+    ] = 64 * 1024
+    schema_max_depth: Annotated[
+        int,
+        Field(
+            ge=2,
+            le=64,
+            description="Deepest nesting of objects and arrays in a JSON schema (the schema "
+            "validators recurse; past ~100 levels they exhaust the stack)",
+        ),
+    ] = 32
+    schema_max_repeat: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000,
+            description="Largest minLength, maxLength, minItems, maxItems (and the like) or "
+            "pattern quantifier {m,n} in a JSON schema: each becomes that many grammar steps, "
+            "and llama.cpp's grammar parser crashes near 20,000",
+        ),
+    ] = 1000
+    schema_max_enum: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100_000,
+            description="Most values in one enum of a JSON schema (100,000 take llama.cpp "
+            "half a minute to turn into a grammar)",
+        ),
+    ] = 1000
+    schema_max_properties: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1000,
+            description="Most properties in one object of a JSON schema (optional ones nest "
+            "in the grammar, one level each)",
+        ),
+    ] = 256
 
 
 class RecordSettings(BaseModel):

@@ -12,7 +12,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.bad_inputs import BEAM_CASES, CASES, check_error_envelope, encode
+from tests.bad_inputs import BEAM_CASES, CASES, HOSTILE_CASES, check_error_envelope, encode
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess, wait_until
 
@@ -275,13 +275,32 @@ def test_non_streaming_client_that_gives_up_frees_its_slot(server: ServerProcess
     assert generated < 2000
 
 
+@pytest.fixture(scope="module")
+def workers(server: ServerProcess) -> set[int]:
+    """The worker processes serving MODEL when the bad inputs begin."""
+    pids = server.worker_pids(MODEL)
+    assert len(pids) == 1, pids
+    return pids
+
+
+def assert_worker_unharmed(server: ServerProcess, pids: set[int]) -> None:
+    """The same worker process still serves MODEL, never restarted, and answers a request."""
+    assert server.worker_pids(MODEL) == pids
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready["models"][MODEL]["replicas"][0]["restarts"] == 0, ready
+    body = {"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 1, "temperature": 0}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 1, r.text
+
+
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "param"),
-    [c[1:] for c in CASES + BEAM_CASES],
-    ids=[c[0] for c in CASES + BEAM_CASES],
+    [c[1:] for c in CASES + BEAM_CASES + HOSTILE_CASES],
+    ids=[c[0] for c in CASES + BEAM_CASES + HOSTILE_CASES],
 )
 def test_bad_input_table(
     server: ServerProcess,
+    workers: set[int],
     path: str,
     body: Any,
     headers: dict[str, str],
@@ -297,6 +316,7 @@ def test_bad_input_table(
     assert r.status_code == status, r.text
     err = check_error_envelope(r.json())
     assert err["param"] == param, err
+    assert_worker_unharmed(server, workers)
 
 
 def test_server_still_healthy_after_bad_inputs(server: ServerProcess, sdk: openai.OpenAI) -> None:

@@ -23,6 +23,7 @@ from lmaas.records.store import RecordStore
 from lmaas.store.blobs import BlobStore
 from lmaas.store.catalog import Catalog
 from lmaas.store.model_store import ModelStore
+from tests.bad_inputs import ADMIN_CASES, AdminCase, check_error_envelope
 from tests.fakes import FakeEngine
 from tests.hf_folder import folder_files, tar_bytes, write_folder
 
@@ -230,3 +231,13 @@ async def test_request_records_page(admin: Admin) -> None:
     assert r.json() == {"object": "list", "data": [], "next_cursor": None}
     bad = await admin.http.get("/admin/requests", params={"status": "maybe"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "status"
+
+
+@pytest.mark.parametrize("case", ADMIN_CASES, ids=[c.id for c in ADMIN_CASES])
+async def test_version_numbers_beyond_any_column_are_4xx(admin: Admin, case: AdminCase) -> None:
+    assert (await admin.upload()).status_code == 201
+    path = case.path.replace("{model}", "tiny")
+    r = await admin.http.request(case.method, path, json=case.body)
+    assert r.status_code == case.status, r.text
+    assert check_error_envelope(r.json())["param"] == case.param
+    assert (await admin.http.get("/admin/models/tiny/versions/1")).status_code == 200

@@ -18,7 +18,7 @@ from lmaas.gateway.app import create_app
 from lmaas.gateway.auth import Authenticator
 from lmaas.keys import KeyStore
 from lmaas.protocol.engine import ModelInfo
-from tests.bad_inputs import BEAM_CASES, CASES, check_error_envelope, encode
+from tests.bad_inputs import BEAM_CASES, CASES, HOSTILE_CASES, check_error_envelope, encode
 from tests.fakes import FakeEngine
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -160,8 +160,8 @@ async def test_completions_stream(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "param"),
-    [c[1:] for c in CASES + BEAM_CASES],
-    ids=[c[0] for c in CASES + BEAM_CASES],
+    [c[1:] for c in CASES + BEAM_CASES + HOSTILE_CASES],
+    ids=[c[0] for c in CASES + BEAM_CASES + HOSTILE_CASES],
 )
 async def test_bad_input_table(
     client: httpx.AsyncClient,

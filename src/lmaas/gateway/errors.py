@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,16 +23,48 @@ log = logging.getLogger(__name__)
 
 
 def _response(error: LmaasError) -> JSONResponse:
-    return JSONResponse(error.to_body(), status_code=error.status_code, headers=error.headers)
+    body = error.to_body()
+    detail = body["error"]
+    for field in ("message", "param"):
+        # An error may quote the request (a model name), which may hold lone surrogates.
+        if isinstance(detail[field], str):
+            detail[field] = _printable(detail[field])
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+def _printable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate is written as its escape."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# Where FastAPI says a value came from: the first element of a location, not a field.
+_SOURCES = {"body", "path", "query", "header", "cookie"}
+
+
+def _most_telling(errors: Sequence[Any]) -> Any:
+    """The complaint to report: the first that is not a type mismatch, if any.
+
+    A value that fails every member of a union gets one complaint per member; when it has
+    the shape of one member (a list of token ids) but breaks that member's rule (an id out
+    of range), that rule is what the client needs to hear, not "should be a valid string".
+    """
+    for error in errors:
+        if not str(error.get("type", "")).endswith("_type"):
+            return error
+    return errors[0]
 
 
 def validation_error(exc: RequestValidationError) -> InvalidRequestError:
-    """Turn pydantic's first complaint into one clear message naming the parameter."""
+    """Turn pydantic's most telling complaint into one clear message naming the parameter."""
     errors = exc.errors()
     if not errors:
         return InvalidRequestError("invalid request body")
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    first = _most_telling(errors)
+    loc = [str(p) for p in first.get("loc", ())]
+    if loc and loc[0] in _SOURCES:
+        loc = loc[1:]
     kind = first.get("type", "")
     if kind == "json_invalid":
         return InvalidRequestError(
@@ -47,7 +81,19 @@ def validation_error(exc: RequestValidationError) -> InvalidRequestError:
     return InvalidRequestError(f"{param}: {message}" if param else message, param=param)
 
 
-_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "function-after", "none"}
+_TYPE_NAMES = {
+    "str",
+    "int",
+    "float",
+    "bool",
+    "list",
+    "dict",
+    "function-after",
+    "none",
+    "constrained-int",
+    "constrained-str",
+    "constrained-float",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -8,6 +8,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_DESCRIPTION = 4096
+# Versions count up from 1. A longer reference is read as an alias (store/catalog.py), and a
+# number this size fits every database's integer column (PostgreSQL's holds < 2**31).
+MAX_VERSION_NUMBER = 999_999_999
 
 
 class CreateModelBody(BaseModel):
@@ -27,7 +30,7 @@ class ImportBody(BaseModel):
 
 class AliasBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int | str
+    version: Annotated[int, Field(le=MAX_VERSION_NUMBER)] | str
 
 
 class VersionOut(BaseModel):

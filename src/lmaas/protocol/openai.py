@@ -2,14 +2,21 @@
 
 Field constraints here are the fixed ones (OpenAI's ranges); limits an operator configures
 (`max_tokens`, `n`, logprobs, stop strings) are checked in ``gateway/serving``.
+
+Text fields are ``Text``: a JSON string may spell a lone UTF-16 surrogate (``"\\ud800"``),
+which Python decodes into a string that cannot be encoded as UTF-8 again (for a tokenizer, a
+worker frame or a database row), so it is refused here, naming the field. Token ids are
+``TokenId``: what a model's vocabulary (int32 in every engine) can hold.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     MISSING,
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,8 +26,44 @@ from pydantic import (
     StrictStr,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 Float = StrictFloat | StrictInt
+
+MAX_TOKEN_ID = 2**31 - 1
+# A logit_bias key: a token id in ASCII digits (int() also reads "²", "٣" and 5,000 digits).
+_TOKEN_KEY = re.compile(r"-?[0-9]{1,10}")
+
+
+def valid_unicode(value: str) -> str:
+    """``value`` unchanged, or a validation error if it holds a lone UTF-16 surrogate."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError(
+            "unicode_surrogate",
+            "the text holds a lone UTF-16 surrogate ({char} at index {index}), which is not "
+            "Unicode text; send valid UTF-8",
+            {"char": f"\\u{ord(value[exc.start]):04x}", "index": exc.start},
+        ) from None
+    return value
+
+
+def valid_token_id(value: int) -> int:
+    if not 0 <= value <= MAX_TOKEN_ID:
+        shown = str(value) if abs(value) < 10**20 else f"a {len(str(abs(value)))}-digit number"
+        raise PydanticCustomError(
+            "token_id",
+            "token ids are integers from 0 to {max}; got {value}",
+            {"max": MAX_TOKEN_ID, "value": shown},
+        )
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(valid_unicode)]
+TokenId = Annotated[StrictInt, AfterValidator(valid_token_id)]
 
 
 class _Request(BaseModel):
@@ -33,8 +76,8 @@ class StreamOptions(_Request):
 
 
 class JsonSchemaFormat(_Request):
-    name: StrictStr = "response"
-    description: StrictStr | None = None
+    name: Text = "response"
+    description: Text | None = None
     schema_: Annotated[dict[str, Any], Field(alias="schema")] = Field(default_factory=dict)
     strict: StrictBool | None = None
 
@@ -46,13 +89,13 @@ class ResponseFormat(_Request):
 
 class TextPart(_Request):
     type: Literal["text"]
-    text: StrictStr
+    text: Text
 
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
-    name: StrictStr | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -65,21 +108,24 @@ class ChatMessage(_Request):
 class SamplingFields(_Request):
     """Generation fields shared by chat and completions (vLLM's extensions included)."""
 
-    model: StrictStr
+    model: Text
     temperature: Annotated[Float | None, Field(ge=0.0, le=2.0)] = None
     top_p: Annotated[Float | None, Field(gt=0.0, le=1.0)] = None
-    top_k: Annotated[StrictInt | None, Field(ge=-1)] = None
+    # Engines keep top_k in a C int; any value above the vocabulary size means no cut anyway.
+    top_k: Annotated[StrictInt | None, Field(ge=-1, le=MAX_TOKEN_ID)] = None
     min_p: Annotated[Float | None, Field(ge=0.0, le=1.0)] = None
     repetition_penalty: Annotated[Float | None, Field(gt=0.0, le=2.0)] = None
     presence_penalty: Annotated[Float | None, Field(ge=-2.0, le=2.0)] = None
     frequency_penalty: Annotated[Float | None, Field(ge=-2.0, le=2.0)] = None
-    stop: StrictStr | list[StrictStr] | None = None
+    stop: Text | list[Text] | None = None
     seed: Annotated[StrictInt | None, Field(ge=-(2**63), le=2**64 - 1)] = None
-    n: Annotated[StrictInt, Field(ge=1)] = 1
+    # Limits.max_n is at most 128; a bound here too, since choices are laid out before the
+    # configured limit is checked.
+    n: Annotated[StrictInt, Field(ge=1, le=128)] = 1
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, Float] | None = None
-    user: StrictStr | None = None
+    user: Text | None = None
     ignore_eos: StrictBool = False
     include_stop_str_in_output: StrictBool = False
     response_format: ResponseFormat | None = None
@@ -95,8 +141,9 @@ class SamplingFields(_Request):
         if value is None:
             return None
         for key, bias in value.items():
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias keys must be token ids (integers), got {key!r}")
+            if _TOKEN_KEY.fullmatch(key) is None:
+                shown = repr(key) if len(key) <= 24 else f"{key[:20]!r}... ({len(key)} characters)"
+                raise ValueError(f"logit_bias keys must be token ids (integers), got {shown}")
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"logit_bias values must be in [-100, 100], got {bias}")
         return value
@@ -115,7 +162,7 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Annotated[StrictInt | None, Field(ge=0)] = None
 
 
-PromptType = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+PromptType = Text | list[Text] | list[TokenId] | list[list[TokenId]]
 
 
 class CompletionRequest(SamplingFields):
@@ -124,7 +171,7 @@ class CompletionRequest(SamplingFields):
     max_tokens: Annotated[StrictInt | None, Field(ge=0)] = 16
     echo: StrictBool = False
     logprobs: Annotated[StrictInt | None, Field(ge=0)] = None
-    suffix: StrictStr | None = None
+    suffix: Text | None = None
     best_of: Annotated[StrictInt | None, Field(ge=1)] = None
 
 

@@ -1,6 +1,9 @@
 """Request models of the understanding endpoints: embeddings (OpenAI's format), classify, nli,
 score, tokenize and detokenize.
 
+Text and token ids are ``Text`` and ``TokenId`` of ``protocol.openai``: no lone surrogates,
+no token id an engine cannot hold.
+
 Fixed constraints live here; operator limits (``Limits.max_inputs``, ``max_labels``) and what
 a model can do are checked in ``gateway/serving``.
 """
@@ -9,7 +12,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from lmaas.protocol.openai import Text, TokenId
 
 DEFAULT_HYPOTHESIS = "This text is about {}."
 
@@ -19,82 +24,82 @@ class _Request(BaseModel):
 
 
 class EmbeddingRequest(_Request):
-    model: StrictStr
-    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    model: Text
+    input: Text | list[Text] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[StrictInt | None, Field(ge=1)] = None
-    user: StrictStr | None = None
+    user: Text | None = None
     # lmaas: cut inputs longer than the model reads instead of refusing them.
     truncate: StrictBool = False
 
 
 class ClassifyRequest(_Request):
-    model: StrictStr
-    input: StrictStr | list[StrictStr]
+    model: Text
+    input: Text | list[Text]
     # Zero-shot with a generation model: the labels to choose from, each scored by the
     # log-likelihood of `hypothesis_template` filled with it, following the text.
-    candidate_labels: list[StrictStr] | None = None
-    hypothesis_template: StrictStr = DEFAULT_HYPOTHESIS
+    candidate_labels: list[Text] | None = None
+    hypothesis_template: Text = DEFAULT_HYPOTHESIS
     truncate: StrictBool = False
-    user: StrictStr | None = None
+    user: Text | None = None
 
 
 class NLIPair(_Request):
-    premise: StrictStr
-    hypothesis: StrictStr
+    premise: Text
+    hypothesis: Text
 
 
 class NLIRequest(_Request):
-    model: StrictStr
+    model: Text
     input: NLIPair | list[NLIPair]
     truncate: StrictBool = False
-    user: StrictStr | None = None
+    user: Text | None = None
 
 
 class ScorePair(_Request):
     """Score only ``continuation``, read after ``prompt``."""
 
-    prompt: StrictStr
-    continuation: StrictStr
+    prompt: Text
+    continuation: Text
 
 
 class ScoreRequest(_Request):
-    model: StrictStr
-    input: StrictStr | ScorePair | list[StrictStr | ScorePair]
+    model: Text
+    input: Text | ScorePair | list[Text | ScorePair]
     truncate: StrictBool = False
-    user: StrictStr | None = None
+    user: Text | None = None
 
 
 class TokenizeRequest(_Request):
-    model: StrictStr
-    prompt: StrictStr
+    model: Text
+    prompt: Text
     add_special_tokens: StrictBool = True
 
 
 class DetokenizeRequest(_Request):
-    model: StrictStr
-    tokens: list[StrictInt]
+    model: Text
+    tokens: list[TokenId]
 
 
 class LabelledExample(_Request):
-    text: Annotated[StrictStr, Field(min_length=1)]
-    label: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    text: Annotated[Text, Field(min_length=1)]
+    label: Annotated[Text, Field(min_length=1, max_length=128)]
 
 
 class ClassifierTrainRequest(_Request):
     """Train a linear head on an embedding model's vectors of labelled examples."""
 
     name: Annotated[
-        StrictStr,
+        Text,
         Field(
             min_length=1,
             max_length=128,
             description="Model name of the classifier in the store (a new version if it exists)",
         ),
     ]
-    model: StrictStr = Field(
+    model: Text = Field(
         default="all-minilm-l6-v2", description="A served embedding model (transformers)"
     )
     examples: Annotated[list[LabelledExample], Field(min_length=2)]
     deploy: StrictBool = Field(default=True, description="Serve it (and wait until ready)")
-    description: StrictStr = ""
+    description: Text = ""

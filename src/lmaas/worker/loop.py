@@ -5,7 +5,8 @@ scheduler gave it: its beams decode in the same batch as every other sequence, a
 step the loop moves KV cells between its slots as the search says.
 
 One thread runs ``EngineLoop.run``; the IPC reader thread only calls ``submit`` and ``abort``
-(which go through a queue) and ``prepare`` (which reads the vocabulary, never the context).
+(which go through a queue) and ``prepare`` (which reads the vocabulary, never the context;
+for a request with a grammar, it runs on the preparer's thread instead, as may ``discard``).
 """
 
 from __future__ import annotations
@@ -190,6 +191,10 @@ class EngineLoop:
 
     def submit(self, active: ActiveRequest) -> None:
         self._inbox.put(("add", active))
+
+    def discard(self, active: ActiveRequest) -> None:
+        """Free what ``prepare`` built for a request that will not be submitted."""
+        self._free_sampler(active)
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))

@@ -3,7 +3,9 @@
     python -m lmaas.worker --fd N --name NAME --model-path FILE --engine-json '{...}'
 
 Frames are length-prefixed msgpack maps (see ``lmaas.engine.ipc``). A reader thread answers
-pings and validates new requests at once; the step loop runs on the main thread.
+pings and validates new requests at once; a request with a grammar is prepared on a thread of
+its own (``worker/preparer.py``), so that building it never delays a ping; the step loop runs
+on the main thread.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from lmaas.engine.ipc import FrameError, encode_frame, read_frame_blocking
 from lmaas.errors import InternalError, InvalidRequestError, LmaasError
 from lmaas.protocol.engine import GenerateRequest, TokenEvent
 from lmaas.protocol.tasks import TaskRequest, TaskResult
+from lmaas.worker.preparer import SlowPreparer, needs_slow_prepare
 from lmaas.worker.tasks import TaskLoop
 
 if TYPE_CHECKING:
-    from lmaas.worker.loop import EngineLoop
+    from lmaas.worker.loop import ActiveRequest, EngineLoop
 log = logging.getLogger("lmaas.worker")
 
 _PR_SET_PDEATHSIG = 1
@@ -58,6 +61,7 @@ class WorkerServer:
         *,
         tasks: TaskLoop | None = None,
         inline_task: Callable[[TaskRequest], TaskResult | None] | None = None,
+        grammar_timeout_s: float = 20.0,
     ) -> None:
         self.sock = sock
         self.loop = loop
@@ -65,8 +69,12 @@ class WorkerServer:
         self.inline_task = inline_task
         self.info = info
         self._send_lock = threading.Lock()
+        self.preparer: SlowPreparer | None = None
         if loop is not None:
             loop.emit = self.emit_events
+            self.preparer = SlowPreparer(
+                loop.prepare, self._accept, self.reject, loop.discard, timeout_s=grammar_timeout_s
+            )
         if tasks is not None:
             tasks.emit = self.emit_task_result
 
@@ -99,6 +107,8 @@ class WorkerServer:
         return self.tasks.stats() if self.tasks is not None else {}
 
     def _stop_loops(self) -> None:
+        if self.preparer is not None:
+            self.preparer.stop()
         if self.loop is not None:
             self.loop.stop()
         if self.tasks is not None:
@@ -151,7 +161,10 @@ class WorkerServer:
         elif kind == "task":
             self._handle_task(frame.get("req"))
         elif kind == "abort" and self.loop is not None:
-            self.loop.abort(str(frame.get("r")))
+            if self.preparer is not None:
+                self.preparer.abort_or(str(frame.get("r")), self.loop.abort)
+            else:
+                self.loop.abort(str(frame.get("r")))
         elif kind == "ping":
             steps = self.loop.steps if self.loop is not None else getattr(self.tasks, "steps", 0)
             self.send({"k": "pong", "n": frame.get("n"), "s": self.stats(), "steps": steps})
@@ -166,15 +179,28 @@ class WorkerServer:
             return
         try:
             req = GenerateRequest.model_validate(raw)
-            active = self.loop.prepare(req)
         except ValidationError as exc:
             message = f"invalid engine request: {exc.errors()[0]['msg']}"
             self.reject(rid, InvalidRequestError(message))
             return
+        if self.preparer is not None and needs_slow_prepare(req):
+            self.preparer.submit(req)
+            return
+        try:
+            active = self.loop.prepare(req)
         except LmaasError as exc:
             self.reject(rid, exc)
             return
+        except Exception:  # never let one request kill the reader thread
+            log.exception("preparing %s failed", rid)
+            self.reject(rid, InternalError("the request could not be prepared"))
+            return
+        self._accept(active)
+
+    def _accept(self, active: ActiveRequest) -> None:
+        assert self.loop is not None
         # Accept before queueing so the gateway never sees events ahead of the acceptance.
+        rid = active.req.request_id
         self.send(
             {"k": "accepted", "r": rid, "pt": len(active.prompt_ids), "mt": active.max_new_tokens}
         )
@@ -240,7 +266,13 @@ def _build(
             max_num_seqs=config.max_num_seqs,
             max_batch_tokens=config.max_batch_tokens,
         )
-        server = WorkerServer(sock, loop, hf.info().model_dump(), tasks=tasks)
+        server = WorkerServer(
+            sock,
+            loop,
+            hf.info().model_dump(),
+            tasks=tasks,
+            grammar_timeout_s=config.grammar_timeout_s,
+        )
 
         def run_both() -> None:
             threading.Thread(target=tasks.run, name="tasks", daemon=True).start()
@@ -259,7 +291,13 @@ def _build(
         max_batch_tokens=config.max_batch_tokens,
     )
     inline = LlamaCppTasks(backend, config)
-    server = WorkerServer(sock, loop, inline.info().model_dump(), inline_task=inline.run)
+    server = WorkerServer(
+        sock,
+        loop,
+        inline.info().model_dump(),
+        inline_task=inline.run,
+        grammar_timeout_s=config.grammar_timeout_s,
+    )
     inline.emit = server.emit_task_result
     return server, loop.run
 

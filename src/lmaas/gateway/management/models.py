@@ -189,9 +189,8 @@ class ModelManagement:
         await self._aliases_changed(name)
 
     async def set_alias(self, name: str, alias: str, body: AliasBody) -> VersionOut:
-        ref: int | str = body.version
-        if isinstance(ref, str) and ref.isdigit():
-            ref = int(ref)
+        # The catalog reads "3" as version 3 (and "²" or 20 digits as a bad alias name).
+        ref = body.version
         version = await asyncio.to_thread(self._store.catalog.set_alias, name, alias, ref)
         await self._aliases_changed(name)
         return version_out(version)

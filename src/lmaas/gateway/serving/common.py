@@ -19,6 +19,7 @@ from lmaas.config import Limits
 from lmaas.engine.client import EngineClient
 from lmaas.engine.directory import EngineDirectory
 from lmaas.errors import InvalidRequestError, NotFoundError, OverloadedError
+from lmaas.gateway.serving.schema_limits import check_schema_limits
 from lmaas.protocol.engine import GenerateRequest, ModelInfo, SamplingParams, TokenEvent
 from lmaas.protocol.openai import ResponseFormat, SamplingFields
 from lmaas.telemetry.metrics import Metrics
@@ -103,10 +104,16 @@ def validate_common(body: SamplingFields, limits: Limits, max_tokens: int | None
         raise InvalidRequestError(
             "stream_options is only allowed when stream is true", param="stream_options"
         )
+    fmt = body.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is not None:
+        # Before check_schema: its validator recurses, and the worker must never see more.
+        check_schema_limits(fmt.json_schema.schema_, limits)
 
 
 def check_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
-    """The JSON schema the output must follow: ``{}`` for any JSON object, ``None`` for text."""
+    """The JSON schema the output must follow: ``{}`` for any JSON object, ``None`` for text.
+
+    Its size is bounded by ``validate_common`` (``schema_limits``), which runs first."""
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":

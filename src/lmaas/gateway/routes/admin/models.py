@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, status
+from fastapi import APIRouter, Header, Path, Request, status
 from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse, Response, StreamingResponse
 
@@ -13,6 +13,7 @@ from lmaas.errors import InvalidRequestError
 from lmaas.gateway.deps import AdminKey, ModelManagementDep
 from lmaas.gateway.management.models import VersionContent
 from lmaas.protocol.admin import (
+    MAX_VERSION_NUMBER,
     AliasBody,
     CreateModelBody,
     ImportBody,
@@ -120,7 +121,10 @@ def _content_response(content: VersionContent) -> FileResponse | StreamingRespon
 
 @router.delete("/{name}/versions/{number}", status_code=NO_CONTENT)
 async def delete_version(
-    name: str, number: int, models: ModelManagementDep, _: AdminKey
+    name: str,
+    number: Annotated[int, Path(le=MAX_VERSION_NUMBER)],
+    models: ModelManagementDep,
+    _: AdminKey,
 ) -> Response:
     """Refused (409) while the version is served."""
     await models.delete_version(name, number)

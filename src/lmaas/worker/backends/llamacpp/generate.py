@@ -6,6 +6,7 @@ The backend packages are the only places that import a model library.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -25,6 +26,10 @@ from lmaas.worker.prompt import bounded_special_tokens
 log = logging.getLogger(__name__)
 
 _GREEDY_EPS = 1e-5
+# llama.cpp parses a grammar's groups by recursion and overflows its stack (a crash, not an
+# error) near 20,000 levels; refusing past this leaves room for any thread's stack. The gateway
+# bounds JSON schemas far below it (Limits.schema_*), so this only guards what slips past.
+MAX_GRAMMAR_NESTING = 4096
 
 
 @dataclass(slots=True)
@@ -201,12 +206,7 @@ class LlamaCppBackend:
                 add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, n, arr))
             grammar = self._grammar_text(params)
             if grammar is not None:
-                g = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
-                if not g:
-                    raise InvalidRequestError(
-                        "the grammar could not be parsed", param="response_format"
-                    )
-                sampler.grammar = g
+                sampler.grammar = self._init_grammar(grammar)
             if (
                 params.repetition_penalty != 1.0
                 or params.presence_penalty != 0.0
@@ -239,23 +239,40 @@ class LlamaCppBackend:
             raise
         return sampler
 
+    def _init_grammar(self, grammar: str) -> ctypes.c_void_p:
+        """A grammar sampler (slow for a large grammar: the worker calls this off the thread
+        that answers pings, see ``worker/preparer.py``)."""
+        if (
+            grammar.count("(") > MAX_GRAMMAR_NESTING
+            and grammar_nesting(grammar) > MAX_GRAMMAR_NESTING
+        ):
+            raise InvalidRequestError(
+                f"the grammar nests its groups deeper than {MAX_GRAMMAR_NESTING} levels",
+                param="response_format",
+            )
+        try:
+            text = grammar.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError(
+                "the grammar is not valid Unicode text", param="response_format"
+            ) from None
+        g = llama_cpp.llama_sampler_init_grammar(self.vocab, text, b"root")
+        if not g:
+            raise InvalidRequestError("the grammar could not be parsed", param="response_format")
+        sampler: ctypes.c_void_p = g
+        return sampler
+
     @staticmethod
     def _grammar_text(params: SamplingParams) -> str | None:
         if params.grammar is not None:
             return params.grammar
         if params.json_schema is None:
             return None
-        from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+        from llama_cpp.llama_grammar import JSON_GBNF
 
         if params.json_schema == {}:
             return str(JSON_GBNF)
-        try:
-            return str(json_schema_to_gbnf(json.dumps(params.json_schema)))
-        except Exception as exc:  # the converter raises many kinds on schemas it cannot express
-            raise InvalidRequestError(
-                f"the JSON schema cannot be turned into a grammar: {exc}",
-                param="response_format.json_schema.schema",
-            ) from exc
+        return schema_grammar(json.dumps(params.json_schema))
 
     def sample(self, sampler: SeqSampler, batch_index: int) -> int:
         """Sample from the logits of batch entry ``batch_index``; the samplers accept the token."""
@@ -355,3 +372,48 @@ class LlamaCppBackend:
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)
+
+
+@functools.lru_cache(maxsize=32)
+def schema_grammar(schema_json: str) -> str:
+    """The GBNF grammar of a JSON schema; the n choices of one request share one conversion."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return str(json_schema_to_gbnf(schema_json))
+    except Exception as exc:  # the converter raises many kinds on schemas it cannot express
+        raise InvalidRequestError(
+            f"the JSON schema cannot be turned into a grammar: {type(exc).__name__}: "
+            f"{str(exc)[:200]}",
+            param="response_format.json_schema.schema",
+        ) from exc
+
+
+def grammar_nesting(grammar: str) -> int:
+    """How deep the groups ``( ... )`` of a GBNF grammar nest; quoted literals, character
+    classes and comments are skipped."""
+    deepest = level = 0
+    closer = ""  # the end of the literal or class being skipped
+    escaped = in_comment = False
+    for char in grammar:
+        if in_comment:
+            in_comment = char != "\n"
+        elif closer:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == closer:
+                closer = ""
+        elif char == '"':
+            closer = '"'
+        elif char == "[":
+            closer = "]"
+        elif char == "#":
+            in_comment = True
+        elif char == "(":
+            level += 1
+            deepest = max(deepest, level)
+        elif char == ")":
+            level = max(level - 1, 0)
+    return deepest
