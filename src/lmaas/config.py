@@ -388,6 +388,16 @@ class ClusterSettings(BaseModel):
     ] = "local"
 
 
+class MetricsSettings(BaseModel):
+    require_key: Annotated[
+        bool,
+        Field(
+            description="`/metrics` answers only requests with an admin API key (401 "
+            "without one); off by default so a local Prometheus can scrape it",
+        ),
+    ] = False
+
+
 class Settings(BaseSettings):
     """Everything `lmaas serve` needs."""
 
@@ -429,6 +439,21 @@ class Settings(BaseSettings):
             "undeploy) may take to finish its requests before it is stopped",
         ),
     ] = 300.0
+    shutdown_drain_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=3600,
+            description="On SIGTERM, seconds running requests may take to finish (new ones "
+            "get 503); then streams still running end with an error event and the workers stop",
+        ),
+    ] = 30.0
+    ssl_certfile: Annotated[
+        Path | None,
+        Field(description="PEM certificate chain: serve HTTPS (with ssl_keyfile)"),
+    ] = None
+    ssl_keyfile: Annotated[Path | None, Field(description="PEM private key of ssl_certfile")] = None
+    metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings())
     verify_blob_hashes: Annotated[
         bool,
         Field(
@@ -437,6 +462,12 @@ class Settings(BaseSettings):
             "each blob's presence and size are checked",
         ),
     ] = False
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: set both or neither")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:

@@ -30,6 +30,10 @@ def _model_from_flag(value: str) -> ModelConfig:
         raise typer.BadParameter(f"{value!r} is not a model name", param_hint="--model") from exc
 
 
+# Seconds uvicorn waits past the drain before cancelling what is left (which answers 500).
+_CUT_MARGIN_S = 5
+
+
 def serve(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML settings file")
@@ -42,29 +46,56 @@ def serve(
     ] = None,
     home: Annotated[Path | None, typer.Option(help="State directory [default: ~/.lmaas]")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug|info|warning|error")] = None,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain): serve HTTPS")
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option(help="PEM private key of the certificate")
+    ] = None,
+    shutdown_drain_seconds: Annotated[
+        float | None,
+        typer.Option(help="On SIGTERM, seconds running requests may take to finish [default: 30]"),
+    ] = None,
 ) -> None:
     """Serve the configured models behind the OpenAI-compatible API."""
     import uvicorn
 
+    from lmaas.cli.server import DrainingServer
     from lmaas.telemetry.logging import setup_logging
 
     models = [_model_from_flag(m) for m in model] if model else None
     try:
         settings = load_settings(
-            config, host=host, port=port, models=models, home=home, log_level=log_level
+            config,
+            host=host,
+            port=port,
+            models=models,
+            home=home,
+            log_level=log_level,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            shutdown_drain_seconds=shutdown_drain_seconds,
         )
     except (ValidationError, LmaasError) as exc:
         typer.echo(f"invalid settings: {exc}", err=True)
         raise typer.Exit(2) from exc
     setup_logging(settings.log_level)
-    uvicorn.run(
-        _build_app(settings),
+    app = _build_app(settings)
+    uv_config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        # The app's drain ends overrunning requests cleanly first; uvicorn's cancel backs it up.
+        timeout_graceful_shutdown=int(settings.shutdown_drain_seconds) + _CUT_MARGIN_S,
     )
+    server = DrainingServer(uv_config, app.state.drain)
+    server.run()
+    if not server.started:  # e.g. the port was taken (uvicorn has logged why)
+        raise typer.Exit(3)
 
 
 def _build_app(settings: Settings) -> FastAPI:

@@ -29,6 +29,7 @@ from lmaas.gateway.serving.classify import ClassifyServing
 from lmaas.gateway.serving.completions import CompletionServing
 from lmaas.gateway.serving.embeddings import EmbeddingServing
 from lmaas.gateway.serving.scoring import ScoringServing
+from lmaas.gateway.shutdown import Drain
 from lmaas.protocol.deploy import DeploymentControl
 from lmaas.records.store import RecordStore, RecordWriter
 from lmaas.store.model_store import ModelStore
@@ -65,6 +66,8 @@ def create_app(
         lifespan=_lifespan(engines, deployments, recorder),
     )
     metrics = Metrics()
+    drain = Drain(settings.shutdown_drain_seconds)
+    app.state.drain = drain
     app.state.settings = settings
     app.state.engines = engines
     app.state.metrics = metrics
@@ -91,6 +94,7 @@ def create_app(
         access_log=settings.access_log,
         recorder=recorder,
         version_of=engines.version_of,
+        drain=drain,
     )
     return app
 
@@ -115,6 +119,7 @@ def _lifespan(
         try:
             yield
         finally:
+            app.state.drain.close()
             await app.state.chat_serving.close()  # its chat template renderers
             if deployments is not None:
                 await deployments.close()

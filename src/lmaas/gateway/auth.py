@@ -156,6 +156,25 @@ async def require_admin(request: Request) -> KeyInfo:
     return await _authenticator(request).authenticate_admin(request)
 
 
+async def sees_internals(request: Request) -> bool:
+    """Whether the caller may see operational detail (replica errors, restarts, nodes): on
+    an open server anyone, else only an active admin key; never raises."""
+    auth = _authenticator(request)
+    if await auth._is_open():
+        return True
+    try:
+        await auth.authenticate_admin(request)
+    except LmaasError:
+        return False
+    return True
+
+
+async def require_metrics_key(request: Request) -> None:
+    """An admin key for ``/metrics`` when ``metrics.require_key`` is on (401/403 without)."""
+    if request.app.state.settings.metrics.require_key:
+        await _authenticator(request).authenticate_admin(request)
+
+
 async def require_inference(request: Request) -> KeyInfo | None:
     """Key check only: routes whose model is in the body call
     :meth:`Authenticator.authorize_model` once they have parsed it."""

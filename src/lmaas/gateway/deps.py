@@ -12,7 +12,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from lmaas.engine.client import EngineClient
-from lmaas.gateway.auth import require_admin, require_inference
+from lmaas.gateway.auth import (
+    require_admin,
+    require_inference,
+    require_metrics_key,
+    sees_internals,
+)
 from lmaas.gateway.management.models import ModelManagement
 from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.serving.chat import ChatServing
@@ -21,6 +26,7 @@ from lmaas.gateway.serving.classify import ClassifyServing
 from lmaas.gateway.serving.completions import CompletionServing
 from lmaas.gateway.serving.embeddings import EmbeddingServing
 from lmaas.gateway.serving.scoring import ScoringServing
+from lmaas.gateway.shutdown import Drain
 from lmaas.keys import KeyInfo
 from lmaas.protocol.deploy import DeploymentControl
 from lmaas.telemetry.metrics import Metrics
@@ -58,6 +64,10 @@ async def _started_at(request: Request) -> float:
     return request.app.state.started_at  # type: ignore[no-any-return]
 
 
+async def _drain(request: Request) -> Drain:
+    return request.app.state.drain  # type: ignore[no-any-return]
+
+
 async def _request_id(request: Request) -> str:
     return str(request.scope["state"]["request_id"])
 
@@ -81,6 +91,8 @@ async def _classifier_trainer(request: Request) -> ClassifierTrainer:
 # Which key rules apply is fixed by the alias a route declares (see gateway/auth.py).
 AdminKey = Annotated[KeyInfo, Depends(require_admin)]
 InferenceKey = Annotated[KeyInfo | None, Depends(require_inference)]
+MetricsKey = Annotated[None, Depends(require_metrics_key)]
+SeesInternals = Annotated[bool, Depends(sees_internals)]
 
 ChatServingDep = Annotated[ChatServing, Depends(_chat)]
 CompletionServingDep = Annotated[CompletionServing, Depends(_completions)]
@@ -91,6 +103,7 @@ EnginesDep = Annotated[dict[str, EngineClient], Depends(_engines)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 StartedAtDep = Annotated[float, Depends(_started_at)]
 RequestIdDep = Annotated[str, Depends(_request_id)]
+DrainDep = Annotated[Drain, Depends(_drain)]
 ModelManagementDep = Annotated[ModelManagement, Depends(_model_management)]
 DeploymentsDep = Annotated[DeploymentControl, Depends(_deployments)]
 RequestRecordsDep = Annotated[RequestRecords, Depends(_request_records)]

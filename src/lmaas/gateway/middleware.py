@@ -6,6 +6,7 @@ is refused before any parsing, and it keeps the original ``receive`` for disconn
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Container
@@ -16,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmaas.errors import LmaasError, RequestTooLargeError, UnsupportedMediaTypeError
 from lmaas.gateway.recording import request_record
+from lmaas.gateway.serving import sse
+from lmaas.gateway.shutdown import Drain, refusal
 from lmaas.records.store import RecordWriter
 from lmaas.telemetry.logging import accept_request_id, log_access
 from lmaas.telemetry.metrics import Metrics
@@ -24,6 +27,8 @@ _JSON_TYPES = ("application/json",)
 _INFERENCE_PREFIX = "/v1/"
 # Inference routes outside /v1 (vLLM's spelling): same body checks, same request counts.
 _INFERENCE_EXTRA = ("/tokenize", "/detokenize")
+# Answered while the server drains, so probes see it alive and not ready.
+_DRAIN_OPEN = ("/health", "/ready")
 
 
 def _is_inference(path: str) -> bool:
@@ -35,6 +40,22 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return str(value.decode("latin-1"))
     return None
+
+
+async def _end_cut(send: Send, response: _Response, state: dict[str, Any], request_id: str) -> None:
+    """End a request the drain cut: a 503 before the response started; an error event and
+    ``[DONE]`` for a stream under way (a plain body already started can only be closed)."""
+    error = refusal()
+    state["error"] = error.message
+    if not response.started:
+        await _send_error(send, error, request_id)
+        response.status = error.status_code
+        return
+    if response.complete:
+        return
+    body = sse.event(error.to_body()) + sse.DONE if response.event_stream else b""
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    response.complete = True
 
 
 async def _send_error(send: Send, error: LmaasError, request_id: str) -> None:
@@ -50,6 +71,47 @@ async def _send_error(send: Send, error: LmaasError, request_id: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _Response:
+    """The app's side of one exchange: what it has sent so far (to end a request the drain
+    cuts, and to record it) and whether the client went away."""
+
+    def __init__(self, send: Send, receive: Receive, request_id: str) -> None:
+        self._send = send
+        self._receive = receive
+        self._request_id = request_id.encode()
+        self.status = 500
+        self.started = False
+        self.complete = False
+        self.event_stream = False
+        self.disconnected = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.started = True
+            headers = list(message.get("headers", []))
+            self.event_stream = any(
+                k.lower() == b"content-type" and v.startswith(sse.MEDIA_TYPE.encode())
+                for k, v in headers
+            )
+            headers.append((b"x-request-id", self._request_id))
+            message = {**message, "headers": headers}
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self.complete = True
+        await self._send(message)
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+        return message
+
+    @property
+    def cut_off(self) -> bool:
+        """The client left while the response was under way (a stream it stopped reading)."""
+        return self.disconnected and self.started and not self.complete
+
+
 class RequestContextMiddleware:
     def __init__(
         self,
@@ -61,6 +123,7 @@ class RequestContextMiddleware:
         access_log: bool,
         recorder: RecordWriter | None = None,
         version_of: Callable[[str], int | None] | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -69,6 +132,7 @@ class RequestContextMiddleware:
         self.access_log = access_log
         self.recorder = recorder
         self.version_of = version_of or (lambda _name: None)
+        self.drain = drain or Drain(0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,37 +143,54 @@ class RequestContextMiddleware:
         request_id = accept_request_id(_header(scope, b"x-request-id"))
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
-        status_holder = {"status": 500}
+        response = _Response(send, receive, request_id)
 
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
+        task = asyncio.current_task()
         try:
-            replay = await self._check_body(scope, receive)
+            if self.drain.draining and scope["path"] not in _DRAIN_OPEN:
+                raise refusal()
+            replay = await self._check_body(scope, response.receive)
+            if task is not None:
+                self.drain.track(task)
+            await self.app(scope, replay, response.send)
         except LmaasError as exc:
-            status_holder["status"] = exc.status_code
+            response.status = exc.status_code
             await _send_error(send, exc, request_id)
-        else:
-            await self.app(scope, replay, send_wrapper)
+        except asyncio.CancelledError:
+            if not self.drain.cutting or task is None:
+                raise
+            task.uncancel()  # our own cut: end the request cleanly instead of a 500
+            await _end_cut(send, response, state, request_id)
         finally:
-            self._after(scope, state, status_holder["status"], start, request_id)
-            if self.recorder is not None:
-                record = request_record(
-                    scope,
-                    state,
-                    http_status=status_holder["status"],
-                    received_at=received_at,
-                    latency_s=time.monotonic() - start,
-                    request_id=request_id,
-                    version_of=self.version_of,
-                )
-                if record is not None:
-                    self.recorder.record(record)
+            if task is not None:
+                self.drain.untrack(task)
+            if response.cut_off:
+                state["cancelled"] = True
+            self._after(scope, state, response.status, start, request_id)
+            self._record(scope, state, response.status, received_at, start, request_id)
+
+    def _record(
+        self,
+        scope: Scope,
+        state: dict[str, Any],
+        status: int,
+        received_at: datetime,
+        start: float,
+        request_id: str,
+    ) -> None:
+        if self.recorder is None:
+            return
+        record = request_record(
+            scope,
+            state,
+            http_status=status,
+            received_at=received_at,
+            latency_s=time.monotonic() - start,
+            request_id=request_id,
+            version_of=self.version_of,
+        )
+        if record is not None:
+            self.recorder.record(record)
 
     async def _check_body(self, scope: Scope, receive: Receive) -> Receive:
         # Inference bodies are small JSON and are buffered here; admin uploads stream through

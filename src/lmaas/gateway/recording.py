@@ -41,7 +41,7 @@ def request_record(
     model = state.get("model")
     error = state.get("error") or (timing.error if timing is not None else None)
     status: RecordStatus = "ok"
-    if http_status == 499:
+    if http_status == 499 or state.get("cancelled"):
         status = "cancelled"
     elif http_status >= 400 or error:
         status = "error"

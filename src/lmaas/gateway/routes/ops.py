@@ -9,7 +9,8 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
-from lmaas.gateway.deps import EnginesDep, MetricsDep
+from lmaas.engine.client import EngineHealth
+from lmaas.gateway.deps import DrainDep, EnginesDep, MetricsDep, MetricsKey, SeesInternals
 
 router = APIRouter()
 
@@ -20,21 +21,41 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def deployment_state(h: EngineHealth) -> str:
+    """``ready`` (a replica serves), ``scaled_to_zero`` (it wants no replica: none in its
+    routing set) or ``not_ready`` (its replicas are starting, failed or restarting)."""
+    if h.ready:
+        return "ready"
+    if not any(r.state != "draining" for r in h.replicas):
+        return "scaled_to_zero"
+    return "not_ready"
+
+
 @router.get("/ready")
-async def ready(engines: EnginesDep) -> JSONResponse:
-    """200 when every configured model has a ready replica, else 503."""
+async def ready(engines: EnginesDep, drain: DrainDep, detail: SeesInternals) -> JSONResponse:
+    """200 when every deployment that wants replicas has a ready one (a deployment scaled to
+    zero does not count), else 503; 503 while the server shuts down. Each deployment shows
+    its state and its replicas' states; replica detail (restarts, errors, nodes) only for an
+    admin key, or anyone on an open server."""
     models: dict[str, Any] = {}
-    all_ready = True
+    all_ready = not drain.draining
     for name, engine in engines.items():
         h = engine.health()
-        all_ready = all_ready and h.ready
-        models[name] = {"ready": h.ready, "replicas": [asdict(r) for r in h.replicas]}
-    body = {"status": "ready" if all_ready else "not_ready", "models": models}
-    return JSONResponse(body, status_code=200 if all_ready else 503)
+        state = deployment_state(h)
+        all_ready = all_ready and state != "not_ready"
+        replicas = (
+            [asdict(r) for r in h.replicas]
+            if detail
+            else [{"index": r.index, "state": r.state} for r in h.replicas]
+        )
+        models[name] = {"state": state, "ready": h.ready, "replicas": replicas}
+    status = "draining" if drain.draining else "ready" if all_ready else "not_ready"
+    return JSONResponse({"status": status, "models": models}, status_code=200 if all_ready else 503)
 
 
 @router.get("/metrics")
-async def metrics(engines: EnginesDep, m: MetricsDep) -> Response:
+async def metrics(engines: EnginesDep, m: MetricsDep, _key: MetricsKey) -> Response:
+    """Prometheus text; with ``metrics.require_key`` only for an admin key."""
     for name, engine in engines.items():
         h = engine.health()
         m.running.labels(name).set(h.running)

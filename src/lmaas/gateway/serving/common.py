@@ -309,6 +309,10 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     watcher = asyncio.ensure_future(wait_disconnect())
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # we are cancelled (a shutdown cut): so is the work, before we go
+        task.cancel()
+        await asyncio.wait({task})
+        raise
     finally:
         watcher.cancel()
     if task in done:

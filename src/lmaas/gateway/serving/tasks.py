@@ -149,7 +149,10 @@ class TaskServing(ServingBase):
         self.require(engine, info, SCORE)
         seqs, starts = self._fit(info, seqs, starts, truncate=truncate)
         if info.backend == "llamacpp" and GENERATE in info.capabilities:
-            check_admission(engine, self.limits, len(seqs))
+            # A request's own sequences queue in the worker behind one another; counting all
+            # of them (256 inputs x 32 labels) against the queue would refuse a request within
+            # the documented limits on an idle server. At most one batch's worth is counted.
+            check_admission(engine, self.limits, min(len(seqs), max(engine.capacity, 1)))
             return await self.guarded(
                 request, self._via_generation(engine, request_id, seqs, starts)
             )
