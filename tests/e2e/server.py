@@ -41,6 +41,7 @@ class ServerProcess:
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.verify: Any = True  # what httpx checks the server's certificate with (HTTPS)
         self.log_path = home / "server.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -65,7 +66,7 @@ class ServerProcess:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log()[-2000:]}")
-            return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}/ready", timeout=2, verify=self.verify).status_code == 200
 
         try:
             wait_until(ready, timeout, 0.2, "the server to become ready")
