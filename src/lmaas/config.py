@@ -453,6 +453,13 @@ class Settings(BaseSettings):
         Field(description="PEM certificate chain: serve HTTPS (with ssl_keyfile)"),
     ] = None
     ssl_keyfile: Annotated[Path | None, Field(description="PEM private key of ssl_certfile")] = None
+    forwarded_allow_ips: Annotated[
+        str,
+        Field(
+            description="Comma-separated addresses (or *) of reverse proxies whose "
+            "X-Forwarded-For and X-Forwarded-Proto headers are believed",
+        ),
+    ] = "127.0.0.1,::1"
     metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings())
     verify_blob_hashes: Annotated[
         bool,

@@ -77,3 +77,18 @@ def test_cross_field_checks_name_the_setting_to_change() -> None:
 def test_unknown_model_without_path_says_what_exists() -> None:
     with pytest.raises(FileNotFoundError, match=DEFAULT_MODEL):
         ModelConfig(name="nope").resolve_path()
+
+
+def test_tls_needs_both_files_and_the_server_settings_come_from_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError, match="ssl_certfile and ssl_keyfile go together"):
+        load_settings(None, ssl_certfile=tmp_path / "cert.pem")
+    monkeypatch.setenv("LMAAS_SSL_CERTFILE", str(tmp_path / "cert.pem"))
+    monkeypatch.setenv("LMAAS_SSL_KEYFILE", str(tmp_path / "key.pem"))
+    monkeypatch.setenv("LMAAS_SHUTDOWN_DRAIN_SECONDS", "7")
+    monkeypatch.setenv("LMAAS_METRICS__REQUIRE_KEY", "true")
+    monkeypatch.setenv("LMAAS_FORWARDED_ALLOW_IPS", "10.0.0.5")
+    s = load_settings(None)
+    assert s.ssl_keyfile == tmp_path / "key.pem" and s.shutdown_drain_seconds == 7
+    assert s.metrics.require_key and s.forwarded_allow_ips == "10.0.0.5"

@@ -89,6 +89,8 @@ def serve(
         access_log=False,
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         # The app's drain ends overrunning requests cleanly first; uvicorn's cancel backs it up.
         timeout_graceful_shutdown=int(settings.shutdown_drain_seconds) + _CUT_MARGIN_S,
     )
