@@ -330,6 +330,10 @@ HOSTILE_SCHEMAS: dict[str, tuple[Any, str | None]] = {
         SCHEMA,
     ),
     "const-lone-surrogate": ({"const": {"k": SURROGATE}}, SCHEMA),
+    # No worker frame carries these (msgpack holds 64 bits).
+    "const-2-64": ({"const": BIG}, SCHEMA),
+    "enum-minus-2-64": ({"enum": [1, -BIG]}, SCHEMA),
+    "maximum-2-70": ({"type": "integer", "maximum": 2**70}, SCHEMA),
 }
 
 # logit_bias keys int() reads (or chokes on) that are not token ids.

@@ -127,6 +127,17 @@ def test_lone_surrogates_are_refused(schema: dict[str, Any]) -> None:
     assert "surrogate" in refusal(schema).message
 
 
+@pytest.mark.parametrize(
+    "schema", [{"const": 2**64}, {"enum": [1, -(2**63) - 1]}, {"minimum": 2**70}]
+)
+def test_integers_beyond_64_bits_are_refused(schema: dict[str, Any]) -> None:
+    assert "64 bits" in refusal(schema).message
+
+
+def test_64_bit_integers_pass() -> None:
+    check_schema_limits({"enum": [2**63 - 1, -(2**63)], "minimum": 0}, LIMITS)
+
+
 def test_paired_surrogates_are_text() -> None:
     check_schema_limits({"enum": ["emoji \U0001f600", "é"]}, LIMITS)
 

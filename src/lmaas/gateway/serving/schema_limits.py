@@ -14,7 +14,8 @@ the limit (``Limits.schema_*``), a schema beyond any of them:
 - an ``enum`` of more than ``schema_max_enum`` values, an object of more than
   ``schema_max_properties`` properties, more than ``schema_max_bytes`` in all;
 - a ``$ref`` to anything but a part of the schema itself;
-- text (keys or values) holding a lone UTF-16 surrogate.
+- text (keys or values) holding a lone UTF-16 surrogate, or an integer beyond 64 bits (the
+  worker frames that carry the schema hold no more).
 
 Values (``enum``, ``const``, ``default``, ``examples``) count for depth, size and text, never
 as keywords: ``{"const": {"maxLength": 10**6}}`` asks for nothing long.
@@ -61,6 +62,10 @@ def check_schema_limits(schema: dict[str, Any], limits: Limits) -> None:
         if isinstance(node, str):
             _check_text(node)
             continue
+        if isinstance(node, int) and not -(2**63) <= node < 2**63:
+            raise InvalidRequestError(
+                "the JSON schema holds an integer beyond 64 bits", param=PARAM
+            )
         if not isinstance(node, dict | list):
             continue
         if depth > limits.schema_max_depth:
