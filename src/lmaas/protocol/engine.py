@@ -21,6 +21,22 @@ class FinishReason(StrEnum):
     ABORT = "abort"  # client went away or the request was cancelled
 
 
+class Priority(StrEnum):
+    """Scheduling classes: a waiting request of a higher class is admitted first."""
+
+    INTERACTIVE = "interactive"  # HTTP requests, unless they ask for less
+    BATCH = "batch"
+    BACKGROUND = "background"  # jobs
+
+    @property
+    def rank(self) -> int:
+        """0 for the highest class."""
+        return _PRIORITY_RANKS[self]
+
+
+_PRIORITY_RANKS = {Priority.INTERACTIVE: 0, Priority.BATCH: 1, Priority.BACKGROUND: 2}
+
+
 class SamplingParams(BaseModel):
     """Sampling settings as the engine applies them (already validated by the gateway)."""
 
@@ -84,6 +100,11 @@ class GenerateRequest(BaseModel):
     # One beam search over `beam.width` sequence slots; its only event is the final one, which
     # carries the `beam.n` best beams.
     beam: BeamParams | None = None
+    # Fair sharing in the worker's scheduler: waiting requests are admitted by class, then
+    # weighted-fairly across tenants (the API key's id; None: one shared bucket).
+    tenant: str | None = Field(default=None, max_length=128)
+    weight: float = Field(default=1.0, gt=0, le=1000)
+    priority: Priority = Priority.INTERACTIVE
 
     @model_validator(mode="after")
     def _spans_within_prompt(self) -> Self:

@@ -134,6 +134,9 @@ class SamplingFields(_Request):
     beam_width: Annotated[StrictInt | None, Field(ge=1)] = None
     length_penalty: Annotated[Float | None, Field(ge=-10.0, le=10.0)] = None
     early_stopping: StrictBool | None = None
+    # Scheduling class (an lmaas extension): a request may lower its own priority so that
+    # interactive traffic of every key is admitted before it when the model is busy.
+    priority: Literal["interactive", "batch", "background"] = "interactive"
 
     @field_validator("logit_bias")
     @classmethod

@@ -283,6 +283,9 @@ class EngineLoop:
                 active.max_new_tokens,
                 want_prompt_logits=active.req.prompt_logprobs is not None,
                 beam_width=active.beam_settings.width if active.beam_settings else 0,
+                tenant=active.req.tenant,
+                weight=active.req.weight,
+                rank=active.req.priority.rank,
             )
         except ValueError as exc:  # prepare() should have caught it; never let it kill the loop
             event = self._final_event(active, FinishReason.ABORT, "")

@@ -73,6 +73,7 @@ from lmaas.protocol.engine import (
     BeamResult,
     GenerateRequest,
     ModelInfo,
+    Priority,
     SamplingParams,
     TokenEvent,
 )
@@ -361,7 +362,7 @@ class GenerationServing(ServingBase, Generic[BodyT]):
         sampling = build_sampling(body, info, schema)
         per_prompt = beam.width if beam is not None else body.n
         check_admission(engine, self.limits, per_prompt * len(prompts))
-        requests = _engine_requests(fmt, request_id, prompts, sampling, beam)
+        requests = _engine_requests(fmt, request_id, prompts, sampling, beam, key)
         return GenerationPlan(engine, requests, len(prompts), beam)
 
     async def _beam_search(
@@ -384,10 +385,19 @@ def _engine_requests(
     prompts: list[Prompt],
     sampling: SamplingParams,
     beam: BeamParams | None,
+    key: KeyInfo | None,
 ) -> list[GenerateRequest]:
-    """``n`` sequences per prompt (one group each), or one beam search per prompt."""
+    """``n`` sequences per prompt (one group each), or one beam search per prompt.
+
+    The worker shares its batch fairly between keys (an open server's requests are one
+    tenant), by the key's ``weight`` when keys have one (1 otherwise), and admits a higher
+    ``priority`` class first.
+    """
     body = fmt.body
     shared: dict[str, Any] = {
+        "tenant": key.id if key is not None else None,
+        "weight": float(getattr(key, "weight", None) or 1.0),
+        "priority": Priority(body.priority),
         "max_tokens": fmt.max_tokens,
         "stop": body.stop_list(),
         "include_stop_str": body.include_stop_str_in_output,

@@ -17,10 +17,14 @@ KV cells are a shared pool (``kv_capacity``). When the running sequences would o
 most recently admitted one is preempted: its slot and cells are released and it goes back to the
 front of the queue to be recomputed later, keeping the tokens it already generated.
 
+Waiting requests are admitted by priority class, then fairly across tenants (API keys) by
+weight, first-come first-served within one tenant's class (``fair.FairQueue``). The request
+chosen next waits for room rather than be overtaken.
+
 A beam search (``add_request(..., beam_width=B)``) is one entry that holds ``B`` slots. It is
-admitted only when ``B`` slots are free (the queue stays first-come first-served, so requests
-behind it wait too rather than starve it), prefills its prompt in its first slot, and then
-decodes one token for each of its live beams per step, all in the same batch. The loop decides
+admitted only when ``B`` slots are free (requests behind it wait too rather than starve it),
+prefills its prompt in its first slot, and then decodes one token for each of its live beams
+per step, all in the same batch. The loop decides
 which beams live and in which slots (``lmaas.worker.beam``) and reports them back through
 ``update_from_output(..., beam_slots=...)``. Its KV use is counted as the prompt once plus every
 live beam's generated tokens (llama.cpp shares the cells of a common prefix, so this is an upper
@@ -29,10 +33,11 @@ bound). A preempted beam search starts over from its prompt.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+
+from lmaas.worker.scheduler.fair import FairQueue
 
 
 class SeqStatus(Enum):
@@ -61,6 +66,13 @@ class Sequence:
     beam_width: int = 0
     slots: list[int] = field(default_factory=list)
     beam_slots: list[int] = field(default_factory=list)
+    # Fair sharing (``fair.FairQueue``): whose request, its weight and class (0 = highest),
+    # its order of arrival and the scheduler step it arrived at.
+    tenant: str | None = None
+    weight: float = 1.0
+    rank: int = 0
+    arrival: int = 0
+    enqueued_step: int = 0
 
     @property
     def is_beam(self) -> bool:
@@ -79,6 +91,12 @@ class Sequence:
         if self.decoding_beams:
             return self.num_computed - self.prompt_len + 1
         return len(self.tokens) - self.prompt_len
+
+    @property
+    def admission_cost(self) -> int:
+        """Tokens this request may still cost: its tokens so far and every slot's budget."""
+        left = max(self.max_new_tokens - self.num_generated, 0)
+        return len(self.tokens) + self.num_slots * left
 
     @property
     def kv_cells(self) -> int:
@@ -149,6 +167,8 @@ class SchedulerConfig:
     max_num_seqs: int
     max_batch_tokens: int
     kv_capacity: int
+    # A waiting request rises one priority class per this many steps it has waited.
+    aging_steps: int = 2000
 
 
 class Scheduler:
@@ -157,11 +177,13 @@ class Scheduler:
             raise ValueError("max_batch_tokens must be >= max_num_seqs")
         self.config = config
         self._seqs: dict[str, Sequence] = {}
-        self._waiting: deque[Sequence] = deque()
+        self._waiting: FairQueue[Sequence] = FairQueue(config.aging_steps)
         self._running: list[Sequence] = []  # in admission order
         self._free_slots: list[int] = list(range(config.max_num_seqs - 1, -1, -1))
         self._released: list[int] = []
         self._admit_counter = 0
+        self._arrivals = 0
+        self._steps = 0
 
     # --- queries -------------------------------------------------------------------------
 
@@ -203,8 +225,15 @@ class Scheduler:
         *,
         want_prompt_logits: bool = False,
         beam_width: int = 0,
+        tenant: str | None = None,
+        weight: float = 1.0,
+        rank: int = 0,
     ) -> None:
-        """Queue a request; ``beam_width >= 1`` makes it a beam search over that many slots."""
+        """Queue a request; ``beam_width >= 1`` makes it a beam search over that many slots.
+
+        ``tenant`` (an API key's id; ``None`` is one shared tenant), ``weight`` (> 0) and
+        ``rank`` (priority class, 0 highest) decide when it is admitted (``fair.FairQueue``).
+        """
         if request_id in self._seqs:
             raise ValueError(f"duplicate request id {request_id!r}")
         if not prompt_tokens:
@@ -215,6 +244,8 @@ class Scheduler:
             raise ValueError("a beam search generates at least one token and no prompt logits")
         if len(prompt_tokens) + max(beam_width, 1) * max_new_tokens > self.config.kv_capacity:
             raise ValueError("request can never fit in the KV cache")
+        if not weight > 0 or rank < 0:
+            raise ValueError("weight must be > 0 and rank >= 0")
         seq = Sequence(
             request_id=request_id,
             tokens=list(prompt_tokens),
@@ -222,9 +253,15 @@ class Scheduler:
             max_new_tokens=max_new_tokens,
             want_prompt_logits=want_prompt_logits,
             beam_width=beam_width,
+            tenant=tenant,
+            weight=weight,
+            rank=rank,
+            arrival=self._arrivals,
+            enqueued_step=self._steps,
         )
+        self._arrivals += 1
         self._seqs[request_id] = seq
-        self._waiting.append(seq)
+        self._waiting.push(seq)
 
     def finish(self, request_id: str) -> bool:
         """Remove a request (finished or aborted); its slot is cleared at the next step."""
@@ -251,7 +288,7 @@ class Scheduler:
         seq.num_computed = 0
         seq.beam_slots = []  # a beam search starts over
         seq.preemptions += 1
-        self._waiting.appendleft(seq)
+        self._waiting.push_front(seq)
         return seq.request_id
 
     def _release_slot(self, seq: Sequence) -> None:
@@ -265,6 +302,7 @@ class Scheduler:
 
     def schedule(self) -> StepPlan:
         plan = StepPlan()
+        self._steps += 1
         budget = self.config.max_batch_tokens
         self._make_room_for_decodes(plan)
 
@@ -287,16 +325,22 @@ class Scheduler:
             budget -= len(work.token_ids)
             kv_free -= len(work.token_ids)
 
-        while self._waiting and budget > 0:
-            seq = self._waiting[0]
+        self._admit_waiting(plan, budget, kv_free)
+        plan.released_slots = self._released
+        self._released = []
+        return plan
+
+    def _admit_waiting(self, plan: StepPlan, budget: int, kv_free: int) -> None:
+        """Admit waiting requests in the fair queue's order while they fit."""
+        while budget > 0 and (seq := self._waiting.peek(self._steps)) is not None:
             # Admit only if its whole prompt (and a first token of each beam) fits next to what
             # is running now, otherwise it would be preempted again almost at once; and only
-            # with all its slots. The head of the queue waits rather than be overtaken.
+            # with all its slots. The request chosen next waits rather than be overtaken.
             if len(self._free_slots) < seq.num_slots or len(seq.tokens) + seq.num_slots > kv_free:
                 break
             if seq.request_id in plan.preempted:
                 break  # it was pushed out for room a moment ago: not back in the same step
-            self._waiting.popleft()
+            self._waiting.pop(seq)
             seq.slots = [self._free_slots.pop() for _ in range(seq.num_slots)]
             seq.slot = seq.slots[0]
             seq.status = SeqStatus.RUNNING
@@ -308,10 +352,6 @@ class Scheduler:
             plan.work.append(work)
             budget -= len(work.token_ids)
             kv_free -= len(work.token_ids)
-
-        plan.released_slots = self._released
-        self._released = []
-        return plan
 
     def _make_room_for_decodes(self, plan: StepPlan) -> None:
         """Preempt the youngest sequences until every running one can grow by a token."""

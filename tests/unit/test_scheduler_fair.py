@@ -1,0 +1,186 @@
+"""Fair sharing in the scheduler: priority classes, then weighted fairness across tenants.
+
+Driven step by step like the worker loop: schedule, 'decode', sample, commit, finish at length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from lmaas.worker.scheduler import Scheduler, SchedulerConfig
+
+
+def make(max_num_seqs: int = 4, aging_steps: int = 2000) -> Scheduler:
+    return Scheduler(SchedulerConfig(max_num_seqs, 64, 100_000, aging_steps=aging_steps))
+
+
+def step(s: Scheduler) -> list[str]:
+    """One engine step; returns the requests admitted in it."""
+    plan = s.schedule()
+    sampled = {w.request_id: 7 for w in plan.work if w.sample}
+    for update in s.update_from_output(plan, sampled):
+        if update.finished_by_length:
+            s.finish(update.request_id)
+    return plan.admitted
+
+
+def run(s: Scheduler, steps: int, before: Callable[[int], None] | None = None) -> list[str]:
+    admitted: list[str] = []
+    for i in range(steps):
+        if before is not None:
+            before(i)
+        admitted += step(s)
+    return admitted
+
+
+def tenant_of(rid: str) -> str:
+    return rid.split("-")[0]
+
+
+def test_a_late_tenant_takes_the_next_free_slot_not_after_a_backlog() -> None:
+    s = make(max_num_seqs=4)
+    for i in range(64):
+        s.add_request(f"A-{i}", [1, 2], max_new_tokens=3, tenant="A")
+    assert step(s) == ["A-0", "A-1", "A-2", "A-3"]
+    s.add_request("B-0", [3, 4], max_new_tokens=3, tenant="B")
+    order: list[str] = []
+    while "B-0" not in order:
+        order += step(s)
+    # The first slot freed after B arrived went to B, ahead of A's 60 waiting requests; A
+    # takes the other three freed in the same step.
+    assert order == ["B-0", "A-4", "A-5", "A-6"]
+    assert s.num_waiting == 57
+
+
+def test_first_come_first_served_within_a_tenant_and_alternating_between_two() -> None:
+    s = make(max_num_seqs=1)
+    for i in range(4):
+        s.add_request(f"A-{i}", [1], max_new_tokens=1, tenant="A")
+        s.add_request(f"B-{i}", [1], max_new_tokens=1, tenant="B")
+    order = run(s, 8)
+    assert order == ["A-0", "B-0", "A-1", "B-1", "A-2", "B-2", "A-3", "B-3"]
+
+
+def admitted_tokens(s: Scheduler, order: list[str], costs: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for rid in order:
+        out[tenant_of(rid)] = out.get(tenant_of(rid), 0) + costs[rid]
+    return out
+
+
+def test_weights_two_to_one_admit_about_twice_the_tokens() -> None:
+    s = make(max_num_seqs=4)
+    costs: dict[str, int] = {}
+    for i in range(400):
+        for tenant, weight in (("A", 2.0), ("B", 1.0)):
+            rid = f"{tenant}-{i}"
+            s.add_request(rid, [1, 2, 3], max_new_tokens=2, tenant=tenant, weight=weight)
+            costs[rid] = 5
+    order = run(s, 300)
+    tokens = admitted_tokens(s, order, costs)
+    assert len(order) > 150
+    assert 1.8 <= tokens["A"] / tokens["B"] <= 2.2
+
+
+def test_fairness_counts_tokens_not_requests() -> None:
+    # A's requests cost 10 times B's: with equal weights both get about the same tokens,
+    # so B gets about ten times the requests.
+    s = make(max_num_seqs=4)
+    costs: dict[str, int] = {}
+    for i in range(1000):
+        s.add_request(f"A-{i}", [1] * 10, max_new_tokens=10, tenant="A")
+        s.add_request(f"B-{i}", [1], max_new_tokens=1, tenant="B")
+        costs[f"A-{i}"], costs[f"B-{i}"] = 20, 2
+    order = run(s, 200)
+    assert s.num_waiting > 1000  # both were backlogged throughout
+    tokens = admitted_tokens(s, order, costs)
+    assert 0.8 <= tokens["A"] / tokens["B"] <= 1.25
+    assert sum(tenant_of(r) == "B" for r in order) > 5 * sum(tenant_of(r) == "A" for r in order)
+
+
+def test_idle_time_is_not_banked_as_credit() -> None:
+    s = make(max_num_seqs=1)
+    for i in range(30):
+        s.add_request(f"B-{i}", [1], max_new_tokens=1, tenant="B")
+    run(s, 30)  # B alone: served 30 requests while A was idle
+    for i in range(10):
+        s.add_request(f"A-{i}", [1], max_new_tokens=1, tenant="A")
+        s.add_request(f"B-{30 + i}", [1], max_new_tokens=1, tenant="B")
+    order = run(s, 10)
+    # A does not get the next 10 slots for B's past service: they alternate.
+    assert 4 <= sum(tenant_of(r) == "A" for r in order) <= 6
+
+
+def test_a_higher_class_is_admitted_first_then_fairness_within_it() -> None:
+    s = make(max_num_seqs=1)
+    s.add_request("C-bg", [1], max_new_tokens=1, tenant="C", rank=2)
+    s.add_request("B-batch", [1], max_new_tokens=1, tenant="B", rank=1)
+    s.add_request("A-0", [1], max_new_tokens=1, tenant="A", rank=0)
+    s.add_request("A-1", [1], max_new_tokens=1, tenant="A", rank=0)
+    s.add_request("B-0", [1], max_new_tokens=1, tenant="B", rank=0)
+    order = run(s, 5)
+    assert order == ["A-0", "B-0", "A-1", "B-batch", "C-bg"]
+
+
+def test_a_lower_class_ages_and_is_not_starved_forever() -> None:
+    s = make(max_num_seqs=1, aging_steps=10)
+    counter = iter(range(10_000))
+
+    def keep_flooding(_: int) -> None:
+        s.add_request(f"A-{next(counter)}", [1], max_new_tokens=1, tenant="A", rank=0)
+
+    keep_flooding(0)
+    s.add_request("B-bg", [1], max_new_tokens=1, tenant="B", rank=2)
+    order = run(s, 40, before=keep_flooding)
+    # Background rises a class every 10 steps: interactive-level after 20, then fairness.
+    assert "B-bg" in order
+    assert 18 <= order.index("B-bg") <= 24
+    # Without aging (a step count it never reaches) interactive traffic keeps it waiting.
+    s = make(max_num_seqs=1, aging_steps=10**9)
+    keep_flooding(0)
+    s.add_request("B-bg", [1], max_new_tokens=1, tenant="B", rank=2)
+    assert "B-bg" not in run(s, 40, before=keep_flooding)
+
+
+def test_the_request_chosen_next_waits_for_room_rather_than_be_overtaken() -> None:
+    s = make(max_num_seqs=4)
+    s.add_request("A-0", [1], max_new_tokens=50, tenant="A")
+    s.add_request("A-1", [1], max_new_tokens=50, tenant="A")
+    step(s)
+    s.add_request("B-beam", [1, 2], max_new_tokens=4, tenant="B", beam_width=4)
+    s.add_request("C-0", [1], max_new_tokens=4, tenant="C")
+    # B's beam search is next (least served) and needs 4 free slots: C does not overtake it.
+    assert step(s) == []
+    s.finish("A-0")
+    s.finish("A-1")
+    assert step(s) == ["B-beam"]
+
+
+def test_a_preempted_request_still_goes_back_first() -> None:
+    s = make(max_num_seqs=2)
+    s.add_request("A-0", [1], max_new_tokens=50, tenant="A")
+    s.add_request("A-1", [1], max_new_tokens=50, tenant="A")
+    step(s)
+    s.add_request("B-0", [1], max_new_tokens=5, tenant="B")
+    assert s.preempt_youngest() == "A-1"
+    assert s.get("A-1") is not None and s.num_waiting == 2
+    assert step(s) == ["A-1"]
+
+
+def test_abort_of_a_waiting_request_keeps_the_queue_consistent() -> None:
+    s = make(max_num_seqs=1)
+    s.add_request("A-0", [1], max_new_tokens=1, tenant="A")
+    s.add_request("A-1", [1], max_new_tokens=1, tenant="A")
+    s.add_request("B-0", [1], max_new_tokens=1, tenant=None)
+    assert s.finish("A-1")
+    assert s.num_waiting == 2
+    assert run(s, 3) == ["A-0", "B-0"]
+    assert not s.has_work()
+
+
+@pytest.mark.parametrize(("weight", "rank"), [(0.0, 0), (-1.0, 0), (1.0, -1)])
+def test_bad_weight_or_rank_is_refused(weight: float, rank: int) -> None:
+    with pytest.raises(ValueError, match="weight"):
+        make().add_request("a", [1], max_new_tokens=1, weight=weight, rank=rank)
