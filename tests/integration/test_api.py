@@ -17,7 +17,7 @@ from lmaas.config import Limits, ModelConfig, Settings
 from lmaas.gateway.app import create_app
 from lmaas.gateway.auth import Authenticator
 from lmaas.keys import KeyStore
-from lmaas.protocol.engine import ModelInfo
+from lmaas.protocol.engine import ModelInfo, Priority
 from tests.bad_inputs import BEAM_CASES, CASES, HOSTILE_CASES, check_error_envelope, encode
 from tests.fakes import FakeEngine
 
@@ -458,3 +458,29 @@ async def test_chat_template_errors_are_400_for_the_messages_and_500_for_the_mod
         assert r.status_code == 500
         error = check_error_envelope(r.json())
         assert error["code"] == "chat_template_error" and "not valid Jinja" in error["message"]
+
+
+async def test_requests_carry_their_key_and_priority_to_the_scheduler(
+    client: httpx.AsyncClient, engine: FakeEngine, keys: KeyStore
+) -> None:
+    # An open server: every request is one shared tenant, interactive unless it asks less.
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+    body = {**CHAT, "priority": "batch", "n": 2, "temperature": 1.0}
+    assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    assert [(r.tenant, r.weight, r.priority) for r in engine.requests] == [
+        (None, 1.0, Priority.INTERACTIVE),
+        (None, 1.0, Priority.BATCH),
+        (None, 1.0, Priority.BATCH),
+    ]
+    r = await client.post("/v1/completions", json={**CHAT, "prompt": "x", "priority": "urgent"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "priority"
+    # With keys, the key's id names the tenant.
+    secret, info = keys.create("inference", "tenant", None)
+    auth = {"Authorization": f"Bearer {secret}"}
+    completion = {"model": "fake", "prompt": "x", "max_tokens": 2, "priority": "background"}
+    r = await client.post("/v1/completions", json=completion, headers=auth)
+    assert r.status_code == 200, r.text
+    assert (engine.requests[-1].tenant, engine.requests[-1].priority) == (
+        info.id,
+        Priority.BACKGROUND,
+    )
