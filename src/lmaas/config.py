@@ -461,6 +461,14 @@ class Settings(BaseSettings):
         ),
     ] = "127.0.0.1,::1"
     metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings())
+    redis_url: Annotated[
+        str | None,
+        Field(
+            pattern=r"^rediss?://",
+            description="Redis holding the per-key rate-limit counters (redis://host:port/db), "
+            "so that several gateways share one budget per key; default: in memory",
+        ),
+    ] = None
     verify_blob_hashes: Annotated[
         bool,
         Field(

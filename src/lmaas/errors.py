@@ -160,6 +160,18 @@ class OverloadedError(LmaasError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class RateLimitExceededError(LmaasError):
+    """An API key used up its requests or tokens per minute; ``headers`` carry ``Retry-After``
+    and the ``x-ratelimit-*`` set."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+
+
 class ServiceUnavailableError(LmaasError):
     """The model cannot serve right now (worker starting, crashed or restarting)."""
 

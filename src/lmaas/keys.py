@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal, cast
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, String, func, select
+from sqlalchemy import JSON, CheckConstraint, DateTime, Integer, String, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
@@ -42,6 +42,7 @@ MAX_NAME: Final = 128
 MAX_MODELS: Final = 256
 LAST_USED_RESOLUTION: Final = timedelta(minutes=1)
 DEFAULT_CACHE_TTL: Final = 5.0
+MAX_RATE: Final = 2**31 - 1
 MAX_CACHED_KEYS: Final = 4096
 
 
@@ -58,6 +59,9 @@ class KeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # NULL: no limit; otherwise requests / tokens per minute (see gateway/ratelimit.py).
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,8 @@ class KeyInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    rpm: int | None = None  # requests per minute; None: unlimited
+    tpm: int | None = None  # tokens per minute; None: unlimited
 
     @property
     def active(self) -> bool:
@@ -119,6 +125,18 @@ def validate_key_name(name: str) -> str:
     return name
 
 
+def validate_rate(value: int | None, param: str) -> int | None:
+    """A per-minute limit: ``None`` (unlimited) or an integer from 1 to :data:`MAX_RATE`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RATE:
+        raise InvalidRequestError(
+            f"{param} must be an integer from 1 to {MAX_RATE} (leave it out for no limit)",
+            param=param,
+        )
+    return value
+
+
 def validate_models(models: Sequence[str] | None) -> tuple[str, ...] | None:
     """Deduplicated, sorted model names; ``None`` (every model) stays ``None``."""
     if models is None:
@@ -151,6 +169,8 @@ def _to_info(row: KeyRow) -> KeyInfo:
         created_at=cast(datetime, _utc(row.created_at)),
         last_used_at=_utc(row.last_used_at),
         revoked_at=_utc(row.revoked_at),
+        rpm=row.rpm,
+        tpm=row.tpm,
     )
 
 
@@ -185,13 +205,20 @@ class KeyStore:
         self._active: tuple[int, float] | None = None
 
     def create(
-        self, scope: str, name: str = "", models: Sequence[str] | None = None
+        self,
+        scope: str,
+        name: str = "",
+        models: Sequence[str] | None = None,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
     ) -> tuple[str, KeyInfo]:
         """A new key: ``(plaintext, info)``. The plaintext is not kept anywhere; hand it to the
-        user now."""
+        user now. ``rpm``/``tpm``: requests/tokens per minute, ``None`` for no limit."""
         scope = validate_scope(scope)
         validate_key_name(name)
         allowed = validate_models(models)
+        rpm, tpm = validate_rate(rpm, "rpm"), validate_rate(tpm, "tpm")
         for _ in range(5):  # an id collision (48 random bits) is retried, not reported
             key_id, plaintext = new_key()
             row = KeyRow(
@@ -201,6 +228,8 @@ class KeyStore:
                 models=list(allowed) if allowed is not None else None,
                 key_hash=hash_key(plaintext),
                 created_at=self._now(),
+                rpm=rpm,
+                tpm=tpm,
             )
             try:
                 with self._sessions.begin() as session:
@@ -230,6 +259,18 @@ class KeyStore:
             row = _find(session, key_id, lock=True)
             if row.revoked_at is None:
                 row.revoked_at = self._now()
+            session.flush()
+            info = _to_info(row)
+        self.invalidate()
+        return info
+
+    def set_limits(self, key_id: str, *, rpm: int | None, tpm: int | None) -> KeyInfo:
+        """Replace a key's requests/tokens per minute (``None``: no limit). Other processes
+        apply them within the cache TTL; this one at once."""
+        rpm, tpm = validate_rate(rpm, "rpm"), validate_rate(tpm, "tpm")
+        with self._sessions.begin() as session:
+            row = _find(session, key_id, lock=True)
+            row.rpm, row.tpm = rpm, tpm
             session.flush()
             info = _to_info(row)
         self.invalidate()

@@ -1,8 +1,8 @@
-"""`lmaas keys create|ls|revoke`: manage API keys directly in the catalog database.
+"""`lmaas keys create|ls|update|revoke`: manage API keys directly in the catalog database.
 
 These commands open the database under ``--home`` (or ``LMAAS_DATABASE_URL``) themselves, so
 they work with or without a running server; a running server notices a revoke within its key
-cache TTL (seconds).
+cache TTL (seconds), and new rate limits (``update``) within the same TTL.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from lmaas.db import (
 from lmaas.errors import LmaasError
 from lmaas.keys import KeyInfo, KeyStore
 
-keys_app = typer.Typer(help="Create, list and revoke API keys", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list, update and revoke API keys", no_args_is_help=True)
 
 HomeOption = Annotated[
     Path,
@@ -37,6 +37,24 @@ HomeOption = Annotated[
         help="State directory holding the catalog (LMAAS_DATABASE_URL overrides it)",
     ),
 ]
+
+
+RpmOption = Annotated[
+    int | None,
+    typer.Option("--rpm", min=0, help="Requests per minute for this key (0 = no limit)"),
+]
+TpmOption = Annotated[
+    int | None,
+    typer.Option(
+        "--tpm",
+        min=0,
+        help="Tokens (prompt + completion) per minute for this key (0 = no limit)",
+    ),
+]
+
+
+def _rate(value: int | None) -> int | None:
+    return value or None
 
 
 @contextmanager
@@ -67,11 +85,13 @@ def create(
         list[str] | None,
         typer.Option("--models", help="Limit the key to this model (repeatable) [default: all]"),
     ] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
     home: HomeOption = DEFAULT_HOME,
 ) -> None:
     """Create a key and print it once on stdout; only its hash is stored."""
     with _key_store(home) as keys:
-        plaintext, info = keys.create(scope, name, models or None)
+        plaintext, info = keys.create(scope, name, models or None, rpm=_rate(rpm), tpm=_rate(tpm))
     typer.echo(plaintext)
     typer.echo(
         f"Created {info.scope} key {info.id}"
@@ -94,6 +114,25 @@ def list_keys(home: HomeOption = DEFAULT_HOME) -> None:
     typer.echo(format_table(infos))
 
 
+@keys_app.command("update")
+def update(
+    key_id: Annotated[str, typer.Argument(help="The key's id (the part after 'lmaas-')")],
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    home: HomeOption = DEFAULT_HOME,
+) -> None:
+    """Change a key's rate limits (a limit left out stays as it is); a running server applies
+    them within seconds."""
+    with _key_store(home) as keys:
+        current = keys.get(key_id)
+        info = keys.set_limits(
+            key_id,
+            rpm=current.rpm if rpm is None else _rate(rpm),
+            tpm=current.tpm if tpm is None else _rate(tpm),
+        )
+    typer.echo(f"key {info.id}: rpm {_limit(info.rpm)}, tpm {_limit(info.tpm)}", err=True)
+
+
 @keys_app.command("revoke")
 def revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (the part after 'lmaas-')")],
@@ -105,7 +144,7 @@ def revoke(
     typer.echo(f"revoked key {info.id} at {_time(info.revoked_at)}", err=True)
 
 
-HEADERS = ("ID", "NAME", "SCOPE", "MODELS", "CREATED", "LAST USED", "REVOKED")
+HEADERS = ("ID", "NAME", "SCOPE", "MODELS", "RPM", "TPM", "CREATED", "LAST USED", "REVOKED")
 
 
 def format_table(infos: list[KeyInfo]) -> str:
@@ -115,6 +154,8 @@ def format_table(infos: list[KeyInfo]) -> str:
             info.name or "-",
             info.scope,
             ",".join(info.models) if info.models is not None else "*",
+            _limit(info.rpm),
+            _limit(info.tpm),
             _time(info.created_at),
             _time(info.last_used_at),
             _time(info.revoked_at),
@@ -126,6 +167,10 @@ def format_table(infos: list[KeyInfo]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def _limit(value: int | None) -> str:
+    return str(value) if value is not None else "-"
 
 
 def _time(value: datetime | None) -> str:

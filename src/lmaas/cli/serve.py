@@ -106,11 +106,13 @@ def _build_app(settings: Settings) -> FastAPI:
     from lmaas.controller.manager import DeploymentManager
     from lmaas.gateway.app import create_app
     from lmaas.gateway.auth import Authenticator, InsecureStartupError
+    from lmaas.gateway.ratelimit import KeyRateLimiter
     from lmaas.records.store import RecordWriter
     from lmaas.state import open_state
 
     state = open_state(settings)
-    auth = Authenticator(state.keys, bind_host=settings.host)
+    limiter = KeyRateLimiter.from_url(settings.redis_url)
+    auth = Authenticator(state.keys, bind_host=settings.host, limiter=limiter)
     try:
         auth.check_startup()
     except InsecureStartupError as exc:

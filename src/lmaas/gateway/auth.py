@@ -3,6 +3,9 @@
 - Admin routes always need an active ``admin`` key (401 without one, 403 for an inference key).
 - Inference routes need an active key (either scope) whenever any active key exists or the
   server binds to a non-loopback address; a key limited to some models gets 403 for others.
+- An inference request with a key that has ``rpm``/``tpm`` set is counted against them
+  (:mod:`lmaas.gateway.ratelimit`, from the cached key info, no database query): 429 once
+  used up; the ``x-ratelimit-*`` headers go on the response either way.
 - With no active key, a server bound to a non-loopback address refuses to start
   (:meth:`Authenticator.check_startup`).
 
@@ -20,6 +23,7 @@ import anyio.to_thread
 from fastapi import Request
 
 from lmaas.errors import AuthenticationError, LmaasError, PermissionDeniedError
+from lmaas.gateway.ratelimit import KeyRateLimiter
 from lmaas.keys import KeyInfo, KeyStore
 
 CREATE_ADMIN_KEY_HINT: Final = "lmaas keys create --scope admin --name NAME"
@@ -67,8 +71,11 @@ def presented_key(request: Request) -> str | None:
 class Authenticator:
     """Applies the key rules for one server; kept on ``app.state.auth``."""
 
-    def __init__(self, keys: KeyStore, *, bind_host: str) -> None:
+    def __init__(
+        self, keys: KeyStore, *, bind_host: str, limiter: KeyRateLimiter | None = None
+    ) -> None:
         self._keys = keys
+        self._limiter = limiter
         self._bind_host = bind_host
         self._loopback = is_loopback(bind_host)
 
@@ -123,7 +130,22 @@ class Authenticator:
         if model is not None:
             self.authorize_model(info, model)
         request.state.api_key = info
+        await self._admit(request, info)
         return info
+
+    async def _admit(self, request: Request, info: KeyInfo) -> None:
+        """Count the request against the key's rate limits (429 when used up); the
+        middleware adds ``response_headers`` to the response and charges the tokens used."""
+        limiter = self._limiter
+        if limiter is None or (info.rpm is None and info.tpm is None):
+            return
+        request.state.response_headers = await limiter.admit(info)
+        if info.tpm is not None:
+
+            async def charge(tokens: int) -> None:
+                await limiter.charge_tokens(info, tokens)
+
+            request.state.charge_tokens = charge
 
     @staticmethod
     def authorize_model(key: KeyInfo | None, model: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Container
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from lmaas.gateway.shutdown import Drain, refusal
 from lmaas.records.store import RecordWriter
 from lmaas.telemetry.logging import accept_request_id, log_access
 from lmaas.telemetry.metrics import Metrics
+
+logger = logging.getLogger(__name__)
 
 _JSON_TYPES = ("application/json",)
 _INFERENCE_PREFIX = "/v1/"
@@ -71,12 +74,28 @@ async def _send_error(send: Send, error: LmaasError, request_id: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _charge_tokens(state: dict[str, Any]) -> None:
+    """Charge the tokens the request used to its key's tokens-per-minute budget."""
+    charge = state.get("charge_tokens")
+    timing = state.get("timing")
+    if charge is None or timing is None:
+        return
+    try:
+        await charge(timing.prompt_tokens + timing.completion_tokens)
+    except Exception:
+        # A storage outage (Redis down) must not turn a served request into an error.
+        logger.exception("could not charge tokens to the key's rate limit")
+
+
 class _Response:
     """The app's side of one exchange: what it has sent so far (to end a request the drain
     cuts, and to record it) and whether the client went away."""
 
-    def __init__(self, send: Send, receive: Receive, request_id: str) -> None:
+    def __init__(
+        self, send: Send, receive: Receive, request_id: str, state: dict[str, Any]
+    ) -> None:
         self._send = send
+        self._state = state
         self._receive = receive
         self._request_id = request_id.encode()
         self.status = 500
@@ -95,6 +114,9 @@ class _Response:
                 for k, v in headers
             )
             headers.append((b"x-request-id", self._request_id))
+            # Set by a route's dependency (the x-ratelimit-* of gateway/auth.py).
+            extra = self._state.get("response_headers") or {}
+            headers += [(k.encode(), v.encode()) for k, v in extra.items()]
             message = {**message, "headers": headers}
         elif message["type"] == "http.response.body" and not message.get("more_body"):
             self.complete = True
@@ -143,7 +165,7 @@ class RequestContextMiddleware:
         request_id = accept_request_id(_header(scope, b"x-request-id"))
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
-        response = _Response(send, receive, request_id)
+        response = _Response(send, receive, request_id, state)
 
         task = asyncio.current_task()
         try:
@@ -168,6 +190,7 @@ class RequestContextMiddleware:
                 state["cancelled"] = True
             self._after(scope, state, response.status, start, request_id)
             self._record(scope, state, response.status, received_at, start, request_id)
+            await _charge_tokens(state)
 
     def _record(
         self,
