@@ -9,8 +9,14 @@ from datetime import UTC, datetime
 import pytest
 from limits.aio.storage import MemoryStorage
 
+from lmaas.config import Settings
 from lmaas.errors import RateLimitExceededError
-from lmaas.gateway.ratelimit import KeyRateLimiter, format_reset, redis_storage_uri
+from lmaas.gateway.ratelimit import (
+    KeyRateLimiter,
+    RateLimitStoreUnavailableError,
+    format_reset,
+    redis_storage_uri,
+)
 from lmaas.keys import KeyInfo
 
 
@@ -103,3 +109,19 @@ def test_reset_durations_use_openais_format(seconds: float, text: str) -> None:
 def test_redis_urls_become_async_storage_uris() -> None:
     assert redis_storage_uri("redis://h:6379/0") == "async+redis://h:6379/0"
     assert redis_storage_uri("rediss://h/1") == "async+rediss://h/1"
+
+
+async def test_an_unreachable_redis_refuses_limited_keys_with_503_and_leaves_others_alone() -> None:
+    rl = KeyRateLimiter.from_url("redis://127.0.0.1:9/0")  # a closed port
+    with pytest.raises(RateLimitStoreUnavailableError) as refused:
+        await rl.admit(key(rpm=3))
+    assert refused.value.status_code == 503
+    assert refused.value.code == "rate_limit_store_unavailable"
+    assert refused.value.headers["Retry-After"] == "2"
+    assert await rl.admit(key()) == {}
+
+
+def test_redis_url_setting_names_a_redis_server() -> None:
+    assert Settings(redis_url="redis://127.0.0.1:6379/0").redis_url == "redis://127.0.0.1:6379/0"
+    with pytest.raises(ValueError, match="redis_url"):
+        Settings(redis_url="http://127.0.0.1:6379")

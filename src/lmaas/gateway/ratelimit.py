@@ -8,10 +8,13 @@
 
 Counters live in memory (one gateway) or, with a Redis URL, in Redis, where several gateways
 share one budget per key. Every call is async (``limits.aio``): nothing blocks the event loop.
+When the storage cannot be reached, a limited key's request is refused with 503 (its budget
+cannot be checked) rather than admitted unmetered; keys without limits are unaffected.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,9 +23,19 @@ from typing import Final
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.errors import StorageError
 
-from lmaas.errors import RateLimitExceededError
+from lmaas.errors import RateLimitExceededError, ServiceUnavailableError
 from lmaas.keys import KeyInfo
+
+logger = logging.getLogger(__name__)
+
+
+class RateLimitStoreUnavailableError(ServiceUnavailableError):
+    """The rate-limit storage (Redis) cannot be reached, so a limited key cannot be checked."""
+
+    default_code = "rate_limit_store_unavailable"
+
 
 DEFAULT_PREFIX: Final = "lmaas-ratelimit"
 WINDOW_SECONDS: Final = 60
@@ -65,13 +78,20 @@ class KeyRateLimiter:
 
     @classmethod
     def from_url(
-        cls, redis_url: str | None, *, prefix: str = DEFAULT_PREFIX, window_seconds: int = 60
+        cls,
+        redis_url: str | None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        window_seconds: int = WINDOW_SECONDS,
     ) -> KeyRateLimiter:
         """In memory without ``redis_url``; else in Redis under keys starting with ``prefix``."""
         if redis_url is None:
             return cls(MemoryStorage(), window_seconds=window_seconds)
         storage = RedisStorage(
-            redis_storage_uri(redis_url), implementation="redispy", key_prefix=prefix
+            redis_storage_uri(redis_url),
+            implementation="redispy",
+            key_prefix=prefix,
+            wrap_exceptions=True,
         )
         return cls(storage, window_seconds=window_seconds)
 
@@ -85,7 +105,17 @@ class KeyRateLimiter:
     async def admit(self, key: KeyInfo) -> dict[str, str]:
         """Count one request of ``key`` and return the ``x-ratelimit-*`` headers for its
         response; :class:`RateLimitExceededError` (429, same headers plus ``Retry-After``) when
-        the key has no requests or tokens left. A request refused for tokens is not counted."""
+        the key has no requests or tokens left. A request refused for tokens is not counted.
+        :class:`ServiceUnavailableError` (503) when the storage cannot be reached."""
+        try:
+            return await self._admit(key)
+        except StorageError as exc:
+            logger.error("rate-limit storage unreachable: %s", type(exc.storage_error).__name__)
+            raise RateLimitStoreUnavailableError(
+                "the rate-limit store is unreachable; retry shortly", retry_after=2
+            ) from exc
+
+    async def _admit(self, key: KeyInfo) -> dict[str, str]:
         headers: dict[str, str] = {}
         refused: tuple[str, float] | None = None
         if key.tpm is not None:
