@@ -101,6 +101,20 @@ async def test_tokens_used_count_and_refuse_the_next_request(keys: KeyStore) -> 
         assert r.headers["x-ratelimit-limit-tokens"] == "3"
 
 
+async def test_a_stream_carries_the_headers_and_its_tokens_are_charged(keys: KeyStore) -> None:
+    plaintext, _ = keys.create("inference", "stream", rpm=10, tpm=3)
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    async with serving(keys, KeyRateLimiter.from_url(None)) as client:
+        r = await client.post("/v1/chat/completions", json=body, headers=bearer(plaintext))
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-ratelimit-remaining-requests"] == "9"
+        assert r.headers["x-ratelimit-remaining-tokens"] == "3"
+        assert r.text.rstrip().endswith("data: [DONE]")
+        r = await client.post("/v1/chat/completions", json=body, headers=bearer(plaintext))
+        assert_refused(r, "tokens")
+
+
 async def test_two_gateways_share_one_budget_through_redis(keys: KeyStore) -> None:
     with scratch_prefix() as (url, prefix):
         plaintext, info = keys.create("inference", "shared", rpm=3)
