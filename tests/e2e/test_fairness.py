@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 SLOTS = 4
 FLOOD = 64
-B_REQUESTS = 4
+B_REQUESTS = 6
 # A's requests are short so that slots free up often: B waits for the next free slot (at most
 # A_TOKENS steps), never for a running request to be preempted.
 A_TOKENS = 4
@@ -44,7 +44,9 @@ class Keys:
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     home = Path(tmp_path_factory.mktemp("lmaas-fair"))
     config = home / "config.yaml"
-    engine = {"context_size": 2048, "max_num_seqs": SLOTS, "max_batch_tokens": 256}
+    # One thread: llama.cpp's threads spin on each other, and on a machine shared with other
+    # work that makes a step's time swing tenfold between the idle and the flood measurements.
+    engine = {"context_size": 2048, "max_num_seqs": SLOTS, "max_batch_tokens": 256, "threads": 1}
     config.write_text(json.dumps({"models": [{"name": MODEL, "engine": engine}]}))  # YAML ⊇ JSON
     with served_env(home, "--config", str(config)) as env:
         yield Keys(env, env.user, new_key(home, "inference"))
@@ -115,8 +117,11 @@ async def test_a_flooding_key_does_not_starve_another(keys: Keys) -> None:
         b = [(await stream(c, keys.b, B_TOKENS, Stream())).ttft for _ in range(B_REQUESTS)]
         a_unfinished = sum(not t.done() for t in tasks)
         await asyncio.gather(*tasks)
+        # Idle again: the machine is shared, so idle is the slower of before and after.
+        after = [(await stream(c, keys.b, B_TOKENS, Stream())).ttft for _ in range(3)]
 
-    idle_ttft, b_ttft = statistics.median(idle), statistics.median(b)
+    idle_ttft = max(statistics.median(idle), statistics.median(after))
+    b_ttft = statistics.median(b)
     a_ttft = statistics.median(s.ttft for s in flood)
     print(
         f"\nTTFT idle {idle_ttft:.3f}s; under A's flood: B median {b_ttft:.3f}s "
