@@ -167,6 +167,7 @@ class RateLimitExceededError(LmaasError):
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+    wire_name = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, headers: dict[str, str]) -> None:
         super().__init__(message, headers=headers)

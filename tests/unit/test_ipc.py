@@ -98,6 +98,10 @@ WIRE_ERRORS: list[errors.LmaasError] = [
     errors.UnsupportedMediaTypeError("Content-Type must be application/json"),
     errors.MethodNotAllowedError("method not allowed for this route"),
     errors.OverloadedError("the queue of model 'm' is full", retry_after=7),
+    errors.RateLimitExceededError(
+        "API key k used its 3 requests per minute",
+        headers={"Retry-After": "12", "x-ratelimit-remaining-requests": "0"},
+    ),
     errors.ServiceUnavailableError("the worker serving this model stopped", retry_after=9),
     errors.InternalError("the engine failed to decode (status -1)"),
 ]
