@@ -205,8 +205,11 @@ class LocalReplica:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.last_error = str(exc)
-                log.error("%s: %s", self.label, exc)
+                if self._stopping:  # asked to stop: the worker exiting is the expected end
+                    log.info("%s: stopped (%s)", self.label, exc)
+                else:
+                    self.last_error = str(exc)
+                    log.error("%s: %s", self.label, exc)
             finally:
                 self._ready_event.clear()
                 await self._reap()
