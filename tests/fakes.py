@@ -59,6 +59,8 @@ class FakeEngine(EngineClient):
         self.requests: list[GenerateRequest] = []
         self.aborted: list[str] = []
         self._outstanding: set[str] = set()
+        # Tokens/s of one running sequence, as a worker would have measured it (None: unknown).
+        self.rate: float | None = None
 
     @property
     def info(self) -> ModelInfo | None:
@@ -71,6 +73,10 @@ class FakeEngine(EngineClient):
     @property
     def outstanding(self) -> int:
         return len(self._outstanding)
+
+    @property
+    def sequence_rate(self) -> float | None:
+        return self.rate
 
     def health(self) -> EngineHealth:
         state = "ready" if self.ready else "failed"

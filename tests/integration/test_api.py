@@ -206,6 +206,52 @@ async def test_queue_full_gives_429_with_retry_after(
     assert all(x.status_code == 200 for x in await asyncio.gather(*held))
 
 
+async def test_a_concurrent_burst_never_overshoots_the_bound(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    engine.hold = asyncio.Event()
+    # 20 chat requests at once (each awaits its template render before admission): exactly
+    # capacity 4 + max_queue 2 are admitted, the rest refused at once.
+    burst = [asyncio.create_task(client.post("/v1/chat/completions", json=CHAT)) for _ in range(20)]
+    refused = []
+    for task in asyncio.as_completed(burst):
+        r = await task
+        if r.status_code != 200:
+            refused.append(r)
+        if len(refused) == 14:
+            break
+    assert all(r.status_code == 429 for r in refused)
+    engine.hold.set()
+    results = await asyncio.gather(*burst)
+    assert sum(r.status_code == 200 for r in results) == 6
+
+
+async def test_a_client_deadline_that_cannot_be_met_is_refused_up_front(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    engine.rate = 10.0  # tokens/s per running sequence, as if measured
+    engine.max_num_seqs = 1
+    engine.hold = asyncio.Event()
+    busy = asyncio.create_task(
+        client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100})
+    )
+    for _ in range(200):
+        if engine.outstanding == 1:
+            break
+        await asyncio.sleep(0.01)
+    late = {"X-Lmaas-Deadline": "3"}
+    r = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 10}, headers=late)
+    assert r.status_code == 429, r.text
+    assert "deadline" in check_error_envelope(r.json())["message"]
+    assert int(r.headers["retry-after"]) == 8  # done at 10 + 1 s, 8 s after the deadline
+    r = await client.post(
+        "/v1/chat/completions", json=CHAT, headers={"X-Lmaas-Deadline": "tomorrow"}
+    )
+    assert r.status_code == 400 and check_error_envelope(r.json())["param"] == "X-Lmaas-Deadline"
+    engine.hold.set()
+    assert (await busy).status_code == 200
+
+
 async def test_dead_worker_gives_503_and_not_ready(
     client: httpx.AsyncClient, engine: FakeEngine
 ) -> None:

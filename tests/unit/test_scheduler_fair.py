@@ -39,19 +39,87 @@ def tenant_of(rid: str) -> str:
     return rid.split("-")[0]
 
 
-def test_a_late_tenant_takes_the_next_free_slot_not_after_a_backlog() -> None:
+def test_a_late_tenant_preempts_the_flood_at_the_next_step() -> None:
     s = make(max_num_seqs=4)
     for i in range(64):
         s.add_request(f"A-{i}", [1, 2], max_new_tokens=3, tenant="A")
     assert step(s) == ["A-0", "A-1", "A-2", "A-3"]
+    step(s)  # A's four generate a token each
+    a3_tokens = list(s.get("A-3").tokens)  # type: ignore[union-attr]
     s.add_request("B-0", [3, 4], max_new_tokens=3, tenant="B")
+    plan = s.schedule()
+    # B did not wait for a slot to free: A's most recently admitted request made room.
+    assert plan.admitted == ["B-0"]
+    assert plan.preempted == ["A-3"]
+    a3 = s.get("A-3")
+    assert a3 is not None and a3.tokens == a3_tokens and a3.num_computed == 0
+    s.update_from_output(plan, {w.request_id: 7 for w in plan.work if w.sample})
+    # A's preempted request goes back first among A's, ahead of A's 60 waiting ones.
     order: list[str] = []
-    while "B-0" not in order:
+    while "A-3" not in order:
         order += step(s)
-    # The first slot freed after B arrived went to B, ahead of A's 60 waiting requests; A
-    # takes the other three freed in the same step.
-    assert order == ["B-0", "A-4", "A-5", "A-6"]
-    assert s.num_waiting == 57
+    assert order[0] == "A-3"
+
+
+def test_no_preemption_for_a_tenant_that_holds_its_share() -> None:
+    s = make(max_num_seqs=4)
+    for i in range(2):
+        s.add_request(f"A-{i}", [1, 2], max_new_tokens=50, tenant="A")
+        s.add_request(f"B-{i}", [1, 2], max_new_tokens=50, tenant="B")
+    assert sorted(step(s)) == ["A-0", "A-1", "B-0", "B-1"]
+    s.add_request("B-2", [1, 2], max_new_tokens=50, tenant="B")
+    for _ in range(5):
+        plan = s.schedule()
+        s.update_from_output(plan, {w.request_id: 7 for w in plan.work if w.sample})
+        # Two tenants, four slots: B has its two; A is not pushed out for B's third.
+        assert plan.preempted == [] and plan.admitted == []
+
+
+def test_a_higher_class_preempts_a_lower_one_first() -> None:
+    s = make(max_num_seqs=2)
+    s.add_request("A-0", [1, 2], max_new_tokens=50, tenant="A", rank=0)
+    s.add_request("A-1", [1, 2], max_new_tokens=50, tenant="A", rank=2)
+    step(s)
+    s.add_request("B-0", [1, 2], max_new_tokens=50, tenant="A", rank=0)
+    plan = s.schedule()
+    # Same tenant, so no fair-share claim; but a background request gives way to interactive.
+    assert plan.preempted == ["A-1"] and plan.admitted == ["B-0"]
+
+
+def test_a_beam_search_is_never_the_victim() -> None:
+    s = make(max_num_seqs=2)
+    s.add_request("A-0", [1, 2], max_new_tokens=5, tenant="A", beam_width=2)
+    step(s)
+    s.add_request("B-0", [1, 2], max_new_tokens=5, tenant="B")
+    plan = s.schedule()
+    assert plan.preempted == [] and plan.admitted == []
+
+
+def test_running_cap_bounds_admission_and_preemption() -> None:
+    s = make(max_num_seqs=4)
+    s.running_cap = 2
+    for i in range(4):
+        s.add_request(f"A-{i}", [1, 2], max_new_tokens=50, tenant="A")
+    assert step(s) == ["A-0", "A-1"]
+    s.add_request("B-0", [1, 2], max_new_tokens=50, tenant="B")
+    plan = s.schedule()
+    # Under the cap of 2 the shares are 1 and 1: B takes A's younger slot, still 2 running.
+    assert plan.preempted == ["A-1"] and plan.admitted == ["B-0"]
+    assert s.num_slots_used == 2
+
+
+def test_a_request_preempted_for_fairness_is_not_charged_twice() -> None:
+    s = make(max_num_seqs=2)
+    for i in range(3):
+        s.add_request(f"A-{i}", [1, 2], max_new_tokens=50, tenant="A")
+    step(s)
+    charged = s._waiting.virtual_time("A")
+    s.add_request("B-0", [1, 2], max_new_tokens=1, tenant="B")
+    order: list[str] = []
+    while "A-1" not in order:
+        order += step(s)
+    assert order[:2] == ["B-0", "A-1"]
+    assert s._waiting.virtual_time("A") == charged
 
 
 def test_first_come_first_served_within_a_tenant_and_alternating_between_two() -> None:

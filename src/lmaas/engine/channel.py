@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from lmaas.engine.ipc import FrameError, encode_frame, read_frame
+from lmaas.engine.rate import TokenRate
 from lmaas.errors import LmaasError, ServiceUnavailableError, from_wire
 from lmaas.protocol.engine import GenerateRequest, TokenEvent
 from lmaas.protocol.tasks import TaskRequest, TaskResult
@@ -37,6 +38,7 @@ class WorkerChannel:
         self.close_reason = "worker channel closed"
         self.running = 0
         self.waiting = 0
+        self.rate = TokenRate()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -179,6 +181,8 @@ class WorkerChannel:
         stats = frame.get("s") or {}
         self.running = int(stats.get("running", self.running))
         self.waiting = int(stats.get("waiting", self.waiting))
+        if "gen" in stats:
+            self.rate.update(int(stats["gen"]), self.running)
 
     def _task_result(self, frame: dict[str, Any]) -> None:
         self._update_stats(frame)

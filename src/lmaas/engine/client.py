@@ -61,6 +61,12 @@ class EngineClient(ABC):
     def outstanding(self) -> int:
         """Requests submitted and not yet finished."""
 
+    @property
+    def sequence_rate(self) -> float | None:
+        """Tokens per second one running sequence gets on its replicas under their current load,
+        as measured (``None`` until known); admission estimates waits from it."""
+        return None
+
     @abstractmethod
     def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
         """Stream the request's events; the last one has ``finish_reason`` set.

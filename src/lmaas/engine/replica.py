@@ -22,6 +22,8 @@ class ReplicaLoad:
     outstanding: int  # requests this gateway sent to the replica that have not finished
     running: int  # sequences in the replica's running batch (as it last reported)
     waiting: int  # sequences waiting for a slot in the replica (as it last reported)
+    # tokens per second one of its running sequences gets (engine/rate.py); None until measured
+    sequence_rate: float | None = None
 
 
 class Replica(Protocol):

@@ -68,6 +68,11 @@ class ReplicatedEngine(EngineClient):
     def outstanding(self) -> int:
         return len(self._owner)
 
+    @property
+    def sequence_rate(self) -> float | None:
+        known = [x for r in self.replicas if r.ready and (x := r.load().sequence_rate)]
+        return sum(known) / len(known) if known else None
+
     def _pick(self, exclude: Replica | None = None) -> Replica:
         ready = [r for r in self.replicas if r.ready and r is not exclude]
         if not ready:

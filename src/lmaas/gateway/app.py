@@ -14,6 +14,7 @@ from lmaas.engine.client import EngineClient
 from lmaas.engine.directory import EngineDirectory
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.errors import install_error_handlers
+from lmaas.gateway.management.files import FileManagement
 from lmaas.gateway.management.models import ModelManagement
 from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.middleware import RequestContextMiddleware
@@ -22,7 +23,8 @@ from lmaas.gateway.routes.admin import classifiers as admin_classifiers
 from lmaas.gateway.routes.admin import deployments as admin_deployments
 from lmaas.gateway.routes.admin import models as admin_models
 from lmaas.gateway.routes.admin import requests as admin_requests
-from lmaas.gateway.routes.v1 import chat, completions, models, understanding
+from lmaas.gateway.routes.v1 import chat, completions, files, models, understanding
+from lmaas.gateway.serving.admission import Admission
 from lmaas.gateway.serving.chat import ChatServing
 from lmaas.gateway.serving.classifiers import ClassifierTrainer
 from lmaas.gateway.serving.classify import ClassifyServing
@@ -32,6 +34,7 @@ from lmaas.gateway.serving.scoring import ScoringServing
 from lmaas.gateway.shutdown import Drain
 from lmaas.protocol.deploy import DeploymentControl
 from lmaas.records.store import RecordStore, RecordWriter
+from lmaas.store.files import FileStore
 from lmaas.store.model_store import ModelStore
 from lmaas.telemetry.metrics import Metrics
 
@@ -46,6 +49,7 @@ def create_app(
     served_versions: set[tuple[str, int]] | None = None,
     recorder: RecordWriter | None = None,
     record_store: RecordStore | None = None,
+    file_store: FileStore | None = None,
 ) -> FastAPI:
     """An app serving ``engines`` (keyed by served name).
 
@@ -53,7 +57,8 @@ def create_app(
     ``engines``) the lifespan starts and stops the manager and ``/admin/deployments`` is
     mounted; without it the lifespan starts and stops the fixed ``engines`` themselves, which
     serve the ``served_versions`` of the store. ``auth`` decides who may call what; with a
-    ``store`` the admin model API is mounted, with a ``record_store`` the request records API.
+    ``store`` the admin model API is mounted, with a ``record_store`` the request records API,
+    with a ``file_store`` the Files API (``/v1/files``).
     """
     if not isinstance(engines, EngineDirectory):
         fixed = {model: number for model, number in (served_versions or set())}
@@ -86,6 +91,9 @@ def create_app(
         served_versions=served_versions or set(),
         record_store=record_store,
     )
+    if file_store is not None:
+        app.state.file_management = FileManagement(file_store)
+        app.include_router(files.router)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.limits.max_body_bytes,
@@ -137,11 +145,12 @@ def _mount_serving(
 ) -> None:
     """The ``/v1`` routers and their serving objects on ``app.state``."""
     store_prompts = settings.records.store_prompts
+    admission = Admission(settings.limits)
     app.state.chat_serving = ChatServing(
-        engines, settings.limits, metrics, store_prompts=store_prompts
+        engines, settings.limits, metrics, store_prompts=store_prompts, admission=admission
     )
     app.state.completion_serving = CompletionServing(
-        engines, settings.limits, metrics, store_prompts=store_prompts
+        engines, settings.limits, metrics, store_prompts=store_prompts, admission=admission
     )
     for attr, cls in (
         ("embedding_serving", EmbeddingServing),

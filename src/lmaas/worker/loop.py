@@ -33,6 +33,7 @@ from lmaas.worker.backends.base import BatchEntry, GenerationBackend
 from lmaas.worker.beam import BeamSearch, BeamSettings, EntryFn
 from lmaas.worker.prompt import tokenize_prompt
 from lmaas.worker.scheduler import Scheduler, SchedulerConfig, StepPlan
+from lmaas.worker.scheduler.cap import StepTimeCap
 from lmaas.worker.text import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,14 @@ class EngineLoop:
         *,
         max_num_seqs: int,
         max_batch_tokens: int,
+        target_tpot_ms: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
         self.emit = emit
         self.clock = clock
+        self.step_cap = StepTimeCap(max_num_seqs, target_tpot_ms)
+        self.generated = 0  # tokens sampled (every beam's) since start; the gateway's rate
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_seqs=max_num_seqs,
@@ -205,7 +209,11 @@ class EngineLoop:
 
     def stats(self) -> dict[str, int]:
         """Sequence slots in use (a beam search holds its width) and requests waiting."""
-        return {"running": self.scheduler.num_slots_used, "waiting": self.scheduler.num_waiting}
+        return {
+            "running": self.scheduler.num_slots_used,
+            "waiting": self.scheduler.num_waiting,
+            "gen": self.generated,
+        }
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -307,9 +315,14 @@ class EngineLoop:
         if plan.empty:
             return
         entries, sample_at, beams_at = self._build_batch(plan)
+        started_at = self.clock()
         status = self.backend.decode(entries)
         self.steps += 1
         self.last_step_at = self.clock()
+        if len(entries) == len(plan.work):  # a pure decode step: its time is every one's TPOT
+            self.scheduler.running_cap = self.step_cap.observe(
+                self.last_step_at - started_at, self.scheduler.num_slots_used
+            )
         if status == 1:
             shed = self.scheduler.on_decode_failure()
             if shed is not None:
@@ -322,6 +335,7 @@ class EngineLoop:
         self._collect_prompt_logprobs(plan, sample_at)
         sampled, logprobs = self._sample(plan, sample_at)
         beam_slots, searches_done, started = self._step_beams(plan, sample_at, beams_at)
+        self.generated += len(sampled) + sum(len(v) for v in beams_at.values())
         updates = self.scheduler.update_from_output(plan, sampled, beam_slots)
         events = [
             self._advance(u.request_id, u.new_token, u.finished_by_length, logprobs)

@@ -265,6 +265,7 @@ def _build(
             lambda e, s: None,
             max_num_seqs=config.max_num_seqs,
             max_batch_tokens=config.max_batch_tokens,
+            target_tpot_ms=config.target_tpot_ms,
         )
         server = WorkerServer(
             sock,
@@ -289,6 +290,7 @@ def _build(
         lambda e, s: None,
         max_num_seqs=config.max_num_seqs,
         max_batch_tokens=config.max_batch_tokens,
+        target_tpot_ms=config.target_tpot_ms,
     )
     inline = LlamaCppTasks(backend, config)
     server = WorkerServer(

@@ -134,7 +134,7 @@ class LocalReplica:
         c = self.channel
         if c is None or c.closed:  # its requests have failed or are failing
             return ReplicaLoad(0, 0, 0)
-        return ReplicaLoad(c.outstanding, c.running, c.waiting)
+        return ReplicaLoad(c.outstanding, c.running, c.waiting, c.rate.per_sequence)
 
     def health(self) -> ReplicaHealth:
         return ReplicaHealth(

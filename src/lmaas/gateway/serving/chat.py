@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from lmaas.config import Limits
 from lmaas.engine.client import EngineClient
 from lmaas.errors import InvalidRequestError
+from lmaas.gateway.serving.admission import Admission
 from lmaas.gateway.serving.generation import GenerationFormat, GenerationServing, Prompt
 from lmaas.gateway.serving.template import ChatRenderer, TemplatePool
 from lmaas.protocol.engine import BeamResult, ModelInfo, TokenEvent, TokenLogprob
@@ -170,8 +171,9 @@ class ChatServing(GenerationServing[ChatCompletionRequest]):
         metrics: Metrics,
         *,
         store_prompts: bool = False,
+        admission: Admission | None = None,
     ) -> None:
-        super().__init__(engines, limits, metrics, store_prompts=store_prompts)
+        super().__init__(engines, limits, metrics, store_prompts=store_prompts, admission=admission)
         self.templates = ChatRenderer(
             TemplatePool(
                 processes=limits.chat_template_processes,

@@ -19,6 +19,7 @@ from lmaas.config import Limits
 from lmaas.engine.client import EngineClient
 from lmaas.engine.directory import EngineDirectory
 from lmaas.errors import InvalidRequestError, NotFoundError, OverloadedError
+from lmaas.gateway.serving.admission import Admission
 from lmaas.gateway.serving.schema_limits import check_schema_limits
 from lmaas.protocol.engine import GenerateRequest, ModelInfo, SamplingParams, TokenEvent
 from lmaas.protocol.openai import ResponseFormat, SamplingFields
@@ -39,11 +40,14 @@ class ServingBase:
         metrics: Metrics,
         *,
         store_prompts: bool = False,
+        admission: Admission | None = None,
     ) -> None:
         self.engines = engines
         self.limits = limits
         self.metrics = metrics
         self.store_prompts = store_prompts
+        # Generation endpoints share one (their reservations count against the same models).
+        self.admission = admission or Admission(limits)
 
 
 def resolve_engine(engines: dict[str, EngineClient], model: str) -> EngineClient:

@@ -50,12 +50,12 @@ from lmaas.engine.client import EngineClient
 from lmaas.errors import LmaasError, ServiceUnavailableError
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.serving import sse
+from lmaas.gateway.serving.admission import Ticket, client_deadline
 from lmaas.gateway.serving.beam import beam_params, beam_usage, run_beam_searches
 from lmaas.gateway.serving.common import (
     RequestTiming,
     ServingBase,
     build_sampling,
-    check_admission,
     check_schema,
     engine_request_id,
     first_event,
@@ -217,6 +217,9 @@ class GenerationPlan:
     requests: list[GenerateRequest]
     prompts: int
     beam: BeamParams | None
+    # The admission's reservation: released when the request ends (``GenerationRun`` or the
+    # caller, on every path; a ticket dropped unreleased releases itself when collected).
+    ticket: Ticket
 
 
 class GenerationRun:
@@ -228,35 +231,47 @@ class GenerationRun:
         prompts: int,
         timing: RequestTiming,
         metrics: Metrics,
+        ticket: Ticket | None = None,
     ) -> None:
         self.fmt = fmt
+        self.ticket = ticket
         self.n = fmt.body.n
         self.timing = timing
         self.metrics = metrics
         self.prompt_tokens = [0] * prompts
         self.completion_tokens = [0] * (prompts * self.n)
 
+    def __del__(self) -> None:  # a stream the server never iterated must not hold its slots
+        if self.ticket is not None:
+            self.ticket.release()
+
     def _count(self, index: int, event: TokenEvent) -> None:
         self.timing.on_event(event)
         p = index // self.n
         if event.prompt_tokens > self.prompt_tokens[p]:
             self.prompt_tokens[p] = event.prompt_tokens
+        before = self.completion_tokens[index]
         self.completion_tokens[index] = event.completion_tokens
+        if self.ticket is not None:
+            self.ticket.produced += event.completion_tokens - before
 
     def usage(self) -> Usage:
         """Each prompt once, every choice's tokens."""
         return Usage.of(sum(self.prompt_tokens), sum(self.completion_tokens))
 
-    def _finish(self) -> None:
+    def _finish(self, *, complete: bool) -> None:
         t = self.timing
         t.prompt_tokens = sum(self.prompt_tokens)
         t.completion_tokens = sum(self.completion_tokens)
         t.max_choice_tokens = max(self.completion_tokens, default=0)
         t.record(self.metrics)
+        if self.ticket is not None:
+            self.ticket.release(t.completion_tokens if complete else None)
 
     async def collect(self, first: tuple[int, TokenEvent], merged: Merged) -> BaseModel:
         """The whole body, once every choice has finished."""
         fmt = self.fmt
+        complete = False
         try:
             item: tuple[int, TokenEvent] | None = first
             while item is not None:
@@ -264,14 +279,16 @@ class GenerationRun:
                 self._count(index, event)
                 fmt.add(index, event)
                 item = await anext(merged, None)
+            complete = True
         finally:
             await merged.aclose()
-            self._finish()
+            self._finish(complete=complete)
         return fmt.response(fmt.collected_choices(), self.usage())
 
     async def stream(self, first: tuple[int, TokenEvent], merged: Merged) -> AsyncIterator[bytes]:
         """Server-sent events; an error after the first byte becomes an error event."""
         fmt = self.fmt
+        complete = False
         try:
             for chunk in fmt.opening_chunks():
                 yield sse.model_event(chunk)
@@ -282,6 +299,7 @@ class GenerationRun:
                 for chunk in fmt.chunks(index, event):
                     yield sse.model_event(chunk)
                 item = await anext(merged, None)
+            complete = True
             if fmt.include_usage:
                 yield sse.model_event(fmt.usage_chunk(self.usage()))
         except LmaasError as exc:
@@ -289,7 +307,7 @@ class GenerationRun:
             yield sse.event(exc.to_body())
         finally:
             await merged.aclose()
-            self._finish()
+            self._finish(complete=complete)
         yield sse.DONE
 
 
@@ -311,7 +329,19 @@ class GenerationServing(ServingBase, Generic[BodyT]):
         self, body: BodyT, request: Request, request_id: str, key: KeyInfo | None
     ) -> Response:
         fmt = self.new_format(body, request_id)
+        request.state.deadline = client_deadline(request.headers, stream=bool(body.stream))
         plan = await self.plan(fmt, request_id, key, request.state)
+        response: Response | None = None
+        try:
+            response = await self._run(fmt, plan, request)
+            return response
+        finally:
+            if not isinstance(response, StreamingResponse):
+                plan.ticket.release()  # a stream's ends with it (GenerationRun)
+
+    async def _run(
+        self, fmt: GenerationFormat[BodyT, Any], plan: GenerationPlan, request: Request
+    ) -> Response:
         timing = RequestTiming(model=plan.engine.name)
         request.state.timing = timing
         if plan.beam is not None:
@@ -321,8 +351,8 @@ class GenerationServing(ServingBase, Generic[BodyT]):
         if first is None:
             return Response(status_code=499)  # the client is gone; nobody reads this
         fmt.begin(int(time.time()))
-        run = GenerationRun(fmt, plan.prompts, timing, self.metrics)
-        if body.stream:
+        run = GenerationRun(fmt, plan.prompts, timing, self.metrics, plan.ticket)
+        if fmt.body.stream:
             return StreamingResponse(
                 run.stream(first, merged), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS
             )
@@ -361,9 +391,16 @@ class GenerationServing(ServingBase, Generic[BodyT]):
             state.record_prompt = fmt.prompt_record()
         sampling = build_sampling(body, info, schema)
         per_prompt = beam.width if beam is not None else body.n
-        check_admission(engine, self.limits, per_prompt * len(prompts))
+        ticket = self.admission.admit(
+            engine,
+            sequences=per_prompt * len(prompts),
+            max_tokens=fmt.max_tokens,
+            tenant=key.id if key is not None else None,
+            weight=float(getattr(key, "weight", None) or 1.0),
+            deadline=getattr(state, "deadline", None),
+        )
         requests = _engine_requests(fmt, request_id, prompts, sampling, beam, key)
-        return GenerationPlan(engine, requests, len(prompts), beam)
+        return GenerationPlan(engine, requests, len(prompts), beam, ticket)
 
     async def _beam_search(
         self,

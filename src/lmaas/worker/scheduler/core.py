@@ -19,7 +19,15 @@ front of the queue to be recomputed later, keeping the tokens it already generat
 
 Waiting requests are admitted by priority class, then fairly across tenants (API keys) by
 weight, first-come first-served within one tenant's class (``fair.FairQueue``). The request
-chosen next waits for room rather than be overtaken.
+chosen next waits for room rather than be overtaken. When it finds no free slot although it is
+owed one, a running sequence is preempted for it (recomputed later, keeping its tokens): one of
+a lower priority class, or else one of the tenant that holds the most slots beyond its fair
+share (``max_num_seqs`` split by weight between the tenants that are running or waiting), its
+most recently admitted. So a tenant flooding the model keeps at most its share while others
+wait, and a newcomer's first token does not wait for a flood's requests to end.
+
+``running_cap`` (at most ``max_num_seqs``) bounds the slots running sequences may hold; the
+loop lowers it to keep a step under a latency target.
 
 A beam search (``add_request(..., beam_width=B)``) is one entry that holds ``B`` slots. It is
 admitted only when ``B`` slots are free (requests behind it wait too rather than starve it),
@@ -184,6 +192,7 @@ class Scheduler:
         self._admit_counter = 0
         self._arrivals = 0
         self._steps = 0
+        self.running_cap = config.max_num_seqs
 
     # --- queries -------------------------------------------------------------------------
 
@@ -282,14 +291,18 @@ class Scheduler:
         """Send the most recently admitted running sequence back to the queue."""
         if not self._running:
             return None
-        seq = self._running.pop()
+        seq = self._running[-1]
+        self._preempt(seq)
+        self._waiting.push_front(seq)
+        return seq.request_id
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._running.remove(seq)
         self._release_slot(seq)
         seq.status = SeqStatus.WAITING
         seq.num_computed = 0
         seq.beam_slots = []  # a beam search starts over
         seq.preemptions += 1
-        self._waiting.push_front(seq)
-        return seq.request_id
 
     def _release_slot(self, seq: Sequence) -> None:
         held = seq.slots or [seq.slot]
@@ -305,6 +318,7 @@ class Scheduler:
         self._steps += 1
         budget = self.config.max_batch_tokens
         self._make_room_for_decodes(plan)
+        self._preempt_for_waiting(plan)
 
         kv_free = self.config.kv_capacity - self.kv_used
         for seq in self._running:
@@ -336,7 +350,7 @@ class Scheduler:
             # Admit only if its whole prompt (and a first token of each beam) fits next to what
             # is running now, otherwise it would be preempted again almost at once; and only
             # with all its slots. The request chosen next waits rather than be overtaken.
-            if len(self._free_slots) < seq.num_slots or len(seq.tokens) + seq.num_slots > kv_free:
+            if self._slots_short(seq) or len(seq.tokens) + seq.num_slots > kv_free:
                 break
             if seq.request_id in plan.preempted:
                 break  # it was pushed out for room a moment ago: not back in the same step
@@ -352,6 +366,62 @@ class Scheduler:
             plan.work.append(work)
             budget -= len(work.token_ids)
             kv_free -= len(work.token_ids)
+
+    def _slots_short(self, seq: Sequence) -> bool:
+        """Whether ``seq`` finds too few free slots (within ``running_cap``) to start."""
+        used = self.config.max_num_seqs - len(self._free_slots)
+        return seq.num_slots > min(len(self._free_slots), self.running_cap - used)
+
+    def _fair_shares(self) -> tuple[dict[str | None, int], dict[str | None, float]]:
+        """Slots each tenant holds, and its fair share of ``max_num_seqs`` by weight among the
+        tenants running or waiting."""
+        used: dict[str | None, int] = {}
+        weight: dict[str | None, float] = {}
+        for s in self._running:
+            used[s.tenant] = used.get(s.tenant, 0) + s.num_slots
+            weight[s.tenant] = s.weight
+        for s in self._waiting:
+            weight.setdefault(s.tenant, s.weight)
+        total = sum(weight.values())
+        cap = min(self.running_cap, self.config.max_num_seqs)
+        return used, {t: cap * w / total for t, w in weight.items()}
+
+    def _preempt_for_waiting(self, plan: StepPlan) -> None:
+        """Preempt a running sequence for the request next in line when it is owed a slot.
+
+        Never for a request that was itself preempted for room, nor for a beam search (it
+        would need several victims), and never a beam search as the victim (it restarts)."""
+        head = self._waiting.peek(self._steps)
+        if head is None or head.is_beam or self._waiting.is_front(head):
+            return
+        if not self._slots_short(head):
+            return
+        victim = self._victim_for(head)
+        used = self.config.max_num_seqs - len(self._free_slots)
+        if victim is None or used - victim.num_slots + head.num_slots > self.running_cap:
+            return
+        self._preempt(victim)
+        self._waiting.push_tenant_front(victim)
+        plan.preempted.append(victim.request_id)
+
+    def _victim_for(self, head: Sequence) -> Sequence | None:
+        candidates = [s for s in self._running if not s.is_beam]
+        lower = [s for s in candidates if s.rank > head.rank]
+        if lower:  # a lower class first, its most recently admitted
+            worst = max(s.rank for s in lower)
+            return [s for s in lower if s.rank == worst][-1]
+        used, share = self._fair_shares()
+        if used.get(head.tenant, 0) + head.num_slots > share[head.tenant]:
+            return None  # the newcomer's tenant already has its share
+        over = [
+            s
+            for s in candidates
+            if s.tenant != head.tenant and used[s.tenant] > share.get(s.tenant, 0.0)
+        ]
+        if not over:
+            return None
+        tenant = max(over, key=lambda s: used[s.tenant] / s.weight).tenant
+        return [s for s in over if s.tenant == tenant][-1]
 
     def _make_room_for_decodes(self, plan: StepPlan) -> None:
         """Preempt the youngest sequences until every running one can grow by a token."""

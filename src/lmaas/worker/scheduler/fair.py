@@ -15,7 +15,9 @@ Pure (no clock: the scheduler passes its step count). Which waiting request is a
    go about 2:1;
 4. ties go to the earlier arrival.
 
-A tenant's own requests of one class stay first-come first-served.
+A tenant's own requests of one class stay first-come first-served. A request the scheduler
+took out of the running set to make room for another tenant (``push_tenant_front``) goes back to
+the front of its own tenant's queue, and is not charged again when readmitted.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class FairQueue(Generic[S]):
         self._waiting_per_tenant: dict[str | None, int] = {}
         self._vtime: dict[str | None, float] = {}
         self._vclock = 0.0
+        # Requests taken out of the running set for another tenant's fair share: readmitted
+        # from the front of their own tenant's queue and not charged a second time.
+        self._uncharged: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._front) + sum(self._waiting_per_tenant.values())
@@ -70,15 +75,32 @@ class FairQueue(Generic[S]):
 
     def push(self, seq: S) -> None:
         """A new request joins the back of its tenant's queue for its class."""
+        self._push(seq, front=False)
+
+    def _push(self, seq: S, *, front: bool) -> None:
         tenant = seq.tenant
         if not self._waiting_per_tenant.get(tenant):
             self._vtime[tenant] = max(self._vtime.get(tenant, 0.0), self._vclock)
         self._waiting_per_tenant[tenant] = self._waiting_per_tenant.get(tenant, 0) + 1
-        self._queues.setdefault((tenant, seq.rank), deque()).append(seq)
+        q = self._queues.setdefault((tenant, seq.rank), deque())
+        if front:
+            q.appendleft(seq)
+        else:
+            q.append(seq)
 
     def push_front(self, seq: S) -> None:
         """A preempted request: next in line, and not charged again."""
         self._front.appendleft(seq)
+
+    def push_tenant_front(self, seq: S) -> None:
+        """A request preempted for fairness: first of its own tenant's queue, not charged again
+        when it is readmitted (it was charged when first admitted)."""
+        self._push(seq, front=True)
+        self._uncharged.add(id(seq))
+
+    def is_front(self, seq: S) -> bool:
+        """Whether ``seq`` was preempted for room and is readmitted ahead of everyone."""
+        return any(s is seq for s in self._front)
 
     def peek(self, step: int) -> S | None:
         """The request to admit next at scheduler step ``step``."""
@@ -100,6 +122,9 @@ class FairQueue(Generic[S]):
             self._front.popleft()
             return
         self._take(seq)
+        if id(seq) in self._uncharged:
+            self._uncharged.discard(id(seq))
+            return
         start = self._vtime[seq.tenant]
         self._vclock = max(self._vclock, start)
         self._vtime[seq.tenant] = start + seq.admission_cost / seq.weight
@@ -110,6 +135,7 @@ class FairQueue(Generic[S]):
         if seq in self._front:
             self._front.remove(seq)
             return
+        self._uncharged.discard(id(seq))
         self._take(seq)
 
     def _take(self, seq: S) -> None:
