@@ -97,17 +97,6 @@ class EngineConfig(BaseModel):
     threads: Annotated[
         int, Field(ge=0, le=512, description="CPU threads for llama.cpp (0 = all cores)")
     ] = 0
-    target_tpot_ms: Annotated[
-        float | None,
-        Field(
-            gt=0,
-            le=60_000,
-            description="Latency target for one decode step, i.e. the time per output token "
-            "every running sequence sees: while decode steps are slower, the worker runs "
-            "fewer sequences at once (down to 1) and raises the number again when they are "
-            "well under it; unset, up to max_num_seqs run whatever the step time",
-        ),
-    ] = None
     backend: Annotated[
         Literal["auto", "llamacpp", "transformers"],
         Field(
@@ -290,17 +279,6 @@ class Limits(BaseModel):
             "before new ones get 429",
         ),
     ] = 256
-    max_queue_wait: Annotated[
-        float,
-        Field(
-            gt=0,
-            le=86_400,
-            description="Longest a generation request is expected to wait for a running slot, "
-            "estimated from the tokens ahead of it and the measured token rate, before it is "
-            "refused with 429 and a Retry-After (a client deadline, the X-Lmaas-Deadline "
-            "header, replaces this bound by the whole answer's time)",
-        ),
-    ] = 60.0
     chat_template_timeout: Annotated[
         float,
         Field(

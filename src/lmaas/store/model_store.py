@@ -16,7 +16,7 @@ import asyncio
 import importlib.util
 import io
 import logging
-from collections.abc import AsyncIterable, Callable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Final, Literal
@@ -387,11 +387,16 @@ class ModelStore:
             self._register_folder, model, fill, source=source, description=description
         )
 
+    def collect(self, digests: Iterable[str]) -> list[str]:
+        """Delete those of ``digests`` that nothing uses any more (no version, no file of the
+        Files API, no upload): their blobs and folders. Returns them."""
+        return self.catalog.refs.collect(digests, self._unlink)
+
     def delete_version(self, model: str, number: int) -> None:
-        self.catalog.refs.collect(self.catalog.delete_version(model, number), self._unlink)
+        self.collect(self.catalog.delete_version(model, number))
 
     def delete_model(self, model: str) -> None:
-        self.catalog.refs.collect(self.catalog.delete_model(model), self._unlink)
+        self.collect(self.catalog.delete_model(model))
 
 
 def _release(lease: Lease) -> None:

@@ -1,7 +1,8 @@
 """Which blobs are in use, and the one place that deletes blob files.
 
-A blob is in use while a version references it (``blob_refs``) or while an upload holds a
-lease on it (``blob_leases``). An upload takes its lease on a digest *before* it looks whether
+A blob is in use while a version references it (``blob_refs``), a file of the Files API
+holds its bytes in it (``files``, see :mod:`lmaas.store.files`) or an upload holds a lease on
+it (``blob_leases``). An upload takes its lease on a digest *before* it looks whether
 the blob is already stored (:meth:`BlobRefs.claim`), keeps it until its version's references
 are committed, then lets go (:meth:`BlobRefs.release`). A blob file is only ever deleted by
 :meth:`BlobRefs.collect`, which checks both tables and unlinks while holding the blob lock.
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lmaas.db import utc_now
 from lmaas.store.blobs import normalize_digest
-from lmaas.store.tables import BlobLeaseRow, BlobRefRow
+from lmaas.store.tables import BlobLeaseRow, BlobRefRow, FileRow
 
 # pg_advisory_xact_lock key: "lmaas" + "blob" as bytes, so it is unlikely to meet another
 # application's key on a shared database.
@@ -47,6 +48,7 @@ def _in_use(session: Session, digests: Iterable[str]) -> set[str]:
         return set()
     query = union(
         select(BlobRefRow.digest).where(BlobRefRow.digest.in_(wanted)),
+        select(FileRow.digest).where(FileRow.digest.in_(wanted)),
         select(BlobLeaseRow.digest).where(BlobLeaseRow.digest.in_(wanted)),
     )
     return set(session.scalars(query).all())
@@ -81,7 +83,7 @@ class BlobRefs:
             return self._collect(session, digests, unlink)
 
     def collect(self, digests: Iterable[str], unlink: Unlink) -> list[str]:
-        """Delete those of ``digests`` that no version and no upload uses; returns them."""
+        """Delete those of ``digests`` that no version, file or upload uses; returns them."""
         with self._sessions.begin() as session:
             lock_blobs(session)
             return self._collect(session, {normalize_digest(d) for d in digests}, unlink)
@@ -103,16 +105,17 @@ class BlobRefs:
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def is_referenced(self, digest: str) -> bool:
-        """Whether any version (pending ones included) or upload uses the blob."""
+        """Whether any version (pending ones included), file or upload uses the blob."""
         with self._sessions.begin() as session:
             return bool(_in_use(session, [normalize_digest(digest)]))
 
     def referenced(self) -> set[str]:
-        """Every digest a version or an upload uses."""
+        """Every digest a version, a file or an upload uses."""
         with self._sessions.begin() as session:
             refs = select(BlobRefRow.digest)
+            files = select(FileRow.digest)
             leases = select(BlobLeaseRow.digest)
-            return set(session.scalars(union(refs, leases)).all())
+            return set(session.scalars(union(refs, files, leases)).all())
 
     def leased(self, upload: str) -> set[str]:
         with self._sessions.begin() as session:

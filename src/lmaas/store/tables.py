@@ -1,6 +1,7 @@
 """The catalog's tables, created and changed only by the Alembic migrations in
-``lmaas/db/migrations``. :class:`lmaas.store.catalog.Catalog` and
-:class:`lmaas.store.refs.BlobRefs` are the only code that reads and writes them."""
+``lmaas/db/migrations``. :class:`lmaas.store.catalog.Catalog`,
+:class:`lmaas.store.refs.BlobRefs` and (for ``files``) :class:`lmaas.store.files.FileStore`
+are the only code that reads and writes them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -90,3 +92,27 @@ class BlobLeaseRow(Base):
     upload: Mapped[str] = mapped_column(String(32), primary_key=True)
     digest: Mapped[str] = mapped_column(String(71), primary_key=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FileRow(Base):
+    """A file of the Files API (``/v1/files``); its bytes are the blob ``digest``, which this
+    row keeps in use (see :mod:`lmaas.store.refs`)."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        CheckConstraint("status IN ('uploaded', 'processed', 'error')", name="status"),
+        CheckConstraint("bytes >= 0", name="bytes_not_negative"),
+        Index(None, "owner_key_id", "id"),
+    )
+
+    # "file-" + 14 hex digits of the creation time in microseconds + 10 random hex digits:
+    # ids sort in creation order, so a list cursor (``after``) needs no lookup.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(71), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The API key that uploaded it; NULL: uploaded to an open server (no keys), one shared owner.
+    owner_key_id: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))

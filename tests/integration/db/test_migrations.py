@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from lmaas.db import Base, alembic_config, upgrade_to_head
 
@@ -21,6 +23,7 @@ TABLES = {
     "api_keys",
     "request_records",
     "deployments",
+    "files",
 }
 
 
@@ -132,3 +135,45 @@ def test_blob_leases_migration_keeps_versions_and_their_refs(db_engine: Engine) 
                 ("latest", 7)
             ]
     assert "blob_leases" not in inspect(db_engine).get_table_names()
+
+
+def test_files_migration_up_and_down_keeps_the_rest(db_engine: Engine) -> None:
+    """0008 adds ``files`` (with its constraints) and takes it away again; the blob refs of
+    versions are untouched either way."""
+    t = datetime(2026, 12, 4, tzinfo=UTC)
+    with db_engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0007")
+        assert "files" not in inspect(conn).get_table_names()
+        conn.execute(
+            text("INSERT INTO blob_leases (upload, digest, created_at) VALUES ('u', :d, :t)"),
+            {"d": "sha256:" + "cd" * 32, "t": t},
+        )
+        command.upgrade(alembic_config(conn), "0008")
+        row = {"d": "sha256:" + "ab" * 32, "t": t}
+        conn.execute(
+            text(
+                "INSERT INTO files (id, purpose, filename, bytes, digest, created_at, "
+                "owner_key_id, status) VALUES "
+                "('file-0000000000000100000000', 'batch', 'a.jsonl', 3, :d, :t, NULL, "
+                "'processed')"
+            ),
+            row,
+        )
+        assert conn.execute(text("SELECT id, owner_key_id FROM files")).all() == [
+            ("file-0000000000000100000000", None)
+        ]
+    for bad in ("status", "bytes"):
+        values = {"status": "'processed'", "bytes": "3", bad: "'nope'" if bad == "status" else "-1"}
+        with pytest.raises(IntegrityError), db_engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO files (id, purpose, filename, bytes, digest, created_at, "
+                    f"status) VALUES ('file-x', 'batch', 'b', {values['bytes']}, :d, :t, "
+                    f"{values['status']})"
+                ),
+                row,
+            )
+    with db_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0007")
+        assert "files" not in inspect(conn).get_table_names()
+        assert conn.execute(text("SELECT upload FROM blob_leases")).all() == [("u",)]
