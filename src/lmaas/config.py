@@ -97,6 +97,17 @@ class EngineConfig(BaseModel):
     threads: Annotated[
         int, Field(ge=0, le=512, description="CPU threads for llama.cpp (0 = all cores)")
     ] = 0
+    target_tpot_ms: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=60_000,
+            description="Latency target for one decode step, i.e. the time per output token "
+            "every running sequence sees: while decode steps are slower, the worker runs "
+            "fewer sequences at once (down to 1) and raises the number again when they are "
+            "well under it; unset, up to max_num_seqs run whatever the step time",
+        ),
+    ] = None
     backend: Annotated[
         Literal["auto", "llamacpp", "transformers"],
         Field(
@@ -279,6 +290,17 @@ class Limits(BaseModel):
             "before new ones get 429",
         ),
     ] = 256
+    max_queue_wait: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=86_400,
+            description="Longest a generation request is expected to wait for a running slot, "
+            "estimated from the tokens ahead of it and the measured token rate, before it is "
+            "refused with 429 and a Retry-After (a client deadline, the X-Lmaas-Deadline "
+            "header, replaces this bound by the whole answer's time)",
+        ),
+    ] = 60.0
     chat_template_timeout: Annotated[
         float,
         Field(
@@ -392,6 +414,25 @@ class FileSettings(BaseModel):
     ] = 8 * 1024**2
 
 
+class FileSettings(BaseModel):
+    """The Files API (``/v1/files``): what an upload may hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: Annotated[
+        int,
+        Field(ge=1024, description="Largest file an upload to /v1/files may hold (413 beyond)"),
+    ] = 512 * 1024**2
+    max_line_bytes: Annotated[
+        int,
+        Field(
+            ge=1024,
+            description="Longest line of a JSONL file (purposes batch, fine-tune and evals); "
+            "a longer line is a bad line of the upload",
+        ),
+    ] = 8 * 1024**2
+
+
 class ClusterSettings(BaseModel):
     """Where replicas run."""
 
@@ -438,6 +479,7 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits)
     records: RecordSettings = Field(default_factory=RecordSettings)
+    files: FileSettings = Field(default_factory=FileSettings)
     files: FileSettings = Field(default_factory=FileSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
