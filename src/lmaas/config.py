@@ -414,25 +414,6 @@ class FileSettings(BaseModel):
     ] = 8 * 1024**2
 
 
-class FileSettings(BaseModel):
-    """The Files API (``/v1/files``): what an upload may hold."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_bytes: Annotated[
-        int,
-        Field(ge=1024, description="Largest file an upload to /v1/files may hold (413 beyond)"),
-    ] = 512 * 1024**2
-    max_line_bytes: Annotated[
-        int,
-        Field(
-            ge=1024,
-            description="Longest line of a JSONL file (purposes batch, fine-tune and evals); "
-            "a longer line is a bad line of the upload",
-        ),
-    ] = 8 * 1024**2
-
-
 class ClusterSettings(BaseModel):
     """Where replicas run."""
 
@@ -479,7 +460,6 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits)
     records: RecordSettings = Field(default_factory=RecordSettings)
-    files: FileSettings = Field(default_factory=FileSettings)
     files: FileSettings = Field(default_factory=FileSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
