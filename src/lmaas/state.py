@@ -13,6 +13,7 @@ from lmaas.keys import KeyStore
 from lmaas.records.store import RecordStore
 from lmaas.store.blobs import BlobStore
 from lmaas.store.catalog import Catalog
+from lmaas.store.files import FileLimits, FileStore
 from lmaas.store.model_store import ModelStore
 
 
@@ -23,6 +24,7 @@ class State:
     keys: KeyStore
     records: RecordStore
     deployments: DeploymentStore
+    files: FileStore
 
     def close(self) -> None:
         self.engine.dispose()
@@ -49,6 +51,13 @@ def open_state(settings: Settings) -> State:
     )
     store.recover(rehash=settings.verify_blob_hashes)
     store.ensure_shipped()
+    files = FileStore(
+        sessions,
+        store,
+        FileLimits(
+            max_bytes=settings.files.max_bytes, max_line_bytes=settings.files.max_line_bytes
+        ),
+    )
     return State(
-        engine, store, KeyStore(sessions), RecordStore(sessions), DeploymentStore(sessions)
+        engine, store, KeyStore(sessions), RecordStore(sessions), DeploymentStore(sessions), files
     )

@@ -140,4 +140,5 @@ def _build_app(settings: Settings) -> FastAPI:
         deployments=manager,
         recorder=recorder,
         record_store=state.records,
+        file_store=state.files,
     )

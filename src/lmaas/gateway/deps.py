@@ -19,6 +19,7 @@ from lmaas.gateway.auth import (
     require_metrics_key,
     sees_internals,
 )
+from lmaas.gateway.management.files import FileManagement
 from lmaas.gateway.management.models import ModelManagement
 from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.serving.chat import ChatServing
@@ -67,3 +68,4 @@ ModelManagementDep = Annotated[ModelManagement, Depends(_app_state("model_manage
 DeploymentsDep = Annotated[DeploymentControl, Depends(_app_state("deployments"))]
 RequestRecordsDep = Annotated[RequestRecords, Depends(_app_state("request_records"))]
 ClassifierTrainerDep = Annotated[ClassifierTrainer, Depends(_app_state("classifier_trainer"))]
+FileManagementDep = Annotated[FileManagement, Depends(_app_state("file_management"))]

@@ -30,6 +30,8 @@ _JSON_TYPES = ("application/json",)
 _INFERENCE_PREFIX = "/v1/"
 # Inference routes outside /v1 (vLLM's spelling): same body checks, same request counts.
 _INFERENCE_EXTRA = ("/tokenize", "/detokenize")
+# Inference routes whose body is an upload streamed to the store (multipart, size-capped there).
+_STREAMED_UPLOADS = ("/v1/files",)
 # Answered while the server drains, so probes see it alive and not ready.
 _DRAIN_OPEN = ("/health", "/ready")
 
@@ -219,6 +221,8 @@ class RequestContextMiddleware:
         # Inference bodies are small JSON and are buffered here; admin uploads stream through
         # and are capped by the model store instead.
         if scope["method"] not in ("POST", "PUT", "PATCH") or not _is_inference(scope["path"]):
+            return receive
+        if scope["path"] in _STREAMED_UPLOADS:
             return receive
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
