@@ -1,10 +1,11 @@
-"""Side-by-side benchmark: lmaas vs the raw engine vs llama-cpp-python's own server.
+"""Side-by-side benchmark: lmaas vs the raw engine vs llama-cpp-python's own server vs llama.cpp's
+C++ server (llama-server, built once into ~/.cache by bench/llama_server.py).
 
-    python bench/run.py [--concurrency 1 4 16 32] [--max-tokens 128] [--reps 3]
+    python bench/run.py [--concurrency 1 4 16 32] [--max-tokens 128] [--reps 3] [--systems ...]
 
 Same GGUF, same machine, same run, temperature 0, end-of-sequence banned through logit_bias
 (so every request yields exactly max-tokens tokens on every system). Prints a markdown table
-with medians over the repetitions and the ratios, checks the targets of issue 2, and writes
+with medians over the repetitions and the ratios, checks the targets of issues 2 and 10, and writes
 the raw figures to bench/results/<timestamp>.json.
 """
 
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,11 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import llama_server  # noqa: E402
 from loadgen import run_level  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
+SYSTEMS = ["lmaas", "raw", "llamacpp-server", "llama-server"]
 
 
 def model_path() -> str:
@@ -241,6 +245,8 @@ def targets(results: dict[str, dict[int, list[dict[str, Any]]]], peak_rss: int) 
         lines.append(
             f"1 stream vs raw engine: {r:.0%} (target >= 95%) {'PASS' if r >= 0.95 else 'FAIL'}"
         )
+    if "lmaas" in results and "llama-server" in results:
+        lines += llama_server_targets(results, tok)
     if peak_rss:
         gib = peak_rss / 2**30
         lines.append(
@@ -250,8 +256,35 @@ def targets(results: dict[str, dict[int, list[dict[str, Any]]]], peak_rss: int) 
     return lines
 
 
+def llama_server_targets(
+    results: dict[str, dict[int, list[dict[str, Any]]]], tok: Callable[[str, int], float]
+) -> list[str]:
+    """Issue 10: lmaas against llama.cpp's own C++ server, the strongest CPU peer."""
+    lines = []
+    for c, goal in ((16, 1.2), (1, 1.0)):
+        if c in results["lmaas"] and c in results["llama-server"]:
+            r = tok("lmaas", c) / tok("llama-server", c)
+            lines.append(
+                f"{c} stream{'s' if c > 1 else ''} vs llama-server: {r:.2f}x "
+                f"(target >= {goal:.1f}x) {'PASS' if r >= goal else 'FAIL'}"
+            )
+    if 16 in results["lmaas"] and 16 in results["llama-server"]:
+        ours = median(results["lmaas"][16], "ttft_p50")
+        theirs = median(results["llama-server"][16], "ttft_p50")
+        lines.append(
+            f"16 streams TTFT p50 vs llama-server: {ours:.2f}s vs {theirs:.2f}s "
+            f"(target: no worse) {'PASS' if ours <= theirs else 'FAIL'}"
+        )
+    return lines
+
+
 def start_server(system: str, path: str, lmaas_env: dict[str, str]) -> Server:
     port = free_port()
+    if system == "llama-server":
+        argv = llama_server.server_argv(
+            llama_server.binary_path(), path, MODEL, port, os.cpu_count() or 1
+        )
+        return Server(argv, port, "/health")
     if system == "lmaas":
         home = tempfile.mkdtemp(prefix="lmaas-bench-")
         argv = [
@@ -295,8 +328,8 @@ def main() -> None:
     ap.add_argument(
         "--systems",
         nargs="+",
-        default=["lmaas", "raw", "llamacpp-server"],
-        choices=["lmaas", "raw", "llamacpp-server"],
+        default=SYSTEMS,
+        choices=SYSTEMS,
     )
     ap.add_argument(
         "--lmaas-env",
@@ -309,6 +342,8 @@ def main() -> None:
     lmaas_env = dict(kv.split("=", 1) for kv in args.lmaas_env)
     path = model_path()
     bias = eog_bias(path)
+    if "llama-server" in args.systems:
+        llama_server.ensure_binary()  # before any timing: the first build takes minutes
     levels = args.concurrency
     results: dict[str, dict[int, list[dict[str, Any]]]] = {}
     peak_rss = 0
@@ -328,7 +363,7 @@ def main() -> None:
                 continue
             server = start_server(system, path, lmaas_env)
             try:
-                model = MODEL if system == "lmaas" else path
+                model = path if system == "llamacpp-server" else MODEL
                 for c, runs in sweep_server(
                     server, model, levels, args.max_tokens, 1, {"logit_bias": bias}
                 ).items():
