@@ -20,6 +20,7 @@ from lmaas.gateway.auth import Authenticator
 from lmaas.keys import KeyStore
 from lmaas.store.blobs import BlobStore
 from lmaas.store.catalog import Catalog
+from lmaas.store.file_upload import MULTIPART_OVERHEAD
 from lmaas.store.files import FileLimits, FileStore
 from lmaas.store.model_store import ModelStore
 from tests.bad_inputs import check_error_envelope
@@ -224,6 +225,16 @@ async def test_too_large_is_a_413(api: Files) -> None:
 
     _, headers = multipart()
     r = await alice.post("/v1/files", content=chunked(), headers=headers)
+    error(r, 413, "file", "file_too_large")
+    # a Content-Length no acceptable upload can have is refused before the body is read
+    _, headers = multipart()
+    headers["Content-Length"] = str(MAX_BYTES + MULTIPART_OVERHEAD + 1)
+
+    async def never_read() -> AsyncIterator[bytes]:
+        raise AssertionError("the body was read")
+        yield b""
+
+    r = await alice.post("/v1/files", content=never_read(), headers=headers)
     error(r, 413, "file", "file_too_large")
     ok = await upload(alice, b"x" * MAX_BYTES, "user_data")
     assert ok.status_code == 200 and ok.json()["bytes"] == MAX_BYTES
