@@ -134,6 +134,15 @@ def test_integers_beyond_64_bits_are_refused(schema: dict[str, Any]) -> None:
     assert "64 bits" in refusal(schema).message
 
 
+@pytest.mark.parametrize(
+    "schema",
+    [{"maximum": float("nan")}, {"const": float("inf")}, {"enum": ["a", {"b": [float("-inf")]}]}],
+)
+def test_nan_and_infinity_are_refused(schema: dict[str, Any]) -> None:
+    # Python's JSON reader takes the literals NaN and Infinity; JSON has neither.
+    assert "NaN or Infinity" in refusal(schema).message
+
+
 def test_64_bit_integers_pass() -> None:
     check_schema_limits({"enum": [2**63 - 1, -(2**63)], "minimum": 0}, LIMITS)
 

@@ -38,11 +38,29 @@ def _param_of(model: type, body: dict[str, object]) -> str | None:
         ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
         ({"logit_bias": {"x": 1}}, "logit_bias"),
         ({"n": 0}, "n"),
+        # As OpenAI: content for every role but the assistant's, tool_call_id for a tool's,
+        # and at most 2048 messages.
+        ({"messages": [{"role": "user"}]}, "messages.0.content"),
+        ({"messages": [{"role": "system", "content": None}]}, "messages.0.content"),
+        ({"messages": [{"role": "tool", "content": "42"}]}, "messages.0.tool_call_id"),
+        ({"messages": [{"role": "user", "content": "hi"}] * 2049}, "messages"),
     ],
 )
 def test_chat_validation_names_the_parameter(body: dict[str, object], param: str) -> None:
     base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert _param_of(ChatCompletionRequest, {**base, **body}) == param
+
+
+def test_assistant_content_may_be_left_out_and_tool_messages_name_their_call() -> None:
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant"},
+        {"role": "tool", "content": "42", "tool_call_id": "call-1"},
+    ]
+    body = ChatCompletionRequest.model_validate({"model": "m", "messages": messages * 682})
+    assert len(body.messages) == 2046
+    assert body.messages[1].content is None and body.messages[1].text() == ""
+    assert body.messages[2].tool_call_id == "call-1"
 
 
 def test_completion_prompt_types() -> None:

@@ -53,7 +53,8 @@ def test_dimensions_cut_and_renormalise() -> None:
 def test_hypothesis_template_split_keeps_the_space_with_the_label() -> None:
     assert split_template("This text is about {}.") == ("This text is about", " {}.")
     assert split_template("{} it is") == ("", "{} it is")
-    for bad in ("no slot", "{} and {}"):
+    # No brace but the slot's: the label is put in with str.replace, never str.format.
+    for bad in ("no slot", "{} and {}", "{} {x}", "{} {0.__class__}", "{} {:>999999999}", "{{}}"):
         with pytest.raises(InvalidRequestError) as err:
             split_template(bad)
         assert err.value.param == "hypothesis_template"

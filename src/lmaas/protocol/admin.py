@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 MAX_DESCRIPTION = 4096
 # Versions count up from 1. A longer reference is read as an alias (store/catalog.py), and a
@@ -30,7 +30,8 @@ class ImportBody(BaseModel):
 
 class AliasBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: Annotated[int, Field(le=MAX_VERSION_NUMBER)] | str
+    # Strict: a JSON true is no version 1 (nor is 1.0).
+    version: Annotated[StrictInt, Field(le=MAX_VERSION_NUMBER)] | StrictStr
 
 
 class VersionOut(BaseModel):

@@ -24,6 +24,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -31,6 +32,7 @@ from pydantic_core import PydanticCustomError
 Float = StrictFloat | StrictInt
 
 MAX_TOKEN_ID = 2**31 - 1
+MAX_MESSAGES = 2048
 # A logit_bias key: a token id in ASCII digits (int() also reads "²", "٣" and 5,000 digits).
 _TOKEN_KEY = re.compile(r"-?[0-9]{1,10}")
 
@@ -94,8 +96,24 @@ class TextPart(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | list[TextPart] | None = None
+    # Required for every role but the assistant's, and a tool message names the call it
+    # answers, as OpenAI has them (validate_default: a left-out field is checked too).
+    content: Annotated[Text | list[TextPart] | None, Field(validate_default=True)] = None
     name: Text | None = None
+    tool_call_id: Annotated[Text | None, Field(validate_default=True)] = None
+
+    @field_validator("content", "tool_call_id")
+    @classmethod
+    def _required_for_role(cls, value: Any, info: ValidationInfo) -> Any:
+        role = info.data.get("role")
+        needed = role == "tool" if info.field_name == "tool_call_id" else role != "assistant"
+        if value is None and role is not None and needed:
+            raise PydanticCustomError(
+                "missing",
+                "{field} is required in a {role} message",
+                {"field": info.field_name, "role": role},
+            )
+        return value
 
     def text(self) -> str:
         if self.content is None:
@@ -158,7 +176,9 @@ class SamplingFields(_Request):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    # OpenAI's bound; each message adds special tokens to the prompt, and a worker's tokenizer
+    # slows down more than linearly with their number (20,000 messages stalled one for 10 s).
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
     max_completion_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
     logprobs: StrictBool = False

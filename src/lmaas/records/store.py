@@ -57,6 +57,7 @@ MAX_ERROR: Final = 2000
 MAX_PAGE: Final = 1000
 DELETE_CHUNK: Final = 10_000
 _INT32: Final = 2**31 - 1
+_INT64: Final = 2**63 - 1
 _MAX_PARAMS_DEPTH: Final = 16
 
 RETENTION_INTERVAL: Final = timedelta(hours=1)
@@ -175,6 +176,11 @@ class RecordStore:
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE}", param="limit")
+        if before_id is not None and not 0 <= before_id <= _INT64:
+            # A cursor is a row id: none is negative or beyond a BIGINT (an OverflowError in SQL).
+            raise InvalidRequestError(
+                f"before must be a record id from 0 to {_INT64}", param="before"
+            )
         if status is not None and status not in STATUSES:
             raise InvalidRequestError(
                 f"status must be one of {', '.join(STATUSES)}", param="status"

@@ -151,6 +151,10 @@ def test_delete_older_than(store: RecordStore) -> None:
         ({"limit": -5}, "limit"),
         ({"status": "failed"}, "status"),
         ({"status": ""}, "status"),
+        # A cursor no BIGINT holds was an OverflowError in SQL (a 500 at /admin/requests).
+        ({"before_id": 2**63}, "before"),
+        ({"before_id": 10**20}, "before"),
+        ({"before_id": -1}, "before"),
     ],
 )
 def test_bad_queries_are_refused(store: RecordStore, filters: dict[str, Any], param: str) -> None:
@@ -163,6 +167,8 @@ def test_limit_bounds_are_accepted(store: RecordStore) -> None:
     store.insert_many([make_record(n) for n in range(3)])
     assert len(store.query(limit=1)[0]) == 1
     assert len(store.query(limit=1000)[0]) == 3
+    assert len(store.query(before_id=2**63 - 1)[0]) == 3
+    assert store.query(before_id=0)[0] == []
 
 
 def test_awkward_values_are_stored_not_refused(store: RecordStore) -> None:

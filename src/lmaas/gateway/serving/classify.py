@@ -240,7 +240,7 @@ class ClassifyServing(TaskServing):
             request,
             request_id,
             contexts,
-            [slot.format(label) for label in labels],
+            [slot.replace("{}", label, 1) for label in labels],
             truncate=truncate,
         )
 

@@ -15,7 +15,7 @@ the limit (``Limits.schema_*``), a schema beyond any of them:
   ``schema_max_properties`` properties, more than ``schema_max_bytes`` in all;
 - a ``$ref`` to anything but a part of the schema itself;
 - text (keys or values) holding a lone UTF-16 surrogate, or an integer beyond 64 bits (the
-  worker frames that carry the schema hold no more).
+  worker frames that carry the schema hold no more), or NaN or Infinity (not JSON at all).
 
 Values (``enum``, ``const``, ``default``, ``examples``) count for depth, size and text, never
 as keywords: ``{"const": {"maxLength": 10**6}}`` asks for nothing long.
@@ -24,6 +24,7 @@ as keywords: ``{"const": {"maxLength": 10**6}}`` asks for nothing long.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -65,6 +66,11 @@ def check_schema_limits(schema: dict[str, Any], limits: Limits) -> None:
         if isinstance(node, int) and not -(2**63) <= node < 2**63:
             raise InvalidRequestError(
                 "the JSON schema holds an integer beyond 64 bits", param=PARAM
+            )
+        if isinstance(node, float) and not math.isfinite(node):
+            # Python's JSON reader takes the literals NaN and Infinity, which JSON has not.
+            raise InvalidRequestError(
+                "the JSON schema holds NaN or Infinity, which are not JSON numbers", param=PARAM
             )
         if not isinstance(node, dict | list):
             continue

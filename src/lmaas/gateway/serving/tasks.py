@@ -223,13 +223,22 @@ async def _boxed(work: Awaitable[T]) -> tuple[T]:
 
 def split_template(template: str) -> tuple[str, str]:
     """``"This text is about {}."`` -> (``"This text is about"``, ``" {}."`` as the part a label
-    fills); the space before the slot belongs to the label, as a tokenizer would join it."""
+    fills); the space before the slot belongs to the label, as a tokenizer would join it.
+
+    The label goes in as it is (``str.replace``, never ``str.format``), and no other brace is
+    allowed: a ``{0.__class__}`` or ``{:>999999999}`` after the slot must not reach a format
+    call, and the template means exactly what it says."""
     if template.count("{}") != 1:
         raise InvalidRequestError(
             "hypothesis_template must contain exactly one {} where the label goes",
             param="hypothesis_template",
         )
     before, after = template.split("{}")
+    if any(brace in before + after for brace in "{}"):
+        raise InvalidRequestError(
+            "hypothesis_template may hold no brace but the one {} where the label goes",
+            param="hypothesis_template",
+        )
     stripped = before.rstrip()
     return stripped, before[len(stripped) :] + "{}" + after
 
