@@ -11,6 +11,7 @@ its neighbours: other endpoints, other fields, other spellings of the same trick
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any, NamedTuple
 
@@ -610,8 +611,687 @@ DEEP_BODY_CASES: list[Case] = [
     for path, suffix in ((CHAT, ""), (COMP, "-completions"))
 ]
 
+# --- issue 10, the sweep: every endpoint, every field, the wrong type, range and framing -----
+# Each case was first sent to a real server and to the in-process app; those that answered 500
+# or stalled a worker were fixed (a 20,000-message chat, a hypothesis_template with braces, NaN
+# in a schema), and inputs OpenAI accepts are not here.
+
+CLS, NLI, SCORE, TOK, DETOK = "/v1/classify", "/v1/nli", "/v1/score", "/tokenize", "/detokenize"
+
+
+def _raw(path: str, extra: str) -> bytes:
+    """A body with ``extra`` spelled as raw JSON text (NaN, duplicate keys, huge literals)."""
+    head = '"messages": [{"role": "user", "content": "hi"}]' if path == CHAT else '"prompt": "hi"'
+    return ('{"model": "{model}", ' + head + ', "max_tokens": 4, ' + extra + "}").encode()
+
+
+def _schema_raw(path: str, schema: str) -> bytes:
+    fmt = '{"type": "json_schema", "json_schema": {"name": "o", "schema": ' + schema + "}}"
+    return _raw(path, '"response_format": ' + fmt)
+
+
+def _msgs(*messages: Any) -> dict[str, Any]:
+    return _chat(messages=list(messages))
+
+
+def _user(content: Any) -> dict[str, Any]:
+    return _msgs({"role": "user", "content": content})
+
+
+def _task(**fields: Any) -> dict[str, Any]:
+    return {"model": "{model}", **fields}
+
+
+# Python's JSON reader takes NaN and Infinity, which JSON has not: each field must refuse them.
+NOT_JSON_NUMBERS: list[Case] = [
+    ("temperature-nan", CHAT, _raw(CHAT, '"temperature": NaN'), {}, 400, "temperature"),
+    ("top-p-nan", CHAT, _raw(CHAT, '"top_p": NaN'), {}, 400, "top_p"),
+    ("min-p-nan", CHAT, _raw(CHAT, '"min_p": NaN'), {}, 400, "min_p"),
+    (
+        "repetition-penalty-nan",
+        CHAT,
+        _raw(CHAT, '"repetition_penalty": NaN'),
+        {},
+        400,
+        "repetition_penalty",
+    ),
+    (
+        "presence-penalty-nan",
+        CHAT,
+        _raw(CHAT, '"presence_penalty": NaN'),
+        {},
+        400,
+        "presence_penalty",
+    ),
+    ("temperature-infinity", CHAT, _raw(CHAT, '"temperature": Infinity'), {}, 400, "temperature"),
+    ("top-p-minus-infinity", COMP, _raw(COMP, '"top_p": -Infinity'), {}, 400, "top_p"),
+    ("max-tokens-nan", COMP, _raw(COMP, '"max_tokens": NaN'), {}, 400, "max_tokens"),
+    ("n-infinity", CHAT, _raw(CHAT, '"n": Infinity'), {}, 400, "n"),
+    ("seed-nan", CHAT, _raw(CHAT, '"seed": NaN'), {}, 400, "seed"),
+    ("logit-bias-value-nan", CHAT, _raw(CHAT, '"logit_bias": {"5": NaN}'), {}, 400, "logit_bias"),
+    (
+        "logit-bias-value-minus-infinity",
+        COMP,
+        _raw(COMP, '"logit_bias": {"5": -Infinity}'),
+        {},
+        400,
+        "logit_bias",
+    ),
+    (
+        "beam-length-penalty-nan",
+        CHAT,
+        _raw(CHAT, '"use_beam_search": true, "length_penalty": NaN'),
+        {},
+        400,
+        "length_penalty",
+    ),
+    (
+        "schema-maximum-nan",
+        CHAT,
+        _schema_raw(CHAT, '{"type": "number", "maximum": NaN}'),
+        {},
+        400,
+        SCHEMA,
+    ),
+    ("schema-const-infinity", CHAT, _schema_raw(CHAT, '{"const": Infinity}'), {}, 400, SCHEMA),
+    ("schema-enum-nan-completions", COMP, _schema_raw(COMP, '{"enum": [1, NaN]}'), {}, 400, SCHEMA),
+    # 1e400 reads as infinity; 5,000 digits are past what Python turns into an int.
+    ("temperature-1e400", CHAT, _raw(CHAT, '"temperature": 1e400'), {}, 400, "temperature"),
+    ("top-k-exponent", COMP, _raw(COMP, '"top_k": 1e10'), {}, 400, "top_k"),
+    ("max-tokens-5000-digits", CHAT, _raw(CHAT, '"max_tokens": ' + "9" * 5000), {}, 400, None),
+]
+
+# What is not one JSON object in UTF-8, or not sent as application/json.
+FRAMING: list[Case] = [
+    ("trailing-garbage", CHAT, _raw(CHAT, '"n": 1') + b"garbage", {}, 400, None),
+    ("two-json-objects", COMP, _raw(COMP, '"n": 1') + b' {"a": 1}', {}, 400, None),
+    ("single-quotes", CHAT, b"{'model': 'x', 'messages': []}", {}, 400, None),
+    ("json-comment", COMP, b'{"model": "{model}", /* c */ "prompt": "x"}', {}, 400, None),
+    (
+        "non-utf8-bytes",
+        CHAT,
+        b'{"model": "{model}", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+        {},
+        400,
+        None,
+    ),
+    (
+        "latin1-body",
+        COMP,
+        '{"model": "{model}", "prompt": "café"}'.encode("latin-1"),
+        {},
+        400,
+        None,
+    ),
+    ("body-null", CHAT, b"null", {}, 400, None),
+    ("body-string", COMP, b'"hello"', {}, 400, None),
+    ("body-number", EMB, b"42", {}, 400, None),
+    ("body-whitespace", CHAT, b"  \n ", {}, 400, None),
+    # The last of duplicate keys wins, and is checked like any other value.
+    ("duplicate-key-last-invalid", CHAT, _raw(CHAT, '"max_tokens": 0'), {}, 400, "max_tokens"),
+    ("duplicate-messages-last-empty", CHAT, _raw(CHAT, '"messages": []'), {}, 400, "messages"),
+    (
+        "gzip-body",
+        CHAT,
+        gzip.compress(json.dumps(_chat()).encode()),
+        {"content-encoding": "gzip"},
+        400,
+        None,
+    ),
+    ("content-type-empty", CHAT, _chat(), {"content-type": ""}, 415, None),
+    (
+        "content-type-multipart",
+        EMB,
+        _task(input="x"),
+        {"content-type": "multipart/form-data; boundary=x"},
+        415,
+        None,
+    ),
+    (
+        "content-type-json-patch",
+        COMP,
+        _comp(),
+        {"content-type": "application/json-patch+json"},
+        415,
+        None,
+    ),
+    ("content-type-text-json", TOK, _task(prompt="x"), {"content-type": "text/json"}, 415, None),
+    (
+        "content-type-octet-stream",
+        DETOK,
+        _task(tokens=[1]),
+        {"content-type": "application/octet-stream"},
+        415,
+        None,
+    ),
+]
+
+
+def _model_cases() -> list[Case]:
+    wrong_type: list[tuple[str, str, dict[str, Any]]] = [
+        ("null", CHAT, {**_chat(), "model": None}),
+        ("missing", COMP, {"prompt": "x"}),
+        ("number", CHAT, {**_chat(), "model": 5}),
+        ("list", COMP, {**_comp(), "model": ["{model}"]}),
+        ("object", EMB, {"model": {"name": "x"}, "input": "x"}),
+    ]
+    unknown: list[tuple[str, str, dict[str, Any]]] = [
+        ("very-long", CHAT, {**_chat(), "model": "m" * 100_000}),
+        ("path-traversal", COMP, {**_comp(), "model": "../../../etc/passwd"}),
+        ("fullwidth", CHAT, {**_chat(), "model": "\uff46\uff41\uff4b\uff45"}),  # "fake", fullwidth
+        ("empty", COMP, {**_comp(), "model": ""}),
+        # "{model}:..." is the served model's name followed by the rest (see ``encode``).
+        ("version-20-digits", CHAT, {**_chat(), "model": "{model}:99999999999999999999"}),
+        ("version-zero", CHAT, {**_chat(), "model": "{model}:0"}),
+        ("version-negative", COMP, {**_comp(), "model": "{model}:-1"}),
+        ("alias-dot-dot", CHAT, {**_chat(), "model": "{model}:.."}),
+        ("colon-only", COMP, {**_comp(), "model": ":"}),
+        ("name-then-nul", CHAT, {**_chat(), "model": "{model}\u0000"}),
+        ("name-then-space", EMB, {"model": "{model} ", "input": "x"}),
+        ("url", COMP, {**_comp(), "model": "https://example.com/model.gguf"}),
+        ("rtl-override", CLS, {"model": "\u202efake", "input": "x"}),
+    ]
+    return [(f"model-{n}", p, b, {}, 400, "model") for n, p, b in wrong_type] + [
+        (f"model-{n}", p, b, {}, 404, "model") for n, p, b in unknown
+    ]
+
+
+TOOL = {"role": "tool", "content": "42", "tool_call_id": "call-1"}
+MESSAGE_CASES: list[Case] = [
+    ("messages-null", CHAT, _chat(messages=None), {}, 400, "messages"),
+    ("messages-object", CHAT, _chat(messages=MSG[0]), {}, 400, "messages"),
+    ("message-string", CHAT, _msgs("hi"), {}, 400, "messages.0"),
+    ("role-missing", CHAT, _msgs({"content": "hi"}), {}, 400, "messages.0.role"),
+    ("role-null", CHAT, _msgs({"role": None, "content": "hi"}), {}, 400, "messages.0.role"),
+    ("role-upper-case", CHAT, _msgs({"role": "USER", "content": "hi"}), {}, 400, "messages.0.role"),
+    (
+        "role-function",
+        CHAT,
+        _msgs({"role": "function", "name": "f", "content": "hi"}),
+        {},
+        400,
+        "messages.0.role",
+    ),
+    ("content-number", CHAT, _user(5), {}, 400, "messages.0.content"),
+    ("content-object", CHAT, _user({"type": "text", "text": "x"}), {}, 400, "messages.0.content"),
+    ("content-bool", CHAT, _user(True), {}, 400, "messages.0.content"),
+    # OpenAI requires content for every role but the assistant's, and a tool_call_id.
+    ("content-missing", CHAT, _msgs({"role": "user"}), {}, 400, "messages.0.content"),
+    ("content-null", CHAT, _user(None), {}, 400, "messages.0.content"),
+    (
+        "system-content-missing",
+        CHAT,
+        _msgs({"role": "system"}, *MSG),
+        {},
+        400,
+        "messages.0.content",
+    ),
+    (
+        "tool-message-without-id",
+        CHAT,
+        _msgs(*MSG, {"role": "tool", "content": "42"}),
+        {},
+        400,
+        "messages.1.tool_call_id",
+    ),
+    (
+        "tool-message-content-null",
+        CHAT,
+        _msgs(*MSG, {**TOOL, "content": None}),
+        {},
+        400,
+        "messages.1.content",
+    ),
+    (
+        "tool-call-id-number",
+        CHAT,
+        _msgs(*MSG, {**TOOL, "tool_call_id": 7}),
+        {},
+        400,
+        "messages.1.tool_call_id",
+    ),
+    (
+        "name-number",
+        CHAT,
+        _msgs({"role": "user", "content": "x", "name": 5}),
+        {},
+        400,
+        "messages.0.name",
+    ),
+    (
+        "content-part-image",
+        CHAT,
+        _user([{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]),
+        {},
+        400,
+        "messages.0.content.0.type",
+    ),
+    (
+        "content-part-unknown-type",
+        CHAT,
+        _user([{"type": "video", "text": "x"}]),
+        {},
+        400,
+        "messages.0.content.0.type",
+    ),
+    ("content-part-no-type", CHAT, _user([{"text": "x"}]), {}, 400, "messages.0.content.0.type"),
+    ("content-part-no-text", CHAT, _user([{"type": "text"}]), {}, 400, "messages.0.content.0.text"),
+    (
+        "content-part-text-number",
+        CHAT,
+        _user([{"type": "text", "text": 5}]),
+        {},
+        400,
+        "messages.0.content",
+    ),
+    ("content-part-bare-string", CHAT, _user(["x"]), {}, 400, "messages.0.content"),
+    # OpenAI's bound (2048). 20,000 messages once kept a worker's tokenizer busy past its
+    # health pings, and the worker was killed.
+    ("messages-2049", CHAT, _chat(messages=MSG * 2049), {}, 400, "messages"),
+    ("messages-20000", CHAT, _chat(messages=MSG * 20_000), {}, 400, "messages"),
+]
+
+
+def _field_cases() -> list[Case]:
+    """A wrong type or range for every sampling field (chat ``_chat``, completions ``_comp``)."""
+    wrong: list[tuple[str, Any, str, Any]] = [
+        # (name, body maker, field, value); the field is the param
+        ("max-tokens-float", _chat, "max_tokens", 4.5),
+        ("max-tokens-integral-float", _comp, "max_tokens", 4.0),
+        ("max-tokens-bool", _comp, "max_tokens", True),
+        ("max-tokens-negative", _chat, "max_tokens", -1),
+        ("max-tokens-negative-completions", _comp, "max_tokens", -5),
+        ("max-completion-tokens-zero", _chat, "max_completion_tokens", 0),
+        ("max-completion-tokens-string", _chat, "max_completion_tokens", "4"),
+        ("n-negative", _comp, "n", -1),
+        ("n-float", _chat, "n", 1.5),
+        ("n-bool", _chat, "n", True),
+        ("n-string", _comp, "n", "2"),
+        ("temperature-list", _chat, "temperature", [1]),
+        ("temperature-object", _comp, "temperature", {"value": 1}),
+        ("temperature-bool", _chat, "temperature", True),
+        ("temperature-numeric-string", _comp, "temperature", "0.5"),
+        ("top-p-negative", _chat, "top_p", -0.5),
+        ("top-p-string", _chat, "top_p", "high"),
+        ("top-k-float", _chat, "top_k", 2.5),
+        ("top-k-bool", _comp, "top_k", False),
+        ("seed-float", _chat, "seed", 1.5),
+        ("seed-string", _comp, "seed", "42"),
+        ("seed-bool", _chat, "seed", True),
+        ("presence-penalty-string", _comp, "presence_penalty", "a"),
+        ("frequency-penalty-above-2-completions", _comp, "frequency_penalty", 2.01),
+        ("repetition-penalty-negative", _chat, "repetition_penalty", -1),
+        ("chat-logprobs-int", _chat, "logprobs", 5),
+        ("chat-logprobs-string", _chat, "logprobs", "true"),
+        ("completion-logprobs-bool", _comp, "logprobs", True),
+        ("completion-logprobs-negative", _comp, "logprobs", -1),
+        ("echo-string", _comp, "echo", "yes"),
+        ("stop-number", _chat, "stop", 5),
+        ("stop-list-of-numbers", _comp, "stop", [1, 2]),
+        ("stop-object", _chat, "stop", {"a": "b"}),
+        ("stop-nested-list", _chat, "stop", [["a"]]),
+        ("stop-1000-strings", _comp, "stop", [f"s{i}" for i in range(1000)]),
+        ("stop-empty-string", _comp, "stop", ""),
+        ("stop-empty-in-list-completions", _comp, "stop", ["a", ""]),
+        ("stream-int", _comp, "stream", 1),
+        ("logit-bias-list", _chat, "logit_bias", [[5, 1]]),
+        ("logit-bias-value-below-range", _comp, "logit_bias", {"5": -100.5}),
+        ("logit-bias-negative-token", _chat, "logit_bias", {"-1": 5}),
+        ("logit-bias-token-2-31", _chat, "logit_bias", {"2147483648": 5}),
+        ("user-number", _chat, "user", 5),
+        ("ignore-eos-string", _comp, "ignore_eos", "yes"),
+        ("priority-unknown", _chat, "priority", "urgent"),
+        ("priority-number", _comp, "priority", 1),
+    ]
+    cases: list[Case] = [
+        (name, CHAT if make is _chat else COMP, make(**{field: value}), {}, 400, field)
+        for name, make, field, value in wrong
+    ]
+    cases += [
+        (
+            "max-completion-tokens-above-limit",
+            CHAT,
+            _chat(max_completion_tokens=1_000_000),
+            {},
+            400,
+            "max_tokens",
+        ),
+        ("logit-bias-value-string", CHAT, _chat(logit_bias={"5": "high"}), {}, 400, "logit_bias.5"),
+        (
+            "top-logprobs-negative",
+            CHAT,
+            _chat(logprobs=True, top_logprobs=-1),
+            {},
+            400,
+            "top_logprobs",
+        ),
+        (
+            "top-logprobs-float",
+            CHAT,
+            _chat(logprobs=True, top_logprobs=1.5),
+            {},
+            400,
+            "top_logprobs",
+        ),
+        (
+            "echo-logprobs-above-limit",
+            COMP,
+            _comp(echo=True, logprobs=50, max_tokens=0),
+            {},
+            400,
+            "logprobs",
+        ),
+        (
+            "stream-options-string",
+            CHAT,
+            _chat(stream=True, stream_options="usage"),
+            {},
+            400,
+            "stream_options",
+        ),
+        (
+            "stream-options-include-usage-string",
+            CHAT,
+            _chat(stream=True, stream_options={"include_usage": "yes"}),
+            {},
+            400,
+            "stream_options.include_usage",
+        ),
+        (
+            "stream-options-stream-false",
+            COMP,
+            _comp(stream=False, stream_options={"include_usage": True}),
+            {},
+            400,
+            "stream_options",
+        ),
+        (
+            "stream-null-with-options",
+            CHAT,
+            _chat(stream=None, stream_options={"include_usage": True}),
+            {},
+            400,
+            "stream",
+        ),
+    ]
+    return cases
+
+
+def _format_cases() -> list[Case]:
+    rf = "response_format"
+    shapes: list[tuple[str, Any, str]] = [
+        ("string", "json", rf),
+        ("type-missing", {"json_schema": {"name": "x", "schema": {}}}, f"{rf}.type"),
+        ("type-null", {"type": None}, f"{rf}.type"),
+        ("type-upper-case", {"type": "JSON_OBJECT"}, f"{rf}.type"),
+        ("json-schema-string", {"type": "json_schema", "json_schema": "{}"}, f"{rf}.json_schema"),
+        (
+            "schema-list",
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": []}},
+            SCHEMA,
+        ),
+        (
+            "schema-json-text",
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": '{"type": "object"}'}},
+            SCHEMA,
+        ),
+        (
+            "schema-false",
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": False}},
+            SCHEMA,
+        ),
+        (
+            "strict-string",
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "strict": "yes"}},
+            f"{rf}.json_schema.strict",
+        ),
+    ]
+    schemas: list[tuple[str, Any]] = [
+        ("pattern-invalid-regex", {"type": "string", "pattern": "(ab"}),
+        ("pattern-not-string", {"type": "string", "pattern": 5}),
+        ("type-list-with-number", {"type": ["string", 5]}),
+        ("required-string", {"type": "object", "required": "a"}),
+        ("properties-list", {"type": "object", "properties": [{"a": {}}]}),
+        ("max-length-negative", {"type": "string", "maxLength": -1}),
+        ("multiple-of-zero", {"type": "number", "multipleOf": 0}),
+    ]
+    cases: list[Case] = []
+    for i, (name, fmt, param) in enumerate(shapes):
+        path, make = (CHAT, _chat) if i % 2 == 0 else (COMP, _comp)
+        cases.append((f"response-format-{name}", path, make(response_format=fmt), {}, 400, param))
+    for i, (name, schema) in enumerate(schemas):
+        path, make = (CHAT, _chat) if i % 2 == 0 else (COMP, _comp)
+        fmt = _with_schema(schema)
+        cases.append((f"schema-{name}", path, make(response_format=fmt), {}, 400, SCHEMA))
+    cases += [
+        ("beam-width-negative", CHAT, _beam_chat(beam_width=-1), {}, 400, "beam_width"),
+        ("beam-width-string", COMP, _beam_comp(beam_width="4"), {}, 400, "beam_width"),
+        ("beam-n-zero", CHAT, _beam_chat(n=0), {}, 400, "n"),
+        (
+            "beam-length-penalty-string",
+            COMP,
+            _beam_comp(length_penalty="long"),
+            {},
+            400,
+            "length_penalty",
+        ),
+        ("beam-early-stopping-int", COMP, _beam_comp(early_stopping=1), {}, 400, "early_stopping"),
+        (
+            "beam-max-tokens-above-limit",
+            CHAT,
+            _beam_chat(max_tokens=1_000_000),
+            {},
+            400,
+            "max_tokens",
+        ),
+        (
+            "beam-top-logprobs-above-limit",
+            CHAT,
+            _beam_chat(logprobs=True, top_logprobs=50),
+            {},
+            400,
+            "top_logprobs",
+        ),
+        (
+            "beam-json-object-completions",
+            COMP,
+            _beam_comp(response_format={"type": "json_object"}),
+            {},
+            400,
+            "response_format",
+        ),
+    ]
+    return cases
+
+
+PROMPT_CASES: list[Case] = [
+    (f"prompt-{name}", COMP, body, {}, 400, "prompt")
+    for name, body in (
+        ("null", _comp(prompt=None)),
+        ("missing", {"model": "{model}"}),
+        ("object", _comp(prompt={"text": "x"})),
+        ("number", _comp(prompt=5)),
+        ("bool", _comp(prompt=True)),
+        ("mixed-text-and-ids", _comp(prompt=["a", 1])),
+        ("float-ids", _comp(prompt=[1.5, 2.0])),
+        ("bool-ids", _comp(prompt=[True, False])),
+        ("three-levels", _comp(prompt=[[[1]]])),
+        ("empty-text-in-list", _comp(prompt=["a", ""])),
+        ("empty-ids-in-list", _comp(prompt=[[1], []])),
+        ("10000-prompts", _comp(prompt=["a"] * 10_000)),
+    )
+]
+
+
+def _understanding_cases() -> list[Case]:
+    m = "{model}"
+    two = ["a", "b"]
+    rows: list[tuple[str, str, dict[str, Any], str]] = [
+        ("embeddings-input-null", EMB, {"model": m, "input": None}, "input"),
+        ("embeddings-input-missing", EMB, {"model": m}, "input"),
+        ("embeddings-input-object", EMB, {"model": m, "input": {"text": "x"}}, "input"),
+        ("embeddings-input-number", EMB, {"model": m, "input": 5}, "input"),
+        ("embeddings-input-mixed", EMB, {"model": m, "input": ["a", 1]}, "input"),
+        ("embeddings-input-float-ids", EMB, {"model": m, "input": [1.5]}, "input"),
+        (
+            "embeddings-encoding-int8",
+            EMB,
+            {"model": m, "input": "x", "encoding_format": "int8"},
+            "encoding_format",
+        ),
+        (
+            "embeddings-dimensions-zero",
+            EMB,
+            {"model": m, "input": "x", "dimensions": 0},
+            "dimensions",
+        ),
+        (
+            "embeddings-dimensions-negative",
+            EMB,
+            {"model": m, "input": "x", "dimensions": -5},
+            "dimensions",
+        ),
+        (
+            "embeddings-dimensions-string",
+            EMB,
+            {"model": m, "input": "x", "dimensions": "64"},
+            "dimensions",
+        ),
+        (
+            "embeddings-truncate-string",
+            EMB,
+            {"model": m, "input": "x", "truncate": "yes"},
+            "truncate",
+        ),
+        ("classify-input-missing", CLS, {"model": m}, "input"),
+        ("classify-input-number", CLS, {"model": m, "input": 5}, "input"),
+        ("classify-input-empty-list", CLS, {"model": m, "input": []}, "input"),
+        (
+            "classify-labels-string",
+            CLS,
+            {"model": m, "input": "x", "candidate_labels": "a,b"},
+            "candidate_labels",
+        ),
+        (
+            "classify-labels-empty",
+            CLS,
+            {"model": m, "input": "x", "candidate_labels": []},
+            "candidate_labels",
+        ),
+        (
+            "classify-labels-one",
+            CLS,
+            {"model": m, "input": "x", "candidate_labels": ["a"]},
+            "candidate_labels",
+        ),
+        (
+            "classify-labels-numbers",
+            CLS,
+            {"model": m, "input": "x", "candidate_labels": [1, 2]},
+            "candidate_labels.0",
+        ),
+        (
+            "classify-labels-1000",
+            CLS,
+            {"model": m, "input": "x", "candidate_labels": [f"l{i}" for i in range(1000)]},
+            "candidate_labels",
+        ),
+        (
+            "classify-labels-duplicate",
+            CLS,
+            {"model": m, "input": "x", "candidate_labels": ["a", "a"]},
+            "candidate_labels",
+        ),
+        (
+            "classify-labels-blank",
+            CLS,
+            {"model": m, "input": "x", "candidate_labels": ["a", " "]},
+            "candidate_labels",
+        ),
+        ("nli-input-string", NLI, {"model": m, "input": "p"}, "input"),
+        (
+            "nli-pair-without-hypothesis",
+            NLI,
+            {"model": m, "input": {"premise": "p"}},
+            "input.hypothesis",
+        ),
+        ("nli-input-empty-list", NLI, {"model": m, "input": []}, "input"),
+        ("nli-pair-as-list", NLI, {"model": m, "input": [["p", "h"]]}, "input"),
+        (
+            "nli-premise-number",
+            NLI,
+            {"model": m, "input": {"premise": 1, "hypothesis": "h"}},
+            "input.premise",
+        ),
+        ("score-input-null", SCORE, {"model": m, "input": None}, "input"),
+        ("score-input-number", SCORE, {"model": m, "input": 5}, "input"),
+        ("score-input-empty-list", SCORE, {"model": m, "input": []}, "input"),
+        ("score-input-empty-string", SCORE, {"model": m, "input": ""}, "input"),
+        (
+            "score-pair-without-continuation",
+            SCORE,
+            {"model": m, "input": {"prompt": "p"}},
+            "input.continuation",
+        ),
+        (
+            "score-pair-empty-continuation",
+            SCORE,
+            {"model": m, "input": {"prompt": "p", "continuation": ""}},
+            "input",
+        ),
+        ("tokenize-prompt-missing", TOK, {"model": m}, "prompt"),
+        ("tokenize-prompt-list", TOK, {"model": m, "prompt": ["a"]}, "prompt"),
+        ("tokenize-prompt-null", TOK, {"model": m, "prompt": None}, "prompt"),
+        (
+            "tokenize-add-special-string",
+            TOK,
+            {"model": m, "prompt": "x", "add_special_tokens": "no"},
+            "add_special_tokens",
+        ),
+        ("detokenize-tokens-string", DETOK, {"model": m, "tokens": "1 2 3"}, "tokens"),
+        ("detokenize-tokens-null", DETOK, {"model": m, "tokens": None}, "tokens"),
+        ("detokenize-tokens-missing", DETOK, {"model": m}, "tokens"),
+        ("detokenize-tokens-nested", DETOK, {"model": m, "tokens": [[1, 2]]}, "tokens.0"),
+        ("detokenize-tokens-floats", DETOK, {"model": m, "tokens": [1.5]}, "tokens.0"),
+        ("detokenize-tokens-bools", DETOK, {"model": m, "tokens": [True]}, "tokens.0"),
+        ("detokenize-tokens-strings", DETOK, {"model": m, "tokens": ["1"]}, "tokens.0"),
+    ]
+    # A template was filled with str.format: "{} {x}" answered 500, "{} {0.__class__}" read
+    # attributes, "{} {:>999999999}" asked for a gigabyte. Only the one {} may hold a brace.
+    for name, template in (
+        ("without-slot", "nothing"),
+        ("two-slots", "{} {}"),
+        ("named-slot", "{label}"),
+        ("format-field", "{} {x}"),
+        ("attribute-access", "{} {0.__class__}"),
+        ("huge-width", "{} {:>999999999}"),
+        ("unclosed-brace", "{} {"),
+        ("lone-closing-brace", "} {}"),
+        ("escaped-braces", "{{}}"),
+    ):
+        body = {"model": m, "input": "x", "candidate_labels": two, "hypothesis_template": template}
+        rows.append((f"classify-template-{name}", CLS, body, "hypothesis_template"))
+    return [(name, path, body, {}, 400, param) for name, path, body, param in rows]
+
+
+SWEEP_CASES: list[Case] = (
+    NOT_JSON_NUMBERS
+    + FRAMING
+    + _model_cases()
+    + MESSAGE_CASES
+    + _field_cases()
+    + _format_cases()
+    + PROMPT_CASES
+    + _understanding_cases()
+)
+
+
 HOSTILE_CASES: list[Case] = (
-    _hostile_generation() + DEEP_BODY_CASES + _hostile_understanding() + _hostile_surrogates()
+    _hostile_generation()
+    + DEEP_BODY_CASES
+    + _hostile_understanding()
+    + _hostile_surrogates()
+    + SWEEP_CASES
 )
 
 
@@ -701,10 +1381,283 @@ ADMIN_CASES: list[AdminCase] = [
 ]
 
 
+def _admin_sweep() -> list[AdminCase]:
+    """Bad names, bodies, numbers and queries for each admin route; none reaches a store or a
+    deployment. ``{model}`` is a model of the store with one version."""
+    alias = "/admin/models/{model}/aliases/prod"
+    two = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+    rows: list[tuple[str, str, str, Any, int, str | None]] = [
+        # A cursor beyond any BIGINT was an OverflowError in SQL: a 500.
+        (
+            "records-before-20-digits",
+            "GET",
+            "/admin/requests?before=99999999999999999999",
+            None,
+            400,
+            "before",
+        ),
+        ("records-before-2-63", "GET", f"/admin/requests?before={2**63}", None, 400, "before"),
+        ("records-before-negative", "GET", "/admin/requests?before=-1", None, 400, "before"),
+        ("records-before-word", "GET", "/admin/requests?before=abc", None, 400, "before"),
+        ("records-limit-zero", "GET", "/admin/requests?limit=0", None, 400, "limit"),
+        ("records-limit-negative", "GET", "/admin/requests?limit=-5", None, 400, "limit"),
+        (
+            "records-limit-20-digits",
+            "GET",
+            "/admin/requests?limit=99999999999999999999",
+            None,
+            400,
+            "limit",
+        ),
+        ("records-since-word", "GET", "/admin/requests?since=yesterday", None, 400, "since"),
+        (
+            "records-until-year-zero",
+            "GET",
+            "/admin/requests?until=0000-01-01T00:00:00",
+            None,
+            400,
+            "until",
+        ),
+        ("records-status-unknown", "GET", "/admin/requests?status=exploded", None, 400, "status"),
+        ("create-model-name-traversal", "POST", "/admin/models", {"name": "../etc"}, 400, "name"),
+        ("create-model-name-slash", "POST", "/admin/models", {"name": "a/b"}, 400, "name"),
+        ("create-model-name-upper-case", "POST", "/admin/models", {"name": "Tiny"}, 400, "name"),
+        ("create-model-name-empty", "POST", "/admin/models", {"name": ""}, 400, "name"),
+        ("create-model-name-129-chars", "POST", "/admin/models", {"name": "a" * 129}, 400, "name"),
+        ("create-model-name-nul", "POST", "/admin/models", {"name": "a\u0000b"}, 400, "name"),
+        ("create-model-name-number", "POST", "/admin/models", {"name": 5}, 400, "name"),
+        (
+            "create-model-description-5000",
+            "POST",
+            "/admin/models",
+            {"name": "fresh", "description": "x" * 5000},
+            400,
+            "description",
+        ),
+        (
+            "create-model-unknown-field",
+            "POST",
+            "/admin/models",
+            {"name": "fresh", "owner": "me"},
+            400,
+            "owner",
+        ),
+        ("create-model-no-body", "POST", "/admin/models", None, 400, None),
+        ("create-model-body-list", "POST", "/admin/models", [{"name": "x"}], 400, None),
+        (
+            "alias-name-leading-digit",
+            "PUT",
+            "/admin/models/{model}/aliases/1abc",
+            {"version": 1},
+            400,
+            "alias",
+        ),
+        (
+            "alias-name-upper-case",
+            "PUT",
+            "/admin/models/{model}/aliases/Prod",
+            {"version": 1},
+            400,
+            "alias",
+        ),
+        (
+            "alias-name-65-chars",
+            "PUT",
+            "/admin/models/{model}/aliases/" + "a" * 65,
+            {"version": 1},
+            400,
+            "alias",
+        ),
+        (
+            "alias-name-nul",
+            "PUT",
+            "/admin/models/{model}/aliases/a%00b",
+            {"version": 1},
+            400,
+            "alias",
+        ),
+        # A JSON true was taken for version 1.
+        ("alias-to-version-true", "PUT", alias, {"version": True}, 400, "version"),
+        ("alias-to-version-float", "PUT", alias, {"version": 1.5}, 400, "version"),
+        ("alias-to-version-null", "PUT", alias, {"version": None}, 400, "version"),
+        ("alias-to-version-list", "PUT", alias, {"version": [1]}, 400, "version"),
+        ("alias-without-version", "PUT", alias, {}, 400, "version"),
+        ("alias-unknown-field", "PUT", alias, {"version": 1, "force": True}, 400, "force"),
+        ("alias-to-version-empty-string", "PUT", alias, {"version": ""}, 400, "alias"),
+        ("alias-to-version-zero", "PUT", alias, {"version": 0}, 404, "version"),
+        ("alias-to-version-negative", "PUT", alias, {"version": -1}, 404, "version"),
+        (
+            "delete-version-negative",
+            "DELETE",
+            "/admin/models/{model}/versions/-1",
+            None,
+            404,
+            "version",
+        ),
+        (
+            "delete-version-word",
+            "DELETE",
+            "/admin/models/{model}/versions/latest",
+            None,
+            400,
+            "number",
+        ),
+        (
+            "delete-version-float",
+            "DELETE",
+            "/admin/models/{model}/versions/1.5",
+            None,
+            400,
+            "number",
+        ),
+        ("show-version-negative", "GET", "/admin/models/{model}/versions/-1", None, 400, "alias"),
+        ("show-version-zero", "GET", "/admin/models/{model}/versions/0", None, 404, "version"),
+        (
+            "content-version-superscript",
+            "GET",
+            "/admin/models/{model}/versions/%C2%B9/content",
+            None,
+            400,
+            "alias",
+        ),
+        (
+            "import-two-sources",
+            "POST",
+            "/admin/models/{model}/import",
+            {"path": "/tmp/x", "package": "y"},
+            400,
+            "path",
+        ),
+        ("import-no-source", "POST", "/admin/models/{model}/import", {}, 400, "path"),
+        ("import-path-number", "POST", "/admin/models/{model}/import", {"path": 5}, 400, "path"),
+        ("import-url", "POST", "/admin/models/{model}/import", {"url": "http://x"}, 400, "url"),
+    ]
+    deploy: list[tuple[str, dict[str, Any], str]] = [
+        ("replicas-negative", {"replicas": -1}, "replicas"),
+        ("replicas-65", {"replicas": 65}, "replicas"),
+        ("replicas-2-64", {"replicas": BIG}, "replicas"),
+        ("replicas-word", {"replicas": "two"}, "replicas"),
+        ("replicas-float", {"replicas": 1.5}, "replicas"),
+        ("model-empty", {"model": ""}, "model"),
+        ("model-201-chars", {"model": "m" * 201}, "model"),
+        ("name-traversal", {"name": "../x"}, "name"),
+        ("name-nul", {"name": "a\u0000"}, "name"),
+        ("name-space", {"name": "my model"}, "name"),
+        ("unknown-field", {"gpus": 8}, "gpus"),
+        ("engine-string", {"engine": "fast"}, "engine"),
+        ("engine-context-negative", {"engine": {"context_size": -1}}, "engine.context_size"),
+        ("engine-max-seqs-zero", {"engine": {"max_num_seqs": 0}}, "engine.max_num_seqs"),
+        ("engine-backend-unknown", {"engine": {"backend": "tensorrt"}}, "engine.backend"),
+        (
+            "engine-grammar-timeout-negative",
+            {"engine": {"grammar_timeout_s": -1}},
+            "engine.grammar_timeout_s",
+        ),
+        ("engine-unknown-field", {"engine": {"gpu_layers": 99}}, "engine.gpu_layers"),
+        ("wait-word", {"wait": "later"}, "wait"),
+    ]
+    rows += [
+        (f"deploy-{name}", "POST", "/admin/deployments", {"model": "tiny", **body}, 400, param)
+        for name, body, param in deploy
+    ]
+    rows += [
+        ("deploy-without-model", "POST", "/admin/deployments", {"replicas": 1}, 400, "model"),
+        (
+            "scale-negative",
+            "PATCH",
+            "/admin/deployments/{model}",
+            {"replicas": -1},
+            400,
+            "replicas",
+        ),
+        ("scale-1000", "PATCH", "/admin/deployments/{model}", {"replicas": 1000}, 400, "replicas"),
+        ("move-to-empty-model", "PATCH", "/admin/deployments/{model}", {"model": ""}, 400, "model"),
+        (
+            "rename-deployment",
+            "PATCH",
+            "/admin/deployments/{model}",
+            {"name": "other"},
+            400,
+            "name",
+        ),
+        (
+            "classifier-one-example",
+            "POST",
+            "/admin/classifiers",
+            {"name": "c", "examples": two[:1]},
+            400,
+            "examples",
+        ),
+        (
+            "classifier-label-129-chars",
+            "POST",
+            "/admin/classifiers",
+            {"name": "c", "examples": [{"text": "a", "label": "x" * 129}, two[1]]},
+            400,
+            "examples.0.label",
+        ),
+        (
+            "classifier-empty-text",
+            "POST",
+            "/admin/classifiers",
+            {"name": "c", "examples": [{"text": "", "label": "x"}, two[1]]},
+            400,
+            "examples.0.text",
+        ),
+        (
+            "classifier-name-empty",
+            "POST",
+            "/admin/classifiers",
+            {"name": "", "examples": two},
+            400,
+            "name",
+        ),
+        (
+            "classifier-examples-object",
+            "POST",
+            "/admin/classifiers",
+            {"name": "c", "examples": {"a": "x"}},
+            400,
+            "examples",
+        ),
+        (
+            "classifier-deploy-word",
+            "POST",
+            "/admin/classifiers",
+            {"name": "c", "deploy": "yes", "examples": two},
+            400,
+            "deploy",
+        ),
+        (
+            "classifier-name-traversal",
+            "POST",
+            "/admin/classifiers",
+            {"name": "../../x", "deploy": False, "examples": two},
+            400,
+            "name",
+        ),
+        (
+            "classifier-unknown-embedder",
+            "POST",
+            "/admin/classifiers",
+            {"name": "c", "model": "nope", "deploy": False, "examples": two},
+            404,
+            "model",
+        ),
+    ]
+    return [AdminCase(*row) for row in rows]
+
+
+ADMIN_CASES += _admin_sweep()
+
+
 def encode(body: bytes | dict[str, Any], model: str) -> bytes:
+    """``body`` as sent, with ``"{model}`` at the start of a string (a whole ``"{model}"``, or
+    ``"{model}:3"``) made the served model's name."""
+    name = json.dumps(model)[:-1]  # the opening quote and the name, escaped
     if isinstance(body, bytes):
-        return body.replace(b'"{model}"', json.dumps(model).encode())
-    return json.dumps(body).replace('"{model}"', json.dumps(model)).encode()
+        return body.replace(b'"{model}', name.encode())
+    return json.dumps(body).replace('"{model}', name).encode()
 
 
 def check_error_envelope(payload: Any) -> dict[str, Any]:
