@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -207,7 +208,7 @@ def table(results: dict[str, dict[int, list[dict[str, Any]]]], levels: list[int]
                 if "lmaas" in results
                 else float("nan")
             )
-            ratio = "" if system == "lmaas" else f"{ours / tok_s:.2f}x"
+            ratio = "" if system == "lmaas" or math.isnan(ours) else f"{ours / tok_s:.2f}x"
             rows.append(
                 f"| {system} | {c} | {tok_s:.1f} | {median(runs, 'ttft_p50'):.2f} | "
                 f"{median(runs, 'ttft_p99'):.2f} | {median(runs, 'tpot_p50') * 1000:.1f} | "
