@@ -156,8 +156,8 @@ class OverloadedError(LmaasError):
     default_code = "queue_full"
     wire_name = "overloaded"
 
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)})
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
 
 
 class RateLimitExceededError(LmaasError):

@@ -242,8 +242,11 @@ async def test_a_client_deadline_that_cannot_be_met_is_refused_up_front(
     late = {"X-Lmaas-Deadline": "3"}
     r = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 10}, headers=late)
     assert r.status_code == 429, r.text
-    assert "deadline" in check_error_envelope(r.json())["message"]
+    error = check_error_envelope(r.json())
+    assert error["code"] == "deadline" and "deadline" in error["message"]
     assert int(r.headers["retry-after"]) == 8  # done at 10 + 1 s, 8 s after the deadline
+    metrics = (await client.get("/metrics")).text
+    assert 'lmaas_admission_refusals_total{model="fake",reason="deadline"} 1.0' in metrics
     r = await client.post(
         "/v1/chat/completions", json=CHAT, headers={"X-Lmaas-Deadline": "tomorrow"}
     )

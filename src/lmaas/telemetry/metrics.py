@@ -74,6 +74,14 @@ class Metrics:
         self.worker_restarts = Gauge(
             "lmaas_worker_restarts", "Worker restarts since start", ["model"], registry=r
         )
+        self.admission_refusals = Counter(
+            "lmaas_admission_refusals",
+            "Generation requests refused at admission (429) by reason: queue_full (capacity + "
+            "max_queue), deadline (would not finish by the client's deadline), queue_wait "
+            "(would wait past max_queue_wait or the SDK's read timeout to start)",
+            ["model", "reason"],
+            registry=r,
+        )
         self.prompt_tokens = Counter(
             "lmaas_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
         )

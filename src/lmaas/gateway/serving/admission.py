@@ -15,7 +15,8 @@ Bounds, checked in this order (429 with ``Retry-After`` when one is exceeded):
    without one, a request that would wait more than ``limits.max_queue_wait`` to start is,
    or more than the read timeout the official OpenAI SDKs send (``X-Stainless-Read-Timeout``:
    for a stream, the time to its first byte; otherwise the whole answer's). The
-   ``Retry-After`` is how much later the same request would fit, as estimated.
+   ``Retry-After`` is how much later the same request would fit, as estimated. The error's
+   ``code`` (``queue_full``, ``deadline``, ``queue_wait``) says which bound refused it.
 
 Until a model's rate has been measured, only the count applies.
 
@@ -218,6 +219,7 @@ class Admission:
                 f"model '{engine.name}' is at capacity ({load.reserved} sequences in flight); "
                 "retry after the delay in Retry-After",
                 retry_after=1,
+                code="queue_full",
             )
         expected = load.expected(max_tokens)
         rate = engine.sequence_rate
@@ -248,6 +250,7 @@ class Admission:
                     f"{deadline.seconds:g} s (estimated {finish:.1f} s); retry after the delay "
                     "in Retry-After",
                     retry_after=max(1, math.ceil(finish - deadline.seconds)),
+                    code="deadline",
                 )
             return
         limit = self.limits.max_queue_wait
@@ -258,4 +261,5 @@ class Admission:
                 f"model '{model}' is too busy: a new request would wait about {start:.0f} s "
                 f"to start (the limit is {limit:g} s); retry after the delay in Retry-After",
                 retry_after=max(1, math.ceil(start - limit)),
+                code="queue_wait",
             )

@@ -47,7 +47,7 @@ from starlette.responses import Response, StreamingResponse
 
 from lmaas.config import Limits
 from lmaas.engine.client import EngineClient
-from lmaas.errors import LmaasError, ServiceUnavailableError
+from lmaas.errors import LmaasError, OverloadedError, ServiceUnavailableError
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.serving import sse
 from lmaas.gateway.serving.admission import Ticket, client_deadline
@@ -391,14 +391,18 @@ class GenerationServing(ServingBase, Generic[BodyT]):
             state.record_prompt = fmt.prompt_record()
         sampling = build_sampling(body, info, schema)
         per_prompt = beam.width if beam is not None else body.n
-        ticket = self.admission.admit(
-            engine,
-            sequences=per_prompt * len(prompts),
-            max_tokens=fmt.max_tokens,
-            tenant=key.id if key is not None else None,
-            weight=float(getattr(key, "weight", None) or 1.0),
-            deadline=getattr(state, "deadline", None),
-        )
+        try:
+            ticket = self.admission.admit(
+                engine,
+                sequences=per_prompt * len(prompts),
+                max_tokens=fmt.max_tokens,
+                tenant=key.id if key is not None else None,
+                weight=float(getattr(key, "weight", None) or 1.0),
+                deadline=getattr(state, "deadline", None),
+            )
+        except OverloadedError as exc:
+            self.metrics.admission_refusals.labels(engine.name, exc.code).inc()
+            raise
         requests = _engine_requests(fmt, request_id, prompts, sampling, beam, key)
         return GenerationPlan(engine, requests, len(prompts), beam, ticket)
 
