@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 # Every table on Base.metadata whichever test module runs alone: the migration tests compare
 # the migrated schema with the whole ORM schema.
 import lmaas.controller.specs
+import lmaas.jobs.tables
 import lmaas.keys
 import lmaas.records.store
 import lmaas.store.tables  # noqa: F401

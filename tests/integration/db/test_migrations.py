@@ -24,6 +24,9 @@ TABLES = {
     "request_records",
     "deployments",
     "files",
+    "jobs",
+    "job_events",
+    "job_items",
 }
 
 
@@ -177,3 +180,56 @@ def test_files_migration_up_and_down_keeps_the_rest(db_engine: Engine) -> None:
         command.downgrade(alembic_config(conn), "0007")
         assert "files" not in inspect(conn).get_table_names()
         assert conn.execute(text("SELECT upload FROM blob_leases")).all() == [("u",)]
+
+
+def test_jobs_migration_up_and_down_keeps_the_rest(db_engine: Engine) -> None:
+    """0009 adds ``jobs``, ``job_events`` and ``job_items`` (events and items go with their
+    job) and takes them away again; the files of 0008 are untouched either way."""
+    t = datetime(2026, 12, 5, tzinfo=UTC)
+    job = "batch_0000000000000100000000"
+    with db_engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0008")
+        conn.execute(
+            text(
+                "INSERT INTO files (id, purpose, filename, bytes, digest, created_at, "
+                "owner_key_id, status) VALUES ('file-0000000000000100000000', 'batch', 'a', 1, "
+                ":d, :t, NULL, 'processed')"
+            ),
+            {"d": "sha256:" + "ab" * 32, "t": t},
+        )
+        command.upgrade(alembic_config(conn), "0009")
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, kind, input, status, priority, created_at, "
+                "progress_total, progress_done, progress_failed, attempts, last_event) VALUES "
+                "(:id, 'batch', '{}', 'queued', 0, :t, 2, 0, 0, 0, 1)"
+            ),
+            {"id": job, "t": t},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO job_events (job_id, seq, created_at, level, message) "
+                "VALUES (:id, 1, :t, 'info', 'queued')"
+            ),
+            {"id": job, "t": t},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO job_items (job_id, custom_id, line, ok, output, prompt_tokens, "
+                "completion_tokens, created_at) VALUES (:id, 'a', 1, :ok, '{}', 1, 2, :t)"
+            ),
+            {"id": job, "ok": True, "t": t},
+        )
+    for bad in ("status = 'lost'", "attempts = -1", "progress_done = -1"):
+        with pytest.raises(IntegrityError), db_engine.begin() as conn:
+            conn.execute(text(f"UPDATE jobs SET {bad}"))
+    with pytest.raises(IntegrityError), db_engine.begin() as conn:
+        conn.execute(text("UPDATE job_events SET level = 'debug'"))
+    with db_engine.begin() as conn:
+        conn.execute(text("DELETE FROM jobs"))
+        assert conn.execute(text("SELECT count(*) FROM job_events")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM job_items")).scalar_one() == 0
+        command.downgrade(alembic_config(conn), "0008")
+        names = set(inspect(conn).get_table_names())
+        assert names.isdisjoint({"jobs", "job_events", "job_items"})
+        assert conn.execute(text("SELECT purpose FROM files")).all() == [("batch",)]

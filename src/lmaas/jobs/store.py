@@ -1,0 +1,390 @@
+"""Job records as callers see them: create, read, list, cancel, and each job's event log.
+
+A job belongs to the API key that created it (``owner_key_id``; NULL on an open server): a
+:class:`~lmaas.store.files.Viewer` sees its own jobs, an admin viewer every job, and another
+key's job is answered as not found. The runner's side (claiming, leases, items, finishing) is
+:class:`lmaas.jobs.leases.JobLeases`. Everything here blocks (SQL); ``clock`` (aware UTC
+datetimes) is injected so tests can drive time.
+
+Statuses: ``queued`` until a runner claims the job; ``in_progress`` while it runs;
+``finalizing`` while its results are written; ``cancelling`` once a cancel reached a running
+job; then one of ``completed``, ``failed``, ``cancelled``, which never change again.
+"""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from lmaas.db import as_utc, utc_now
+from lmaas.errors import ConflictError, InvalidRequestError, NotFoundError
+from lmaas.jobs.tables import JobEventRow, JobRow
+from lmaas.store.files import Viewer
+
+__all__ = [
+    "ACTIVE",
+    "FINISHED",
+    "EventPage",
+    "JobEvent",
+    "JobInfo",
+    "JobPage",
+    "JobStore",
+    "Level",
+    "Progress",
+]
+
+Level = Literal["info", "warning", "error"]
+QUEUED: Final = "queued"
+IN_PROGRESS: Final = "in_progress"
+FINALIZING: Final = "finalizing"
+CANCELLING: Final = "cancelling"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+# A runner holds a lease on a job in these statuses.
+ACTIVE: Final = (IN_PROGRESS, FINALIZING, CANCELLING)
+FINISHED: Final = (COMPLETED, FAILED, CANCELLED)
+STATUSES: Final = (QUEUED, *ACTIVE, *FINISHED)
+MAX_LIST_LIMIT: Final = 1000
+MAX_MESSAGE: Final = 4000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO: Final = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    total: int
+    done: int  # failed lines included
+    failed: int
+    eta_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    id: str
+    kind: str
+    owner_key_id: str | None
+    input: dict[str, Any]
+    input_file_id: str | None
+    status: str
+    priority: int
+    created_at: datetime
+    started_at: datetime | None
+    finalizing_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+    progress: Progress
+    error: dict[str, Any] | None
+    result: dict[str, Any] | None
+    attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    heartbeat_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[JobInfo]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    seq: int
+    created_at: datetime
+    level: str
+    message: str
+    metrics: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[JobEvent]
+    has_more: bool
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+def to_info(row: JobRow) -> JobInfo:
+    return JobInfo(
+        id=row.id,
+        kind=row.kind,
+        owner_key_id=row.owner_key_id,
+        input=dict(row.input),
+        input_file_id=row.input_file_id,
+        status=row.status,
+        priority=row.priority,
+        created_at=as_utc(row.created_at),
+        started_at=_utc(row.started_at),
+        finalizing_at=_utc(row.finalizing_at),
+        finished_at=_utc(row.finished_at),
+        cancel_requested_at=_utc(row.cancel_requested_at),
+        progress=Progress(
+            row.progress_total, row.progress_done, row.progress_failed, _utc(row.eta_at)
+        ),
+        error=row.error,
+        result=row.result,
+        attempts=row.attempts,
+        lease_owner=row.lease_owner,
+        lease_expires_at=_utc(row.lease_expires_at),
+        heartbeat_at=_utc(row.heartbeat_at),
+    )
+
+
+def new_job_id(prefix: str, now: datetime) -> str:
+    """``<prefix>_`` + the creation time in microseconds (14 hex digits) + 10 random hex
+    digits: ids of one prefix sort in creation order, and a list cursor needs no lookup."""
+    micros = (now - _EPOCH) // _MICRO
+    return f"{prefix}_{micros:014x}{secrets.token_hex(5)}"
+
+
+def created_at_of(job_id: str) -> datetime | None:
+    """The creation time a job id carries, or ``None`` when it is no job id."""
+    _, sep, tail = job_id.rpartition("_")
+    if not sep or len(tail) != 24 or any(c not in "0123456789abcdef" for c in tail):
+        return None
+    return _EPOCH + int(tail[:14], 16) * _MICRO
+
+
+def append_event(
+    session: Session,
+    row: JobRow,
+    now: datetime,
+    level: Level,
+    message: str,
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    """Add the next event of ``row``'s job (``row`` locked by the caller's transaction)."""
+    row.last_event += 1
+    session.add(
+        JobEventRow(
+            job_id=row.id,
+            seq=row.last_event,
+            created_at=now,
+            level=level,
+            message=message[:MAX_MESSAGE],
+            metrics=metrics,
+        )
+    )
+
+
+def visible(viewer: Viewer) -> list[ColumnElement[bool]]:
+    if viewer.admin:
+        return []
+    if viewer.key_id is None:
+        return [JobRow.owner_key_id.is_(None)]
+    return [JobRow.owner_key_id == viewer.key_id]
+
+
+def not_found(job_id: str, what: str = "job") -> NotFoundError:
+    return NotFoundError(f"no {what} {job_id[:64]!r}", param=f"{what}_id", code=f"{what}_not_found")
+
+
+class JobStore:
+    """Job records over ``session_factory`` (see :mod:`lmaas.db`)."""
+
+    def __init__(
+        self, session_factory: sessionmaker[Session], *, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._sessions = session_factory
+        self._clock = clock
+
+    # -- creating -------------------------------------------------------------------------------
+
+    def create(
+        self,
+        kind: str,
+        *,
+        id_prefix: str,
+        owner_key_id: str | None,
+        input: dict[str, Any],
+        input_file_id: str | None = None,
+        priority: int = 0,
+        total: int = 0,
+        message: str = "queued",
+    ) -> JobInfo:
+        """A new ``queued`` job, its first event ``message``."""
+        now = self._clock()
+        row = JobRow(
+            id=new_job_id(id_prefix, now),
+            kind=kind,
+            owner_key_id=owner_key_id,
+            input=input,
+            input_file_id=input_file_id,
+            status=QUEUED,
+            priority=priority,
+            created_at=now,
+            progress_total=total,
+            progress_done=0,
+            progress_failed=0,
+            attempts=0,
+            last_event=0,
+        )
+        with self._sessions.begin() as session:
+            session.add(row)
+            session.flush()  # the row before its first event (no ORM relationship orders them)
+            append_event(session, row, now, "info", message)
+            session.flush()
+            return to_info(row)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def get(self, job_id: str, viewer: Viewer, *, kind: str | None = None) -> JobInfo:
+        """The job, if ``viewer`` may see it (and it is of ``kind``); 404 otherwise."""
+        with self._sessions.begin() as session:
+            return to_info(_find(session, job_id, viewer, kind=kind))
+
+    def list(
+        self,
+        viewer: Viewer,
+        *,
+        kind: str | None = None,
+        statuses: Iterable[str] | None = None,
+        after: str | None = None,
+        limit: int = 20,
+    ) -> JobPage:
+        """Up to ``limit`` jobs ``viewer`` sees, newest first, starting after the job id
+        ``after`` (which need not exist any more)."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidRequestError(
+                f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit"
+            )
+        query = select(JobRow).where(*visible(viewer))
+        if kind is not None:
+            query = query.where(JobRow.kind == kind)
+        if statuses is not None:
+            query = query.where(JobRow.status.in_(list(statuses)))
+        if after is not None:
+            when = created_at_of(after)
+            if when is None:
+                raise InvalidRequestError("after must be the id of a job", param="after")
+            query = query.where(
+                or_(JobRow.created_at < when, and_(JobRow.created_at == when, JobRow.id < after))
+            )
+        query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
+        with self._sessions.begin() as session:
+            rows = session.scalars(query).all()
+        return JobPage([to_info(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+    def events(self, job_id: str, viewer: Viewer, *, after: int = 0, limit: int = 100) -> EventPage:
+        """The job's events numbered above ``after``, oldest first."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidRequestError(
+                f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit"
+            )
+        with self._sessions.begin() as session:
+            _find(session, job_id, viewer)
+            rows = session.scalars(
+                select(JobEventRow)
+                .where(JobEventRow.job_id == job_id, JobEventRow.seq > after)
+                .order_by(JobEventRow.seq)
+                .limit(limit + 1)
+            ).all()
+            events = [
+                JobEvent(r.seq, as_utc(r.created_at), r.level, r.message, r.metrics)
+                for r in rows[:limit]
+            ]
+        return EventPage(events, has_more=len(rows) > limit)
+
+    def file_in_use(self, file_id: str) -> str | None:
+        """Why ``file_id`` is still needed (a job that reads it has not finished), or
+        ``None``; the check :meth:`lmaas.store.files.FileStore.add_user` takes."""
+        with self._sessions.begin() as session:
+            row = session.execute(
+                select(JobRow.kind, JobRow.id, JobRow.status)
+                .where(JobRow.input_file_id == file_id, JobRow.status.not_in(FINISHED))
+                .limit(1)
+            ).first()
+        return None if row is None else f"{row.kind} {row.id} is {row.status}"
+
+    def status_counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs of each (kind, status) are not finished."""
+        with self._sessions.begin() as session:
+            rows = session.execute(
+                select(JobRow.kind, JobRow.status, func.count())
+                .where(JobRow.status.not_in(FINISHED))
+                .group_by(JobRow.kind, JobRow.status)
+            ).all()
+        return {(kind, status): int(count) for kind, status, count in rows}
+
+    def finished_since(self, since: datetime) -> builtins.list[JobInfo]:
+        """Jobs that finished at or after ``since``, oldest first."""
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(JobRow).where(JobRow.finished_at >= since).order_by(JobRow.finished_at)
+            ).all()
+            return [to_info(r) for r in rows]
+
+    # -- changing -------------------------------------------------------------------------------
+
+    def cancel(self, job_id: str, viewer: Viewer, *, kind: str | None = None) -> JobInfo:
+        """A queued job is cancelled at once; a running one becomes ``cancelling`` until its
+        runner has stopped; one already cancelling is left as it is. 409 once finished."""
+        now = self._clock()
+        with self._sessions.begin() as session:
+            row = _find(session, job_id, viewer, kind=kind, lock=True)
+            if row.status in FINISHED:
+                raise ConflictError(
+                    f"{row.kind} {row.id} has already {_finished_words(row.status)}; only "
+                    "a job that has not finished can be cancelled",
+                    param=f"{kind or 'job'}_id",
+                    code="job_finished",
+                )
+            if row.status == QUEUED:
+                row.status = CANCELLED
+                row.cancel_requested_at = now
+                row.finished_at = now
+                append_event(session, row, now, "info", "cancelled before it started")
+            elif row.cancel_requested_at is None:
+                row.status = CANCELLING
+                row.cancel_requested_at = now
+                append_event(session, row, now, "info", "cancel requested")
+            session.flush()
+            return to_info(row)
+
+    def add_event(
+        self,
+        job_id: str,
+        level: Level,
+        message: str,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        with self._sessions.begin() as session:
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                raise not_found(job_id)
+            append_event(session, row, self._clock(), level, message, metrics)
+
+
+def _finished_words(status: str) -> str:
+    return {COMPLETED: "completed", FAILED: "failed", CANCELLED: "been cancelled"}[status]
+
+
+def _find(
+    session: Session, job_id: str, viewer: Viewer, *, kind: str | None = None, lock: bool = False
+) -> JobRow:
+    what = kind or "job"
+    if created_at_of(job_id) is None:
+        raise not_found(job_id, what)
+    query = select(JobRow).where(JobRow.id == job_id, *visible(viewer))
+    if kind is not None:
+        query = query.where(JobRow.kind == kind)
+    if lock:
+        query = query.with_for_update()
+    row = session.scalar(query)
+    if row is None:
+        raise not_found(job_id, what)
+    return row
