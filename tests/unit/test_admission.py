@@ -192,3 +192,46 @@ def test_step_time_cap_follows_the_target() -> None:
         cap.observe(0.01, running=cap.cap)
     assert cap.cap == 8
     assert StepTimeCap(8, None).observe(10.0, running=8) == 8
+
+
+def test_estimates_are_calibrated_by_how_long_requests_really_took() -> None:
+    clock = Clock()
+    a = Admission(Limits(max_queue=100), clock)
+    e = engine(slots=1, rate=10.0)
+    for _ in range(20):  # each estimated at 1 s (10 tokens at 10 tokens/s), each took 2 s
+        t = a.admit(e, sequences=1, max_tokens=10)
+        clock.t += 2.0
+        t.release(completion_tokens=10)
+    assert a.load("m").calibration == pytest.approx(2.0)
+    # Behind one 10-token request, a 10-token one is estimated at 2 s raw: 4 s calibrated.
+    a.admit(e, sequences=1, max_tokens=10)
+    with pytest.raises(OverloadedError):
+        a.admit(e, sequences=1, max_tokens=10, deadline=Deadline(3))
+    a.admit(e, sequences=1, max_tokens=10, deadline=Deadline(4.5))
+
+
+def test_a_request_with_a_free_slot_is_admitted_whatever_the_estimate() -> None:
+    a = Admission(Limits(max_queue=100))
+    e = engine(slots=2, rate=1.0)
+    # 100 s of work estimated against a 1 s deadline, but a slot is free and nobody waits:
+    # only running it tells whether the estimate was right.
+    a.admit(e, sequences=1, max_tokens=100, deadline=Deadline(1))
+    a.admit(e, sequences=1, max_tokens=100, deadline=Deadline(1))
+    with pytest.raises(OverloadedError):
+        a.admit(e, sequences=1, max_tokens=100, deadline=Deadline(1))
+
+
+def test_a_request_cut_short_teaches_only_when_it_was_already_late() -> None:
+    clock = Clock()
+    a = Admission(Limits(max_queue=100), clock)
+    e = engine(slots=1, rate=10.0)
+    for _ in range(10):  # clients that left early: no lesson
+        t = a.admit(e, sequences=1, max_tokens=10)
+        clock.t += 0.5
+        t.release()
+    assert a.load("m").calibration == 1.0 and not a.load("m").ratios
+    for _ in range(10):  # clients that gave up after 3x the estimate: slower than thought
+        t = a.admit(e, sequences=1, max_tokens=10)
+        clock.t += 3.0
+        t.release()
+    assert a.load("m").calibration == pytest.approx(3.0)

@@ -20,6 +20,16 @@ Bounds, checked in this order (429 with ``Retry-After`` when one is exceeded):
 
 Until a model's rate has been measured, only the count applies.
 
+A request that finds a free slot and nobody waiting is always admitted: only running requests
+keep the estimates honest. Estimates are calibrated by outcomes: every request that ran to its
+end (or outlived its estimate) records its actual / estimated time, and estimates are
+multiplied by the 90th percentile of the last 32 such ratios. A request's fixed cost in its
+slot (admission into the batch, prefill, sampler set-up: its time between the worker admitting
+it and its end, beyond its tokens at the measured rate) is learnt, as the median over recent
+requests, and added to every request that has not started. What the model still leaves out
+(the gateway, HTTP, a machine shared with other work) is so learnt, with the margin that makes
+about nine in ten accepted requests finish within their estimate.
+
 A sequence is expected to generate ``max_tokens`` scaled by how much of ``max_tokens`` the
 model's recent requests actually used (a moving average of that fill ratio, so requests that
 stop early at an end-of-text token are not counted at their full budget), or, without
@@ -34,8 +44,11 @@ by weight), so a key flooding a model makes the flood wait, not a newcomer of an
 from __future__ import annotations
 
 import heapq
+import logging
 import math
-from collections.abc import Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lmaas.config import Limits
@@ -46,7 +59,12 @@ DEADLINE_HEADER = "x-lmaas-deadline"
 SDK_TIMEOUT_HEADER = "x-stainless-read-timeout"
 
 _DEFAULT_LENGTH = 256.0  # expected tokens of a request without max_tokens, before any is seen
+log = logging.getLogger(__name__)
+
 _SMOOTHING = 0.1
+_RATIO_WINDOW = 32  # recent requests whose actual / estimated time calibrates estimates
+_MIN_RATIOS = 8
+_MIN_ESTIMATE = 0.05  # s; shorter estimates are all noise
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +137,10 @@ class Ticket:
     owner: EngineLoad | None = None
     produced: int = 0  # tokens generated so far, all sequences together
     released: bool = False
+    admitted_at: float = 0.0  # the admission's clock
+    estimate: float | None = None  # seconds to its end, as estimated when admitted (raw)
+    rate: float | None = None  # the per-sequence token rate it was estimated with
+    queue_time: float | None = None  # seconds it waited in the worker for a slot
 
     def release(self, completion_tokens: int | None = None) -> None:
         """End the reservation (idempotent); ``completion_tokens`` (all sequences) teaches the
@@ -139,10 +161,33 @@ class Ticket:
 class EngineLoad:
     """The reservations on one model and what its past requests taught."""
 
+    clock: Callable[[], float] = time.monotonic
     tickets: list[Ticket] = field(default_factory=list)  # in order of admission
     reserved: int = 0  # sequences
     fill: float | None = None  # completion tokens / max_tokens, moving average
     length: float | None = None  # completion tokens of requests without max_tokens
+    # seconds recent requests cost their slot beyond their tokens at the measured rate
+    # (admission into the batch, prefill, sampler set-up); ``overhead`` is their median
+    overheads: deque[float] = field(default_factory=lambda: deque(maxlen=_RATIO_WINDOW))
+    # actual / estimated time of recent requests (see ``calibration``)
+    ratios: deque[float] = field(default_factory=lambda: deque(maxlen=_RATIO_WINDOW))
+
+    @property
+    def overhead(self) -> float:
+        if not self.overheads:
+            return 0.0
+        ordered = sorted(self.overheads)
+        return ordered[len(ordered) // 2]
+
+    @property
+    def calibration(self) -> float:
+        """What raw estimates are multiplied by: the 90th percentile of actual / estimated
+        time over the last requests, so that about nine in ten finish within their estimate
+        (1 until enough have been seen)."""
+        if len(self.ratios) < _MIN_RATIOS:
+            return 1.0
+        ordered = sorted(self.ratios)
+        return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
 
     def expected(self, max_tokens: int | None) -> float:
         if max_tokens is None:
@@ -154,8 +199,10 @@ class EngineLoad:
     def done(self, ticket: Ticket, completion_tokens: int | None) -> None:
         self.tickets.remove(ticket)
         self.reserved -= ticket.sequences
+        self._learn_time(ticket, completion_tokens is not None)
         if completion_tokens is None:
             return
+        self._learn_overhead(ticket, completion_tokens)
         per_seq = completion_tokens / ticket.sequences
         if ticket.max_tokens:
             x = min(per_seq / ticket.max_tokens, 1.0)
@@ -164,11 +211,33 @@ class EngineLoad:
             y = self.length
             self.length = per_seq if y is None else y + _SMOOTHING * (per_seq - y)
 
+    def _learn_overhead(self, ticket: Ticket, completion_tokens: int) -> None:
+        """Its time in a slot (from the worker admitting it to its end) beyond its tokens."""
+        if ticket.rate is None or ticket.queue_time is None:
+            return
+        in_slot = self.clock() - ticket.admitted_at - ticket.queue_time
+        self.overheads.append(max(in_slot - completion_tokens / ticket.sequences / ticket.rate, 0))
+
+    def _learn_time(self, ticket: Ticket, complete: bool) -> None:
+        """A finished request's actual / estimated time; one cut short teaches only when it
+        had already outlived its estimate (its ratio is then a lower bound)."""
+        if ticket.estimate is None or ticket.estimate < _MIN_ESTIMATE:
+            return
+        ratio = (self.clock() - ticket.admitted_at) / ticket.estimate
+        if complete or ratio > 1.0:
+            self.ratios.append(min(max(ratio, 0.25), 8.0))
+            log.debug("estimated %.2fs, took %.2fs", ticket.estimate, ratio * ticket.estimate)
+
     def ahead_of(
-        self, tenant: str | None, weight: float, slots: int
+        self, tenant: str | None, weight: float, slots: int, extra: float = 0.0
     ) -> tuple[list[float], list[float]]:
-        """Remaining tokens of the sequences that run before a newcomer of ``tenant``."""
-        per_seq = [(t, t.remaining) for t in self.tickets for _ in range(t.sequences)]
+        """Remaining tokens of the sequences that run before a newcomer of ``tenant`` (plus
+        ``extra`` for each one that has produced nothing yet)."""
+        per_seq = [
+            (t, t.remaining + (0.0 if t.produced else extra))
+            for t in self.tickets
+            for _ in range(t.sequences)
+        ]
         running = [r for _, r in per_seq[:slots]]
         queued = per_seq[slots:]
         own_waiting = sum(1 for t, _ in queued if t.tenant == tenant)
@@ -189,12 +258,16 @@ class EngineLoad:
 class Admission:
     """Reservations per model name, and the decision to admit."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
+        self.clock = clock
         self._loads: dict[str, EngineLoad] = {}
 
     def load(self, model: str) -> EngineLoad:
-        return self._loads.setdefault(model, EngineLoad())
+        load = self._loads.get(model)
+        if load is None:
+            load = self._loads[model] = EngineLoad(self.clock)
+        return load
 
     def admit(
         self,
@@ -223,9 +296,13 @@ class Admission:
             )
         expected = load.expected(max_tokens)
         rate = engine.sequence_rate
+        estimate = None
         if rate is not None and rate > 0:
-            self._check_time(engine.name, load, capacity, rate, expected, tenant, weight, deadline)
+            estimate = self._check_time(
+                engine.name, load, capacity, rate, expected, tenant, weight, deadline
+            )
         ticket = Ticket(engine.name, sequences, expected, max_tokens, tenant, weight, load)
+        ticket.admitted_at, ticket.estimate, ticket.rate = self.clock(), estimate, rate
         load.tickets.append(ticket)
         load.reserved += sequences
         return ticket
@@ -240,9 +317,30 @@ class Admission:
         tenant: str | None,
         weight: float,
         deadline: Deadline | None,
-    ) -> None:
-        running, waiting = load.ahead_of(tenant, weight, capacity)
-        start, finish = estimate(running, waiting, expected, capacity, rate)
+    ) -> float:
+        """Raise when the request would miss a bound; else its raw estimated finish (s)."""
+        extra = load.overhead * rate  # a request's overhead, in tokens
+        running, waiting = load.ahead_of(tenant, weight, capacity, extra)
+        raw_start, raw_finish = estimate(running, waiting, expected + extra, capacity, rate)
+        k = load.calibration
+        start, finish = raw_start * k, raw_finish * k
+        if raw_start == 0:
+            # A free slot and nobody waiting: it starts at once. An estimate that says it will
+            # still be late is not trusted over running it (and only running requests keep
+            # the estimates honest).
+            return raw_finish
+        log.debug(
+            "%s: %d ahead (%d running), rate %.1f tok/s/seq, overhead %.3fs, x%.2f: "
+            "start %.2fs, finish %.2fs",
+            model,
+            len(running) + len(waiting),
+            len(running),
+            rate,
+            load.overhead,
+            k,
+            start,
+            finish,
+        )
         if deadline is not None and deadline.whole:
             if finish > deadline.seconds:
                 raise OverloadedError(
@@ -252,7 +350,7 @@ class Admission:
                     retry_after=max(1, math.ceil(finish - deadline.seconds)),
                     code="deadline",
                 )
-            return
+            return raw_finish
         limit = self.limits.max_queue_wait
         if deadline is not None:
             limit = min(limit, deadline.seconds)
@@ -263,3 +361,4 @@ class Admission:
                 retry_after=max(1, math.ceil(start - limit)),
                 code="queue_wait",
             )
+        return raw_finish

@@ -266,6 +266,7 @@ class GenerationRun:
         t.max_choice_tokens = max(self.completion_tokens, default=0)
         t.record(self.metrics)
         if self.ticket is not None:
+            self.ticket.queue_time = t.queue_time
             self.ticket.release(t.completion_tokens if complete else None)
 
     async def collect(self, first: tuple[int, TokenEvent], merged: Merged) -> BaseModel:
