@@ -19,6 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from lmaas.config_jobs import JobSettings
 from lmaas.errors import InvalidRequestError
 from lmaas.names import SERVED_NAME_PATTERN
 
@@ -462,6 +463,7 @@ class Settings(BaseSettings):
     records: RecordSettings = Field(default_factory=RecordSettings)
     files: FileSettings = Field(default_factory=FileSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: Annotated[bool, Field(description="One JSON log line per request")] = True
     worker_start_timeout: Annotated[

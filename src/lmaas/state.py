@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from lmaas.config import Settings
 from lmaas.controller.specs import DeploymentStore
 from lmaas.db import create_db_engine, database_url, session_factory, upgrade_to_head
+from lmaas.jobs.store import JobStore
 from lmaas.keys import KeyStore
 from lmaas.records.store import RecordStore
 from lmaas.store.blobs import BlobStore
@@ -25,6 +26,7 @@ class State:
     records: RecordStore
     deployments: DeploymentStore
     files: FileStore
+    jobs: JobStore
 
     def close(self) -> None:
         self.engine.dispose()
@@ -59,5 +61,11 @@ def open_state(settings: Settings) -> State:
         ),
     )
     return State(
-        engine, store, KeyStore(sessions), RecordStore(sessions), DeploymentStore(sessions), files
+        engine,
+        store,
+        KeyStore(sessions),
+        RecordStore(sessions),
+        DeploymentStore(sessions),
+        files,
+        JobStore(sessions),
     )

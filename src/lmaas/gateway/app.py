@@ -14,16 +14,19 @@ from lmaas.engine.client import EngineClient
 from lmaas.engine.directory import EngineDirectory
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.errors import install_error_handlers
+from lmaas.gateway.management.batches import BatchManagement
 from lmaas.gateway.management.files import FileManagement
+from lmaas.gateway.management.jobs import JobBackground, JobManagement
 from lmaas.gateway.management.models import ModelManagement
 from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.middleware import RequestContextMiddleware
 from lmaas.gateway.routes import ops
 from lmaas.gateway.routes.admin import classifiers as admin_classifiers
 from lmaas.gateway.routes.admin import deployments as admin_deployments
+from lmaas.gateway.routes.admin import jobs as admin_jobs
 from lmaas.gateway.routes.admin import models as admin_models
 from lmaas.gateway.routes.admin import requests as admin_requests
-from lmaas.gateway.routes.v1 import chat, completions, files, models, understanding
+from lmaas.gateway.routes.v1 import batches, chat, completions, files, models, understanding
 from lmaas.gateway.serving.admission import Admission
 from lmaas.gateway.serving.chat import ChatServing
 from lmaas.gateway.serving.classifiers import ClassifierTrainer
@@ -32,6 +35,9 @@ from lmaas.gateway.serving.completions import CompletionServing
 from lmaas.gateway.serving.embeddings import EmbeddingServing
 from lmaas.gateway.serving.scoring import ScoringServing
 from lmaas.gateway.shutdown import Drain
+from lmaas.jobs.metrics import JobMetrics
+from lmaas.jobs.store import JobStore
+from lmaas.jobs.supervisor import RunnerSupervisor
 from lmaas.protocol.deploy import DeploymentControl
 from lmaas.records.store import RecordStore, RecordWriter
 from lmaas.store.files import FileStore
@@ -50,6 +56,8 @@ def create_app(
     recorder: RecordWriter | None = None,
     record_store: RecordStore | None = None,
     file_store: FileStore | None = None,
+    job_store: JobStore | None = None,
+    job_runner: RunnerSupervisor | None = None,
 ) -> FastAPI:
     """An app serving ``engines`` (keyed by served name).
 
@@ -58,7 +66,9 @@ def create_app(
     mounted; without it the lifespan starts and stops the fixed ``engines`` themselves, which
     serve the ``served_versions`` of the store. ``auth`` decides who may call what; with a
     ``store`` the admin model API is mounted, with a ``record_store`` the request records API,
-    with a ``file_store`` the Files API (``/v1/files``).
+    with a ``file_store`` the Files API (``/v1/files``), and with it and a ``job_store`` the
+    Batch API (``/v1/batches``) and ``/admin/jobs``; a ``job_runner`` (whose token ``auth``
+    trusts) is started and stopped with the app.
     """
     if not isinstance(engines, EngineDirectory):
         fixed = {model: number for model, number in (served_versions or set())}
@@ -94,6 +104,8 @@ def create_app(
     if file_store is not None:
         app.state.file_management = FileManagement(file_store)
         app.include_router(files.router)
+        if job_store is not None:
+            _mount_jobs(app, settings, metrics, file_store, job_store, job_runner)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.limits.max_body_bytes,
@@ -124,9 +136,14 @@ def _lifespan(
         else:
             for engine in engines.values():
                 await engine.start()
+        jobs: JobBackground | None = getattr(app.state, "job_background", None)
+        if jobs is not None:
+            await jobs.start()
         try:
             yield
         finally:
+            if jobs is not None:
+                await jobs.stop()
             app.state.drain.close()
             await app.state.chat_serving.close()  # its chat template renderers
             if deployments is not None:
@@ -164,6 +181,30 @@ def _mount_serving(
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(understanding.router)
+
+
+def _mount_jobs(
+    app: FastAPI,
+    settings: Settings,
+    metrics: Metrics,
+    file_store: FileStore,
+    job_store: JobStore,
+    runner: RunnerSupervisor | None,
+) -> None:
+    """The Batch API and ``/admin/jobs``; a file a job reads cannot be deleted meanwhile."""
+    file_store.add_user(job_store.file_in_use)
+    app.state.batch_management = BatchManagement(
+        job_store,
+        file_store,
+        settings.jobs,
+        on_queued=runner.wake if runner is not None else lambda: None,
+    )
+    app.state.job_management = JobManagement(job_store)
+    background = JobBackground(JobMetrics(job_store, metrics), runner)
+    app.state.job_background = background
+    app.state.drain.on_begin(background.draining)
+    app.include_router(batches.router)
+    app.include_router(admin_jobs.router)
 
 
 def _mount_management(

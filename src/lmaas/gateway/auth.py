@@ -8,6 +8,10 @@
   used up; the ``x-ratelimit-*`` headers go on the response either way.
 - With no active key, a server bound to a non-loopback address refuses to start
   (:meth:`Authenticator.check_startup`).
+- The job runner the gateway started presents the gateway's runner token (from this machine
+  only, :meth:`Authenticator.trust_runner`) and names the key that owns its job in
+  ``X-Lmaas-Job-Owner``: the request is then that key's, with its model list and rate limits
+  (a revoked owner key gets 401). An empty owner is a job of an open server.
 
 Which rule applies is fixed by the route a request matched (it declares the ``AdminKey`` or
 ``InferenceKey`` alias of ``gateway/deps.py``), never by a URL rebuilt from the ``Host``
@@ -16,7 +20,9 @@ header. Keys are never logged and never appear in an error message.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
+import time
 from typing import Final
 
 import anyio.to_thread
@@ -25,9 +31,12 @@ from fastapi import Request
 from lmaas.errors import AuthenticationError, LmaasError, PermissionDeniedError
 from lmaas.gateway.ratelimit import KeyRateLimiter
 from lmaas.keys import KeyInfo, KeyStore
+from lmaas.protocol.jobs import JOB_OWNER_HEADER
 
 CREATE_ADMIN_KEY_HINT: Final = "lmaas keys create --scope admin --name NAME"
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
+# How long the key a job runs as is taken from memory before it is read again.
+_OWNER_TTL: Final = 5.0
 
 
 class InsecureStartupError(LmaasError, ValueError):
@@ -78,10 +87,16 @@ class Authenticator:
         self._limiter = limiter
         self._bind_host = bind_host
         self._loopback = is_loopback(bind_host)
+        self._runner_token: str | None = None
+        self._owners: dict[str, tuple[KeyInfo, float]] = {}
 
     @property
     def keys(self) -> KeyStore:
         return self._keys
+
+    def trust_runner(self, token: str) -> None:
+        """Accept ``token`` from this machine as the job runner's (see the module doc)."""
+        self._runner_token = token
 
     def check_startup(self) -> None:
         """Raise :class:`InsecureStartupError` when binding to a non-loopback address while no
@@ -116,7 +131,16 @@ class Authenticator:
     ) -> KeyInfo | None:
         """The caller's active key, or ``None`` when the server is open (no active key and a
         loopback bind; any presented key is then ignored, as clients such as the ``openai`` SDK
-        always send one). With ``model``, also checks the key may use it (403)."""
+        always send one). With ``model``, also checks the key may use it (403). A job
+        runner's request is its job owner's."""
+        if self._from_runner(request):
+            owner = await self._job_owner(request)
+            request.state.api_key = owner
+            if owner is not None:
+                if model is not None:
+                    self.authorize_model(owner, model)
+                await self._admit(request, owner)
+            return owner
         if await self._is_open():
             request.state.api_key = None
             return None
@@ -154,6 +178,39 @@ class Authenticator:
             raise PermissionDeniedError(
                 f"API key {key.id} may not use model {model!r}", param="model"
             )
+
+    def _from_runner(self, request: Request) -> bool:
+        """Whether the request carries the runner token and comes from this machine."""
+        token = self._runner_token
+        authorization = request.headers.get("authorization", "")
+        if token is None or not authorization.startswith("Bearer "):
+            return False
+        if not hmac.compare_digest(authorization[7:].strip().encode(), token.encode()):
+            return False
+        client = request.client.host if request.client is not None else ""
+        return is_loopback(client) or client == self._bind_host
+
+    async def _job_owner(self, request: Request) -> KeyInfo | None:
+        owner = request.headers.get(JOB_OWNER_HEADER, "").strip()
+        if not owner:
+            return None
+        cached = self._owners.get(owner)
+        if cached is not None and cached[1] > time.monotonic():
+            info = cached[0]
+        else:
+            try:
+                info = await anyio.to_thread.run_sync(self._keys.get, owner)
+            except LmaasError:
+                raise AuthenticationError("the API key that owns this job is gone") from None
+            if len(self._owners) > 1024:
+                self._owners.clear()
+            self._owners[owner] = (info, time.monotonic() + _OWNER_TTL)
+        if not info.active:
+            raise AuthenticationError(
+                f"API key {info.id}, which owns this job, has been revoked",
+                code="api_key_revoked",
+            )
+        return info
 
     async def _is_open(self) -> bool:
         if not self._loopback:

@@ -19,7 +19,9 @@ from lmaas.gateway.auth import (
     require_metrics_key,
     sees_internals,
 )
+from lmaas.gateway.management.batches import BatchManagement
 from lmaas.gateway.management.files import FileManagement
+from lmaas.gateway.management.jobs import JobManagement
 from lmaas.gateway.management.models import ModelManagement
 from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.serving.chat import ChatServing
@@ -69,3 +71,5 @@ DeploymentsDep = Annotated[DeploymentControl, Depends(_app_state("deployments"))
 RequestRecordsDep = Annotated[RequestRecords, Depends(_app_state("request_records"))]
 ClassifierTrainerDep = Annotated[ClassifierTrainer, Depends(_app_state("classifier_trainer"))]
 FileManagementDep = Annotated[FileManagement, Depends(_app_state("file_management"))]
+BatchManagementDep = Annotated[BatchManagement, Depends(_app_state("batch_management"))]
+JobManagementDep = Annotated[JobManagement, Depends(_app_state("job_management"))]

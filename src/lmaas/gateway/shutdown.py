@@ -10,6 +10,7 @@ event and ``[DONE]`` for a stream already under way), so no client sees a 500.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from lmaas.errors import ServiceUnavailableError
 
@@ -23,6 +24,11 @@ class Drain:
         self.cutting = False
         self._running: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._on_begin: list[Callable[[], None]] = []
+
+    def on_begin(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the drain begins (the job runner stops then)."""
+        self._on_begin.append(callback)
 
     def begin(self) -> None:
         """Refuse new requests from now on; cut the running ones after ``seconds``.
@@ -31,6 +37,8 @@ class Drain:
             return
         self.draining = True
         self._timer = asyncio.get_running_loop().call_later(self.seconds, self.cut)
+        for callback in self._on_begin:
+            callback()
 
     def cut(self) -> None:
         """Cancel every request still running (the middleware ends each one cleanly)."""

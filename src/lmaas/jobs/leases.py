@@ -94,7 +94,7 @@ class JobLeases:
         now = self._clock()
         expired = and_(
             JobRow.status.in_(ACTIVE),
-            JobRow.lease_expires_at < now,
+            JobRow.lease_expires_at <= now,
             JobRow.attempts < self.max_attempts,
         )
         query = select(JobRow).where(or_(JobRow.status == QUEUED, expired))
@@ -109,7 +109,7 @@ class JobLeases:
             row = session.scalar(query)
             if row is None:
                 return None
-            previous = row.lease_owner if row.status != QUEUED else None
+            resumed, previous = row.status != QUEUED, row.lease_owner
             row.attempts += 1
             row.lease_owner = runner
             row.lease_expires_at = now + self.lease
@@ -117,14 +117,17 @@ class JobLeases:
             row.started_at = row.started_at or now
             row.status = CANCELLING if row.cancel_requested_at is not None else IN_PROGRESS
             attempt = f"attempt {row.attempts} of {self.max_attempts}"
-            if previous is None:
+            if not resumed:
                 message = f"started by runner {runner} ({attempt})"
+            elif previous is None:  # let go on purpose by a runner that stopped
+                message = f"resumed by runner {runner} ({attempt})"
             else:
                 message = (
                     f"resumed by runner {runner} ({attempt}): runner {previous} stopped "
                     "holding it (its lease expired)"
                 )
-            append_event(session, row, now, "info" if previous is None else "warning", message)
+            level: Level = "warning" if resumed and previous is not None else "info"
+            append_event(session, row, now, level, message)
             session.flush()
             return to_info(row)
 
@@ -135,7 +138,7 @@ class JobLeases:
             select(JobRow)
             .where(
                 JobRow.status.in_(ACTIVE),
-                JobRow.lease_expires_at < now,
+                JobRow.lease_expires_at <= now,
                 JobRow.attempts >= self.max_attempts,
             )
             .with_for_update(skip_locked=True)
@@ -179,6 +182,7 @@ class JobLeases:
             row = _held(session, job_id, runner)
             if row is None:
                 return False
+            row.lease_owner = None
             row.lease_expires_at = now
             row.attempts = max(0, row.attempts - 1)
             row.eta_at = None

@@ -89,7 +89,11 @@ class Metrics:
             "lmaas_generation_tokens", "Output tokens generated", ["model"], registry=r
         )
 
-        # The understanding endpoints (embeddings, classify, nli, score, tokenize).
+        self._add_task_metrics(r)
+        self._add_job_metrics(r)
+
+    def _add_task_metrics(self, r: CollectorRegistry) -> None:
+        """The understanding endpoints (embeddings, classify, nli, score, tokenize)."""
         self.task_latency = Histogram(
             "lmaas_task_latency_seconds",
             "Engine time of one embed/classify/score/tokenize request",
@@ -108,6 +112,31 @@ class Metrics:
             "Inputs in the worker forward pass a task ran in (batched across requests)",
             ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+
+    def _add_job_metrics(self, r: CollectorRegistry) -> None:
+        """Jobs (batches): read from the jobs table every few seconds (jobs/metrics.py)."""
+        self.jobs_queued = Gauge(
+            "lmaas_jobs_queued", "Jobs waiting for a runner", ["kind"], registry=r
+        )
+        self.jobs_running = Gauge(
+            "lmaas_jobs_running",
+            "Jobs a runner works on (in progress, finalizing or cancelling)",
+            ["kind"],
+            registry=r,
+        )
+        self.jobs_finished = Counter(
+            "lmaas_jobs_finished",
+            "Jobs that ended, by final status (completed, failed, cancelled)",
+            ["kind", "status"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "lmaas_job_duration_seconds",
+            "First start to end of a job that ran",
+            ["kind"],
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
             registry=r,
         )
 

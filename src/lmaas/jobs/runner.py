@@ -1,0 +1,135 @@
+"""`python -m lmaas.jobs.runner`: the job runner process a gateway starts beside itself.
+
+It works outside the gateway's event loop: it claims jobs from the catalog database, runs
+them (:mod:`lmaas.jobs.loop`) and sends their text work to the gateway's own HTTP API on
+loopback. Its settings come in :data:`~lmaas.protocol.jobs.RUNNER_CONFIG_ENV` (JSON) and
+the gateway's token in :data:`~lmaas.protocol.jobs.RUNNER_TOKEN_ENV`, which is removed from
+the environment once read. ``--parent-fd`` is the read end of a pipe the gateway holds: a
+byte on it means a job was queued, its end means the gateway is gone and the runner stops.
+SIGTERM stops it too: running jobs are let go at once, to be resumed by the next runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from lmaas.config_jobs import JobSettings
+from lmaas.db import create_db_engine, session_factory
+from lmaas.jobs.gateway import GatewayClient
+from lmaas.jobs.kinds import job_handlers
+from lmaas.jobs.leases import JobLeases
+from lmaas.jobs.loop import JobLoop, heartbeat_interval
+from lmaas.protocol.jobs import RUNNER_CONFIG_ENV, RUNNER_TOKEN_ENV
+from lmaas.store.blobs import BlobStore
+from lmaas.store.catalog import Catalog
+from lmaas.store.files import FileLimits, FileStore
+from lmaas.store.model_store import ModelStore
+from lmaas.telemetry.logging import setup_logging
+
+log = logging.getLogger(__name__)
+
+# A line may wait for a busy engine; connect and pool waits are short.
+_LINE_TIMEOUT = httpx.Timeout(connect=10.0, read=3600.0, write=60.0, pool=3600.0)
+
+
+class RunnerConfig(BaseModel):
+    """What the gateway tells its runner."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runner_id: str
+    database_url: str
+    home: Path
+    gateway_url: str
+    verify_tls: bool = True
+    release_runner: str | None = None  # a runner that exited: its leases end now
+    jobs: JobSettings
+    max_upload_bytes: int
+    log_level: str = "info"
+
+
+async def serve(config: RunnerConfig, token: str, parent_fd: int | None) -> None:
+    stop, wake = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if parent_fd is not None:
+        _watch_parent(loop, parent_fd, stop, wake)
+    engine = create_db_engine(config.database_url)
+    sessions = session_factory(engine)
+    settings = config.jobs
+    leases = JobLeases(
+        sessions, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts
+    )
+    if config.release_runner is not None:
+        await asyncio.to_thread(leases.release_runner, config.release_runner)
+    models = ModelStore(
+        Catalog(sessions), BlobStore(config.home), max_upload_bytes=config.max_upload_bytes
+    )
+    files = FileStore(sessions, models, FileLimits(max_bytes=1, max_line_bytes=1))
+    connections = settings.line_concurrency * settings.max_concurrent + 2
+    try:
+        async with httpx.AsyncClient(
+            base_url=config.gateway_url,
+            verify=config.verify_tls,
+            timeout=_LINE_TIMEOUT,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        ) as http:
+            gateway = GatewayClient(http, token)
+            if not await gateway.wait_ready(stop):
+                return
+            log.info("job runner %s: serving jobs", config.runner_id)
+            jobs = JobLoop(
+                leases,
+                job_handlers(gateway, files, settings),
+                runner=config.runner_id,
+                max_concurrent=settings.max_concurrent,
+                heartbeat_interval=heartbeat_interval(settings.lease_seconds),
+            )
+            await jobs.run(stop, wake)
+    finally:
+        engine.dispose()
+        log.info("job runner %s: stopped", config.runner_id)
+
+
+def _watch_parent(
+    loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event, wake: asyncio.Event
+) -> None:
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if data:
+            wake.set()
+            return
+        log.warning("the gateway that started this job runner is gone; stopping")
+        loop.remove_reader(fd)
+        stop.set()
+
+    loop.add_reader(fd, readable)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmaas.jobs.runner")
+    parser.add_argument("--parent-fd", type=int, default=None)
+    args = parser.parse_args(argv)
+    config = RunnerConfig.model_validate_json(os.environ.pop(RUNNER_CONFIG_ENV))
+    token = os.environ.pop(RUNNER_TOKEN_ENV)
+    setup_logging(config.log_level)
+    asyncio.run(serve(config, token, args.parent_fd))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
