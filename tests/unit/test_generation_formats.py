@@ -120,10 +120,12 @@ async def test_chat_stream_opens_each_choice_and_closes_it_with_an_empty_delta()
         ChatChunkChoice(index=1, delta=ChatDelta(content=" w")),
         ChatChunkChoice(index=1, delta=ChatDelta(), finish_reason="length"),
     ]
-    assert chunks == [
+    models = [
         ChatCompletionChunk(id="chatcmpl-r1", created=1700, model="m", choices=[c], usage=None)
         for c in expected
     ]
+    # The text-only chunk comes encoded already (the fast path); the rest as models.
+    assert chunks == [sse.model_event(models[0]), models[1]]
     assert fmt.chunks(0, TokenEvent("a")) == []  # nothing new: no chunk
     assert sse.model_event(chunks[1]) == (
         b'data: {"id":"chatcmpl-r1","object":"chat.completion.chunk","created":1700,'
@@ -303,3 +305,36 @@ async def test_run_stream_ends_with_usage_then_done() -> None:
         None,
         {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     ]
+
+
+TEXTS = [
+    "w",
+    " w",
+    "",
+    'say "hi"',
+    "back\\slash",
+    "new\nline\ttab",
+    "\x00\x1f\x7f",
+    "é",
+    "日本",
+    "🙂",
+    "\u2028\u2029",
+    "</script>",
+    '{"choices":[]}',
+    "lmaas-text-placeholder-5f0c2a",
+]
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+async def test_text_events_equal_the_model_path_for_any_text(include_usage: bool) -> None:
+    opts = {"stream_options": {"include_usage": True}} if include_usage else {}
+    for fmt in (
+        await chat(n=3, temperature=1, stream=True, **opts),
+        await completion(prompt="p", n=3, temperature=1, stream=True, **opts),
+    ):
+        for index in (0, 2):
+            for text in TEXTS:
+                fast = fmt.text_event(index, text)
+                slow = sse.model_event(fmt.chunk(fmt.text_choice(index, text)))
+                assert fast.startswith(b"data: ") and fast.endswith(b"\n\n")
+                assert json.loads(fast[6:]) == json.loads(slow[6:]), (index, text)

@@ -144,14 +144,19 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
             for i in range(self.body.n)
         ]
 
-    def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel]:
-        out: list[BaseModel] = []
+    def text_choice(self, index: int, text: str) -> dict[str, Any]:
+        return {"index": index, "delta": {"content": text}, "logprobs": None}
+
+    def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel | bytes]:
+        out: list[BaseModel | bytes] = []
         logprobs = None
         if self.body.logprobs and event.logprobs:
             logprobs = {"content": [logprob_fields(lp) for lp in event.logprobs]}
-        if event.text or logprobs is not None:
+        if logprobs is not None:
             delta = {"content": event.text}
             out.append(self.chunk({"index": index, "delta": delta, "logprobs": logprobs}))
+        elif event.text:
+            out.append(self.text_event(index, event.text))
         if event.finish_reason is not None:
             finish = event.finish_reason.value
             out.append(self.chunk({"index": index, "delta": {}, "finish_reason": finish}))

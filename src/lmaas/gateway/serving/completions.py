@@ -210,10 +210,15 @@ class CompletionFormat(GenerationFormat[CompletionRequest, CompletionChoice]):
 
     # --- stream ---
 
-    def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel]:
+    def text_choice(self, index: int, text: str) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": None}
+
+    def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel | bytes]:
         text, logprobs = self._take(index, event)
         if not (text or logprobs is not None or event.finish_reason is not None):
             return ()
+        if logprobs is None and event.finish_reason is None:
+            return (self.text_event(index, text),)
         finish = event.finish_reason.value if event.finish_reason is not None else None
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
         return (self.chunk(choice),)

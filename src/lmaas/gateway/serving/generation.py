@@ -41,6 +41,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import orjson
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -79,6 +80,10 @@ from lmaas.protocol.engine import (
 )
 from lmaas.protocol.openai import SamplingFields, Usage
 from lmaas.telemetry.metrics import Metrics
+
+# A text no token can produce and that JSON writes as itself (see ``text_event``).
+_PLACEHOLDER = "lmaas-text-placeholder-5f0c2a"
+_PLACEHOLDER_JSON = b'"lmaas-text-placeholder-5f0c2a"'
 
 BodyT = TypeVar("BodyT", bound=SamplingFields)
 ChoiceT = TypeVar("ChoiceT", bound=BaseModel)
@@ -157,6 +162,25 @@ class GenerationFormat(ABC, Generic[BodyT, ChoiceT]):
         self.chunk_fields = {"id": self.id, "created": created, "model": self.body.model}
         if self.include_usage:
             self.chunk_fields["usage"] = None
+        self._text_events: dict[int, tuple[bytes, bytes]] = {}
+
+    def text_choice(self, index: int, text: str) -> dict[str, Any]:
+        """The choice of a chunk that carries only ``text`` (no logprobs, no finish)."""
+        raise NotImplementedError
+
+    def text_event(self, index: int, text: str) -> bytes:
+        """The SSE event of a chunk that carries only ``text``: the hot path of a stream.
+
+        Equal to ``sse.model_event(self.chunk(self.text_choice(index, text)))``, without
+        building and validating a model per token: the event is serialized once per choice
+        with a placeholder text, and each token's text is written into it (orjson).
+        """
+        parts = self._text_events.get(index)
+        if parts is None:
+            event = sse.model_event(self.chunk(self.text_choice(index, _PLACEHOLDER)))
+            head, _, tail = event.rpartition(_PLACEHOLDER_JSON)
+            parts = self._text_events[index] = (head, tail)
+        return parts[0] + orjson.dumps(text) + parts[1]
 
     @abstractmethod
     def add(self, index: int, event: TokenEvent) -> None:
@@ -181,8 +205,9 @@ class GenerationFormat(ABC, Generic[BodyT, ChoiceT]):
         return ()
 
     @abstractmethod
-    def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel]:
-        """The stream chunks an event of choice ``index`` becomes (maybe none)."""
+    def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel | bytes]:
+        """The stream chunks an event of choice ``index`` becomes (maybe none): models, or
+        SSE events already encoded (``text_event``)."""
 
     def chunk(self, choice: dict[str, Any]) -> BaseModel:
         """A stream chunk of one choice, given as a dict of the choice model's fields.
@@ -291,14 +316,14 @@ class GenerationRun:
         fmt = self.fmt
         complete = False
         try:
-            for chunk in fmt.opening_chunks():
-                yield sse.model_event(chunk)
+            for opening in fmt.opening_chunks():
+                yield sse.model_event(opening)
             item: tuple[int, TokenEvent] | None = first
             while item is not None:
                 index, event = item
                 self._count(index, event)
                 for chunk in fmt.chunks(index, event):
-                    yield sse.model_event(chunk)
+                    yield chunk if isinstance(chunk, bytes) else sse.model_event(chunk)
                 item = await anext(merged, None)
             complete = True
             if fmt.include_usage:
