@@ -77,11 +77,18 @@ def h() -> Iterator[Harness]:
     harness.preparer.stop()
 
 
-def test_only_requests_with_a_grammar_take_the_slow_path() -> None:
+def test_requests_with_a_grammar_or_a_long_prompt_take_the_slow_path() -> None:
     assert needs_slow_prepare(request("a"))
     plain = GenerateRequest(request_id="b", prompt="x")
     assert not needs_slow_prepare(plain)
     assert needs_slow_prepare(plain.model_copy(update={"sampling": SamplingParams(grammar="x")}))
+    # Tokenizing these would hold up the thread that answers health pings.
+    assert needs_slow_prepare(GenerateRequest(request_id="c", prompt="x" * 40_000))
+    assert needs_slow_prepare(GenerateRequest(request_id="d", prompt=[1] * 40_000))
+    spans = [(i, i + 1) for i in range(300)]
+    chat = GenerateRequest(request_id="e", prompt="y" * 300, parse_special=True, text_spans=spans)
+    assert needs_slow_prepare(chat)
+    assert not needs_slow_prepare(GenerateRequest(request_id="f", prompt="x" * 1000))
 
 
 def test_a_build_in_time_is_accepted(h: Harness) -> None:

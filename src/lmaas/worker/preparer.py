@@ -1,9 +1,10 @@
-"""Preparing requests whose sampler is slow to build, away from the IPC reader thread.
+"""Preparing requests that are slow to prepare, away from the IPC reader thread.
 
 A request with a grammar or a JSON schema needs it compiled before it can be accepted: tens of
-milliseconds usually, but seconds for a large schema. The reader thread must keep answering
-health pings meanwhile (a worker that misses them is killed as hung), so such requests are
-prepared here, one at a time, on a thread of this class's own.
+milliseconds usually, but seconds for a large schema. A very long prompt, or a chat of many
+messages (each tokenized as a span of its own), takes the tokenizer a while too. The reader
+thread must keep answering health pings meanwhile (a worker that misses them is killed as
+hung), so such requests are prepared here, one at a time, on a thread of this class's own.
 
 A build cannot be interrupted (llama.cpp compiles in C), so the time limit is kept by waiting
 for it on a thread apart from the build's: a build that runs over ``timeout_s`` gets its request
@@ -33,9 +34,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# A prompt this long (characters, or token ids), or made of this many spans, may take the
+# tokenizer a noticeable time (2,000 chat messages: ~0.6 s): it is prepared here too.
+LONG_PROMPT = 32_768
+MANY_SPANS = 256
+
+
 def needs_slow_prepare(req: GenerateRequest) -> bool:
-    """Whether ``req`` has a sampler that may take long to build (a grammar)."""
-    return req.sampling.grammar is not None or req.sampling.json_schema is not None
+    """Whether ``req`` may take long to prepare: a sampler with a grammar to build, or a
+    prompt long enough that tokenizing it would hold up the reader thread."""
+    if req.sampling.grammar is not None or req.sampling.json_schema is not None:
+        return True
+    return len(req.prompt) > LONG_PROMPT or len(req.text_spans) > MANY_SPANS
 
 
 @dataclass(slots=True, eq=False)
