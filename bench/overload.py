@@ -72,6 +72,8 @@ async def one(
                 return Outcome(r.status, time.monotonic() - t0, tokens)
     except TimeoutError:
         return Outcome(0, time.monotonic() - t0)
+    except aiohttp.ClientError:
+        return Outcome(-1, time.monotonic() - t0)  # counted as neither refused nor in time
 
 
 async def capacity(base: str, clients: int, max_tokens: int, seconds: float) -> float:
@@ -97,7 +99,9 @@ async def open_loop(
     url = f"{base}/v1/completions"
     rng = random.Random(7)
     tasks: list[asyncio.Task[Outcome]] = []
-    connector = aiohttp.TCPConnector(limit=0)
+    # A connection per request: reusing idle keep-alive connections races with the server
+    # closing them (aiohttp's ServerDisconnectedError), which is no verdict on the server.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as s:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -110,6 +114,7 @@ def summary(outcomes: list[Outcome], seconds: float, deadline: float) -> dict[st
     ok = [o for o in outcomes if o.status == 200 and o.seconds <= deadline]
     refused = [o for o in outcomes if o.status == 429]
     gave_up = [o for o in outcomes if o.status == 0]
+    errors = [o for o in outcomes if o.status not in (0, 200, 429)]
     accepted = len(outcomes) - len(refused)
     return {
         "sent": len(outcomes),
@@ -122,6 +127,7 @@ def summary(outcomes: list[Outcome], seconds: float, deadline: float) -> dict[st
         "accepted": accepted,
         "in_time": len(ok),
         "late_or_abandoned": len(gave_up),
+        "errors": len(errors),
         "in_time_of_accepted": round(len(ok) / accepted, 3) if accepted else None,
         "goodput_rps": round(len(ok) / seconds, 3),
         "latency_p50_s": round(statistics.median([o.seconds for o in ok]), 2) if ok else None,
