@@ -94,7 +94,10 @@ def serve(
         # The app's drain ends overrunning requests cleanly first; uvicorn's cancel backs it up.
         timeout_graceful_shutdown=int(settings.shutdown_drain_seconds) + _CUT_MARGIN_S,
     )
-    server = DrainingServer(uv_config, app.state.drain)
+    runner = getattr(app.state, "job_runner", None)
+    server = DrainingServer(
+        uv_config, app.state.drain, on_listening=runner.listening if runner else None
+    )
     server.run()
     if not server.started:  # e.g. the port was taken (uvicorn has logged why)
         raise typer.Exit(3)
@@ -107,6 +110,7 @@ def _build_app(settings: Settings) -> FastAPI:
     from lmaas.gateway.app import create_app
     from lmaas.gateway.auth import Authenticator, InsecureStartupError
     from lmaas.gateway.ratelimit import KeyRateLimiter
+    from lmaas.jobs.supervisor import RunnerSupervisor
     from lmaas.records.store import RecordWriter
     from lmaas.state import open_state
 
@@ -132,7 +136,11 @@ def _build_app(settings: Settings) -> FastAPI:
             flush_interval=settings.records.flush_interval,
             retention_days=settings.records.retention_days,
         )
-    return create_app(
+    runner = None
+    if settings.jobs.enabled:
+        runner = RunnerSupervisor(settings)
+        auth.trust_runner(runner.token)
+    app = create_app(
         settings,
         manager.engines,
         auth=auth,
@@ -141,4 +149,8 @@ def _build_app(settings: Settings) -> FastAPI:
         recorder=recorder,
         record_store=state.records,
         file_store=state.files,
+        job_store=state.jobs,
+        job_runner=runner,
     )
+    app.state.job_runner = runner
+    return app

@@ -50,6 +50,7 @@ _EVERYONE: Final = Viewer(None, admin=True)
 _OVERLOADED: Final = frozenset({429, 503})
 _SERVER_ERRORS: Final = frozenset({500, 502, 504})
 _REPORT_EVERY_S: Final = 60.0
+_WRITE_RETRY_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,8 +299,16 @@ class ItemSink:
         while not (self._closing and not self._pending):
             await self._more.wait()
             self._more.clear()
-            if self._pending:
+            if not self._pending:
+                continue
+            try:
                 await self._flush()
+            except LeaseLost:
+                raise
+            except Exception:  # the database was away: the items wait for the next try
+                log.exception("batch %s: recording finished lines failed", self.ctx.job.id)
+                await asyncio.sleep(_WRITE_RETRY_S)
+                self._more.set()
 
     async def close(self, writer: asyncio.Task[None]) -> None:
         """Write what is pending and end ``writer``; LeaseLost if a write was refused."""
@@ -312,16 +321,22 @@ class ItemSink:
 
     async def _flush(self) -> None:
         items, self._pending = self._pending, []
-        self._ran += len(items)
+        ran = self._ran + len(items)
         remaining = self.total - self.done - len(items)
         elapsed = time.monotonic() - self._started
         eta = None
         if remaining > 0 and elapsed > 0:
-            eta = utc_now() + timedelta(seconds=remaining * elapsed / self._ran)
+            eta = utc_now() + timedelta(seconds=remaining * elapsed / ran)
         ctx = self.ctx
-        if not await ctx.call(ctx.leases.record, ctx.job.id, ctx.runner, items, eta_at=eta):
+        try:
+            held = await ctx.call(ctx.leases.record, ctx.job.id, ctx.runner, items, eta_at=eta)
+        except Exception:
+            self._pending[:0] = items
+            raise
+        if not held:
             self.lost.set()
             raise LeaseLost
+        self._ran = ran
         self.done += len(items)
         self.failed += sum(1 for item in items if not item.ok)
         await self._report(eta)

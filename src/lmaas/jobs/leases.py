@@ -244,12 +244,22 @@ class JobLeases:
         self, job_id: str, runner: str, items: Sequence[Item], *, eta_at: datetime | None
     ) -> bool:
         """Store finished lines and count them in the job's progress, if ``runner`` still
-        holds the lease (else nothing is written and the answer is False)."""
+        holds the lease (else nothing is written and the answer is False). A line already
+        stored (a write retried after its commit went through) is skipped."""
         with self._sessions.begin() as session:
             row = _held(session, job_id, runner)
             if row is None:
                 return False
             now = self._clock()
+            stored = set(
+                session.scalars(
+                    select(JobItemRow.custom_id).where(
+                        JobItemRow.job_id == job_id,
+                        JobItemRow.custom_id.in_([item.custom_id for item in items]),
+                    )
+                )
+            )
+            items = [item for item in items if item.custom_id not in stored]
             session.add_all(
                 JobItemRow(
                     job_id=job_id,

@@ -123,6 +123,9 @@ def test_a_resumed_run_sees_the_items_of_the_one_before(jobs: Jobs) -> None:
     assert not jobs.leases.record(job, "r1", [Item("b", 2, True, "{}")], eta_at=None)
     assert not jobs.leases.heartbeat(job, "r1").held
     assert jobs.leases.record(job, "r2", [Item("b", 2, True, '{"b":1}', 1, 1)], eta_at=None)
+    # A write retried after it went through stores and counts nothing twice.
+    assert jobs.leases.record(job, "r2", [Item("b", 2, True, '{"b":2}', 1, 1)], eta_at=None)
+    assert jobs.store.get(job, ALICE).progress.done == 3
     assert list(jobs.leases.outputs(job, ok=True)) == ['{"a":1}', '{"b":1}']
     assert list(jobs.leases.outputs(job, ok=False)) == ['{"c":1}']
     assert jobs.leases.usage(job) == (6, 3)
