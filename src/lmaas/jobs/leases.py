@@ -31,6 +31,7 @@ from lmaas.jobs.store import (
     ACTIVE,
     CANCELLED,
     CANCELLING,
+    COMPLETED,
     FAILED,
     FINALIZING,
     IN_PROGRESS,
@@ -340,12 +341,15 @@ class JobLeases:
     ) -> bool:
         """End the job with ``status`` (completed, failed or cancelled), if ``runner`` still
         holds it; ``drop_items`` deletes its items in the same transaction (their outputs are
-        in the result's files by then)."""
+        in the result's files by then). A job asked to cancel that completed before its
+        runner saw the request ends ``cancelled``: an accepted cancel is never contradicted."""
         now = self._clock()
         with self._sessions.begin() as session:
             row = _held(session, job_id, runner)
             if row is None:
                 return False
+            if status == COMPLETED and row.cancel_requested_at is not None:
+                status, message = CANCELLED, f"cancelled (it had finished its work): {message}"
             row.status = status
             row.finished_at = now
             row.lease_expires_at = None

@@ -101,3 +101,15 @@ def test_a_cancelled_job_whose_runner_died_ends_cancelled(jobs: Jobs) -> None:
     jobs.clock.advance(LEASE_S + 1)
     assert jobs.leases.fail_exhausted() == [job_id]
     assert jobs.status(job_id) == "cancelled"
+
+
+def test_a_cancel_accepted_while_running_is_never_contradicted(jobs: Jobs) -> None:
+    job_id = jobs.new()
+    assert claimed(jobs, "r1") == job_id
+    assert jobs.store.cancel(job_id, OWNER).status == "cancelling"
+    # The runner finished everything before its next heartbeat brought the cancel.
+    assert jobs.leases.finish(job_id, "r1", "completed", message="all done")
+    job = jobs.store.get(job_id, OWNER)
+    assert job.status == "cancelled" and job.finished_at == jobs.clock.now
+    last = jobs.store.events(job_id, OWNER).events[-1].message
+    assert last == "cancelled (it had finished its work): all done"
