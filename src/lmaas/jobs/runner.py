@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     config = RunnerConfig.model_validate_json(os.environ.pop(RUNNER_CONFIG_ENV))
     token = os.environ.pop(RUNNER_TOKEN_ENV)
     setup_logging(config.log_level)
+    # One line per batch line is the gateway's access log already; not again per request here.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     asyncio.run(serve(config, token, args.parent_fd))
     return 0
 
