@@ -1666,3 +1666,14 @@ def check_error_envelope(payload: Any) -> dict[str, Any]:
     assert set(err) == {"message", "type", "param", "code"}, err
     assert isinstance(err["message"], str) and err["message"]
     return dict(err)
+
+
+def expect_error(r: Any, status: int, param: str | None, code: str | None = None) -> str:
+    """Assert an HTTP response is ``status`` in the OpenAI envelope naming ``param`` (and
+    ``code``); returns the message."""
+    assert r.status_code == status, r.text
+    err = check_error_envelope(r.json())
+    assert err["param"] == param, err
+    if code is not None:
+        assert err["code"] == code, err
+    return str(err["message"])

@@ -29,7 +29,7 @@ from lmaas.store.blobs import BlobStore
 from lmaas.store.catalog import Catalog
 from lmaas.store.files import FileLimits, FileStore, Viewer
 from lmaas.store.model_store import ModelStore
-from tests.bad_inputs import check_error_envelope
+from tests.bad_inputs import expect_error as error
 from tests.fakes import FakeEngine
 from tests.fakes_tasks import FakeTaskEngine
 
@@ -169,16 +169,6 @@ async def api(tmp_path: Path) -> AsyncIterator[Batches]:
 
 def finished(batch: dict[str, Any]) -> bool:
     return batch["status"] in ("completed", "failed", "cancelled")
-
-
-def error(r: httpx.Response, status: int, param: str | None, code: str | None = None) -> str:
-    assert r.status_code == status, r.text
-    check_error_envelope(r.json())
-    err = r.json()["error"]
-    assert err["param"] == param, err
-    if code is not None:
-        assert err["code"] == code, err
-    return str(err["message"])
 
 
 async def test_a_chat_batch_runs_every_line_once_as_its_owner(api: Batches) -> None:

@@ -23,7 +23,7 @@ from lmaas.store.catalog import Catalog
 from lmaas.store.file_upload import MULTIPART_OVERHEAD
 from lmaas.store.files import FileLimits, FileStore
 from lmaas.store.model_store import ModelStore
-from tests.bad_inputs import check_error_envelope
+from tests.bad_inputs import expect_error as error
 from tests.fakes import FakeEngine
 from tests.hf_folder import folder_files, tar_bytes
 
@@ -131,16 +131,6 @@ def multipart(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, dict[str, s
         body += content + b"\r\n"
     body += f"--{boundary}--\r\n".encode()
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
-def error(r: httpx.Response, status: int, param: str | None, code: str | None = None) -> str:
-    assert r.status_code == status, r.text
-    check_error_envelope(r.json())
-    err = r.json()["error"]
-    assert err["param"] == param, err
-    if code is not None:
-        assert err["code"] == code, err
-    return str(err["message"])
 
 
 async def test_upload_retrieve_list_content_delete(api: Files) -> None:

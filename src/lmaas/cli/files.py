@@ -19,7 +19,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lmaas.cli.http import CHUNK, DEFAULT_URL, AdminClient, UrlOpt, console, fail, progress
+from lmaas.cli.http import (
+    CHUNK,
+    DEFAULT_URL,
+    AdminClient,
+    UrlOpt,
+    console,
+    fail,
+    size_text,
+    upload,
+)
 
 files_app = typer.Typer(help="Upload, list and delete files (/v1/files)", no_args_is_help=True)
 
@@ -29,15 +38,6 @@ KeyOpt = Annotated[
 ]
 PURPOSES: Final = ("batch", "fine-tune", "evals", "user_data")
 FILE_ID_RE: Final = re.compile(r"file-[0-9a-f]{24}")
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def _when(created_at: int) -> str:
@@ -87,16 +87,10 @@ def push(
         fail(f"--purpose must be one of {', '.join(PURPOSES)}", code=2)
     length, content_type, chunks = multipart_upload(path, purpose)
     headers = {"Content-Type": content_type, "Content-Length": str(length)}
-    with AdminClient(url, key, timeout=3600) as c, progress() as bar:
-        task = bar.add_task(f"push {escape(path.name)}", total=length)
-
-        def body() -> Iterator[bytes]:
-            for chunk in chunks:
-                bar.advance(task, len(chunk))
-                yield chunk
-
-        f = c.post("/v1/files", content=body(), headers=headers)
-    console.print(f"{f['id']} {escape(f['filename'])} ({f['purpose']}, {_size(f['bytes'])})")
+    with AdminClient(url, key, timeout=3600) as c:
+        label = f"push {escape(path.name)}"
+        f = upload(c, "/v1/files", chunks, total=length, label=label, headers=headers)
+    console.print(f"{f['id']} {escape(f['filename'])} ({f['purpose']}, {size_text(f['bytes'])})")
 
 
 @files_app.command("ls")
@@ -115,7 +109,11 @@ def list_files(
     table = Table("id", "purpose", "filename", "size", "created")
     for f in page["data"]:
         table.add_row(
-            f["id"], f["purpose"], escape(f["filename"]), _size(f["bytes"]), _when(f["created_at"])
+            f["id"],
+            f["purpose"],
+            escape(f["filename"]),
+            size_text(f["bytes"]),
+            _when(f["created_at"]),
         )
     console.print(table)
     if page["has_more"]:

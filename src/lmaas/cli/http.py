@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Annotated, Any, Final, NoReturn
@@ -192,6 +192,18 @@ def admin_path(*parts: str) -> str:
     return "/admin/" + "/".join(quote(part, safe="") for part in parts)
 
 
+def size_text(n: int | None) -> str:
+    """A byte count for people: ``512 B``, ``1.5 MiB`` (``-`` when unknown)."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 def progress() -> Progress:
     """A transfer bar: bytes, speed, time left; call ``advance(task, n)`` per chunk."""
     return Progress(
@@ -202,3 +214,24 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
+
+
+def upload(
+    client: AdminClient,
+    path: str,
+    chunks: Iterable[bytes],
+    *,
+    total: int,
+    label: str,
+    headers: dict[str, str],
+) -> Any:
+    """POST ``chunks`` (``total`` bytes) to ``path`` with a transfer bar named ``label``."""
+    with progress() as bar:
+        task = bar.add_task(label, total=total)
+
+        def body() -> Iterator[bytes]:
+            for chunk in chunks:
+                bar.advance(task, len(chunk))
+                yield chunk
+
+        return client.post(path, content=body(), headers=headers)

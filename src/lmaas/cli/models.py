@@ -28,6 +28,8 @@ from lmaas.cli.http import (
     console,
     fail,
     progress,
+    size_text,
+    upload,
 )
 from lmaas.errors import LmaasError
 from lmaas.store.folder import (
@@ -41,17 +43,6 @@ from lmaas.store.folder import (
 )
 
 models_app = typer.Typer(help="Manage models in a running server's store", no_args_is_help=True)
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 @models_app.command("ls")
@@ -86,7 +77,7 @@ def show(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
             params,
             str(v["context_length"] or "-"),
             v["quantization"] or "-",
-            _size(v["size_bytes"]),
+            size_text(v["size_bytes"]),
             ", ".join(v["aliases"]),
             v["created_at"][:19],
         )
@@ -179,18 +170,11 @@ def push(
     headers = {"Content-Type": ctype, "Content-Length": str(total)}
     if description:
         headers["X-Description"] = description
-    with AdminClient(url, key, timeout=3600) as c, progress() as bar:
-        task = bar.add_task(f"push {path.name}", total=total)
-
-        def body() -> Iterator[bytes]:
-            for chunk in chunks:
-                bar.advance(task, len(chunk))
-                yield chunk
-
-        v = c.post(target, content=body(), headers=headers)
+    with AdminClient(url, key, timeout=3600) as c:
+        v = upload(c, target, chunks, total=total, label=f"push {path.name}", headers=headers)
     console.print(
         f"{v['model']} version {v['number']} ({v['digest'][:19]}…), {v['format']}, "
-        f"{v['architecture']}, {v['quantization']}, {_size(v['size_bytes'])}"
+        f"{v['architecture']}, {v['quantization']}, {size_text(v['size_bytes'])}"
     )
 
 
@@ -240,7 +224,7 @@ def _pull_file(c: AdminClient, path: str, v: dict[str, Any], target: Path) -> No
             for chunk in r.iter_bytes(CHUNK):
                 f.write(chunk)
                 bar.advance(task, len(chunk))
-    console.print(f"saved {target} ({_size(target.stat().st_size)})")
+    console.print(f"saved {target} ({size_text(target.stat().st_size)})")
 
 
 class _ChunkReader:
@@ -281,10 +265,10 @@ def _pull_folder(c: AdminClient, path: str, target: Path) -> None:
             with target.open("wb") as f:
                 for chunk in chunks():
                     f.write(chunk)
-            console.print(f"saved {target} ({_size(target.stat().st_size)})")
+            console.print(f"saved {target} ({size_text(target.stat().st_size)})")
             return
         files = _extract_checked(r, chunks(), target)
-    console.print(f"saved {target}/ ({len(files)} files, {_size(sum(f.size for f in files))})")
+    console.print(f"saved {target}/ ({len(files)} files, {size_text(sum(f.size for f in files))})")
 
 
 def _extract_checked(r: httpx.Response, chunks: Iterator[bytes], target: Path) -> list[FolderFile]:

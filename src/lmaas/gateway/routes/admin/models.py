@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Request, status
-from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from lmaas.errors import InvalidRequestError
 from lmaas.gateway.deps import AdminKey, ModelManagementDep
 from lmaas.gateway.management.models import VersionContent
+from lmaas.gateway.routes.uploads import request_body
 from lmaas.protocol.admin import (
     MAX_VERSION_NUMBER,
     AliasBody,
@@ -49,17 +47,6 @@ async def delete_model(name: str, models: ModelManagementDep, _: AdminKey) -> Re
     return Response(status_code=NO_CONTENT)
 
 
-async def _body(request: Request) -> AsyncIterator[bytes]:
-    """The request body; a client that goes away mid-upload is a 400, not a server error."""
-    try:
-        async for chunk in request.stream():
-            yield chunk
-    except ClientDisconnect:
-        raise InvalidRequestError(
-            "the upload was interrupted: the client disconnected", code="upload_interrupted"
-        ) from None
-
-
 @router.post("/{name}/versions", response_model=VersionOut, status_code=201)
 async def upload_version(
     name: str,
@@ -73,7 +60,7 @@ async def upload_version(
     gzip-compressed tar (``application/gzip``) or zip (``application/zip``) archive, or as
     ``multipart/form-data`` parts whose filenames are their paths in the folder."""
     content_type = request.headers.get("content-type") or ""
-    return await models.upload(name, content_type, _body(request), x_description)
+    return await models.upload(name, content_type, request_body(request), x_description)
 
 
 @router.post("/{name}/import", response_model=VersionOut, status_code=201)

@@ -3,31 +3,18 @@ an admin key)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
-from lmaas.errors import InvalidRequestError
 from lmaas.gateway.deps import FileManagementDep, InferenceKey
+from lmaas.gateway.routes.uploads import request_body
 from lmaas.protocol.files import FileDeleted, FileList, FileObject
 from lmaas.store.files import MAX_LIST_LIMIT
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
-
-
-async def _body(request: Request) -> AsyncIterator[bytes]:
-    """The request body; a client that goes away mid-upload is a 400, not a server error."""
-    try:
-        async for chunk in request.stream():
-            yield chunk
-    except ClientDisconnect:
-        raise InvalidRequestError(
-            "the upload was interrupted: the client disconnected", code="upload_interrupted"
-        ) from None
 
 
 @router.post("", response_model=FileObject)
@@ -36,7 +23,9 @@ async def upload_file(request: Request, files: FileManagementDep, key: Inference
     user_data); streamed to the blob store, JSONL checked for its purpose."""
     headers = request.headers
     content_type = headers.get("content-type") or ""
-    return await files.upload(key, content_type, headers.get("content-length"), _body(request))
+    return await files.upload(
+        key, content_type, headers.get("content-length"), request_body(request)
+    )
 
 
 @router.get("", response_model=FileList)
