@@ -235,3 +235,18 @@ def test_a_request_cut_short_teaches_only_when_it_was_already_late() -> None:
         clock.t += 3.0
         t.release()
     assert a.load("m").calibration == pytest.approx(3.0)
+
+
+def test_a_batch_is_never_ahead_of_an_interactive_request() -> None:
+    a = Admission(Limits(max_queue=1000, max_queue_wait=1000))
+    e = engine(slots=2, rate=10.0)
+    for _ in range(40):  # 40 batch lines of 10 s each: 200 s of backlog at class 1
+        a.admit(e, sequences=1, max_tokens=100, tenant="A", rank=1)
+    with pytest.raises(OverloadedError):
+        a.admit(e, sequences=1, max_tokens=100, tenant="A", rank=1, deadline=Deadline(30))
+    # An interactive request takes a batch line's slot at once (the worker preempts it).
+    a.admit(e, sequences=1, max_tokens=10, tenant="A", rank=0, deadline=Deadline(1.5))
+    # A second one waits for the first interactive only, not for the batch.
+    a.admit(e, sequences=1, max_tokens=10, tenant="B", rank=0, deadline=Deadline(1.5))
+    with pytest.raises(OverloadedError):  # a third: both slots are interactive now
+        a.admit(e, sequences=1, max_tokens=10, tenant="C", rank=0, deadline=Deadline(1.5))

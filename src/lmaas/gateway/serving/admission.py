@@ -39,6 +39,8 @@ The estimate follows the workers' scheduler: the oldest reserved sequences run, 
 free up as they finish; of the waiting ones, the newcomer's own tenant's are ahead of it, and of
 every other tenant about as many as the fair queue admits between two of its own (its share
 by weight), so a key flooding a model makes the flood wait, not a newcomer of another key.
+Sequences of a lower priority class (a batch's lines, for an interactive request) are never
+ahead of it: the worker admits it first, and preempts one of them for its slot.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class Ticket:
     tenant: str | None
     weight: float
     owner: EngineLoad | None = None
+    rank: int = 0  # priority class, 0 (interactive) first
     produced: int = 0  # tokens generated so far, all sequences together
     released: bool = False
     admitted_at: float = 0.0  # the admission's clock
@@ -229,22 +232,26 @@ class EngineLoad:
             log.debug("estimated %.2fs, took %.2fs", ticket.estimate, ratio * ticket.estimate)
 
     def ahead_of(
-        self, tenant: str | None, weight: float, slots: int, extra: float = 0.0
+        self, tenant: str | None, weight: float, slots: int, extra: float = 0.0, rank: int = 0
     ) -> tuple[list[float], list[float]]:
-        """Remaining tokens of the sequences that run before a newcomer of ``tenant`` (plus
-        ``extra`` for each one that has produced nothing yet)."""
+        """Remaining tokens of the sequences that run before a newcomer of ``tenant`` and
+        class ``rank`` (plus ``extra`` for each one that has produced nothing yet).
+
+        A running sequence of a lower class gives its slot up to the newcomer (the worker
+        preempts it), and a waiting one of a lower class is admitted after it: neither is
+        ahead of it. A waiting one of a higher class always is."""
         per_seq = [
             (t, t.remaining + (0.0 if t.produced else extra))
             for t in self.tickets
             for _ in range(t.sequences)
         ]
-        running = [r for _, r in per_seq[:slots]]
-        queued = per_seq[slots:]
-        own_waiting = sum(1 for t, _ in queued if t.tenant == tenant)
+        running = [r for t, r in per_seq[:slots] if t.rank <= rank]
+        queued = [(t, r) for t, r in per_seq[slots:] if t.rank <= rank]
+        own_waiting = sum(1 for t, _ in queued if t.tenant == tenant and t.rank == rank)
         allowed: dict[str | None, int] = {}
         waiting: list[float] = []
         for t, r in queued:
-            if t.tenant != tenant:
+            if t.tenant != tenant and t.rank == rank:
                 quota = allowed.setdefault(
                     t.tenant, math.ceil((own_waiting + 1) * t.weight / weight)
                 )
@@ -277,6 +284,7 @@ class Admission:
         max_tokens: int | None,
         tenant: str | None = None,
         weight: float = 1.0,
+        rank: int = 0,
         deadline: Deadline | None = None,
     ) -> Ticket:
         """Reserve ``sequences`` on ``engine`` or raise (503 not ready, 429 over a bound)."""
@@ -299,9 +307,9 @@ class Admission:
         estimate = None
         if rate is not None and rate > 0:
             estimate = self._check_time(
-                engine.name, load, capacity, rate, expected, tenant, weight, deadline
+                engine.name, load, capacity, rate, expected, (tenant, weight, rank), deadline
             )
-        ticket = Ticket(engine.name, sequences, expected, max_tokens, tenant, weight, load)
+        ticket = Ticket(engine.name, sequences, expected, max_tokens, tenant, weight, load, rank)
         ticket.admitted_at, ticket.estimate, ticket.rate = self.clock(), estimate, rate
         load.tickets.append(ticket)
         load.reserved += sequences
@@ -314,13 +322,15 @@ class Admission:
         capacity: int,
         rate: float,
         expected: float,
-        tenant: str | None,
-        weight: float,
+        who: tuple[str | None, float, int],
         deadline: Deadline | None,
     ) -> float:
-        """Raise when the request would miss a bound; else its raw estimated finish (s)."""
+        """Raise when the request would miss a bound; else its raw estimated finish (s).
+
+        ``who``: the newcomer's tenant, weight and priority class."""
+        tenant, weight, rank = who
         extra = load.overhead * rate  # a request's overhead, in tokens
-        running, waiting = load.ahead_of(tenant, weight, capacity, extra)
+        running, waiting = load.ahead_of(tenant, weight, capacity, extra, rank)
         raw_start, raw_finish = estimate(running, waiting, expected + extra, capacity, rate)
         k = load.calibration
         start, finish = raw_start * k, raw_finish * k

@@ -307,8 +307,10 @@ class GenerationRun:
                 item = await anext(merged, None)
             complete = True
         finally:
-            await merged.aclose()
-            self._finish(complete=complete)
+            try:
+                await merged.aclose()
+            finally:  # even when the close is cancelled: the slots must be released
+                self._finish(complete=complete)
         return fmt.response(fmt.collected_choices(), self.usage())
 
     async def stream(self, first: tuple[int, TokenEvent], merged: Merged) -> AsyncIterator[bytes]:
@@ -332,8 +334,10 @@ class GenerationRun:
             self.timing.error = exc.message
             yield sse.event(exc.to_body())
         finally:
-            await merged.aclose()
-            self._finish(complete=complete)
+            try:
+                await merged.aclose()
+            finally:  # even when the close is cancelled: the slots must be released
+                self._finish(complete=complete)
         yield sse.DONE
 
 
@@ -424,6 +428,7 @@ class GenerationServing(ServingBase, Generic[BodyT]):
                 max_tokens=fmt.max_tokens,
                 tenant=key.id if key is not None else None,
                 weight=float(getattr(key, "weight", None) or 1.0),
+                rank=Priority(body.priority).rank,
                 deadline=getattr(state, "deadline", None),
             )
         except OverloadedError as exc:
