@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import MODEL
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +29,7 @@ SLOTS = 4
 TOKENS = 12
 DEADLINE = 4.0
 DURATION = 8.0
+RESERVED = f'lmaas_admission_reserved_sequences{{model="{MODEL}"}}'
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +120,12 @@ async def test_at_twice_capacity_accepted_requests_finish_and_the_rest_are_refus
     # Refused up front: at once, with a delay to come back after.
     assert max(o.seconds for o in refused) < 1.0
     assert all(o.retry_after is not None and o.retry_after >= 1 for o in refused)
+
+    # Every reservation ended with its request, however it ended (in time, late and
+    # abandoned by its client, or refused): nothing leaks into later estimates.
+    def reserved() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith(RESERVED))
+        return float(line.rsplit(" ", 1)[1])
+
+    wait_until(lambda: reserved() == 0, 30, what="reservations to end")

@@ -74,6 +74,12 @@ class Metrics:
         self.worker_restarts = Gauge(
             "lmaas_worker_restarts", "Worker restarts since start", ["model"], registry=r
         )
+        self.admission_reserved = Gauge(
+            "lmaas_admission_reserved_sequences",
+            "Sequences of generation requests admitted and not yet ended (running or waiting)",
+            ["model"],
+            registry=r,
+        )
         self.admission_refusals = Counter(
             "lmaas_admission_refusals",
             "Generation requests refused at admission (429) by reason: queue_full (capacity + "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
@@ -54,9 +54,15 @@ async def ready(engines: EnginesDep, drain: DrainDep, detail: SeesInternals) -> 
 
 
 @router.get("/metrics")
-async def metrics(engines: EnginesDep, m: MetricsDep, _key: MetricsKey) -> Response:
+async def metrics(
+    request: Request, engines: EnginesDep, m: MetricsDep, _key: MetricsKey
+) -> Response:
     """Prometheus text; with ``metrics.require_key`` only for an admin key."""
+    serving = getattr(request.app.state, "chat_serving", None)
+    admission = serving.admission if serving is not None else None
     for name, engine in engines.items():
+        if admission is not None:
+            m.admission_reserved.labels(name).set(admission.load(name).reserved)
         h = engine.health()
         m.running.labels(name).set(h.running)
         m.waiting.labels(name).set(max(h.waiting, engine.outstanding - h.running))
