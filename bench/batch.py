@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import MODEL, eog_bias, free_port, model_path
+from run import MODEL, eog_bias, model_path, start_lmaas
 
 QUESTION = "Write a short story about a lighthouse keeper."
 
@@ -165,30 +162,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, default=128)
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="lmaas-batch-"))
     config = {"models": [{"name": MODEL, "path": model_path(), "engine": {"max_num_seqs": 16}}]}
-    (home / "config.yaml").write_text(json.dumps(config))
-    port = free_port()
-    argv = [sys.executable, "-m", "lmaas", "serve", "--port", str(port), "--home", str(home)]
-    server = subprocess.Popen(
-        [*argv, "--config", str(home / "config.yaml")],
-        stdout=(home / "server.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "LMAAS_ACCESS_LOG": "false"},
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = start_lmaas(config)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        result = asyncio.run(measure(base, args))
+        result = asyncio.run(measure(server.url, args))
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
     print(json.dumps({"args": vars(args), **result}, indent=2))
     ok = result["batch_vs_interactive"] >= 0.9
     print(

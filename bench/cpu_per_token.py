@@ -13,18 +13,16 @@ taken from llama.cpp's two threads.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import MODEL, free_port, model_path
+from run import MODEL, model_path, start_lmaas
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,26 +46,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=512)
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="lmaas-cpu-"))
     config = {"models": [{"name": MODEL, "path": model_path(), "engine": {"max_num_seqs": 16}}]}
-    (home / "config.yaml").write_text(json.dumps(config))
-    port = free_port()
-    argv = [sys.executable, "-m", "lmaas", "serve", "--port", str(port), "--home", str(home)]
-    server = subprocess.Popen(
-        [*argv, "--config", str(home / "config.yaml")],
-        stdout=(home / "server.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "LMAAS_ACCESS_LOG": "false"},
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = start_lmaas(config)
+    base = server.url
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
         body = {
             "model": MODEL,
             "prompt": "Once upon a time",
@@ -86,9 +68,9 @@ def main() -> None:
 
         one()  # warm-up
         kids = subprocess.run(
-            ["pgrep", "-P", str(server.pid)], capture_output=True, text=True
+            ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True
         ).stdout.split()
-        pids = [server.pid, *map(int, kids)]
+        pids = [server.proc.pid, *map(int, kids)]
         before = {pid: cpu_seconds(pid) for pid in pids}
         t0 = time.monotonic()
         tokens = sum(one() for _ in range(args.requests))
@@ -96,12 +78,11 @@ def main() -> None:
         after = {pid: cpu_seconds(pid) for pid in pids}
         print(f"{tokens} tokens in {wall:.2f} s: {tokens / wall:.1f} tok/s")
         for pid in pids:
-            name = "gateway" if pid == server.pid else command(pid)
+            name = "gateway" if pid == server.proc.pid else command(pid)
             used = after[pid] - before[pid]
             print(f"  {name:40s} {used:7.2f} s CPU  {1e6 * used / tokens:8.0f} us/token")
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
 
 
 if __name__ == "__main__":

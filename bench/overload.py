@@ -22,12 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +34,7 @@ import aiohttp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import MODEL, free_port, model_path  # noqa: E402
+from run import MODEL, Server, model_path, start_lmaas  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper. Once upon a time,"
 
@@ -134,42 +131,19 @@ def summary(outcomes: list[Outcome], seconds: float, deadline: float) -> dict[st
     }
 
 
-def serve(mode: str, slots: int) -> tuple[subprocess.Popen[bytes], str, Path]:
-    home = Path(tempfile.mkdtemp(prefix=f"lmaas-overload-{mode}-"))
+def serve(mode: str, slots: int) -> Server:
     limits: dict[str, Any] = {"max_queue": 256}
     if mode == "before":
         limits["max_queue_wait"] = 86_400
-    config = {
-        "models": [{"name": MODEL, "path": model_path(), "engine": {"max_num_seqs": slots}}],
-        "limits": limits,
-    }
-    (home / "config.yaml").write_text(json.dumps(config))
-    port = free_port()
-    log = (home / "server.log").open("wb")
-    argv = [sys.executable, "-m", "lmaas", "serve", "--port", str(port), "--home", str(home)]
-    proc = subprocess.Popen(
-        [*argv, "--config", str(home / "config.yaml")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "LMAAS_ACCESS_LOG": "false"},
+    engine = {"max_num_seqs": slots}
+    return start_lmaas(
+        {"models": [{"name": MODEL, "path": model_path(), "engine": engine}]} | {"limits": limits}
     )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            import urllib.request
-
-            with urllib.request.urlopen(f"{base}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return proc, base, home
-        except OSError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"server did not start; see {home / 'server.log'}")
 
 
 async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    proc, base, _ = serve(mode, args.slots)
+    server = serve(mode, args.slots)
+    base = server.url
     try:
         cap = await capacity(base, args.slots * 2, args.max_tokens, args.warmup)
         print(f"[{mode}] capacity {cap:.2f} requests/s", flush=True)
@@ -182,8 +156,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             print(f"[{mode}] {factor:g}x: {s}", flush=True)
         return levels
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
 
 def main() -> None:

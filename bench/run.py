@@ -279,6 +279,15 @@ def llama_server_targets(
     return lines
 
 
+def start_lmaas(config: dict[str, Any], env: dict[str, str] | None = None) -> Server:
+    """``lmaas serve`` in a fresh home with ``config`` as its config file, once ready."""
+    home = Path(tempfile.mkdtemp(prefix="lmaas-bench-"))
+    (home / "config.yaml").write_text(json.dumps(config))  # YAML is a superset of JSON
+    argv = [sys.executable, "-m", "lmaas", "serve", "--port", str(port := free_port())]
+    argv += ["--home", str(home), "--config", str(home / "config.yaml")]
+    return Server(argv, port, "/ready", {"LMAAS_ACCESS_LOG": "false", **(env or {})})
+
+
 def start_server(system: str, path: str, lmaas_env: dict[str, str]) -> Server:
     port = free_port()
     if system == "llama-server":
