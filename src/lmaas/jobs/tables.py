@@ -1,4 +1,5 @@
-"""The jobs' tables, created and changed only by the Alembic migrations (``0009_jobs``).
+"""The jobs' tables, created and changed only by the Alembic migrations (``0009_jobs``,
+``0010_evals``).
 
 ``jobs``: one row per job (a batch, later an eval run): who asked, what for, where it stands,
 and the lease of the runner working on it. ``job_events``: the append-only log of each job,
@@ -77,6 +78,8 @@ class JobRow(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The seq of the job's newest event (events are numbered 1, 2, ... per job).
     last_event: Mapped[int] = mapped_column(Integer)
+    # What the job belongs to: the eval of an eval run (``0010_evals``).
+    group_id: Mapped[str | None] = mapped_column(String(MAX_JOB_ID), nullable=True, index=True)
 
 
 class JobEventRow(Base):
@@ -103,4 +106,21 @@ class JobItemRow(Base):
     output: Mapped[str] = mapped_column(Text)  # one JSON line, without its newline
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EvalRow(Base):
+    """An eval (``/v1/evals``): what its items look like and how each is graded. Its runs are
+    jobs of kind ``eval_run`` whose ``group_id`` is the eval's id."""
+
+    __tablename__ = "evals"
+
+    id: Mapped[str] = mapped_column(String(MAX_JOB_ID), primary_key=True)
+    owner_key_id: Mapped[str | None] = mapped_column(String(12), nullable=True, index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    testing_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column(
+        "metadata", JSON(none_as_null=True), nullable=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

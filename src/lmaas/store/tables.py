@@ -1,13 +1,16 @@
 """The catalog's tables, created and changed only by the Alembic migrations in
 ``lmaas/db/migrations``. :class:`lmaas.store.catalog.Catalog`,
-:class:`lmaas.store.refs.BlobRefs` and (for ``files``) :class:`lmaas.store.files.FileStore`
-are the only code that reads and writes them."""
+:class:`lmaas.store.refs.BlobRefs`, (for ``files``) :class:`lmaas.store.files.FileStore` and
+(for ``version_evaluations``) :class:`lmaas.store.evaluations.Evaluations` are the only code
+that reads and writes them."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     CheckConstraint,
     DateTime,
@@ -116,3 +119,20 @@ class FileRow(Base):
     # The API key that uploaded it; NULL: uploaded to an open server (no keys), one shared owner.
     owner_key_id: Mapped[str | None] = mapped_column(String(12), nullable=True)
     status: Mapped[str] = mapped_column(String(16))
+
+
+class VersionEvaluationRow(Base):
+    """A finished eval run's figures, attached to the store version it evaluated
+    (``0010_evals``); they go with the version."""
+
+    __tablename__ = "version_evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    run_id: Mapped[str] = mapped_column(String(40), unique=True)
+    eval_id: Mapped[str] = mapped_column(String(40))
+    eval_name: Mapped[str] = mapped_column(String(256))
+    results: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
