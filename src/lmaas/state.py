@@ -9,11 +9,13 @@ from sqlalchemy import Engine
 from lmaas.config import Settings
 from lmaas.controller.specs import DeploymentStore
 from lmaas.db import create_db_engine, database_url, session_factory, upgrade_to_head
+from lmaas.jobs.eval_store import EvalStore
 from lmaas.jobs.store import JobStore
 from lmaas.keys import KeyStore
 from lmaas.records.store import RecordStore
 from lmaas.store.blobs import BlobStore
 from lmaas.store.catalog import Catalog
+from lmaas.store.evaluations import Evaluations
 from lmaas.store.files import FileLimits, FileStore
 from lmaas.store.model_store import ModelStore
 
@@ -27,6 +29,8 @@ class State:
     deployments: DeploymentStore
     files: FileStore
     jobs: JobStore
+    evals: EvalStore
+    evaluations: Evaluations
 
     def close(self) -> None:
         self.engine.dispose()
@@ -68,4 +72,6 @@ def open_state(settings: Settings) -> State:
         DeploymentStore(sessions),
         files,
         JobStore(sessions),
+        EvalStore(sessions),
+        Evaluations(sessions),
     )

@@ -150,6 +150,8 @@ def _build_app(settings: Settings) -> FastAPI:
         record_store=state.records,
         file_store=state.files,
         job_store=state.jobs,
+        eval_store=state.evals,
+        evaluations=state.evaluations,
         job_runner=runner,
     )
     app.state.job_runner = runner

@@ -15,6 +15,9 @@ from lmaas.engine.directory import EngineDirectory
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.errors import install_error_handlers
 from lmaas.gateway.management.batches import BatchManagement
+from lmaas.gateway.management.eval_plans import RunPlanner
+from lmaas.gateway.management.eval_runs import EvalRunManagement
+from lmaas.gateway.management.evals import EvalManagement
 from lmaas.gateway.management.files import FileManagement
 from lmaas.gateway.management.jobs import JobBackground, JobManagement
 from lmaas.gateway.management.models import ModelManagement
@@ -26,7 +29,15 @@ from lmaas.gateway.routes.admin import deployments as admin_deployments
 from lmaas.gateway.routes.admin import jobs as admin_jobs
 from lmaas.gateway.routes.admin import models as admin_models
 from lmaas.gateway.routes.admin import requests as admin_requests
-from lmaas.gateway.routes.v1 import batches, chat, completions, files, models, understanding
+from lmaas.gateway.routes.v1 import (
+    batches,
+    chat,
+    completions,
+    evals,
+    files,
+    models,
+    understanding,
+)
 from lmaas.gateway.serving.admission import Admission
 from lmaas.gateway.serving.chat import ChatServing
 from lmaas.gateway.serving.classifiers import ClassifierTrainer
@@ -35,11 +46,13 @@ from lmaas.gateway.serving.completions import CompletionServing
 from lmaas.gateway.serving.embeddings import EmbeddingServing
 from lmaas.gateway.serving.scoring import ScoringServing
 from lmaas.gateway.shutdown import Drain
+from lmaas.jobs.eval_store import EvalStore
 from lmaas.jobs.metrics import JobMetrics
 from lmaas.jobs.store import JobStore
 from lmaas.jobs.supervisor import RunnerSupervisor
 from lmaas.protocol.deploy import DeploymentControl
 from lmaas.records.store import RecordStore, RecordWriter
+from lmaas.store.evaluations import Evaluations
 from lmaas.store.files import FileStore
 from lmaas.store.model_store import ModelStore
 from lmaas.telemetry.metrics import Metrics
@@ -58,6 +71,8 @@ def create_app(
     file_store: FileStore | None = None,
     job_store: JobStore | None = None,
     job_runner: RunnerSupervisor | None = None,
+    eval_store: EvalStore | None = None,
+    evaluations: Evaluations | None = None,
 ) -> FastAPI:
     """An app serving ``engines`` (keyed by served name).
 
@@ -100,12 +115,15 @@ def create_app(
         deployments=deployments,
         served_versions=served_versions or set(),
         record_store=record_store,
+        evaluations=evaluations,
     )
     if file_store is not None:
         app.state.file_management = FileManagement(file_store)
         app.include_router(files.router)
         if job_store is not None:
             _mount_jobs(app, settings, metrics, file_store, job_store, job_runner)
+            if eval_store is not None:
+                _mount_evals(app, settings, engines, file_store, job_store, eval_store, job_runner)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.limits.max_body_bytes,
@@ -207,6 +225,27 @@ def _mount_jobs(
     app.include_router(admin_jobs.router)
 
 
+def _mount_evals(
+    app: FastAPI,
+    settings: Settings,
+    engines: EngineDirectory,
+    file_store: FileStore,
+    job_store: JobStore,
+    eval_store: EvalStore,
+    runner: RunnerSupervisor | None,
+) -> None:
+    """The Evals API: evals, their runs (jobs of kind ``eval_run``) and output items."""
+    app.state.eval_management = EvalManagement(eval_store, job_store)
+    planner = RunPlanner(engines, app.state.deployments, file_store, settings.jobs)
+    app.state.eval_run_management = EvalRunManagement(
+        eval_store,
+        job_store,
+        planner,
+        on_queued=runner.wake if runner is not None else lambda: None,
+    )
+    app.include_router(evals.router)
+
+
 def _mount_management(
     app: FastAPI,
     engines: EngineDirectory,
@@ -216,6 +255,7 @@ def _mount_management(
     deployments: DeploymentControl | None,
     served_versions: set[tuple[str, int]],
     record_store: RecordStore | None,
+    evaluations: Evaluations | None = None,
 ) -> None:
     """The ``/admin`` routers whose collaborators exist, and their services on ``app.state``."""
     if store is not None:
@@ -225,6 +265,7 @@ def _mount_management(
             served_versions=(
                 deployments.served_versions if deployments is not None else lambda: served_versions
             ),
+            evaluations=evaluations,
         )
         app.state.classifier_trainer = ClassifierTrainer(
             engines, settings.limits, store, deployments

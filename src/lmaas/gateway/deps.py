@@ -20,6 +20,8 @@ from lmaas.gateway.auth import (
     sees_internals,
 )
 from lmaas.gateway.management.batches import BatchManagement
+from lmaas.gateway.management.eval_runs import EvalRunManagement
+from lmaas.gateway.management.evals import EvalManagement
 from lmaas.gateway.management.files import FileManagement
 from lmaas.gateway.management.jobs import JobManagement
 from lmaas.gateway.management.models import ModelManagement
@@ -73,3 +75,5 @@ ClassifierTrainerDep = Annotated[ClassifierTrainer, Depends(_app_state("classifi
 FileManagementDep = Annotated[FileManagement, Depends(_app_state("file_management"))]
 BatchManagementDep = Annotated[BatchManagement, Depends(_app_state("batch_management"))]
 JobManagementDep = Annotated[JobManagement, Depends(_app_state("job_management"))]
+EvalManagementDep = Annotated[EvalManagement, Depends(_app_state("eval_management"))]
+EvalRunManagementDep = Annotated[EvalRunManagement, Depends(_app_state("eval_run_management"))]

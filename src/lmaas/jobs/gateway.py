@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -84,3 +85,55 @@ def _seconds(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    overload_seconds: float = 600.0  # how long a request keeps retrying a 429 or 503
+    tries: int = 4  # for another 5xx or an unreachable gateway
+    backoff_max: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        wait = retry_after if retry_after is not None else 0.5 * 2 ** (attempt - 1)
+        return min(wait, self.backoff_max)
+
+
+class GatewayUnreachable(Exception):
+    """The gateway did not answer, ``tries`` times."""
+
+
+_OVERLOADED: Final = frozenset({429, 503})
+_SERVER_ERRORS: Final = frozenset({500, 502, 504})
+
+
+async def post_retrying(
+    gateway: GatewayClient,
+    path: str,
+    body: dict[str, Any],
+    *,
+    owner: str | None,
+    request_id: str,
+    retry: RetryPolicy,
+) -> Reply:
+    """POST as :meth:`GatewayClient.post`, retrying overload (429, 503) for up to
+    ``retry.overload_seconds`` and other server errors or an unreachable gateway up to
+    ``retry.tries`` times; the last reply otherwise. Raises :class:`GatewayUnreachable`."""
+    overload_until = time.monotonic() + retry.overload_seconds
+    attempt = 0
+    while True:
+        attempt += 1
+        rid = request_id + (f".{attempt}" if attempt > 1 else "")
+        try:
+            reply = await gateway.post(path, body, owner=owner, request_id=rid)
+        except httpx.TransportError as exc:
+            if attempt >= retry.tries:
+                raise GatewayUnreachable(
+                    f"the gateway did not answer ({type(exc).__name__})"
+                ) from None
+            await asyncio.sleep(retry.delay(attempt, None))
+            continue
+        overloaded = reply.status in _OVERLOADED and time.monotonic() < overload_until
+        server_error = reply.status in _SERVER_ERRORS and attempt < retry.tries
+        if not (overloaded or server_error):
+            return reply
+        await asyncio.sleep(retry.delay(attempt, reply.retry_after))

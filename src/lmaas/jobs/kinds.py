@@ -1,6 +1,6 @@
 """The kinds of jobs a runner knows, each with its handler (see :mod:`lmaas.jobs.context`).
 
-A new kind (an eval run) adds its handler here; the dispatcher, leases, events, cancel and
+A new kind adds its handler here; the dispatcher, leases, events, cancel and
 the admin API (``/admin/jobs``) need no change.
 """
 
@@ -9,15 +9,18 @@ from __future__ import annotations
 from lmaas.config_jobs import JobSettings
 from lmaas.jobs.batch import BatchHandler
 from lmaas.jobs.context import JobHandler
+from lmaas.jobs.evals import EvalRunHandler
 from lmaas.jobs.gateway import GatewayClient
+from lmaas.store.evaluations import Evaluations
 from lmaas.store.files import FileStore
 
 
 def job_handlers(
-    gateway: GatewayClient, files: FileStore, settings: JobSettings
+    gateway: GatewayClient, files: FileStore, settings: JobSettings, evaluations: Evaluations
 ) -> dict[str, JobHandler]:
     """Every kind's handler, keyed by kind."""
     handlers: list[JobHandler] = [
         BatchHandler(gateway, files, line_concurrency=settings.line_concurrency),
+        EvalRunHandler(gateway, files, evaluations, item_concurrency=settings.line_concurrency),
     ]
     return {handler.kind: handler for handler in handlers}

@@ -30,6 +30,7 @@ from lmaas.jobs.loop import JobLoop, heartbeat_interval
 from lmaas.protocol.jobs import RUNNER_CONFIG_ENV, RUNNER_TOKEN_ENV
 from lmaas.store.blobs import BlobStore
 from lmaas.store.catalog import Catalog
+from lmaas.store.evaluations import Evaluations
 from lmaas.store.files import FileLimits, FileStore
 from lmaas.store.model_store import ModelStore
 from lmaas.telemetry.logging import setup_logging
@@ -89,7 +90,7 @@ async def serve(config: RunnerConfig, token: str, parent_fd: int | None) -> None
             log.info("job runner %s: serving jobs", config.runner_id)
             jobs = JobLoop(
                 leases,
-                job_handlers(gateway, files, settings),
+                job_handlers(gateway, files, settings, Evaluations(sessions)),
                 runner=config.runner_id,
                 max_concurrent=settings.max_concurrent,
                 heartbeat_interval=heartbeat_interval(settings.lease_seconds),

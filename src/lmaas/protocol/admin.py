@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -34,6 +34,15 @@ class AliasBody(BaseModel):
     version: Annotated[StrictInt, Field(le=MAX_VERSION_NUMBER)] | StrictStr
 
 
+class VersionEvaluation(BaseModel):
+    run_id: str
+    eval_id: str
+    eval_name: str
+    created_at: datetime
+    result_counts: dict[str, int]
+    per_testing_criteria_results: list[dict[str, Any]]
+
+
 class VersionOut(BaseModel):
     object: Literal["model.version"] = "model.version"
     model: str
@@ -51,6 +60,8 @@ class VersionOut(BaseModel):
     state: str  # ready, pending, or broken (its blobs were found missing or damaged)
     aliases: list[str]
     error: str | None = None  # why a broken version is broken
+    # Finished eval runs that evaluated this version (shown by GET .../versions/{ref} only).
+    evaluations: list[VersionEvaluation] | None = None
 
 
 class ModelOut(BaseModel):

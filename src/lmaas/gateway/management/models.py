@@ -21,10 +21,12 @@ from lmaas.protocol.admin import (
     ImportBody,
     ModelListOut,
     ModelOut,
+    VersionEvaluation,
     VersionOut,
 )
 from lmaas.protocol.deploy import DeploymentControl
 from lmaas.store.catalog import StoredModel, VersionInfo, parse_reference
+from lmaas.store.evaluations import Evaluations
 from lmaas.store.model_store import ArchiveKind, ModelStore
 
 ServedVersions = Callable[[], set[tuple[str, int]]]
@@ -43,7 +45,9 @@ _ARCHIVE_TYPES: dict[str, ArchiveKind] = {
 
 def version_out(v: VersionInfo) -> VersionOut:
     fields: dict[str, Any] = {
-        k: getattr(v, k) for k in VersionOut.model_fields if k not in ("object", "aliases")
+        k: getattr(v, k)
+        for k in VersionOut.model_fields
+        if k not in ("object", "aliases", "evaluations")
     }
     return VersionOut(**fields, aliases=list(v.aliases))
 
@@ -102,10 +106,12 @@ class ModelManagement:
         *,
         deployments: DeploymentControl | None,
         served_versions: ServedVersions,
+        evaluations: Evaluations | None = None,
     ) -> None:
         self._store = store
         self._deployments = deployments
         self._served_versions = served_versions
+        self._evaluations = evaluations
 
     async def list_models(self) -> ModelListOut:
         models = await asyncio.to_thread(self._store.catalog.list_models)
@@ -168,8 +174,26 @@ class ModelManagement:
         return version_out(version)
 
     async def show_version(self, name: str, ref: str) -> VersionOut:
-        """Any version, a broken one included (its ``state`` and ``error`` say so)."""
-        return version_out(await self._version(name, ref, broken_ok=True))
+        """Any version, a broken one included (its ``state`` and ``error`` say so), with the
+        eval runs that evaluated it."""
+        version = await self._version(name, ref, broken_ok=True)
+        out = version_out(version)
+        if self._evaluations is not None:
+            found = await asyncio.to_thread(
+                self._evaluations.of_version, version.model, version.number
+            )
+            out.evaluations = [
+                VersionEvaluation(
+                    run_id=e.run_id,
+                    eval_id=e.eval_id,
+                    eval_name=e.eval_name,
+                    created_at=e.created_at,
+                    result_counts=e.results.get("result_counts", {}),
+                    per_testing_criteria_results=e.results.get("per_testing_criteria_results", []),
+                )
+                for e in found
+            ]
+        return out
 
     async def content(self, name: str, ref: str) -> VersionContent:
         """Refused (409) for a broken version: its bytes are not all there."""
