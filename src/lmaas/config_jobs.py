@@ -52,3 +52,13 @@ class JobSettings(BaseModel):
     max_batch_lines: Annotated[
         int, Field(ge=1, le=1_000_000, description="Most lines (requests) in one batch")
     ] = 50_000
+    max_completion_window_seconds: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=30 * 86_400,
+            description="The longest completion_window a batch may ask for (OpenAI's one "
+            "value, 24h, by default); a batch not finished by then ends expired, with the "
+            "lines answered so far in its output",
+        ),
+    ] = 86_400

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from lmaas.config import ModelConfig, Settings
-from lmaas.db import create_db_engine, session_factory, upgrade_to_head
+from lmaas.db import create_db_engine, session_factory, upgrade_to_head, utc_now
 from lmaas.gateway.app import create_app
 from lmaas.gateway.auth import Authenticator
 from lmaas.jobs.batch import BatchHandler
@@ -56,17 +57,18 @@ def lines_of(data: bytes) -> list[dict[str, Any]]:
 
 
 class Batches:
-    """The app, its stores, a client per key, and the runner's loop (started on demand)."""
+    """The app, its stores, a client per key, and the runner's loop (started on demand); the
+    jobs' times come from ``clock``."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, clock: Callable[[], datetime] = utc_now) -> None:
         self.db = create_db_engine(f"sqlite:///{tmp_path}/catalog.db")
         upgrade_to_head(self.db)
         sessions = session_factory(self.db)
         keys = KeyStore(sessions, cache_ttl=0)
         models = ModelStore(Catalog(sessions), BlobStore(tmp_path / "home"), max_upload_bytes=1)
         self.files = FileStore(sessions, models, FileLimits(1 << 20, 1 << 16))
-        self.jobs = JobStore(sessions)
-        self.leases = JobLeases(sessions, lease_seconds=30, max_attempts=3)
+        self.jobs = JobStore(sessions, clock=clock)
+        self.leases = JobLeases(sessions, lease_seconds=30, max_attempts=3, clock=clock)
         self.records = RecordStore(sessions)
         self.recorder = RecordWriter(self.records, batch_size=1, flush_interval=0.05)
         self.chat = FakeEngine("fake")
@@ -131,8 +133,10 @@ class Batches:
         assert r.status_code == 200, r.text
         return str(r.json()["id"])
 
-    async def create(self, who: str, file_id: str, endpoint: str = CHAT) -> httpx.Response:
-        body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}
+    async def create(
+        self, who: str, file_id: str, endpoint: str = CHAT, window: str = "24h"
+    ) -> httpx.Response:
+        body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": window}
         return await self.as_[who].post("/v1/batches", json=body)
 
     async def wait(
@@ -168,7 +172,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Batches]:
 
 
 def finished(batch: dict[str, Any]) -> bool:
-    return batch["status"] in ("completed", "failed", "cancelled")
+    return batch["status"] in ("completed", "failed", "cancelled", "expired")
 
 
 async def test_a_chat_batch_runs_every_line_once_as_its_owner(api: Batches) -> None:
@@ -302,8 +306,9 @@ async def test_bad_requests_name_the_field_and_queue_nothing(api: Batches) -> No
         "endpoint",
         "unsupported_endpoint",
     )
-    body = {"input_file_id": bobs, "endpoint": CHAT, "completion_window": "1h"}
-    error(await alice.post("/v1/batches", json=body), 400, "completion_window")
+    for window in ("25h", "2d", "0h", "24 h", "1w", "-1h", "h", 24):  # 24h at most by default
+        body = {"input_file_id": bobs, "endpoint": CHAT, "completion_window": window}
+        error(await alice.post("/v1/batches", json=body), 400, "completion_window")
     body = {
         "input_file_id": bobs,
         "endpoint": CHAT,

@@ -17,11 +17,12 @@ from lmaas.cli.http import DEFAULT_URL, AdminClient, KeyOpt, UrlOpt, admin_path,
 
 jobs_app = typer.Typer(help="Jobs of a running server: batches, eval runs", no_args_is_help=True)
 
-FINISHED: Final = ("completed", "failed", "cancelled")
+FINISHED: Final = ("completed", "failed", "cancelled", "expired")
 _STATUS_STYLE: Final = {
     "completed": "green",
     "failed": "red",
     "cancelled": "yellow",
+    "expired": "yellow",
     "cancelling": "yellow",
 }
 JobId = Annotated[str, typer.Argument(metavar="ID", help="A job id (batch_...)")]
@@ -112,6 +113,7 @@ def show(job_id: JobId, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
         ("created", _when(job["created_at"])),
         ("started", _when(job["started_at"])),
         ("finished", _when(job["finished_at"])),
+        ("expires", _when(job.get("expires_at"))),
         ("duration", "-" if job["duration_seconds"] is None else f"{job['duration_seconds']}s"),
         ("attempts", str(job["attempts"])),
         ("runner", lease["owner"] or "-"),

@@ -8,18 +8,25 @@ while the last write ran go in the next one), so a run resumed after a crash ski
 line already answered; only lines in flight at the crash run again, and each line is in
 the output exactly once. A line the gateway refuses for overload (429, 503) is retried for
 up to ``overload_seconds``; another server error or an unreachable gateway a few times.
+
+When the batch's deadline passes (its completion window) before every line has run, the lines
+in flight are aborted as for a cancel and the batch ends ``expired``: the lines answered are
+in its output file, and every line not run is in its error file with the code
+``batch_expired``, as OpenAI writes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from operator import itemgetter
 from typing import Any, BinaryIO, Final
 
 import httpx
@@ -51,6 +58,8 @@ _OVERLOADED: Final = frozenset({429, 503})
 _SERVER_ERRORS: Final = frozenset({500, 502, 504})
 _REPORT_EVERY_S: Final = 60.0
 _WRITE_RETRY_S: Final = 1.0
+EXPIRED_CODE: Final = "batch_expired"
+EXPIRED_MESSAGE: Final = "This request could not be executed before the completion window expired."
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,22 +95,28 @@ class BatchHandler:
         resume = await ctx.call(ctx.leases.resume, job.id, ctx.runner, total)
         if resume is None:
             raise LeaseLost
-        if not ctx.cancelled.is_set():
+        stopped = ctx.cancelled.is_set() or ctx.expired.is_set()
+        if not stopped:
             before = len(resume.done_ids)
             earlier = f" ({before} were done by an earlier attempt)" if before else ""
             await ctx.event("info", f"running {total - before} of {total} lines{earlier}")
             sink = ItemSink(ctx, total, done=before, failed=resume.failed)
-            await self._run_lines(ctx, sink, resume.done_ids)
-        return await self._finalize(ctx)
+            stopped = await self._run_lines(ctx, sink, resume.done_ids)
+        expired = stopped and ctx.expired.is_set() and not ctx.cancelled.is_set()
+        if expired:
+            await ctx.event("warning", "the completion window ended: lines not run are expired")
+        return await self._finalize(ctx, expired=expired)
 
     # -- running the lines ----------------------------------------------------------------------
 
-    async def _run_lines(self, ctx: JobContext, sink: ItemSink, done: frozenset[str]) -> None:
+    async def _run_lines(self, ctx: JobContext, sink: ItemSink, done: frozenset[str]) -> bool:
+        """Run the lines not ``done``; whether it stopped before running them all (a
+        cancel, or the deadline)."""
         endpoint = str(ctx.job.input["endpoint"])
         handle = await ctx.call(self._open, ctx.job)
         slots = asyncio.Semaphore(self.line_concurrency)
         inflight: set[asyncio.Task[None]] = set()
-        halt = asyncio.ensure_future(_first(ctx.cancelled, sink.lost))
+        halt = asyncio.ensure_future(_first(ctx.cancelled, ctx.expired, sink.lost))
         halt.add_done_callback(lambda _: [task.cancel() for task in list(inflight)])
         writer = asyncio.create_task(sink.write_loop())
         try:
@@ -115,6 +130,7 @@ class BatchHandler:
                 inflight.add(task)
                 task.add_done_callback(_release(inflight, slots))
             await asyncio.gather(*inflight, return_exceptions=True)
+            return halt.done()
         finally:
             halt.cancel()
             for task in list(inflight):
@@ -167,28 +183,47 @@ class BatchHandler:
 
     # -- the result -----------------------------------------------------------------------------
 
-    async def _finalize(self, ctx: JobContext) -> Outcome:
-        job = ctx.job
-        if not await ctx.call(ctx.leases.begin_finalizing, job.id, ctx.runner):
+    async def _finalize(self, ctx: JobContext, *, expired: bool) -> Outcome:
+        job, leases = ctx.job, ctx.leases
+        if not await ctx.call(leases.begin_finalizing, job.id, ctx.runner):
             raise LeaseLost
-        output_id, answered = await ctx.call(self._write_file, ctx.leases, job, ok=True)
-        error_id, failed = await ctx.call(self._write_file, ctx.leases, job, ok=False)
-        prompt, completion = await ctx.call(ctx.leases.usage, job.id)
+        output_id, answered = await ctx.call(
+            self._write_file, job, leases.outputs(job.id, ok=True), ok=True
+        )
+        errors: Iterable[str] = leases.outputs(job.id, ok=False)
+        if expired:  # the lines not run go in line order among those that failed
+            merged = heapq.merge(
+                leases.numbered_outputs(job.id, ok=False),
+                self._not_run(leases, job),
+                key=itemgetter(0),
+            )
+            errors = (output for _, output in merged)
+        error_id, error_lines = await ctx.call(self._write_file, job, errors, ok=False)
+        prompt, completion = await ctx.call(leases.usage, job.id)
         result = {
             "output_file_id": output_id,
             "error_file_id": error_id,
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion},
         }
-        return ctx.ended(
-            ok_message=f"{answered} lines answered, {failed} failed",
-            result=result,
-            drop_items=True,
-        )
+        failed = "failed or not run" if expired else "failed"
+        message = f"{answered} lines answered, {error_lines} {failed}"
+        return ctx.ended(ok_message=message, expired=expired, result=result, drop_items=True)
 
-    def _write_file(self, leases: JobLeases, job: JobInfo, *, ok: bool) -> tuple[str | None, int]:
-        """The output (``ok``) or error file of the job's items, and its line count; no file
-        when there is no such line."""
-        lines = _Counted(leases.outputs(job.id, ok=ok))
+    def _not_run(self, leases: JobLeases, job: JobInfo) -> Iterator[tuple[int, str]]:
+        """The number and ``batch_expired`` error line of each line of the input not run."""
+        done = leases.done_keys(job.id)
+        with self._open(job) as handle:
+            for number, raw in numbered_lines(handle):
+                line = parse_line(number, raw)
+                if line.key not in done:
+                    yield number, failed_item(line, EXPIRED_CODE, EXPIRED_MESSAGE).output
+
+    def _write_file(
+        self, job: JobInfo, outputs: Iterable[str], *, ok: bool
+    ) -> tuple[str | None, int]:
+        """The output (``ok``) or error file of ``outputs`` (one line each), and its line
+        count; no file when there is no line."""
+        lines = _Counted(iter(outputs))
         first = next(lines, None)
         if first is None:
             return None, 0

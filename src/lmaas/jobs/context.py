@@ -3,7 +3,8 @@
 A handler (a batch, an eval run, ...) is one object per kind with an ``async run(ctx)`` that
 returns an :class:`Outcome`. It runs in the job runner process, inside the runner's event
 loop, and reaches the database only through ``ctx`` (blocking calls go to a thread). It
-must stop soon after ``ctx.cancelled`` is set, keep its results as it goes
+must stop soon after ``ctx.cancelled`` or ``ctx.expired`` (the job's deadline passed) is
+set, keep its results as it goes
 (:meth:`lmaas.jobs.leases.JobLeases.record`) so that a resumed run can skip what is done,
 and raise :class:`LeaseLost` when a write is refused because another runner has the job.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from lmaas.jobs.leases import JobLeases
-from lmaas.jobs.store import CANCELLED, COMPLETED, FAILED, JobInfo, Level
+from lmaas.jobs.store import CANCELLED, COMPLETED, EXPIRED, FAILED, JobInfo, Level
 
 T = TypeVar("T")
 
@@ -43,7 +44,7 @@ class JobFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a job ended: ``status`` is completed, failed or cancelled."""
+    """How a job ended: ``status`` is completed, failed, cancelled or expired."""
 
     status: str
     message: str
@@ -64,6 +65,7 @@ class JobContext:
     runner: str
     leases: JobLeases
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    expired: asyncio.Event = field(default_factory=asyncio.Event)  # the deadline passed
     lost: bool = False
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -76,10 +78,13 @@ class JobContext:
         """Log an event of the job (dropped silently once the lease is gone)."""
         await self.call(self.leases.event, self.job.id, self.runner, level, message, metrics)
 
-    def ended(self, *, ok_message: str, **fields: Any) -> Outcome:
-        """``completed``, or ``cancelled`` when a cancel was asked meanwhile."""
+    def ended(self, *, ok_message: str, expired: bool = False, **fields: Any) -> Outcome:
+        """``completed``; ``cancelled`` when a cancel was asked meanwhile, else ``expired``
+        when the handler stopped because the deadline passed (``expired``)."""
         if self.cancelled.is_set():
             return Outcome(CANCELLED, f"cancelled; {ok_message}", **fields)
+        if expired:
+            return Outcome(EXPIRED, f"expired; {ok_message}", **fields)
         return Outcome(COMPLETED, f"completed; {ok_message}", **fields)
 
 

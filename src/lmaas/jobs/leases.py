@@ -14,6 +14,10 @@ runner still holds the lease, so a runner whose lease expired and whose job was 
 another can never write over that runner's work. A job whose lease expired once too often
 (``max_attempts`` claims) is failed with an error saying so: no job stays in progress
 forever. A runner that stops on purpose gives its lease back at once, and the attempt back.
+
+A job with a deadline (``expires_at``) that passes before it finishes is claimed once more
+(``due_only``, whether it waits queued or its runner died) so that a runner writes what was
+done and ends it ``expired``; a runner holding it learns of the deadline from its heartbeat.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from typing import Any, Final
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from lmaas.db import utc_now
+from lmaas.db import as_utc, utc_now
 from lmaas.jobs.store import (
     ACTIVE,
     CANCELLED,
     CANCELLING,
     COMPLETED,
+    EXPIRED,
     FAILED,
     FINALIZING,
     IN_PROGRESS,
@@ -50,6 +55,7 @@ _ITEM_PAGE: Final = 500
 class Heartbeat:
     held: bool  # False: the lease is gone (expired and claimed by another runner, or ended)
     cancel_requested: bool
+    expired: bool = False  # the job's deadline has passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +94,19 @@ class JobLeases:
         self.max_attempts = max_attempts
         self._clock = clock
 
+    def now(self) -> datetime:
+        """The time on the dispatcher's clock (the one deadlines are read against)."""
+        return self._clock()
+
     # -- claiming -------------------------------------------------------------------------------
 
-    def claim(self, runner: str, kinds: Collection[str] | None = None) -> JobInfo | None:
-        """Lease the most urgent claimable job to ``runner``, or ``None`` if there is none."""
+    def claim(
+        self, runner: str, kinds: Collection[str] | None = None, *, due_only: bool = False
+    ) -> JobInfo | None:
+        """Lease the most urgent claimable job to ``runner``, or ``None`` if there is none.
+        With ``due_only``, only a job whose deadline has passed: it is ``finalizing`` (the
+        runner writes what was done and ends it ``expired``), never started if it was
+        queued."""
         now = self._clock()
         expired = and_(
             JobRow.status.in_(ACTIVE),
@@ -99,6 +114,8 @@ class JobLeases:
             JobRow.attempts < self.max_attempts,
         )
         query = select(JobRow).where(or_(JobRow.status == QUEUED, expired))
+        if due_only:
+            query = query.where(JobRow.expires_at <= now)
         if kinds is not None:
             query = query.where(JobRow.kind.in_(list(kinds)))
         query = (
@@ -115,19 +132,23 @@ class JobLeases:
             row.lease_owner = runner
             row.lease_expires_at = now + self.lease
             row.heartbeat_at = now
-            row.started_at = row.started_at or now
-            row.status = CANCELLING if row.cancel_requested_at is not None else IN_PROGRESS
             attempt = f"attempt {row.attempts} of {self.max_attempts}"
-            if not resumed:
-                message = f"started by runner {runner} ({attempt})"
-            elif previous is None:  # let go on purpose by a runner that stopped
-                message = f"resumed by runner {runner} ({attempt})"
+            if row.cancel_requested_at is not None:
+                row.status = CANCELLING
+            elif due_only:
+                row.status, row.finalizing_at = FINALIZING, now
             else:
+                row.status = IN_PROGRESS
+            if not due_only:
+                row.started_at = row.started_at or now
+            if due_only and row.expires_at is not None:
+                level: Level = "warning"
                 message = (
-                    f"resumed by runner {runner} ({attempt}): runner {previous} stopped "
-                    "holding it (its lease expired)"
+                    f"its deadline ({as_utc(row.expires_at):%Y-%m-%d %H:%M:%S} UTC) passed: "
+                    f"runner {runner} writes what was done ({attempt})"
                 )
-            level: Level = "warning" if resumed and previous is not None else "info"
+            else:
+                level, message = _claim_event(runner, attempt, resumed=resumed, previous=previous)
             append_event(session, row, now, level, message)
             session.flush()
             return to_info(row)
@@ -173,7 +194,11 @@ class JobLeases:
                 return Heartbeat(held=False, cancel_requested=False)
             row.lease_expires_at = now + self.lease
             row.heartbeat_at = now
-            return Heartbeat(held=True, cancel_requested=row.cancel_requested_at is not None)
+            return Heartbeat(
+                held=True,
+                cancel_requested=row.cancel_requested_at is not None,
+                expired=row.expires_at is not None and as_utc(row.expires_at) <= now,
+            )
 
     def release(self, job_id: str, runner: str, reason: str) -> bool:
         """Give the lease back now (the runner is stopping on purpose): the job is claimable
@@ -282,6 +307,11 @@ class JobLeases:
     def outputs(self, job_id: str, *, ok: bool) -> Iterator[str]:
         """The outputs of the job's successful (``ok``) or failed lines, in line order, read
         a page at a time."""
+        for _, output in self.numbered_outputs(job_id, ok=ok):
+            yield output
+
+    def numbered_outputs(self, job_id: str, *, ok: bool) -> Iterator[tuple[int, str]]:
+        """:meth:`outputs` with the number of each line."""
         after = 0
         while True:
             with self._sessions.begin() as session:
@@ -296,10 +326,18 @@ class JobLeases:
                     .limit(_ITEM_PAGE)
                 ).all()
             for line, output in rows:
-                yield output
+                yield line, output
                 after = line
             if len(rows) < _ITEM_PAGE:
                 return
+
+    def done_keys(self, job_id: str) -> frozenset[str]:
+        """The ``custom_id`` of every line of the job recorded so far."""
+        with self._sessions.begin() as session:
+            keys = session.scalars(
+                select(JobItemRow.custom_id).where(JobItemRow.job_id == job_id)
+            ).all()
+        return frozenset(keys)
 
     def usage(self, job_id: str) -> tuple[int, int]:
         """Prompt and completion tokens of the job's lines."""
@@ -339,17 +377,19 @@ class JobLeases:
         error: dict[str, Any] | None = None,
         drop_items: bool = False,
     ) -> bool:
-        """End the job with ``status`` (completed, failed or cancelled), if ``runner`` still
-        holds it; ``drop_items`` deletes its items in the same transaction (their outputs are
-        in the result's files by then). A job asked to cancel that completed before its
-        runner saw the request ends ``cancelled``: an accepted cancel is never contradicted."""
+        """End the job with ``status`` (completed, failed, cancelled or expired), if
+        ``runner`` still holds it; ``drop_items`` deletes its items in the same transaction
+        (their outputs are in the result's files by then). A job asked to cancel that
+        completed or expired before its runner saw the request ends ``cancelled``: an
+        accepted cancel is never contradicted."""
         now = self._clock()
         with self._sessions.begin() as session:
             row = _held(session, job_id, runner)
             if row is None:
                 return False
-            if status == COMPLETED and row.cancel_requested_at is not None:
-                status, message = CANCELLED, f"cancelled (it had finished its work): {message}"
+            if status in (COMPLETED, EXPIRED) and row.cancel_requested_at is not None:
+                why = "it had finished its work" if status == COMPLETED else "its deadline passed"
+                status, message = CANCELLED, f"cancelled ({why}): {message}"
             row.status = status
             row.finished_at = now
             row.lease_expires_at = None
@@ -360,6 +400,19 @@ class JobLeases:
             if drop_items:
                 session.execute(delete(JobItemRow).where(JobItemRow.job_id == job_id))
             return True
+
+
+def _claim_event(
+    runner: str, attempt: str, *, resumed: bool, previous: str | None
+) -> tuple[Level, str]:
+    if not resumed:
+        return "info", f"started by runner {runner} ({attempt})"
+    if previous is None:  # let go on purpose by a runner that stopped
+        return "info", f"resumed by runner {runner} ({attempt})"
+    return "warning", (
+        f"resumed by runner {runner} ({attempt}): runner {previous} stopped holding it (its "
+        "lease expired)"
+    )
 
 
 def _held(session: Session, job_id: str, runner: str) -> JobRow | None:

@@ -6,6 +6,11 @@ whether a cancel was asked (``ctx.cancelled``). When a heartbeat finds the lease
 runner stalled past its lease and another runner took the job), the handler is cancelled and
 nothing more is written for it. When the loop is stopped, each running job's handler is
 cancelled and its lease given back, so another runner resumes it at once.
+
+A job whose deadline has passed (``ctx.expired``: seen when it is claimed, or by a heartbeat)
+is stopped by its handler as for a cancel, and ends ``expired``. Jobs past their deadline that
+no runner holds are claimed besides the ``max_concurrent`` others (up to as many again): their
+handlers only write what was done, so an expired job is not left waiting behind long ones.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class JobLoop:
         self.heartbeat_interval = heartbeat_interval
         self.poll_interval = poll_interval
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.expiring: set[str] = set()  # claimed past their deadline: not counted above
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
         """Work until ``stop`` is set; ``wake`` says a job may have been queued."""
@@ -64,20 +70,32 @@ class JobLoop:
         try:
             for job_id in await asyncio.to_thread(self.leases.fail_exhausted):
                 log.error("job %s failed: its runners kept stopping", job_id)
-            while len(self.running) < self.max_concurrent:
+            while len(self.expiring) < self.max_concurrent:
+                job = await asyncio.to_thread(
+                    self.leases.claim, self.runner, self.handlers, due_only=True
+                )
+                if job is None:
+                    break
+                self.expiring.add(job.id)
+                self._start(job)
+            while len(self.running) - len(self.expiring) < self.max_concurrent:
                 job = await asyncio.to_thread(self.leases.claim, self.runner, self.handlers)
                 if job is None:
                     return
-                log.info("job %s (%s): attempt %d", job.id, job.kind, job.attempts)
-                task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
-                self.running[job.id] = task
-                task.add_done_callback(self._forget(job.id))
+                self._start(job)
         except Exception:  # the database is away for a moment: try again next round
             log.exception("claiming jobs failed")
+
+    def _start(self, job: JobInfo) -> None:
+        log.info("job %s (%s): attempt %d", job.id, job.kind, job.attempts)
+        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self.running[job.id] = task
+        task.add_done_callback(self._forget(job.id))
 
     def _forget(self, job_id: str) -> Callable[[asyncio.Task[None]], None]:
         def forget(_task: asyncio.Task[None]) -> None:
             self.running.pop(job_id, None)
+            self.expiring.discard(job_id)
 
         return forget
 
@@ -98,6 +116,8 @@ class JobLoop:
         ctx = JobContext(job, self.runner, self.leases)
         if job.cancel_requested_at is not None:
             ctx.cancelled.set()
+        if job.expires_at is not None and job.expires_at <= self.leases.now():
+            ctx.expired.set()
         work = asyncio.create_task(self.handlers[job.kind].run(ctx), name=f"handler-{job.id}")
         beat = asyncio.create_task(self._heartbeat(ctx, work), name=f"heartbeat-{job.id}")
         try:
@@ -155,6 +175,8 @@ class JobLoop:
                 return
             if beat.cancel_requested:
                 ctx.cancelled.set()
+            if beat.expired:
+                ctx.expired.set()
 
 
 async def _shielded(fn: object, *args: object) -> None:

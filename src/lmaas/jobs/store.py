@@ -8,7 +8,10 @@ datetimes) is injected so tests can drive time.
 
 Statuses: ``queued`` until a runner claims the job; ``in_progress`` while it runs;
 ``finalizing`` while its results are written; ``cancelling`` once a cancel reached a running
-job; then one of ``completed``, ``failed``, ``cancelled``, which never change again.
+job; then one of ``completed``, ``failed``, ``cancelled``, ``expired``, which never change
+again. A job may have a deadline (``expires_at``, a batch's completion window): a runner ends
+one that has not finished by then as ``expired``, keeping what it did
+(:meth:`lmaas.jobs.leases.JobLeases.claim` with ``due_only``).
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ CANCELLING: Final = "cancelling"
 COMPLETED: Final = "completed"
 FAILED: Final = "failed"
 CANCELLED: Final = "cancelled"
+EXPIRED: Final = "expired"
 # A runner holds a lease on a job in these statuses.
 ACTIVE: Final = (IN_PROGRESS, FINALIZING, CANCELLING)
-FINISHED: Final = (COMPLETED, FAILED, CANCELLED)
+FINISHED: Final = (COMPLETED, FAILED, CANCELLED, EXPIRED)
 STATUSES: Final = (QUEUED, *ACTIVE, *FINISHED)
 MAX_LIST_LIMIT: Final = 1000
 MAX_MESSAGE: Final = 4000
@@ -87,6 +91,7 @@ class JobInfo:
     lease_owner: str | None
     lease_expires_at: datetime | None
     heartbeat_at: datetime | None
+    expires_at: datetime | None  # the deadline, if the job has one
 
     @property
     def finished(self) -> bool:
@@ -141,6 +146,7 @@ def to_info(row: JobRow) -> JobInfo:
         lease_owner=row.lease_owner,
         lease_expires_at=_utc(row.lease_expires_at),
         heartbeat_at=_utc(row.heartbeat_at),
+        expires_at=_utc(row.expires_at),
     )
 
 
@@ -215,8 +221,10 @@ class JobStore:
         priority: int = 0,
         total: int = 0,
         message: str = "queued",
+        expires_in: timedelta | None = None,
     ) -> JobInfo:
-        """A new ``queued`` job, its first event ``message``."""
+        """A new ``queued`` job, its first event ``message``; with ``expires_in``, it
+        expires if it has not finished that long after now."""
         now = self._clock()
         row = JobRow(
             id=new_job_id(id_prefix, now),
@@ -232,6 +240,7 @@ class JobStore:
             progress_failed=0,
             attempts=0,
             last_event=0,
+            expires_at=None if expires_in is None else now + expires_in,
         )
         with self._sessions.begin() as session:
             session.add(row)
@@ -370,7 +379,12 @@ class JobStore:
 
 
 def _finished_words(status: str) -> str:
-    return {COMPLETED: "completed", FAILED: "failed", CANCELLED: "been cancelled"}[status]
+    return {
+        COMPLETED: "completed",
+        FAILED: "failed",
+        CANCELLED: "been cancelled",
+        EXPIRED: "expired",
+    }[status]
 
 
 def _find(

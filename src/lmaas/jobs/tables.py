@@ -33,7 +33,7 @@ MAX_JOB_ID: Final = 40
 MAX_CUSTOM_ID: Final = 512
 STATUS_CHECK: Final = (
     "status IN ('queued', 'in_progress', 'finalizing', 'cancelling', 'completed', 'failed', "
-    "'cancelled')"
+    "'cancelled', 'expired')"
 )
 
 
@@ -76,6 +76,8 @@ class JobRow(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The deadline: a job not finished by then ends `expired` (a batch's completion window).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The seq of the job's newest event (events are numbered 1, 2, ... per job).
     last_event: Mapped[int] = mapped_column(Integer)
     # What the job belongs to: the eval of an eval run (``0010_evals``).

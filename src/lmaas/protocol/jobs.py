@@ -44,6 +44,7 @@ class JobObject(BaseModel):
     finalizing_at: datetime | None
     finished_at: datetime | None
     cancel_requested_at: datetime | None
+    expires_at: datetime | None = None  # the deadline (a batch's completion window)
     duration_seconds: float | None
     progress: JobProgress
     attempts: int

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from lmaas.db import Base, alembic_config, upgrade_to_head
+from lmaas.db import Base, alembic_config, as_utc, upgrade_to_head
 
 TABLES = {
     "models",
@@ -233,3 +233,66 @@ def test_jobs_migration_up_and_down_keeps_the_rest(db_engine: Engine) -> None:
         names = set(inspect(conn).get_table_names())
         assert names.isdisjoint({"jobs", "job_events", "job_items"})
         assert conn.execute(text("SELECT purpose FROM files")).all() == [("batch",)]
+
+
+def test_job_deadlines_migration_keeps_events_and_items(db_engine: Engine) -> None:
+    """0011 adds ``jobs.expires_at`` (a batch's is its creation + 24 h) and the status
+    ``expired``; on SQLite the table is copied, and its events and items (which cascade from
+    it) must survive that, both ways. Down again, an expired job is ``cancelled``."""
+    t = datetime(2026, 12, 5, tzinfo=UTC)
+    jobs = {"batch_0000000000000100000000": "batch", "eval_0000000000000100000000": "eval_run"}
+    with db_engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0010")
+        for job, kind in jobs.items():
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, kind, input, status, priority, created_at, "
+                    "progress_total, progress_done, progress_failed, attempts, last_event) "
+                    "VALUES (:id, :kind, '{}', 'in_progress', 0, :t, 2, 1, 0, 1, 1)"
+                ),
+                {"id": job, "kind": kind, "t": t},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO job_events (job_id, seq, created_at, level, message) "
+                    "VALUES (:id, 1, :t, 'info', 'queued')"
+                ),
+                {"id": job, "t": t},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO job_items (job_id, custom_id, line, ok, output, prompt_tokens, "
+                    "completion_tokens, created_at) VALUES (:id, 'a', 1, :ok, '{}', 1, 2, :t)"
+                ),
+                {"id": job, "ok": True, "t": t},
+            )
+
+    def kept(conn: Connection) -> None:
+        for table in ("job_events", "job_items"):
+            rows = conn.execute(text(f"SELECT job_id FROM {table} ORDER BY job_id")).all()
+            assert [r[0] for r in rows] == sorted(jobs)
+
+    with db_engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0011")
+        kept(conn)
+        deadlines = dict(conn.execute(text("SELECT kind, expires_at FROM jobs")).all())
+        assert deadlines["eval_run"] is None
+        assert as_utc(_datetime(deadlines["batch"])) == t + timedelta(hours=24)
+        conn.execute(text("UPDATE jobs SET status = 'expired' WHERE kind = 'batch'"))
+    with pytest.raises(IntegrityError), db_engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'lost'"))
+    with db_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0010")
+        kept(conn)
+        assert dict(conn.execute(text("SELECT kind, status FROM jobs")).all()) == {
+            "batch": "cancelled",
+            "eval_run": "in_progress",
+        }
+        assert "expires_at" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
+    with pytest.raises(IntegrityError), db_engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'expired'"))
+
+
+def _datetime(value: object) -> datetime:
+    """A timestamp read with plain SQL: SQLite gives its text."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))

@@ -4,11 +4,16 @@ Creating a batch checks everything that can be checked before it runs (the file,
 purpose, that every line goes to the batch's endpoint, the line count) and answers 4xx in
 the OpenAI envelope naming the field, with nothing written; then the job is queued and the
 runner woken. A batch belongs to the key that created it, as its files do.
+
+``completion_window`` is OpenAI's ``24h``, or as an lmaas extension any other duration (``90s``,
+``30m``, ``2h``, ``7d``) up to ``jobs.max_completion_window_seconds``; a batch not finished by
+``expires_at`` ends ``expired`` (see :mod:`lmaas.jobs.batch`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -17,7 +22,16 @@ from lmaas.config_jobs import JobSettings
 from lmaas.errors import InvalidRequestError, NotFoundError
 from lmaas.gateway.management.files import viewer_of
 from lmaas.jobs.batch_lines import ENDPOINTS, scan_input
-from lmaas.jobs.store import CANCELLED, CANCELLING, COMPLETED, FAILED, QUEUED, JobInfo, JobStore
+from lmaas.jobs.store import (
+    CANCELLED,
+    CANCELLING,
+    COMPLETED,
+    EXPIRED,
+    FAILED,
+    QUEUED,
+    JobInfo,
+    JobStore,
+)
 from lmaas.keys import KeyInfo
 from lmaas.protocol.batches import (
     Batch,
@@ -32,7 +46,8 @@ from lmaas.store.files import FileStore, Viewer
 
 KIND: Final = "batch"
 _DAY: Final = timedelta(hours=24)
-COMPLETION_WINDOWS: Final = {"24h": _DAY}
+WINDOW_RE: Final = re.compile(r"([1-9][0-9]{0,6})([smhd])")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 MAX_METADATA: Final = 16
 MAX_METADATA_KEY: Final = 64
 MAX_METADATA_VALUE: Final = 512
@@ -43,10 +58,33 @@ def _ts(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
 
+def completion_window(text: str, max_seconds: int) -> timedelta:
+    """The duration ``text`` names (``24h``, ``30m``, ...), if at most ``max_seconds``; a 400
+    naming ``completion_window`` otherwise."""
+    match = WINDOW_RE.fullmatch(text)
+    seconds = int(match[1]) * _UNIT_SECONDS[match[2]] if match else 0
+    if not 1 <= seconds <= max_seconds:
+        raise InvalidRequestError(
+            f"completion_window must be a duration such as 24h (a whole number then s, m, h "
+            f"or d) of at most {max_seconds} s (jobs.max_completion_window_seconds); got "
+            f"{text[:16]!r}",
+            param="completion_window",
+            code="invalid_completion_window",
+        )
+    return timedelta(seconds=seconds)
+
+
 def batch_object(job: JobInfo) -> Batch:
-    """A batch job in OpenAI's shape (queued is ``validating``)."""
+    """A batch job in OpenAI's shape (queued is ``validating``). ``request_counts.failed``
+    counts the lines that ran and failed: an expired batch's lines not run are in neither
+    count (but in its error file)."""
     result, progress, given = job.result or {}, job.progress, job.input
-    finished = {COMPLETED: "completed_at", FAILED: "failed_at", CANCELLED: "cancelled_at"}
+    finished = {
+        COMPLETED: "completed_at",
+        FAILED: "failed_at",
+        CANCELLED: "cancelled_at",
+        EXPIRED: "expired_at",
+    }
     stamps: dict[str, int | None] = {}
     if job.status in finished:
         stamps[finished[job.status]] = _ts(job.finished_at)
@@ -60,6 +98,7 @@ def batch_object(job: JobInfo) -> Batch:
             data=[BatchError(code=error.get("code"), message=error.get("message"))]
         )
     window = str(given.get("completion_window", "24h"))
+    expires_at = job.expires_at or job.created_at + _DAY
     return Batch(
         id=job.id,
         endpoint=str(given["endpoint"]),
@@ -72,7 +111,7 @@ def batch_object(job: JobInfo) -> Batch:
         error_file_id=result.get("error_file_id"),
         created_at=int(job.created_at.timestamp()),
         in_progress_at=_ts(job.started_at),
-        expires_at=int((job.created_at + COMPLETION_WINDOWS.get(window, _DAY)).timestamp()),
+        expires_at=int(expires_at.timestamp()),
         finalizing_at=_ts(job.finalizing_at),
         request_counts=BatchRequestCounts(
             total=progress.total,
@@ -130,11 +169,9 @@ class BatchManagement:
         self._on_queued = on_queued
 
     async def create(self, key: KeyInfo | None, body: BatchCreate) -> Batch:
-        if body.completion_window not in COMPLETION_WINDOWS:
-            raise InvalidRequestError(
-                f"completion_window must be one of {', '.join(COMPLETION_WINDOWS)}",
-                param="completion_window",
-            )
+        window = completion_window(
+            body.completion_window, self._settings.max_completion_window_seconds
+        )
         if body.endpoint not in ENDPOINTS:
             raise InvalidRequestError(
                 f"endpoint must be one of {', '.join(ENDPOINTS)}",
@@ -142,12 +179,16 @@ class BatchManagement:
                 code="unsupported_endpoint",
             )
         metadata = check_metadata(body.metadata)
-        job = await asyncio.to_thread(self._create, viewer_of(key), body, metadata)
+        job = await asyncio.to_thread(self._create, viewer_of(key), body, metadata, window)
         self._on_queued()
         return batch_object(job)
 
     def _create(
-        self, viewer: Viewer, body: BatchCreate, metadata: dict[str, str] | None
+        self,
+        viewer: Viewer,
+        body: BatchCreate,
+        metadata: dict[str, str] | None,
+        window: timedelta,
     ) -> JobInfo:
         try:
             file, handle = self._files.open(body.input_file_id, viewer)
@@ -177,6 +218,7 @@ class BatchManagement:
             input_file_id=file.id,
             total=scan.lines,
             message=f"queued: {scan.lines} lines for {body.endpoint}",
+            expires_in=window,
         )
 
     async def list(self, key: KeyInfo | None, *, after: str | None, limit: int) -> BatchList:

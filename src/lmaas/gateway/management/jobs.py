@@ -45,6 +45,7 @@ def job_object(job: JobInfo) -> JobObject:
         finalizing_at=job.finalizing_at,
         finished_at=job.finished_at,
         cancel_requested_at=job.cancel_requested_at,
+        expires_at=job.expires_at,
         duration_seconds=duration,
         progress=JobProgress(
             total=job.progress.total,
