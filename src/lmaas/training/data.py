@@ -105,14 +105,15 @@ def chat_spans(tokenizer: Any, example: ChatExample) -> tuple[str, list[Span]]:
             continue
         span = _turn_span(tokenizer, turns, i, full)
         if span is None or span[0] < cursor:
-            at = full.find(message.content, cursor)
+            text = message.content.strip() or message.content  # templates often trim it
+            at = full.find(text, cursor)
             if at < 0:
                 raise TrainingDataError(
                     example.line,
                     f"messages[{i}] does not appear in the conversation as the model's chat "
                     "template renders it",
                 )
-            span = (at, at + len(message.content))
+            span = (at, at + len(text))
         spans.append(span)
         cursor = span[1]
     return full, spans

@@ -1,15 +1,14 @@
-"""LoRA adapters (through peft): add them to a model, save them, merge them into it.
+"""LoRA adapters (through peft): add them to a model, merge them into it.
 
 With LoRA only the adapters' small matrices train; the base weights stay bit-identical. The
-adapter is saved on its own (``adapter_config.json`` + ``adapter_model.safetensors``, which
-peft can load over the same base) before it is merged into the base weights
-(``merge_and_unload``) to give a plain model that any engine serves.
+adapter is saved on its own (``export.save_adapter``: ``adapter_config.json`` +
+``adapter_model.safetensors``, which peft can load over the same base) before it is merged
+into the base weights (``merge_and_unload``) to give a plain model that any engine serves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import torch
@@ -79,17 +78,10 @@ def is_lora(model: nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_adapter(model: Any, folder: Path) -> None:
-    """The adapter alone, as peft saves it (safetensors)."""
-    if not isinstance(model, PeftModel):
-        raise TypeError("the model has no LoRA adapter")
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
-
-
 def merge_lora(model: Any) -> Any:
     """The base model with the adapters added into its weights, unwrapped from peft. The
-    peft model is used up: save the adapter first when it is wanted."""
+    peft model is used up: save the adapter first when it is wanted
+    (``lmaas.training.export.save_adapter``)."""
     if not isinstance(model, PeftModel):
         raise TypeError("the model has no LoRA adapter")
     return model.merge_and_unload()

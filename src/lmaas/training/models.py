@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GgufConfig,
+    PreTrainedModel,
+)
 from transformers.utils import logging as hf_logging
 
 CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")  # as the transformers backend decides
@@ -58,7 +64,13 @@ def load_causal_lm(path: Path, *, dtype: torch.dtype = torch.float32) -> tuple[A
     source = _source(path)
     if "gguf_file" in source:  # each read of a GGUF's metadata takes seconds: two, not three
         tokenizer = AutoTokenizer.from_pretrained(**source)
-        return AutoModelForCausalLM.from_pretrained(**source, dtype=dtype), tokenizer
+        # Dense weights, and no quantizer left on the model: one would refuse to train or to
+        # save_pretrained ("quantized with GGUF and not serializable").
+        dense = GgufConfig(dequantize=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            **source, dtype=dtype, quantization_config=dense
+        )
+        return model, tokenizer
     config = AutoConfig.from_pretrained(**source)
     architecture = (getattr(config, "architectures", None) or [""])[0]
     if not architecture.endswith(CAUSAL_ARCHITECTURES):
@@ -144,11 +156,3 @@ def check_distillation_pair(
             f"the student ({parameter_count(student):,} parameters) is larger than the "
             f"teacher ({parameter_count(teacher):,})"
         )
-
-
-def save_model(model: PreTrainedModel, tokenizer: Any, folder: Path) -> None:
-    """A Hugging Face folder: config, safetensors weights, tokenizer (its chat template
-    included)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))

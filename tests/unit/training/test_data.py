@@ -70,16 +70,17 @@ def test_a_weight_zero_turn_is_not_learned(tokenizer: Any) -> None:
 
 def test_a_template_that_changes_earlier_turns_falls_back_to_the_text(tokenizer: Any) -> None:
     """A template adding a default system turn to a conversation without one (as SmolLM2's
-    does) renders no empty-history prefix of the whole; the turn is found by its text."""
+    does) renders no empty-history prefix of the whole; the turn is found by its text (which
+    this template trims)."""
     odd = tokenizer.chat_template.replace(
         "{% for m in messages %}",
         "{% if messages and messages[0]['role'] != 'system' %}<|im_start|>system\nhi<|im_end|>\n"
         "{% endif %}{% for m in messages %}",
-    )
+    ).replace("{{ m['content'] }}", "{{ m['content'] | trim }}")
     original = tokenizer.chat_template
     tokenizer.chat_template = odd
     try:
-        row = {"messages": [{"role": "assistant", "content": "hello there"}]}
+        row = {"messages": [{"role": "assistant", "content": "  hello there\n"}]}
         example = _one(tokenizer, row)
     finally:
         tokenizer.chat_template = original

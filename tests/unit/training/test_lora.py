@@ -11,7 +11,7 @@ from peft import PeftModel
 
 from lmaas.training.hyperparameters import Hyperparameters
 from lmaas.training.loop import RunOptions, train
-from lmaas.training.lora import LLAMA_TARGETS, LoraSettings, add_lora, merge_lora, save_adapter
+from lmaas.training.lora import LLAMA_TARGETS, LoraSettings, add_lora, merge_lora
 from tests.unit.training.conftest import fact_examples, tiny_llama
 
 
@@ -51,7 +51,7 @@ def test_the_merged_model_equals_base_plus_adapter(tokenizer: Any, tmp_path: Pat
     model, _ = _trained_lora(tokenizer, tmp_path)
     ids = torch.tensor([tokenizer("the capital of france is paris")["input_ids"]])
     adapted = _logits(model, ids)
-    save_adapter(model, tmp_path / "adapter")
+    model.save_pretrained(str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     merged = merge_lora(model)
     assert not isinstance(merged, PeftModel)

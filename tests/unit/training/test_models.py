@@ -16,7 +16,6 @@ from lmaas.training.models import (
     check_distillation_pair,
     load_causal_lm,
     parameter_count,
-    save_model,
     student_from_teacher,
 )
 from tests.unit.training.conftest import tiny_llama
@@ -81,7 +80,8 @@ def test_the_distillation_pair_checks(tokenizer: Any) -> None:
 
 def test_a_saved_folder_loads_back_the_same_model(tokenizer: Any, tmp_path: Path) -> None:
     model = tiny_llama(len(tokenizer)).eval()
-    save_model(model, tokenizer, tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
     loaded, loaded_tokenizer = load_causal_lm(tmp_path / "m")
     ids = torch.tensor([tokenizer("the quick brown fox")["input_ids"]])
     with torch.no_grad():
