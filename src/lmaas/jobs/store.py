@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lmaas.db import as_utc, utc_now
 from lmaas.errors import ConflictError, InvalidRequestError, NotFoundError
-from lmaas.jobs.tables import JobEventRow, JobRow
+from lmaas.jobs.tables import JobEventRow, JobItemRow, JobRow
 from lmaas.store.files import Viewer
 
 __all__ = [
@@ -93,6 +93,7 @@ class JobInfo:
     heartbeat_at: datetime | None
     expires_at: datetime | None  # the deadline, if the job has one
 
+    group_id: str | None = None  # what the job belongs to (an eval run: its eval)
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
@@ -148,6 +149,7 @@ def to_info(row: JobRow) -> JobInfo:
         heartbeat_at=_utc(row.heartbeat_at),
         expires_at=_utc(row.expires_at),
     )
+        group_id=row.group_id,
 
 
 def new_job_id(prefix: str, now: datetime) -> str:
@@ -223,6 +225,7 @@ class JobStore:
         message: str = "queued",
         expires_in: timedelta | None = None,
     ) -> JobInfo:
+        group_id: str | None = None,
         """A new ``queued`` job, its first event ``message``; with ``expires_in``, it
         expires if it has not finished that long after now."""
         now = self._clock()
@@ -242,6 +245,7 @@ class JobStore:
             last_event=0,
             expires_at=None if expires_in is None else now + expires_in,
         )
+            group_id=group_id,
         with self._sessions.begin() as session:
             session.add(row)
             session.flush()  # the row before its first event (no ORM relationship orders them)
@@ -265,6 +269,8 @@ class JobStore:
         after: str | None = None,
         limit: int = 20,
     ) -> JobPage:
+        group_id: str | None = None,
+        newest_first: bool = True,
         """Up to ``limit`` jobs ``viewer`` sees, newest first, starting after the job id
         ``after`` (which need not exist any more)."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
@@ -277,13 +283,24 @@ class JobStore:
         if statuses is not None:
             query = query.where(JobRow.status.in_(list(statuses)))
         if after is not None:
+        if group_id is not None:
+            query = query.where(JobRow.group_id == group_id)
             when = created_at_of(after)
             if when is None:
                 raise InvalidRequestError("after must be the id of a job", param="after")
-            query = query.where(
-                or_(JobRow.created_at < when, and_(JobRow.created_at == when, JobRow.id < after))
-            )
-        query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
+            if newest_first:
+                query = query.where(
+                    or_(JobRow.created_at < when, and_(JobRow.created_at == when, JobRow.id < after))
+                )
+            else:
+                query = query.where(
+                    or_(JobRow.created_at > when, and_(JobRow.created_at == when, JobRow.id > after))
+                )
+        if newest_first:
+            query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc())
+        else:
+            query = query.order_by(JobRow.created_at, JobRow.id)
+        query = query.limit(limit + 1)
         with self._sessions.begin() as session:
             rows = session.scalars(query).all()
         return JobPage([to_info(r) for r in rows[:limit]], has_more=len(rows) > limit)
@@ -369,6 +386,32 @@ class JobStore:
         job_id: str,
         level: Level,
         message: str,
+    def items(
+        self, job_id: str, *, after: int | None, limit: int, newest_first: bool = False
+    ) -> builtins.list[tuple[int, str]]:
+        """(line, output) of the job's recorded items in line order, after line ``after``."""
+        query = select(JobItemRow.line, JobItemRow.output).where(JobItemRow.job_id == job_id)
+        if after is not None:
+            query = query.where(JobItemRow.line < after if newest_first else JobItemRow.line > after)
+        order = JobItemRow.line.desc() if newest_first else JobItemRow.line
+        with self._sessions.begin() as session:
+            rows = session.execute(query.order_by(order).limit(limit)).all()
+        return [(int(line), str(output)) for line, output in rows]
+
+    def delete(self, job_id: str, viewer: Viewer, *, kind: str | None = None) -> None:
+        """Forget a finished job, its events and items (409 while it runs)."""
+        with self._sessions.begin() as session:
+            row = _find(session, job_id, viewer, kind=kind, lock=True)
+            if row.status not in FINISHED:
+                raise ConflictError(
+                    f"{row.kind} {row.id} is {row.status}; cancel it before deleting it",
+                    param=f"{kind or 'job'}_id",
+                    code="job_not_finished",
+                )
+            session.execute(delete(JobEventRow).where(JobEventRow.job_id == job_id))
+            session.execute(delete(JobItemRow).where(JobItemRow.job_id == job_id))
+            session.delete(row)
+
         metrics: dict[str, Any] | None = None,
     ) -> None:
         with self._sessions.begin() as session:
