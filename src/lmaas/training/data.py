@@ -36,6 +36,8 @@ from lmaas.training.formats import (
 )
 
 IGNORE: Final = -100  # the label torch's cross-entropy ignores
+# A batch of 8 such examples over a 49k vocabulary holds ~0.8 GB of float32 logits.
+DEFAULT_MAX_SEQ_LEN: Final = 512
 MEGABATCH: Final = 8  # batches of similar length are drawn from this many batches' examples
 
 Span = tuple[int, int]  # [start, end) in characters

@@ -15,6 +15,7 @@ from typing import Final, Literal
 Method = Literal["full", "lora", "distillation"]
 Auto = Literal["auto"]
 AUTO: Final = "auto"
+DEFAULT_METHOD: Final[Method] = "lora"  # on a CPU: a small fraction of the weights to train
 
 BASE_LEARNING_RATE: Final[dict[Method, float]] = {
     "full": 5e-5,
