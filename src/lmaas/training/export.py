@@ -39,11 +39,11 @@ __all__ = [
     "save_hf_folder",
 ]
 
-QuantType = Literal["Q4_0", "Q8_0", "Q4_K_M", "F16"]
+QuantType = Literal["Q4_0", "Q4_1", "Q8_0", "Q4_K_M", "F16"]
 QUANT_TYPES: Final[tuple[str, ...]] = get_args(QuantType)
 # llama.cpp's llama_ftype numbers (include/llama.h).
-_LLAMA_FTYPES: Final = {"F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15}
-_ERROR_TAIL_LINES: Final = 5
+_LLAMA_FTYPES: Final = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K_M": 15}
+_ERROR_TAIL_LINES: Final = 3
 
 
 def save_hf_folder(
@@ -100,7 +100,8 @@ def quantize_gguf(
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
-            raise ExportError(f"quantizing to {qtype} failed: {_failure(done)}")
+            reason = _failure(done, {src: src.name, partial: dst.name})
+            raise ExportError(f"quantizing to {qtype} failed: {reason}")
         os.replace(partial, dst)
     except subprocess.TimeoutExpired as exc:
         raise ExportError(f"quantizing to {qtype} took longer than {timeout:g} s") from exc
@@ -109,15 +110,21 @@ def quantize_gguf(
     return gguf_summary(dst)
 
 
-def _failure(done: subprocess.CompletedProcess[str]) -> str:
+def _failure(done: subprocess.CompletedProcess[str], paths: dict[Path, str]) -> str:
+    """llama.cpp's own words from the child's output, with the server's paths cut to names."""
+    reason = ""
     for line in reversed(done.stdout.strip().splitlines()):
         if line.startswith("{"):
-            return str(json.loads(line).get("error", line))
-    tail = " | ".join(done.stderr.strip().splitlines()[-_ERROR_TAIL_LINES:])
+            reason = str(json.loads(line).get("error", ""))
+            break
     if done.returncode < 0:
-        cause = f"the quantizer died of {signal.Signals(-done.returncode).name}"
-        return f"{cause} ({tail})" if tail else cause
-    return tail or f"the quantizer exited with status {done.returncode}"
+        reason = f"the quantizer died of {signal.Signals(-done.returncode).name}"
+    said = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    tail = " | ".join(said[-_ERROR_TAIL_LINES:])
+    message = ": ".join(part for part in (reason, tail) if part)
+    for path, shown in paths.items():
+        message = message.replace(str(path), shown)
+    return message or f"the quantizer exited with status {done.returncode}"
 
 
 def _quantize_here(src: str, dst: str, qtype: str, threads: int) -> int:
