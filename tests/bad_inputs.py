@@ -1677,3 +1677,447 @@ def expect_error(r: Any, status: int, param: str | None, code: str | None = None
     if code is not None:
         assert err["code"] == code, err
     return str(err["message"])
+
+
+# -- the Files and Batch APIs and /admin/jobs (issue 11) -----------------------------------------
+
+JOB_FILES_MAX_BYTES = 1 << 20  # `files.max_bytes` of the servers the job cases run against
+_BATCH_LINE = {
+    "custom_id": "a",
+    "method": "POST",
+    "url": CHAT,
+    "body": {"model": "m", "messages": MSG},
+}
+
+
+def _batch_file(*lines: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+class Upload(NamedTuple):
+    """A ``multipart/form-data`` upload to /v1/files; a field given as ``None`` is left out."""
+
+    purpose: str | None
+    data: bytes | None
+    filename: str = "in.jsonl"
+
+
+def multipart(upload: Upload) -> tuple[str, bytes]:
+    """The Content-Type and body of ``upload``."""
+    boundary = "hostile-boundary-7f3a"
+    parts = []
+    if upload.purpose is not None:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+            f"{upload.purpose}\r\n".encode()
+        )
+    if upload.data is not None:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{upload.filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + upload.data
+            + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return f"multipart/form-data; boundary={boundary}", body
+
+
+class JobCase(NamedTuple):
+    """A bad request to /v1/files, /v1/batches or /admin/jobs (``admin``: with an admin key,
+    else a user's). ``{batch_file}`` (a batch file of chat lines), ``{mixed_file}`` (a batch file
+    whose second line is an embeddings request), ``{data_file}`` (purpose user_data),
+    ``{other_file}`` (another key's batch file) and ``{finished_batch}`` (a cancelled batch of the
+    user) are filled in, in paths and in a JSON body's strings."""
+
+    id: str
+    method: str
+    path: str
+    body: dict[str, Any] | Upload | bytes | None
+    status: int
+    param: str | None
+    code: str | None = None
+    admin: bool = False
+
+
+def fill(value: Any, names: dict[str, str]) -> Any:
+    """``value`` with every ``{name}`` of ``names`` filled in, in strings at any depth."""
+    if isinstance(value, str):
+        for name, replacement in names.items():
+            value = value.replace("{" + name + "}", replacement)
+        return value
+    if isinstance(value, dict):
+        return {fill(k, names): fill(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill(v, names) for v in value]
+    return value
+
+
+def _batch(**fields: Any) -> dict[str, Any]:
+    return {
+        "input_file_id": "{batch_file}",
+        "endpoint": CHAT,
+        "completion_window": "24h",
+        **fields,
+    }
+
+
+def _file_cases() -> list[JobCase]:
+    line = _BATCH_LINE
+    uploads: list[tuple[str, Upload, int, str | None, str | None]] = [
+        ("not-jsonl", Upload("batch", b"hello\nworld\n"), 400, "file", "invalid_file"),
+        ("jsonl-of-arrays", Upload("batch", b"[1, 2]\n"), 400, "file", "invalid_file"),
+        ("not-utf8", Upload("batch", b'{"a": "\xff\xfe"}\n'), 400, "file", "invalid_file"),
+        ("empty-batch-file", Upload("batch", b""), 400, "file", "invalid_file"),
+        ("only-blank-lines", Upload("batch", b"\n \n\n"), 400, "file", "invalid_file"),
+        (
+            "line-without-method",
+            Upload("batch", _batch_file({k: v for k, v in line.items() if k != "method"})),
+            400,
+            "file",
+            "invalid_file",
+        ),
+        (
+            "line-method-get",
+            Upload("batch", _batch_file({**line, "method": "GET"})),
+            400,
+            "file",
+            "invalid_file",
+        ),
+        (
+            "line-url-unknown",
+            Upload("batch", _batch_file({**line, "url": "/v1/images/generations"})),
+            400,
+            "file",
+            "invalid_file",
+        ),
+        (
+            "line-body-string",
+            Upload("batch", _batch_file({**line, "body": "hi"})),
+            400,
+            "file",
+            "invalid_file",
+        ),
+        (
+            "line-custom-id-number",
+            Upload("batch", _batch_file({**line, "custom_id": 7})),
+            400,
+            "file",
+            "invalid_file",
+        ),
+        (
+            "line-custom-id-513-chars",
+            Upload("batch", _batch_file({**line, "custom_id": "c" * 513})),
+            400,
+            "file",
+            "invalid_file",
+        ),
+        (
+            "duplicate-custom-id",
+            Upload("batch", _batch_file(line, {**line, "url": EMB})),
+            400,
+            "file",
+            "invalid_file",
+        ),
+        (
+            "fine-tune-without-assistant",
+            Upload("fine-tune", b'{"messages": [{"role": "user", "content": "hi"}]}\n'),
+            400,
+            "file",
+            "invalid_file",
+        ),
+        ("evals-item-string", Upload("evals", b'{"item": "x"}\n'), 400, "file", "invalid_file"),
+        (
+            "over-the-limit",
+            Upload("user_data", b"x" * (JOB_FILES_MAX_BYTES + 1)),
+            413,
+            "file",
+            "file_too_large",
+        ),
+        ("purpose-unknown", Upload("assistants", b"{}\n"), 400, "purpose", "invalid_purpose"),
+        ("purpose-missing", Upload(None, b"{}\n"), 400, "purpose", "missing_purpose"),
+        ("file-missing", Upload("batch", None), 400, "file", "missing_file"),
+        (
+            "filename-control-character",
+            Upload("user_data", b"x", filename="a\x07b"),
+            400,
+            "file",
+            "invalid_filename",
+        ),
+    ]
+    rows = [
+        JobCase(f"upload-{name}", "POST", "/v1/files", upload, status, param, code)
+        for name, upload, status, param, code in uploads
+    ]
+    rows += [
+        JobCase("upload-json-body", "POST", "/v1/files", {"purpose": "batch"}, 415, "Content-Type"),
+        JobCase("files-limit-negative", "GET", "/v1/files?limit=-1", None, 400, "limit"),
+        JobCase("files-limit-zero", "GET", "/v1/files?limit=0", None, 400, "limit"),
+        JobCase("files-limit-10001", "GET", "/v1/files?limit=10001", None, 400, "limit"),
+        JobCase(
+            "files-limit-20-digits",
+            "GET",
+            "/v1/files?limit=99999999999999999999",
+            None,
+            400,
+            "limit",
+        ),
+        JobCase("files-limit-word", "GET", "/v1/files?limit=many", None, 400, "limit"),
+        JobCase("files-after-garbage", "GET", "/v1/files?after=garbage", None, 400, "after"),
+        JobCase("files-after-65-chars", "GET", "/v1/files?after=" + "f" * 65, None, 400, "after"),
+        JobCase("files-order-sideways", "GET", "/v1/files?order=sideways", None, 400, "order"),
+        JobCase(
+            "file-unknown",
+            "GET",
+            "/v1/files/file-000000000000000000000000",
+            None,
+            404,
+            "file_id",
+            "file_not_found",
+        ),
+        JobCase("file-id-garbage", "GET", "/v1/files/garbage", None, 404, "file_id"),
+        JobCase("file-of-another-key", "GET", "/v1/files/{other_file}", None, 404, "file_id"),
+        JobCase(
+            "content-of-another-key",
+            "GET",
+            "/v1/files/{other_file}/content",
+            None,
+            404,
+            "file_id",
+        ),
+        JobCase(
+            "delete-another-keys-file", "DELETE", "/v1/files/{other_file}", None, 404, "file_id"
+        ),
+        JobCase("delete-unknown-file", "DELETE", "/v1/files/garbage", None, 404, "file_id"),
+    ]
+    return rows
+
+
+def _batch_cases() -> list[JobCase]:
+    rows: list[tuple[str, Any, int, str | None, str | None]] = [
+        (
+            "unknown-file",
+            _batch(input_file_id="file-000000000000000000000000"),
+            404,
+            "input_file_id",
+            "file_not_found",
+        ),
+        ("file-id-garbage", _batch(input_file_id="garbage"), 404, "input_file_id", None),
+        ("file-id-65-chars", _batch(input_file_id="f" * 65), 400, "input_file_id", None),
+        ("file-id-number", _batch(input_file_id=5), 400, "input_file_id", None),
+        ("file-of-another-key", _batch(input_file_id="{other_file}"), 404, "input_file_id", None),
+        (
+            "wrong-purpose",
+            _batch(input_file_id="{data_file}"),
+            400,
+            "input_file_id",
+            "invalid_file_purpose",
+        ),
+        (
+            "line-url-not-the-endpoint",
+            _batch(input_file_id="{mixed_file}"),
+            400,
+            "endpoint",
+            "endpoint_mismatch",
+        ),
+        (
+            "endpoint-unsupported",
+            _batch(endpoint="/v1/images/generations"),
+            400,
+            "endpoint",
+            "unsupported_endpoint",
+        ),
+        (
+            "endpoint-missing",
+            {"input_file_id": "{batch_file}", "completion_window": "24h"},
+            400,
+            "endpoint",
+            None,
+        ),
+        (
+            "file-id-missing",
+            {"endpoint": CHAT, "completion_window": "24h"},
+            400,
+            "input_file_id",
+            None,
+        ),
+        (
+            "window-missing",
+            {"input_file_id": "{batch_file}", "endpoint": CHAT},
+            400,
+            "completion_window",
+            None,
+        ),
+        ("window-25h", _batch(completion_window="25h"), 400, "completion_window", None),
+        ("window-zero", _batch(completion_window="0s"), 400, "completion_window", None),
+        ("window-word", _batch(completion_window="forever"), 400, "completion_window", None),
+        ("window-negative", _batch(completion_window="-1h"), 400, "completion_window", None),
+        ("window-number", _batch(completion_window=24), 400, "completion_window", None),
+        ("window-null", _batch(completion_window=None), 400, "completion_window", None),
+        (
+            "window-17-chars",
+            _batch(completion_window="1" * 16 + "h"),
+            400,
+            "completion_window",
+            None,
+        ),
+        (
+            "window-20-digits",
+            _batch(completion_window="9" * 15 + "s"),
+            400,
+            "completion_window",
+            None,
+        ),
+        (
+            "metadata-17-pairs",
+            _batch(metadata={f"k{i}": "v" for i in range(17)}),
+            400,
+            "metadata",
+            None,
+        ),
+        ("metadata-key-65-chars", _batch(metadata={"k" * 65: "v"}), 400, "metadata", None),
+        ("metadata-key-empty", _batch(metadata={"": "v"}), 400, "metadata", None),
+        ("metadata-value-513-chars", _batch(metadata={"k": "v" * 513}), 400, "metadata", None),
+        ("metadata-value-number", _batch(metadata={"k": 1}), 400, "metadata", None),
+        ("metadata-value-object", _batch(metadata={"k": {"a": "b"}}), 400, "metadata", None),
+        ("metadata-list", _batch(metadata=["a"]), 400, "metadata", None),
+        ("metadata-string", _batch(metadata="a=b"), 400, "metadata", None),
+    ]
+    cases = [
+        JobCase(f"batch-{name}", "POST", "/v1/batches", body, status, param, code)
+        for name, body, status, param, code in rows
+    ]
+    cases += [
+        JobCase("batch-body-not-json", "POST", "/v1/batches", b'{"endpoint": ', 400, None),
+        JobCase("batch-body-list", "POST", "/v1/batches", b"[]", 400, None),
+        JobCase(
+            "cancel-finished-batch",
+            "POST",
+            "/v1/batches/{finished_batch}/cancel",
+            None,
+            409,
+            "batch_id",
+            "job_finished",
+        ),
+        JobCase(
+            "cancel-unknown-batch",
+            "POST",
+            "/v1/batches/batch_000000000000000000000000/cancel",
+            None,
+            404,
+            "batch_id",
+            "batch_not_found",
+        ),
+        JobCase("batch-id-garbage", "GET", "/v1/batches/garbage", None, 404, "batch_id"),
+        JobCase("batches-limit-negative", "GET", "/v1/batches?limit=-1", None, 400, "limit"),
+        JobCase("batches-limit-zero", "GET", "/v1/batches?limit=0", None, 400, "limit"),
+        JobCase("batches-limit-101", "GET", "/v1/batches?limit=101", None, 400, "limit"),
+        JobCase(
+            "batches-limit-20-digits",
+            "GET",
+            "/v1/batches?limit=99999999999999999999",
+            None,
+            400,
+            "limit",
+        ),
+        JobCase("batches-after-garbage", "GET", "/v1/batches?after=garbage", None, 400, "after"),
+        JobCase(
+            "batches-after-a-file-id",
+            "GET",
+            "/v1/batches?after=file-000000000000000000000000",
+            None,
+            400,
+            "after",
+        ),
+        JobCase(
+            "batches-after-65-chars", "GET", "/v1/batches?after=" + "b" * 65, None, 400, "after"
+        ),
+    ]
+    return cases
+
+
+def _admin_job_cases() -> list[JobCase]:
+    rows: list[tuple[str, str, str, int, str | None, str | None]] = [
+        ("jobs-limit-negative", "GET", "/admin/jobs?limit=-1", 400, "limit", None),
+        ("jobs-limit-zero", "GET", "/admin/jobs?limit=0", 400, "limit", None),
+        ("jobs-limit-1001", "GET", "/admin/jobs?limit=1001", 400, "limit", None),
+        ("jobs-after-garbage", "GET", "/admin/jobs?after=garbage", 400, "after", None),
+        ("jobs-status-unknown", "GET", "/admin/jobs?status=exploded", 400, "status", None),
+        ("jobs-status-only-commas", "GET", "/admin/jobs?status=,,", 400, "status", None),
+        ("jobs-kind-33-chars", "GET", "/admin/jobs?kind=" + "k" * 33, 400, "kind", None),
+        (
+            "job-unknown",
+            "GET",
+            "/admin/jobs/batch_000000000000000000000000",
+            404,
+            "job_id",
+            "job_not_found",
+        ),
+        ("job-id-garbage", "GET", "/admin/jobs/garbage", 404, "job_id", None),
+        ("events-of-unknown-job", "GET", "/admin/jobs/garbage/events", 404, "job_id", None),
+        (
+            "events-after-negative",
+            "GET",
+            "/admin/jobs/{finished_batch}/events?after=-1",
+            400,
+            "after",
+            None,
+        ),
+        (
+            "events-after-word",
+            "GET",
+            "/admin/jobs/{finished_batch}/events?after=x",
+            400,
+            "after",
+            None,
+        ),
+        # A cursor beyond the INTEGER column of event numbers was an OverflowError: a 500.
+        (
+            "events-after-2-31",
+            "GET",
+            f"/admin/jobs/{{finished_batch}}/events?after={2**31}",
+            400,
+            "after",
+            None,
+        ),
+        (
+            "events-after-20-digits",
+            "GET",
+            "/admin/jobs/{finished_batch}/events?after=99999999999999999999",
+            400,
+            "after",
+            None,
+        ),
+        (
+            "events-after-2-63",
+            "GET",
+            f"/admin/jobs/{{finished_batch}}/events?after={2**63}",
+            400,
+            "after",
+            None,
+        ),
+        (
+            "events-limit-zero",
+            "GET",
+            "/admin/jobs/{finished_batch}/events?limit=0",
+            400,
+            "limit",
+            None,
+        ),
+        (
+            "cancel-finished-job",
+            "POST",
+            "/admin/jobs/{finished_batch}/cancel",
+            409,
+            "job_id",
+            "job_finished",
+        ),
+        ("cancel-unknown-job", "POST", "/admin/jobs/garbage/cancel", 404, "job_id", None),
+    ]
+    return [
+        JobCase(name, method, path, None, status, param, code, admin=True)
+        for name, method, path, status, param, code in rows
+    ]
+
+
+JOB_CASES: list[JobCase] = _file_cases() + _batch_cases() + _admin_job_cases()

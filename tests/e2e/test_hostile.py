@@ -9,7 +9,8 @@ every request on it). Now the request is refused with a 400 after 2 s while the 
 on a thread of its own, the worker keeps its process and serves other requests, and grammars
 work again once the build has ended. Grammars nested deeper than llama.cpp's parser survives
 are refused by the worker itself. And the admin routes answer version numbers no database
-column holds with a 4xx, not a 500.
+column holds with a 4xx, not a 500; so do the Files and Batch APIs and /admin/jobs their bad
+requests (``JOB_CASES``), with this server's job runner running.
 """
 
 from __future__ import annotations
@@ -22,7 +23,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.bad_inputs import ADMIN_CASES, AdminCase, check_error_envelope
+from tests.bad_inputs import (
+    ADMIN_CASES,
+    CHAT,
+    JOB_CASES,
+    JOB_FILES_MAX_BYTES,
+    AdminCase,
+    JobCase,
+    Upload,
+    check_error_envelope,
+    fill,
+    multipart,
+)
 from tests.e2e.admin import Env, served_env
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import wait_until
@@ -46,6 +58,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     "schema_max_repeat": 10_000,
                     "schema_max_bytes": 16 * 1024**2,
                 },
+                "files": {"max_bytes": JOB_FILES_MAX_BYTES},
             }
         )
     )
@@ -129,3 +142,99 @@ def test_bad_admin_input_table(env: Env, case: AdminCase) -> None:
     assert chat(env).status_code == 200
     assert env.server.worker_pids(MODEL) == pids
     assert restarts(env) == 0
+
+
+def upload(env: Env, key: str, data: bytes, purpose: str = "batch") -> str:
+    content_type, body = multipart(Upload(purpose, data))
+    r = env.req("POST", "/v1/files", key, headers={"Content-Type": content_type}, content=body)
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+def batch_line(custom_id: str, url: str = CHAT, model: str = MODEL) -> dict[str, Any]:
+    if url == CHAT:
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
+        body["max_tokens"] = 2
+    else:
+        body = {"model": model, "input": "hi"}
+    return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+
+
+def jsonl(*lines: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def ended_batch(env: Env, batch_id: str) -> dict[str, Any]:
+    def ended() -> dict[str, Any] | None:
+        batch = env.get(f"/v1/batches/{batch_id}", env.user).json()
+        return batch if batch["status"] in ("completed", "failed", "cancelled", "expired") else None
+
+    return wait_until(ended, 120, 0.2, f"batch {batch_id} to end")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def job_names(env: Env) -> dict[str, str]:
+    """What the job cases' ``{names}`` stand for (the admin key is the other key)."""
+    names = {
+        "batch_file": upload(env, env.user, jsonl(batch_line("a"), batch_line("b"))),
+        "mixed_file": upload(
+            env, env.user, jsonl(batch_line("a"), batch_line("b", "/v1/embeddings"))
+        ),
+        "data_file": upload(env, env.user, b"some bytes", "user_data"),
+        "other_file": upload(env, env.admin, jsonl(batch_line("a"))),
+    }
+    body = {"input_file_id": names["batch_file"], "endpoint": CHAT, "completion_window": "24h"}
+    r = env.req("POST", "/v1/batches", env.user, json=body)
+    assert r.status_code == 200, r.text
+    names["finished_batch"] = ended_batch(env, r.json()["id"])["id"]
+    return names
+
+
+def send(env: Env, case: JobCase, names: dict[str, str]) -> httpx.Response:
+    key, path = env.admin if case.admin else env.user, fill(case.path, names)
+    if isinstance(case.body, Upload):
+        content_type, data = multipart(case.body)
+        return env.req(case.method, path, key, headers={"Content-Type": content_type}, content=data)
+    if isinstance(case.body, bytes):
+        json_type = {"Content-Type": "application/json"}
+        return env.req(case.method, path, key, headers=json_type, content=case.body)
+    return env.req(case.method, path, key, json=fill(case.body, names))
+
+
+@pytest.mark.parametrize("case", JOB_CASES, ids=[c.id for c in JOB_CASES])
+def test_bad_job_input_table(env: Env, job_names: dict[str, str], case: JobCase) -> None:
+    r = send(env, case, job_names)
+    assert r.status_code == case.status, r.text
+    error = check_error_envelope(r.json())
+    assert error["param"] == case.param, error
+    if case.code is not None:
+        assert error["code"] == case.code, error
+    queued = env.get("/admin/jobs?status=queued,in_progress", env.admin).json()["data"]
+    assert queued == []  # nothing was accepted
+
+
+def test_a_line_for_a_model_that_cannot_serve_its_endpoint_is_an_error_line(env: Env) -> None:
+    """/v1/classify with a generation model and no labels of its own: the line's 400 is in the
+    error file, the other line is answered, and the batch completes."""
+    lines = [
+        {
+            **batch_line("ok"),
+            "url": "/v1/classify",
+            "body": {"model": MODEL, "input": "great", "candidate_labels": ["good", "bad"]},
+        },
+        {
+            **batch_line("no-labels"),
+            "url": "/v1/classify",
+            "body": {"model": MODEL, "input": "great"},
+        },
+    ]
+    file_id = upload(env, env.user, jsonl(*lines))
+    body = {"input_file_id": file_id, "endpoint": "/v1/classify", "completion_window": "24h"}
+    batch = env.req("POST", "/v1/batches", env.user, json=body).json()
+    done = ended_batch(env, batch["id"])
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+    errors = env.get(f"/v1/files/{done['error_file_id']}/content", env.user).text.splitlines()
+    (line,) = [json.loads(e) for e in errors]
+    assert line["custom_id"] == "no-labels" and line["response"]["status_code"] == 400
+    assert "candidate_labels" in line["error"]["message"]

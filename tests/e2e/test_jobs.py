@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 CHAT, EMBED = "/v1/chat/completions", "/v1/embeddings"
 SERVER_ENV = {"LMAAS_JOBS__LEASE_SECONDS": "4"}
-ENDED = ("completed", "failed", "cancelled")
+ENDED = ("completed", "failed", "cancelled", "expired")
 
 
 class Jobs:
@@ -54,13 +54,13 @@ class Jobs:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def submit(self, lines: list[dict[str, Any]], endpoint: str = CHAT) -> str:
+    def submit(self, lines: list[dict[str, Any]], endpoint: str = CHAT, window: str = "24h") -> str:
         data = "".join(json.dumps(line) + "\n" for line in lines).encode()
         f = self.sdk.files.create(file=("requests.jsonl", data), purpose="batch")
         batch = self.sdk.batches.create(
             input_file_id=f.id,
             endpoint=endpoint,
-            completion_window="24h",  # type: ignore[arg-type]
+            completion_window=window,  # type: ignore[arg-type]
         )
         assert batch.status == "validating"
         return batch.id
@@ -190,6 +190,35 @@ def test_an_embeddings_batch(jobs: Jobs) -> None:
     assert vectors["e0"] != pytest.approx(vectors["e1"], abs=1e-3)
     (error,) = jobs.lines_of(batch.error_file_id)
     assert error["custom_id"] == "bad" and error["response"]["status_code"] == 404
+
+
+def test_a_chat_line_for_an_embeddings_model_is_an_error_line(jobs: Jobs) -> None:
+    wrong = chat("wrong")
+    wrong["body"]["model"] = EMBEDDING_MODEL
+    batch = jobs.wait_ended(jobs.submit([chat("right"), wrong]))
+    assert batch.status == "completed"
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 1)
+    (error,) = jobs.lines_of(batch.error_file_id)
+    assert error["custom_id"] == "wrong" and error["response"]["status_code"] == 400
+    assert error["error"]["code"] == "unsupported_task"
+    assert f"models that can: {MODEL}" in error["error"]["message"]
+
+
+def test_a_batch_not_done_within_its_completion_window_expires(jobs: Jobs) -> None:
+    ids = [f"w{i}" for i in range(64)]  # 64 lines of 64 tokens: far more than 4 s here
+    batch_id = jobs.submit([chat(c, max_tokens=64) for c in ids], window="4s")
+    batch = jobs.wait_ended(batch_id, timeout=60)
+    assert batch.status == "expired", batch
+    assert batch.expires_at is not None and batch.expired_at is not None
+    assert batch.expires_at - batch.created_at == 4
+    assert batch.expires_at <= batch.expired_at <= batch.expires_at + 10
+    assert batch.request_counts is not None and batch.request_counts.failed == 0
+    output = jobs.lines_of(batch.output_file_id)
+    errors = jobs.lines_of(batch.error_file_id)
+    assert len(output) == batch.request_counts.completed and len(errors) >= 16
+    assert sorted(line["custom_id"] for line in output + errors) == sorted(ids)  # each once
+    assert {(e["response"], e["error"]["code"]) for e in errors} == {(None, "batch_expired")}
 
 
 def test_kill_9_of_the_runner_mid_batch_runs_every_line_once(jobs: Jobs) -> None:

@@ -58,6 +58,7 @@ FINISHED: Final = (COMPLETED, FAILED, CANCELLED, EXPIRED)
 STATUSES: Final = (QUEUED, *ACTIVE, *FINISHED)
 MAX_LIST_LIMIT: Final = 1000
 MAX_MESSAGE: Final = 4000
+MAX_SEQ: Final = 2**31 - 1  # event numbers are an INTEGER column
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO: Final = timedelta(microseconds=1)
 
@@ -310,6 +311,10 @@ class JobStore:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidRequestError(
                 f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit"
+            )
+        if not 0 <= after <= MAX_SEQ:  # beyond the column, SQL fails (OverflowError): a 500
+            raise InvalidRequestError(
+                f"after must be an event number from 0 to {MAX_SEQ}", param="after"
             )
         with self._sessions.begin() as session:
             _find(session, job_id, viewer)

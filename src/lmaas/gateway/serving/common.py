@@ -23,6 +23,7 @@ from lmaas.gateway.serving.admission import Admission
 from lmaas.gateway.serving.schema_limits import check_schema_limits
 from lmaas.protocol.engine import GenerateRequest, ModelInfo, SamplingParams, TokenEvent
 from lmaas.protocol.openai import ResponseFormat, SamplingFields
+from lmaas.protocol.tasks import GENERATE
 from lmaas.telemetry.metrics import Metrics
 
 T = TypeVar("T")
@@ -60,6 +61,27 @@ def resolve_engine(engines: dict[str, EngineClient], model: str) -> EngineClient
             param="model",
         )
     return engine
+
+
+def require_generation(
+    engines: dict[str, EngineClient], engine: EngineClient, info: ModelInfo
+) -> None:
+    """Refuse (400, ``unsupported_task``) a text generation from a model that cannot generate
+    (an embeddings or classifier model), naming the served models that can, before any
+    admission or template work."""
+    if GENERATE in info.capabilities:
+        return
+    able = sorted(
+        name
+        for name, other in engines.items()
+        if other.info is not None and GENERATE in other.info.capabilities
+    )
+    raise InvalidRequestError(
+        f"model '{engine.name}' cannot generate text (it can: {', '.join(info.capabilities)}); "
+        f"models that can: {', '.join(able) or 'none served'}",
+        param="model",
+        code="unsupported_task",
+    )
 
 
 def check_admission(engine: EngineClient, limits: Limits, new_sequences: int) -> None:

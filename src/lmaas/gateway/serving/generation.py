@@ -63,6 +63,7 @@ from lmaas.gateway.serving.common import (
     merge_streams,
     new_generate_requests,
     record_params,
+    require_generation,
     resolve_engine,
     seeds_for,
     until_disconnected,
@@ -416,6 +417,7 @@ class GenerationServing(ServingBase, Generic[BodyT]):
         info = engine.info
         if info is None:
             raise ServiceUnavailableError(f"model '{engine.name}' is still loading")
+        require_generation(self.engines, engine, info)
         prompts = await fmt.prompts(info)
         if self.store_prompts:
             state.record_prompt = fmt.prompt_record()
