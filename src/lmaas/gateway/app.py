@@ -19,6 +19,7 @@ from lmaas.gateway.management.eval_plans import RunPlanner
 from lmaas.gateway.management.eval_runs import EvalRunManagement
 from lmaas.gateway.management.evals import EvalManagement
 from lmaas.gateway.management.files import FileManagement
+from lmaas.gateway.management.fine_tuning import FineTuningManagement
 from lmaas.gateway.management.jobs import JobBackground, JobManagement
 from lmaas.gateway.management.models import ModelManagement
 from lmaas.gateway.management.requests import RequestRecords
@@ -35,6 +36,7 @@ from lmaas.gateway.routes.v1 import (
     completions,
     evals,
     files,
+    fine_tuning,
     models,
     understanding,
 )
@@ -124,6 +126,8 @@ def create_app(
             _mount_jobs(app, settings, metrics, file_store, job_store, job_runner)
             if eval_store is not None:
                 _mount_evals(app, settings, engines, file_store, job_store, eval_store, job_runner)
+            if store is not None:
+                _mount_fine_tuning(app, engines, file_store, job_store, store, job_runner)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.limits.max_body_bytes,
@@ -223,6 +227,28 @@ def _mount_jobs(
     app.state.drain.on_begin(background.draining)
     app.include_router(batches.router)
     app.include_router(admin_jobs.router)
+
+
+def _mount_fine_tuning(
+    app: FastAPI,
+    engines: EngineDirectory,
+    file_store: FileStore,
+    job_store: JobStore,
+    store: ModelStore,
+    runner: RunnerSupervisor | None,
+) -> None:
+    """The fine-tuning API; a poll beside the app deploys what succeeded."""
+    management = FineTuningManagement(
+        job_store,
+        file_store,
+        store,
+        engines,
+        app.state.deployments,
+        on_queued=runner.wake if runner is not None else lambda: None,
+    )
+    app.state.fine_tuning_management = management
+    app.state.job_background.pollers.append(management.run_deployer)
+    app.include_router(fine_tuning.router)
 
 
 def _mount_evals(

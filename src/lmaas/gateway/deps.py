@@ -23,6 +23,7 @@ from lmaas.gateway.management.batches import BatchManagement
 from lmaas.gateway.management.eval_runs import EvalRunManagement
 from lmaas.gateway.management.evals import EvalManagement
 from lmaas.gateway.management.files import FileManagement
+from lmaas.gateway.management.fine_tuning import FineTuningManagement
 from lmaas.gateway.management.jobs import JobManagement
 from lmaas.gateway.management.models import ModelManagement
 from lmaas.gateway.management.requests import RequestRecords
@@ -77,3 +78,6 @@ BatchManagementDep = Annotated[BatchManagement, Depends(_app_state("batch_manage
 JobManagementDep = Annotated[JobManagement, Depends(_app_state("job_management"))]
 EvalManagementDep = Annotated[EvalManagement, Depends(_app_state("eval_management"))]
 EvalRunManagementDep = Annotated[EvalRunManagement, Depends(_app_state("eval_run_management"))]
+FineTuningManagementDep = Annotated[
+    FineTuningManagement, Depends(_app_state("fine_tuning_management"))
+]

@@ -350,6 +350,20 @@ class JobLeases:
             ).one()
         return int(prompt), int(completion)
 
+    def set_progress(
+        self, job_id: str, runner: str, *, done: int, total: int, eta_at: datetime | None
+    ) -> bool:
+        """Progress of a job that counts steps, not items (training); False if the lease is
+        gone."""
+        with self._sessions.begin() as session:
+            row = _held(session, job_id, runner)
+            if row is None:
+                return False
+            row.progress_total = total
+            row.progress_done = min(done, total)
+            row.eta_at = eta_at
+            return True
+
     # -- ending ---------------------------------------------------------------------------------
 
     def begin_finalizing(self, job_id: str, runner: str) -> bool:

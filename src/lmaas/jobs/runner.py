@@ -90,7 +90,14 @@ async def serve(config: RunnerConfig, token: str, parent_fd: int | None) -> None
             log.info("job runner %s: serving jobs", config.runner_id)
             jobs = JobLoop(
                 leases,
-                job_handlers(gateway, files, settings, Evaluations(sessions)),
+                job_handlers(
+                    gateway,
+                    files,
+                    settings,
+                    Evaluations(sessions),
+                    store=models,
+                    home=config.home,
+                ),
                 runner=config.runner_id,
                 max_concurrent=settings.max_concurrent,
                 heartbeat_interval=heartbeat_interval(settings.lease_seconds),

@@ -93,8 +93,8 @@ class JobInfo:
     lease_expires_at: datetime | None
     heartbeat_at: datetime | None
     expires_at: datetime | None  # the deadline, if the job has one
-
     group_id: str | None = None  # what the job belongs to (an eval run: its eval)
+
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
@@ -149,8 +149,8 @@ def to_info(row: JobRow) -> JobInfo:
         lease_expires_at=_utc(row.lease_expires_at),
         heartbeat_at=_utc(row.heartbeat_at),
         expires_at=_utc(row.expires_at),
-    )
         group_id=row.group_id,
+    )
 
 
 def new_job_id(prefix: str, now: datetime) -> str:
@@ -225,13 +225,14 @@ class JobStore:
         total: int = 0,
         message: str = "queued",
         expires_in: timedelta | None = None,
-    ) -> JobInfo:
         group_id: str | None = None,
+        job_id: str | None = None,
+    ) -> JobInfo:
         """A new ``queued`` job, its first event ``message``; with ``expires_in``, it
         expires if it has not finished that long after now."""
         now = self._clock()
         row = JobRow(
-            id=new_job_id(id_prefix, now),
+            id=job_id or new_job_id(id_prefix, now),
             kind=kind,
             owner_key_id=owner_key_id,
             input=input,
@@ -245,8 +246,8 @@ class JobStore:
             attempts=0,
             last_event=0,
             expires_at=None if expires_in is None else now + expires_in,
-        )
             group_id=group_id,
+        )
         with self._sessions.begin() as session:
             session.add(row)
             session.flush()  # the row before its first event (no ORM relationship orders them)
@@ -269,11 +270,11 @@ class JobStore:
         statuses: Iterable[str] | None = None,
         after: str | None = None,
         limit: int = 20,
-    ) -> JobPage:
         group_id: str | None = None,
         newest_first: bool = True,
-        """Up to ``limit`` jobs ``viewer`` sees, newest first, starting after the job id
-        ``after`` (which need not exist any more)."""
+    ) -> JobPage:
+        """Up to ``limit`` jobs ``viewer`` sees, newest first (or oldest first), starting
+        after the job id ``after`` (which need not exist any more)."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidRequestError(
                 f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit"
@@ -283,19 +284,23 @@ class JobStore:
             query = query.where(JobRow.kind == kind)
         if statuses is not None:
             query = query.where(JobRow.status.in_(list(statuses)))
-        if after is not None:
         if group_id is not None:
             query = query.where(JobRow.group_id == group_id)
+        if after is not None:
             when = created_at_of(after)
             if when is None:
                 raise InvalidRequestError("after must be the id of a job", param="after")
             if newest_first:
                 query = query.where(
-                    or_(JobRow.created_at < when, and_(JobRow.created_at == when, JobRow.id < after))
+                    or_(
+                        JobRow.created_at < when, and_(JobRow.created_at == when, JobRow.id < after)
+                    )
                 )
             else:
                 query = query.where(
-                    or_(JobRow.created_at > when, and_(JobRow.created_at == when, JobRow.id > after))
+                    or_(
+                        JobRow.created_at > when, and_(JobRow.created_at == when, JobRow.id > after)
+                    )
                 )
         if newest_first:
             query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc())
@@ -386,18 +391,23 @@ class JobStore:
             session.flush()
             return to_info(row)
 
-    def add_event(
-        self,
-        job_id: str,
-        level: Level,
-        message: str,
+    def merge_result(self, job_id: str, fields: dict[str, Any]) -> None:
+        """Add ``fields`` to a finished job's result (what the gateway did with it)."""
+        with self._sessions.begin() as session:
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                raise not_found(job_id)
+            row.result = {**(row.result or {}), **fields}
+
     def items(
         self, job_id: str, *, after: int | None, limit: int, newest_first: bool = False
     ) -> builtins.list[tuple[int, str]]:
         """(line, output) of the job's recorded items in line order, after line ``after``."""
         query = select(JobItemRow.line, JobItemRow.output).where(JobItemRow.job_id == job_id)
         if after is not None:
-            query = query.where(JobItemRow.line < after if newest_first else JobItemRow.line > after)
+            query = query.where(
+                JobItemRow.line < after if newest_first else JobItemRow.line > after
+            )
         order = JobItemRow.line.desc() if newest_first else JobItemRow.line
         with self._sessions.begin() as session:
             rows = session.execute(query.order_by(order).limit(limit)).all()
@@ -417,6 +427,11 @@ class JobStore:
             session.execute(delete(JobItemRow).where(JobItemRow.job_id == job_id))
             session.delete(row)
 
+    def add_event(
+        self,
+        job_id: str,
+        level: Level,
+        message: str,
         metrics: dict[str, Any] | None = None,
     ) -> None:
         with self._sessions.begin() as session:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from lmaas.db import utc_now
 from lmaas.errors import InvalidRequestError
@@ -138,10 +139,14 @@ class JobBackground:
     def __init__(self, metrics: JobMetrics, runner: RunnerSupervisor | None) -> None:
         self.metrics = metrics
         self.runner = runner
+        # Other loops that follow the jobs (deploying what a fine-tuning job made).
+        self.pollers: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._poll: asyncio.Task[None] | None = None
+        self._pollers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         self._poll = asyncio.create_task(self.metrics.run(), name="job-metrics")
+        self._pollers = [asyncio.create_task(poll(), name="job-poller") for poll in self.pollers]
         if self.runner is not None:
             await self.runner.start()
 
@@ -154,7 +159,8 @@ class JobBackground:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.stop()
-        if self._poll is not None:
-            self._poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll
+        for task in [self._poll, *self._pollers]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
