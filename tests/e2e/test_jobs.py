@@ -10,6 +10,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,6 +252,15 @@ def test_kill_9_of_the_runner_mid_batch_runs_every_line_once(jobs: Jobs) -> None
 def test_cancel_mid_batch(jobs: Jobs) -> None:
     batch_id = jobs.submit([chat(f"c{i}", max_tokens=48) for i in range(48)])
     jobs.wait_done(batch_id, 1)
+    env = {**os.environ, "LMAAS_API_KEY": jobs.admin, "LMAAS_URL": jobs.server.url}
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "lmaas", "jobs", "logs", batch_id, "-f", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "LMAAS_HOME": str(jobs.home)},
+    )
+    assert follow.poll() is None  # following a job still running
     cancelling = jobs.sdk.batches.cancel(batch_id)
     assert cancelling.status in ("cancelling", "cancelled")
     batch = jobs.wait_ended(batch_id, timeout=30)
@@ -260,6 +271,11 @@ def test_cancel_mid_batch(jobs: Jobs) -> None:
     assert len(jobs.lines_of(batch.output_file_id)) == done
     with pytest.raises(openai.ConflictError):
         jobs.sdk.batches.cancel(batch_id)
+    # `lmaas jobs logs -f` printed the events written while it ran, and stopped at the end.
+    logs, _ = follow.communicate(timeout=30)
+    assert follow.returncode == 0, logs
+    assert "running 48 of 48 lines" in logs and "cancel requested" in logs, logs
+    assert logs.splitlines()[-1].split(maxsplit=4)[-1].startswith("cancelled; "), logs
 
     def aborted() -> list[dict[str, Any]]:
         return [r for r in jobs.records(batch_id) if r["status"] == "cancelled"]

@@ -368,6 +368,8 @@ def test_files_api_through_the_openai_sdk_and_the_cli(env: Env, tmp_path: Path) 
     out = cli(env.home, *push, key=env.user, url=env.server.url)
     pushed = re.search(r"file-[0-9a-f]{24}", out)
     assert pushed is not None, out
+    # Not a terminal: the bar is drawn once, when the upload is over (all of its bytes sent).
+    assert re.search(r"push items\.jsonl ━+ ([0-9.]+)/\1 (bytes|kB)", out), out
     file_id = pushed.group(0)
     assert sdk.files.retrieve(file_id).purpose == "evals"
     listed = cli(env.home, "files", "ls", key=env.user, url=env.server.url)
