@@ -1,6 +1,7 @@
 """The table of bad requests to the Files and Batch APIs and /admin/jobs (``JOB_CASES`` of
 tests/bad_inputs.py), in process: each is a 4xx in the OpenAI envelope naming its field, and
-leaves no batch queued. tests/e2e/test_hostile.py sends the same table to a real server."""
+leaves no batch queued. One app serves the whole table (none of its requests changes
+anything); tests/e2e/test_hostile.py sends the same table to a real server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from lmaas.store.files import Viewer
 from tests.bad_inputs import JOB_CASES, JobCase, Upload, check_error_envelope, fill, multipart
@@ -27,6 +29,16 @@ async def api(tmp_path: Path) -> AsyncIterator[Batches]:
     batches = Batches(tmp_path)
     batches.recorder.start()
     yield batches
+    await batches.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def table(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[Batches, dict[str, str]]]:
+    batches = Batches(tmp_path_factory.mktemp("job-cases"))
+    batches.recorder.start()
+    yield batches, await job_case_names(batches)
     await batches.close()
 
 
@@ -59,9 +71,10 @@ async def send(http: httpx.AsyncClient, case: JobCase, names: dict[str, str]) ->
     return await http.request(case.method, path, json=fill(case.body, names))
 
 
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("case", JOB_CASES, ids=[c.id for c in JOB_CASES])
-async def test_bad_job_input_table(api: Batches, case: JobCase) -> None:
-    names = await job_case_names(api)
+async def test_bad_job_input_table(table: tuple[Batches, dict[str, str]], case: JobCase) -> None:
+    api, names = table
     r = await send(api.as_["admin" if case.admin else "alice"], case, names)
     assert r.status_code == case.status, r.text
     error = check_error_envelope(r.json())
