@@ -27,6 +27,8 @@ TABLES = {
     "jobs",
     "job_events",
     "job_items",
+    "evals",
+    "version_evaluations",
 }
 
 
