@@ -18,20 +18,13 @@ in its output file, and every line not run is in its error file with the code
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import AsyncIterator, Iterable, Iterator
 from operator import itemgetter
-from typing import Any, BinaryIO, Final
+from typing import BinaryIO, Final
 
-import httpx
-
-from lmaas.db import utc_now
 from lmaas.jobs.batch_lines import (
     BadLine,
     BatchLine,
@@ -44,7 +37,8 @@ from lmaas.jobs.batch_lines import (
     request_body,
 )
 from lmaas.jobs.context import JobContext, JobFailed, LeaseLost, Outcome
-from lmaas.jobs.gateway import GatewayClient
+from lmaas.jobs.gateway import GatewayClient, GatewayUnreachable, RetryPolicy, post_retrying
+from lmaas.jobs.item_runs import ItemSink, run_items
 from lmaas.jobs.leases import Item, JobLeases
 from lmaas.jobs.store import JobInfo
 from lmaas.store.files import FileStore, Viewer
@@ -60,17 +54,6 @@ _REPORT_EVERY_S: Final = 60.0
 _WRITE_RETRY_S: Final = 1.0
 EXPIRED_CODE: Final = "batch_expired"
 EXPIRED_MESSAGE: Final = "This request could not be executed before the completion window expired."
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    overload_seconds: float = 600.0  # how long a line keeps retrying a 429 or 503
-    tries: int = 4  # for another 5xx or an unreachable gateway
-    backoff_max: float = 30.0
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        wait = retry_after if retry_after is not None else 0.5 * 2 ** (attempt - 1)
-        return min(wait, self.backoff_max)
 
 
 class BatchHandler:
@@ -114,30 +97,18 @@ class BatchHandler:
         cancel, or the deadline)."""
         endpoint = str(ctx.job.input["endpoint"])
         handle = await ctx.call(self._open, ctx.job)
-        slots = asyncio.Semaphore(self.line_concurrency)
-        inflight: set[asyncio.Task[None]] = set()
-        halt = asyncio.ensure_future(_first(ctx.cancelled, ctx.expired, sink.lost))
-        halt.add_done_callback(lambda _: [task.cancel() for task in list(inflight)])
-        writer = asyncio.create_task(sink.write_loop())
         try:
-            async for line in _lines(handle):
-                if line.key in done:
-                    continue
-                await _acquire_unless(slots, halt)
-                if halt.done():
-                    break
-                task = asyncio.create_task(self._line(ctx, endpoint, line, sink))
-                inflight.add(task)
-                task.add_done_callback(_release(inflight, slots))
-            await asyncio.gather(*inflight, return_exceptions=True)
-            return halt.done()
+            return await run_items(
+                ctx,
+                sink,
+                _lines(handle),
+                lambda line: self._line(ctx, endpoint, line),
+                key=lambda line: line.key,
+                skip=done,
+                concurrency=self.line_concurrency,
+            )
         finally:
-            halt.cancel()
-            for task in list(inflight):
-                task.cancel()
-            await asyncio.gather(*inflight, return_exceptions=True)
             handle.close()
-            await sink.close(writer)
 
     def _open(self, job: JobInfo) -> BinaryIO:
         file_id = str(job.input["input_file_id"])
@@ -150,36 +121,26 @@ class BatchHandler:
                 code="input_file_unreadable",
             ) from exc
 
-    async def _line(
-        self, ctx: JobContext, endpoint: str, line: BatchLine | BadLine, sink: ItemSink
-    ) -> None:
+    async def _line(self, ctx: JobContext, endpoint: str, line: BatchLine | BadLine) -> Item:
         if isinstance(line, BadLine):
-            sink.add(bad_item(line))
-            return
+            return bad_item(line)
         problem = check_line(line, endpoint)
-        sink.add(bad_item(problem) if problem else await self._send(ctx, line))
+        return bad_item(problem) if problem else await self._send(ctx, line)
 
     async def _send(self, ctx: JobContext, line: BatchLine) -> Item:
-        job, body = ctx.job, request_body(line)
-        overload_until = time.monotonic() + self.retry.overload_seconds
-        for attempt in itertools.count(1):
-            request_id = f"{job.id}-{line.number}" + (f".{attempt}" if attempt > 1 else "")
-            try:
-                reply = await self.gateway.post(
-                    line.url, body, owner=job.owner_key_id, request_id=request_id
-                )
-            except httpx.TransportError as exc:
-                if attempt >= self.retry.tries:
-                    message = f"the gateway did not answer ({type(exc).__name__})"
-                    return failed_item(line, "gateway_unreachable", message)
-                await asyncio.sleep(self.retry.delay(attempt, None))
-                continue
-            overloaded = reply.status in _OVERLOADED and time.monotonic() < overload_until
-            server_error = reply.status in _SERVER_ERRORS and attempt < self.retry.tries
-            if not (overloaded or server_error):
-                return answered_item(line, reply.status, reply.request_id, reply.body)
-            await asyncio.sleep(self.retry.delay(attempt, reply.retry_after))
-        raise AssertionError("unreachable")
+        job = ctx.job
+        try:
+            reply = await post_retrying(
+                self.gateway,
+                line.url,
+                request_body(line),
+                owner=job.owner_key_id,
+                request_id=f"{job.id}-{line.number}",
+                retry=self.retry,
+            )
+        except GatewayUnreachable as exc:
+            return failed_item(line, "gateway_unreachable", str(exc))
+        return answered_item(line, reply.status, reply.request_id, reply.body)
 
     # -- the result -----------------------------------------------------------------------------
 
@@ -272,126 +233,3 @@ async def _lines(handle: BinaryIO) -> AsyncIterator[BatchLine | BadLine]:
     while batch := await asyncio.to_thread(some):
         for line in batch:
             yield line
-
-
-def _release(
-    inflight: set[asyncio.Task[None]], slots: asyncio.Semaphore
-) -> Callable[[asyncio.Task[None]], None]:
-    def done(task: asyncio.Task[None]) -> None:
-        inflight.discard(task)
-        slots.release()
-
-    return done
-
-
-async def _first(*events: asyncio.Event) -> None:
-    """Return once any of ``events`` is set."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
-async def _acquire_unless(slots: asyncio.Semaphore, halt: asyncio.Future[Any]) -> None:
-    """Take a slot, unless ``halt`` completes first (then no slot is held)."""
-    if halt.done():
-        return
-    acquire: asyncio.Future[Any] = asyncio.ensure_future(slots.acquire())
-    await asyncio.wait({acquire, halt}, return_when=asyncio.FIRST_COMPLETED)
-    if not acquire.done():
-        acquire.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await acquire
-    elif halt.done():
-        slots.release()
-
-
-class ItemSink:
-    """Records finished lines as they come (group commits) and reports progress."""
-
-    def __init__(self, ctx: JobContext, total: int, *, done: int, failed: int) -> None:
-        self.ctx = ctx
-        self.total = total
-        self.done = done
-        self.failed = failed
-        self.lost = asyncio.Event()
-        self._pending: list[Item] = []
-        self._more = asyncio.Event()
-        self._closing = False
-        self._started = time.monotonic()
-        self._ran = 0  # lines finished by this attempt
-        self._reported_at = self._started
-        self._reported_tenth = done * 10 // max(total, 1)
-
-    def add(self, item: Item) -> None:
-        if not self.lost.is_set():
-            self._pending.append(item)
-            self._more.set()
-
-    async def write_loop(self) -> None:
-        while not (self._closing and not self._pending):
-            await self._more.wait()
-            self._more.clear()
-            if not self._pending:
-                continue
-            try:
-                await self._flush()
-            except LeaseLost:
-                raise
-            except Exception:  # the database was away: the items wait for the next try
-                log.exception("batch %s: recording finished lines failed", self.ctx.job.id)
-                await asyncio.sleep(_WRITE_RETRY_S)
-                self._more.set()
-
-    async def close(self, writer: asyncio.Task[None]) -> None:
-        """Write what is pending and end ``writer``; LeaseLost if a write was refused."""
-        self._closing = True
-        self._more.set()
-        with contextlib.suppress(LeaseLost):
-            await writer
-        if self.lost.is_set():
-            raise LeaseLost
-
-    async def _flush(self) -> None:
-        items, self._pending = self._pending, []
-        ran = self._ran + len(items)
-        remaining = self.total - self.done - len(items)
-        elapsed = time.monotonic() - self._started
-        eta = None
-        if remaining > 0 and elapsed > 0:
-            eta = utc_now() + timedelta(seconds=remaining * elapsed / ran)
-        ctx = self.ctx
-        try:
-            held = await ctx.call(ctx.leases.record, ctx.job.id, ctx.runner, items, eta_at=eta)
-        except Exception:
-            self._pending[:0] = items
-            raise
-        if not held:
-            self.lost.set()
-            raise LeaseLost
-        self._ran = ran
-        self.done += len(items)
-        self.failed += sum(1 for item in items if not item.ok)
-        await self._report(eta)
-
-    async def _report(self, eta: object) -> None:
-        now = time.monotonic()
-        tenth = self.done * 10 // max(self.total, 1)
-        if tenth == self._reported_tenth and now - self._reported_at < _REPORT_EVERY_S:
-            return
-        self._reported_tenth, self._reported_at = tenth, now
-        rate = self._ran / max(now - self._started, 1e-9)
-        eta_s = (self.total - self.done) / rate if rate > 0 else None
-        await self.ctx.event(
-            "info",
-            f"{self.done} of {self.total} lines done ({self.failed} failed)",
-            {
-                "done": self.done,
-                "failed": self.failed,
-                "total": self.total,
-                "lines_per_second": round(rate, 3),
-                "eta_seconds": None if eta_s is None else round(eta_s, 1),
-            },
-        )

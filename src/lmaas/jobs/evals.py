@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 from lmaas.db import utc_now
-from lmaas.jobs.batch import ItemSink
 from lmaas.jobs.batch_lines import numbered_lines
 from lmaas.jobs.context import JobContext, JobFailed, LeaseLost, Outcome
 from lmaas.jobs.eval_items import (
@@ -35,7 +34,7 @@ from lmaas.jobs.eval_items import (
 )
 from lmaas.jobs.gateway import GatewayClient, GatewayUnreachable, RetryPolicy, post_retrying
 from lmaas.jobs.graders import GradingError, grade, parse_criteria
-from lmaas.jobs.item_runs import run_items
+from lmaas.jobs.item_runs import ItemSink, run_items
 from lmaas.jobs.leases import Item
 from lmaas.protocol.evals import GraderSpec
 from lmaas.store.evaluations import Evaluations
