@@ -113,6 +113,7 @@ class FineTuneWork:
             seed=int(self.given["seed"]),
         )
         reports.event("info", f"training {method}: {len(train_set)} examples, {hyper}", None)
+        self._note_resume(reports)
 
         def on_event(event: Any) -> None:
             if isinstance(event, CheckpointSaved):
@@ -139,7 +140,12 @@ class FineTuneWork:
             model,
             train_set,
             hyper,
-            RunOptions(checkpoint_dir=self.workdir / "checkpoints", pad_id=pad_id, threads=1),
+            RunOptions(
+                checkpoint_dir=self.workdir / "checkpoints",
+                checkpoint_every=self.given.get("checkpoint_every_steps"),
+                pad_id=pad_id,
+                threads=1,
+            ),
             valid_set=valid_set,
             distillation=distillation,
             on_event=on_event,
@@ -160,6 +166,18 @@ class FineTuneWork:
         result["steps"] = ran.step
         result["metrics"] = ran.metrics
         return WorkResult("succeeded", f"trained {ran.step} steps", result)
+
+    def _note_resume(self, reports: Reports) -> None:
+        """An event when a checkpoint of an earlier attempt is there to go on from."""
+        from lmaas.training.checkpoints import latest
+
+        found = latest(self.workdir / "checkpoints")
+        if found is not None:
+            reports.event(
+                "info",
+                f"resuming from the checkpoint of step {found.step}",
+                {"resumed_from_step": found.step},
+            )
 
     def _trainee(self, method: str, base: Any, tokenizer: Any) -> tuple[Any, Any]:
         """(the model to train, the distillation settings or None)."""

@@ -6,7 +6,8 @@ lmaas fields ``adapter`` (``lora``, the default on a CPU, or ``full``) and ``lor
 alpha, dropout, target modules). lmaas adds the type ``distillation``: a teacher model's soft
 labels and the training file's tokens (``alpha``, ``temperature``), into a student (a smaller
 store model, or ``half``: every other layer of the teacher). Also lmaas's: ``quantization``
-of the GGUF export, ``deploy`` (replicas serving the result), ``max_seq_len``.
+of the GGUF export, ``deploy`` (replicas serving the result), ``max_seq_len``,
+``checkpoint_every_steps`` (checkpoints between epochs' ends too).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class FineTuneCreate(BaseModel):
     quantization: Quantization = "Q4_0"
     deploy_replicas: Annotated[int, Field(ge=0, le=8)] = 1
     max_seq_len: Annotated[int, Field(ge=16, le=8192)] = 512
+    # a checkpoint every this many steps besides each epoch's end (None: per epoch only)
+    checkpoint_every_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 class FineTuneError(BaseModel):

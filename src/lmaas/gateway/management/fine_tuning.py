@@ -182,6 +182,7 @@ class FineTuningManagement:
             "quantization": body.quantization,
             "deploy_replicas": body.deploy_replicas,
             "max_seq_len": body.max_seq_len,
+            "checkpoint_every_steps": body.checkpoint_every_steps,
         }
         return self._jobs.create(
             checks.KIND,
