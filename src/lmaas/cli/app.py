@@ -7,6 +7,7 @@ import typer
 from lmaas.cli.classifiers import classifiers_app
 from lmaas.cli.deploy import deploy, ps, scale, undeploy
 from lmaas.cli.files import files_app
+from lmaas.cli.finetune import finetune_app
 from lmaas.cli.jobs import jobs_app
 from lmaas.cli.keys import keys_app
 from lmaas.cli.models import models_app
@@ -23,6 +24,7 @@ app.add_typer(requests_app, name="requests")
 app.add_typer(classifiers_app, name="classifiers")
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(finetune_app, name="finetune")
 app.command()(deploy)
 app.command()(scale)
 app.command()(undeploy)

@@ -37,8 +37,9 @@ CHUNK: Final = 1 << 20
 UrlOpt = Annotated[str, typer.Option("--url", envvar="LMAAS_URL", help="Server URL")]
 KeyOpt = Annotated[str | None, typer.Option("--key", envvar="LMAAS_API_KEY", help="Admin API key")]
 
-# Piped output (scripts, tests) gets wide lines instead of cells cut to fit 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 200)
+# Piped output (scripts, tests) gets wide lines instead of cells cut to fit 80 columns. No
+# emoji codes: names such as ``ft:base:pirate:ftjob_...`` hold ``:pirate:``.
+console = Console(width=None if sys.stdout.isatty() else 200, emoji=False)
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:

@@ -1,6 +1,7 @@
-"""`lmaas jobs ls|show|cancel|logs`: the jobs (batches, eval runs) of a running server, over
-its admin API (``/admin/jobs``, an admin key). ``logs --follow`` polls the job's event log
-until the job has finished and every event is shown."""
+"""`lmaas jobs ls|show|cancel|logs`: the jobs (batches, eval runs, fine-tuning) of a running
+server, over its admin API (``/admin/jobs``, an admin key). ``logs --follow`` polls the job's
+event log until the job has finished and every event is shown (a fine-tuning job's as the live
+display of :mod:`lmaas.cli.finetune`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from lmaas.cli.finetune import FINE_TUNE_KIND, follow_admin
 from lmaas.cli.http import DEFAULT_URL, AdminClient, KeyOpt, UrlOpt, admin_path, console
 
 jobs_app = typer.Typer(help="Jobs of a running server: batches, eval runs", no_args_is_help=True)
@@ -156,10 +158,14 @@ def logs(
     url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
-    """The job's event log, oldest first."""
+    """The job's event log, oldest first; a fine-tuning job's followed as a live display of
+    its steps and losses."""
     after, ended = 0, False
     events_path = admin_path("jobs", job_id, "events")
     with AdminClient(url, key) as c:
+        if follow and c.get(admin_path("jobs", job_id))["kind"] == FINE_TUNE_KIND:
+            follow_admin(c, job_id, interval=interval)
+            return
         while True:
             page = c.get(events_path, params={"after": after, "limit": 1000})
             for event in page["data"]:
