@@ -22,6 +22,7 @@ from lmaas.gateway.management.files import FileManagement
 from lmaas.gateway.management.fine_tuning import FineTuningManagement
 from lmaas.gateway.management.jobs import JobBackground, JobManagement
 from lmaas.gateway.management.models import ModelManagement
+from lmaas.gateway.management.quantize import QuantizeManagement
 from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.middleware import RequestContextMiddleware
 from lmaas.gateway.routes import ops
@@ -29,6 +30,7 @@ from lmaas.gateway.routes.admin import classifiers as admin_classifiers
 from lmaas.gateway.routes.admin import deployments as admin_deployments
 from lmaas.gateway.routes.admin import jobs as admin_jobs
 from lmaas.gateway.routes.admin import models as admin_models
+from lmaas.gateway.routes.admin import quantize as admin_quantize
 from lmaas.gateway.routes.admin import requests as admin_requests
 from lmaas.gateway.routes.v1 import (
     batches,
@@ -128,6 +130,7 @@ def create_app(
                 _mount_evals(app, settings, engines, file_store, job_store, eval_store, job_runner)
             if store is not None:
                 _mount_fine_tuning(app, engines, file_store, job_store, store, job_runner)
+                _mount_quantize(app, file_store, job_store, store, job_runner)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.limits.max_body_bytes,
@@ -249,6 +252,27 @@ def _mount_fine_tuning(
     app.state.fine_tuning_management = management
     app.state.job_background.pollers.append(management.run_deployer)
     app.include_router(fine_tuning.router)
+
+
+def _mount_quantize(
+    app: FastAPI,
+    file_store: FileStore,
+    job_store: JobStore,
+    store: ModelStore,
+    runner: RunnerSupervisor | None,
+) -> None:
+    """Quantizing store versions (jobs of kind ``quantize``); a poll beside the app tells the
+    deployments when a job moved aliases."""
+    management = QuantizeManagement(
+        job_store,
+        file_store,
+        store,
+        app.state.deployments,
+        on_queued=runner.wake if runner is not None else lambda: None,
+    )
+    app.state.quantize_management = management
+    app.state.job_background.pollers.append(management.run_announcer)
+    app.include_router(admin_quantize.router)
 
 
 def _mount_evals(

@@ -26,6 +26,7 @@ from lmaas.gateway.management.files import FileManagement
 from lmaas.gateway.management.fine_tuning import FineTuningManagement
 from lmaas.gateway.management.jobs import JobManagement
 from lmaas.gateway.management.models import ModelManagement
+from lmaas.gateway.management.quantize import QuantizeManagement
 from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.serving.chat import ChatServing
 from lmaas.gateway.serving.classifiers import ClassifierTrainer
@@ -81,3 +82,4 @@ EvalRunManagementDep = Annotated[EvalRunManagement, Depends(_app_state("eval_run
 FineTuningManagementDep = Annotated[
     FineTuningManagement, Depends(_app_state("fine_tuning_management"))
 ]
+QuantizeManagementDep = Annotated[QuantizeManagement, Depends(_app_state("quantize_management"))]

@@ -14,6 +14,7 @@ from lmaas.jobs.context import JobHandler
 from lmaas.jobs.evals import EvalRunHandler
 from lmaas.jobs.fine_tune import FineTuneHandler
 from lmaas.jobs.gateway import GatewayClient
+from lmaas.jobs.quantize import QuantizeHandler
 from lmaas.store.evaluations import Evaluations
 from lmaas.store.files import FileStore
 from lmaas.store.model_store import ModelStore
@@ -33,5 +34,6 @@ def job_handlers(
         BatchHandler(gateway, files, line_concurrency=settings.line_concurrency),
         EvalRunHandler(gateway, files, evaluations, item_concurrency=settings.line_concurrency),
         FineTuneHandler(store, files, evaluations, home),
+        QuantizeHandler(store, files, evaluations, home),
     ]
     return {handler.kind: handler for handler in handlers}

@@ -225,8 +225,11 @@ class Catalog:
         *,
         blobs: Iterable[str] = (),
         state: State = "ready",
+        moves_latest: bool = True,
     ) -> VersionInfo:
-        """Record a new version with the next number; a ready one becomes ``latest``.
+        """Record a new version with the next number; a ready one becomes ``latest`` (unless
+        ``moves_latest`` is False and the model has a ``latest``: a variant of an existing
+        version, such as a quantization, leaves what follows ``latest`` where it is).
 
         ``digest`` is the version's content (the GGUF file, or for a Hugging Face folder the
         blob listing its files); ``blobs`` are further blobs it uses (each file of the folder).
@@ -251,7 +254,8 @@ class Catalog:
             session.add(version)
             session.flush()
             session.add_all(BlobRefRow(version_id=version.id, digest=d) for d in sorted(refs))
-            if state == "ready":
+            has_latest = session.get(AliasRow, (row.id, LATEST)) is not None
+            if state == "ready" and (moves_latest or not has_latest):
                 _point_alias(session, row.id, LATEST, version.id)
             session.flush()
             return self._version_info(session, model, version)

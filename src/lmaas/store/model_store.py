@@ -177,7 +177,13 @@ class ModelStore:
         return tar_length((f.path, f.size) for f in files), tar_chunks(entries)
 
     def _register_gguf(
-        self, model: str, blob: BlobInfo, *, source: str, description: str
+        self,
+        model: str,
+        blob: BlobInfo,
+        *,
+        source: str,
+        description: str,
+        moves_latest: bool = True,
     ) -> VersionInfo:
         fields = probe_gguf(blob.path)
         meta = VersionMetadata(
@@ -191,7 +197,7 @@ class ModelStore:
             description=description,
         )
         self._ensure_model(model)
-        return self.catalog.add_version(model, meta, blob.digest)
+        return self.catalog.add_version(model, meta, blob.digest, moves_latest=moves_latest)
 
     def _ensure_model(self, model: str) -> None:
         try:
@@ -285,9 +291,11 @@ class ModelStore:
         source: str = "",
         description: str = "",
         shipped: bool = False,
+        moves_latest: bool = True,
     ) -> VersionInfo:
         """Copy a GGUF file from the server's disk into the store as a new version
-        (``shipped``: from an installed package, not held to the upload limits)."""
+        (``shipped``: from an installed package, not held to the upload limits; without
+        ``moves_latest``, ``latest`` stays where it is: see ``Catalog.add_version``)."""
         path = path.expanduser()
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise InvalidRequestError(
@@ -303,7 +311,11 @@ class ModelStore:
                 limit = _SHIPPED_BYTES if shipped else self.max_upload_bytes
                 blob = self.blobs.write_file(f, limit, lease.claim)
             return self._register_gguf(
-                model, blob, source=source or f"file:{path}", description=description
+                model,
+                blob,
+                source=source or f"file:{path}",
+                description=description,
+                moves_latest=moves_latest,
             )
         finally:
             _release(lease)

@@ -81,13 +81,15 @@ def quantize_gguf(
     *,
     threads: int = 1,
     timeout: float | None = None,
+    allow_requantize: bool = False,
 ) -> GGUFSummary:
     """Quantize the GGUF ``src`` (F16 or F32) to ``dst`` with llama.cpp's quantizer.
 
-    ``qtype`` is one of :data:`QUANT_TYPES`. The work runs in a child process with ``threads``
-    threads; ``dst`` appears whole or not at all. Raises ``ValueError`` for an unknown type and
-    ``ExportError`` (with llama.cpp's last words) when the quantizer fails, crashes or runs past
-    ``timeout`` seconds.
+    ``qtype`` is one of :data:`QUANT_TYPES`. With ``allow_requantize``, ``src`` may itself be
+    quantized (llama.cpp dequantizes its tensors first: the result is no better than ``src``).
+    The work runs in a child process with ``threads`` threads; ``dst`` appears whole or not at
+    all. Raises ``ValueError`` for an unknown type and ``ExportError`` (with llama.cpp's last
+    words) when the quantizer fails, crashes or runs past ``timeout`` seconds.
     """
     if qtype not in _LLAMA_FTYPES:
         raise ValueError(f"unknown quantization type {qtype!r}; one of {', '.join(QUANT_TYPES)}")
@@ -97,6 +99,8 @@ def quantize_gguf(
     partial = dst.with_name(f".{dst.name}.partial")
     command = [sys.executable, "-m", "lmaas.training.export", "quantize"]
     command += [str(src), str(partial), qtype, "--threads", str(max(1, threads))]
+    if allow_requantize:
+        command.append("--allow-requantize")
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
@@ -127,7 +131,7 @@ def _failure(done: subprocess.CompletedProcess[str], paths: dict[Path, str]) -> 
     return message or f"the quantizer exited with status {done.returncode}"
 
 
-def _quantize_here(src: str, dst: str, qtype: str, threads: int) -> int:
+def _quantize_here(src: str, dst: str, qtype: str, threads: int, requantize: bool) -> int:
     """The child's side: one call into llama.cpp; a JSON error line on stdout on failure."""
     import ctypes
 
@@ -136,6 +140,7 @@ def _quantize_here(src: str, dst: str, qtype: str, threads: int) -> int:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _LLAMA_FTYPES[qtype]
     params.nthread = threads
+    params.allow_requantize = requantize
     status = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
     if status != 0:
         print(json.dumps({"error": f"llama.cpp's quantizer returned {status}"}))
@@ -151,8 +156,9 @@ def main(argv: list[str]) -> int:
     quantize.add_argument("dst")
     quantize.add_argument("qtype", choices=QUANT_TYPES)
     quantize.add_argument("--threads", type=int, default=1)
+    quantize.add_argument("--allow-requantize", action="store_true")
     args = parser.parse_args(argv)
-    return _quantize_here(args.src, args.dst, args.qtype, args.threads)
+    return _quantize_here(args.src, args.dst, args.qtype, args.threads, args.allow_requantize)
 
 
 if __name__ == "__main__":

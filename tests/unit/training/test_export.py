@@ -238,6 +238,17 @@ def test_quantized_files_are_smaller_and_close(
     assert relative_error < bound  # measured: Q8_0 0.027, Q4_0 0.24, Q4_1 0.22, Q4_K_M 0.11
 
 
+def test_a_quantized_file_is_requantized_only_when_asked(
+    quantized: dict[str, Path], tmp_path: Path
+) -> None:
+    dst = tmp_path / "requantized.gguf"
+    with pytest.raises(ExportError, match=r"requantizing from type \w+ is disabled"):
+        quantize_gguf(quantized["Q4_1"], dst, "Q8_0")
+    assert not dst.exists()
+    summary = quantize_gguf(quantized["Q4_1"], dst, "Q8_0", allow_requantize=True)
+    assert summary.file_type == "Q8_0" and summary.tensor_count == N_TENSORS
+
+
 def test_quantizing_a_broken_file_fails_clearly(tmp_path: Path) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 60)
