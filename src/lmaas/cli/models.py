@@ -31,6 +31,7 @@ from lmaas.cli.http import (
     size_text,
     upload,
 )
+from lmaas.cli.quantize import quantize
 from lmaas.errors import LmaasError
 from lmaas.store.folder import (
     FolderFile,
@@ -43,6 +44,7 @@ from lmaas.store.folder import (
 )
 
 models_app = typer.Typer(help="Manage models in a running server's store", no_args_is_help=True)
+models_app.command("quantize")(quantize)
 
 
 @models_app.command("ls")
