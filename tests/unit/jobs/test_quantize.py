@@ -301,3 +301,25 @@ def test_held_out_text_of_each_training_format() -> None:
     chat, prompt = (held_out_text(read_examples([line])) for line in lines)
     assert chat == "Hi\nHello there."
     assert prompt == "Two plus two\n is four."
+
+
+class FakeDeployments:
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    async def on_aliases_changed(self, model: str) -> None:
+        self.told.append(model)
+
+
+def test_the_deployments_hear_once_of_the_aliases_a_job_moved(rig: Rig) -> None:
+    job_id = rig.create(["Q8_0"])
+    _, outcome = rig.run()
+    deployments: Any = FakeDeployments()
+    management = QuantizeManagement(rig.jobs, rig.files, rig.store, deployments)
+    asyncio.run(management.announce_finished())
+    assert deployments.told == []  # not ended yet: the runner still holds it
+    rig.leases.finish(job_id, "r1", outcome.status, message="done", result=outcome.result)
+    asyncio.run(management.announce_finished())
+    asyncio.run(management.announce_finished())
+    assert deployments.told == [MODEL]
+    assert rig.jobs.get(job_id, Viewer(None, admin=True)).result["aliases_announced"] is True
