@@ -80,6 +80,7 @@ def chat_example(question: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.timeout(900)  # training, export and the held-out evals: ~3 min on a quiet machine
 def test_a_lora_job_teaches_a_reply_style_served_by_name(env: Env) -> None:
     train = env.upload([chat_example(q) for q in QUESTIONS[:12]])
     valid = env.upload([chat_example(q) for q in QUESTIONS[12:]], "valid.jsonl")
@@ -144,10 +145,29 @@ def test_a_lora_job_teaches_a_reply_style_served_by_name(env: Env) -> None:
     assert gguf["quantization"] == "Q4_0"
     tuned = gguf["evaluations"][0]["per_testing_criteria_results"][0]["metrics"]["perplexity"]
     base_version = env.admin_get(f"/admin/models/{MODEL}/versions/latest")
-    before = [e for e in base_version["evaluations"] if e["run_id"].startswith(job.id)][0][
+    before = next(e for e in base_version["evaluations"] if e["run_id"].startswith(job.id))[
         "per_testing_criteria_results"
     ][0]["metrics"]["perplexity"]
     assert tuned < before / 2  # the held-out replies became far more likely
+
+    # The same comparison through the evals machinery, on the served models: one eval and run
+    # per model, each attached to the version it scored.
+    def held_out_runs() -> dict[str, Any] | None:
+        mine = [e for e in env.sdk.evals.list(limit=100) if job.id in e.name]
+        runs = {e.name.rsplit(": ", 1)[1]: env.sdk.evals.runs.list(e.id).data for e in mine}
+        if len(runs) < 2 or any(not r or r[0].status != "completed" for r in runs.values()):
+            return None
+        return {label: r[0] for label, r in runs.items()}
+
+    runs = wait_until(held_out_runs, 300, 1.0, "the held-out eval runs")
+    ppl = {
+        label: run.per_testing_criteria_results[0].model_extra["metrics"]["perplexity"]
+        for label, run in runs.items()
+    }
+    assert ppl["fine-tuned"] < ppl["base"] / 2, ppl
+    assert runs["fine-tuned"].model_extra["model_version"] == done.model_extra["model_version"]
+    gguf = env.admin_get(f"/admin/models/{store_model}/versions/gguf")
+    assert runs["fine-tuned"].id in {e["run_id"] for e in gguf["evaluations"]}
 
 
 @pytest.mark.parametrize(

@@ -250,6 +250,8 @@ def _mount_fine_tuning(
         on_queued=runner.wake if runner is not None else lambda: None,
     )
     app.state.fine_tuning_management = management
+    if hasattr(app.state, "eval_run_management"):
+        management.evaluate_with(app.state.eval_management.store, app.state.eval_run_management)
     app.state.job_background.pollers.append(management.run_deployer)
     app.include_router(fine_tuning.router)
 

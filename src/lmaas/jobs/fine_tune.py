@@ -83,7 +83,12 @@ class FineTuneHandler:
         workdir = self.home / "jobs" / job.id
         workdir.mkdir(parents=True, exist_ok=True)
         reports, lost = self._reports(ctx)
-        work = FineTuneWork(self.store, self.files, workdir, job.input | {"job_id": job.id})
+        work = FineTuneWork(
+            self.store,
+            self.files,
+            workdir,
+            job.input | {"job_id": job.id, "owner_key_id": job.owner_key_id},
+        )
         try:
             done = await asyncio.to_thread(work.run, reports)
         except Exception as exc:

@@ -78,6 +78,25 @@ class FineTuneWork:
         examples = read_examples(_lines(self.files, file_id))
         return tokenize_examples(examples, tokenizer, int(self.given["max_seq_len"])).examples
 
+    def _eval_file(self, tokenizer: Any) -> str | None:
+        """The held-out set as an ``evals`` file (see :mod:`lmaas.jobs.fine_tune_evals`)."""
+        from lmaas.jobs.fine_tune_evals import eval_lines
+        from lmaas.training.formats import read_examples
+
+        file_id = self.given.get("validation_file")
+        if file_id is None:
+            return None
+        lines = list(eval_lines(read_examples(_lines(self.files, file_id)), tokenizer))
+        if not lines:
+            return None
+        stored = self.files.add(
+            [b"".join(lines)],
+            purpose="evals",
+            filename=f"{self.given['job_id']}_held_out.jsonl",
+            owner_key_id=self.given.get("owner_key_id"),
+        )
+        return stored.id
+
     def _student(self, teacher: Any, tokenizer: Any) -> Any:
         from lmaas.training.models import check_distillation_pair, student_from_teacher
 
@@ -163,6 +182,7 @@ class FineTuneWork:
         result = self._export(model, tokenizer, base_path, base_version, adapter_dir)
         result["trained_tokens"] = sum(len(e.input_ids) for e in train_set) * hyper.n_epochs
         result["held_out"] = {"base_perplexity": base_ppl, "perplexity": tuned_ppl}
+        result["eval_file_id"] = self._eval_file(tokenizer)
         result["steps"] = ran.step
         result["metrics"] = ran.metrics
         return WorkResult("succeeded", f"trained {ran.step} steps", result)

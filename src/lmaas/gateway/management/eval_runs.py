@@ -119,13 +119,14 @@ class EvalRunManagement:
 
     async def create(self, key: KeyInfo | None, eval_id: str, body: RunCreate) -> Run:
         metadata = check_metadata(body.metadata)
-        job = await asyncio.to_thread(self._create, viewer_of(key), eval_id, body, metadata)
+        job = await asyncio.to_thread(self.create_for, viewer_of(key), eval_id, body, metadata)
         self._on_queued()
         return run_object(job)
 
-    def _create(
+    def create_for(
         self, viewer: Viewer, eval_id: str, body: RunCreate, metadata: dict[str, str] | None
     ) -> JobInfo:
+        """A queued run for ``viewer`` (blocking; the runner is not woken)."""
         info = self._evals.get(eval_id, viewer)
         source = body.data_source
         plan = self._planner.plan(viewer, info, source)

@@ -112,6 +112,10 @@ class EvalManagement:
         self._evals = evals
         self._jobs = jobs
 
+    @property
+    def store(self) -> EvalStore:
+        return self._evals
+
     async def create(self, key: KeyInfo | None, body: EvalCreate) -> Eval:
         config = check_config(body.data_source_config)
         specs = parse_criteria(body.testing_criteria)

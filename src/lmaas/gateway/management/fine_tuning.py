@@ -20,8 +20,11 @@ from lmaas.db import utc_now
 from lmaas.engine.directory import EngineDirectory
 from lmaas.errors import ConflictError, InvalidRequestError, LmaasError, NotFoundError
 from lmaas.gateway.management.batches import check_metadata
+from lmaas.gateway.management.eval_runs import EvalRunManagement
 from lmaas.gateway.management.files import viewer_of
 from lmaas.jobs import fine_tune_input as checks
+from lmaas.jobs.eval_store import EvalStore
+from lmaas.jobs.fine_tune_evals import GRADER, ITEM_SCHEMA
 from lmaas.jobs.store import (
     CANCELLED,
     CANCELLING,
@@ -36,6 +39,7 @@ from lmaas.jobs.store import (
 )
 from lmaas.keys import KeyInfo
 from lmaas.protocol.deploy import DeploymentControl, DeploymentCreate
+from lmaas.protocol.evals import RunCreate
 from lmaas.protocol.fine_tuning import (
     FineTuneCreate,
     FineTuningCheckpoint,
@@ -110,6 +114,11 @@ class FineTuningManagement:
         self._engines = engines
         self._deployments = deployments
         self._on_queued = on_queued
+        self._evals: tuple[EvalStore, EvalRunManagement] | None = None
+
+    def evaluate_with(self, evals: EvalStore, runs: EvalRunManagement) -> None:
+        """Compare base and fine-tuned on the held-out set through these evals, once deployed."""
+        self._evals = (evals, runs)
 
     # -- creating -------------------------------------------------------------------------------
 
@@ -318,10 +327,49 @@ class FineTuningManagement:
                 except LmaasError as exc:
                     log.warning("deploying %s failed: %s", body.name, exc)
                     note["deploy_error"] = str(exc)
+                if "deploy_error" not in note and result.get("eval_file_id"):
+                    note["held_out_runs"] = await asyncio.to_thread(self._held_out_runs, job)
             await asyncio.to_thread(self._jobs.merge_result, job.id, note)
             await asyncio.to_thread(
                 self._jobs.add_event, job.id, "info", f"deployed as {result['fine_tuned_model']}"
             )
+
+    def _held_out_runs(self, job: JobInfo) -> builtins.list[str]:
+        """One eval and one jsonl run per model (the base, as it was asked for, and the
+        fine-tuned one): the perplexity of each held-out completion after its prompt."""
+        if self._evals is None:
+            return []
+        evals, runs = self._evals
+        result = job.result or {}
+        viewer = Viewer(job.owner_key_id)
+        made = []
+        models = (
+            ("base", str(job.input["model"])),
+            ("fine-tuned", str(result["fine_tuned_model"])),
+        )
+        for label, model in models:
+            try:
+                info = evals.create(
+                    owner_key_id=job.owner_key_id,
+                    name=f"held-out perplexity of {job.id}: {label}",
+                    data_source_config={
+                        "type": "custom",
+                        "item_schema": ITEM_SCHEMA,
+                        "include_sample_schema": False,
+                    },
+                    testing_criteria=[{**GRADER, "model": model}],
+                    metadata={"fine_tuning_job": job.id},
+                )
+                source = {"type": "file_id", "id": str(result["eval_file_id"])}
+                body = RunCreate(
+                    name=f"{label}: {model}", data_source={"type": "jsonl", "source": source}
+                )
+                made.append(runs.create_for(viewer, info.id, body, None).id)
+            except LmaasError as exc:
+                log.warning("the held-out eval of %s on %s was not made: %s", job.id, model, exc)
+        if made:
+            self._on_queued()
+        return made
 
     async def run_deployer(self, interval: float = 2.0) -> None:
         while True:
