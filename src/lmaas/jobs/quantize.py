@@ -136,7 +136,8 @@ class QuantizeHandler:
         if resume is None:
             raise LeaseLost
         done = await ctx.call(self._done, ctx.leases, job.id)
-        workdir = self.home / "jobs" / job.id
+        # One folder per attempt: a runner that lost the lease never deletes its successor's.
+        workdir = self.home / "jobs" / job.id / f"attempt-{job.attempts}"
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             text = await ctx.call(self._text, workdir, given.get("eval_file"))
@@ -148,6 +149,7 @@ class QuantizeHandler:
             return Outcome.failed(*failure)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir.parent, ignore_errors=True)  # what a runner that died left
         result = self._result(source, given, steps, done)
         made = ", ".join(f"{r['type']} → {r['alias']}" for r in result["versions"])
         return ctx.ended(
