@@ -32,8 +32,8 @@ _INFERENCE_PREFIX = "/v1/"
 _INFERENCE_EXTRA = ("/tokenize", "/detokenize")
 # Inference routes whose body is an upload streamed to the store (multipart, size-capped there).
 _STREAMED_UPLOADS = ("/v1/files",)
-# Inference routes that take no body (a cancel): no Content-Type is needed.
-_BODYLESS_PREFIX, _BODYLESS_SUFFIX = "/v1/batches/", "/cancel"
+# Inference routes that take no body (a cancel), as (prefix, suffix): no Content-Type is needed.
+_BODYLESS = (("/v1/batches/", "/cancel"), ("/v1/fine_tuning/jobs/", "/cancel"))
 # Answered while the server drains, so probes see it alive and not ready.
 _DRAIN_OPEN = ("/health", "/ready")
 
@@ -227,7 +227,7 @@ class RequestContextMiddleware:
         path = scope["path"]
         if path in _STREAMED_UPLOADS:
             return receive
-        if path.startswith(_BODYLESS_PREFIX) and path.endswith(_BODYLESS_SUFFIX):
+        if any(path.startswith(head) and path.endswith(tail) for head, tail in _BODYLESS):
             return receive
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
