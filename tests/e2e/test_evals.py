@@ -378,7 +378,10 @@ def test_cancel_mid_run_then_delete(env: Env) -> None:
         return run.model_extra["progress"]["done"] >= 1  # type: ignore[index,no-any-return]
 
     wait_until(progressed, 120, 0.1, "an item graded")
-    env.sdk.evals.runs.cancel(run_id, eval_id=eval_id)
+    # OpenAI's cancel, as curl sends it: no body, no Content-Type.
+    headers = {"Authorization": f"Bearer {env.user}"}
+    cancel = httpx.post(f"{env.server.url}/v1/evals/{eval_id}/runs/{run_id}", headers=headers)
+    assert cancel.status_code == 200 and cancel.json()["status"] in ("in_progress", "canceled")
     run = env.wait_ended(eval_id, run_id, timeout=30)
     assert run.status == "canceled"
     graded = env.items(eval_id, run_id)

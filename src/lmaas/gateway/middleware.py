@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Container
 from datetime import UTC, datetime
@@ -33,7 +34,21 @@ _INFERENCE_EXTRA = ("/tokenize", "/detokenize")
 # Inference routes whose body is an upload streamed to the store (multipart, size-capped there).
 _STREAMED_UPLOADS = ("/v1/files",)
 # Inference routes that take no body (a cancel), as (prefix, suffix): no Content-Type is needed.
-_BODYLESS = (("/v1/batches/", "/cancel"), ("/v1/fine_tuning/jobs/", "/cancel"))
+_BODYLESS = (
+    ("/v1/batches/", "/cancel"),
+    ("/v1/fine_tuning/jobs/", "/cancel"),
+    ("/v1/evals/", "/cancel"),
+)
+# OpenAI's cancel of an eval run: POST /v1/evals/{eval_id}/runs/{run_id}, with no body.
+_EVAL_RUN = re.compile(r"^/v1/evals/[^/]+/runs/[^/]+$")
+
+
+def _bodyless(path: str) -> bool:
+    if any(path.startswith(head) and path.endswith(tail) for head, tail in _BODYLESS):
+        return True
+    return _EVAL_RUN.match(path) is not None
+
+
 # Answered while the server drains, so probes see it alive and not ready.
 _DRAIN_OPEN = ("/health", "/ready")
 
@@ -227,7 +242,7 @@ class RequestContextMiddleware:
         path = scope["path"]
         if path in _STREAMED_UPLOADS:
             return receive
-        if any(path.startswith(head) and path.endswith(tail) for head, tail in _BODYLESS):
+        if _bodyless(path):
             return receive
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
