@@ -85,6 +85,17 @@ class ServerProcess:
                     pids.add(child.pid)
         return pids
 
+    def runner_pids(self) -> set[int]:
+        """The job runner processes among the server's children (one, unless it is being
+        replaced)."""
+        pids = set()
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+                alive = child.status() != psutil.STATUS_ZOMBIE
+                if alive and "lmaas.jobs.runner" in child.cmdline():
+                    pids.add(child.pid)
+        return pids
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")

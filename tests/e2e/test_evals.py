@@ -6,7 +6,6 @@ module."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -17,7 +16,6 @@ from typing import Any
 
 import httpx
 import openai
-import psutil
 import pytest
 import sacrebleu
 
@@ -138,12 +136,7 @@ class Env:
         return list(self.sdk.evals.runs.output_items.list(run_id, eval_id=eval_id, limit=100))
 
     def runner_pids(self) -> set[int]:
-        pids = set()
-        for child in psutil.Process(self.server.proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
-                if "lmaas.jobs.runner" in child.cmdline() and child.status() != "zombie":
-                    pids.add(child.pid)
-        return pids
+        return self.server.runner_pids()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ time."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -25,7 +24,6 @@ from typing import Any
 import httpx
 import numpy as np
 import openai
-import psutil
 import pytest
 from gguf import GGUFReader
 from safetensors.numpy import save
@@ -98,12 +96,7 @@ class Env:
         return wait_until(ended, timeout, 0.2, f"fine-tuning job {job_id} to end")
 
     def runner_pids(self) -> set[int]:
-        pids = set()
-        for child in psutil.Process(self.server.proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
-                if "lmaas.jobs.runner" in child.cmdline() and child.status() != "zombie":
-                    pids.add(child.pid)
-        return pids
+        return self.server.runner_pids()
 
     def cli(self, *args: str, key: str | None = None) -> str:
         return cli(self.home, *args, key=key or self.user, url=self.server.url)

@@ -6,7 +6,6 @@ test kills it and starts another over the same home."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,7 +18,6 @@ from typing import Any
 
 import httpx
 import openai
-import psutil
 import pytest
 
 from tests.e2e.admin import cli, new_key
@@ -88,12 +86,7 @@ class Jobs:
         return [json.loads(line) for line in text.splitlines()]
 
     def runner_pids(self) -> set[int]:
-        pids = set()
-        for child in psutil.Process(self.server.proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
-                if "lmaas.jobs.runner" in child.cmdline() and child.status() != "zombie":
-                    pids.add(child.pid)
-        return pids
+        return self.server.runner_pids()
 
     def records(self, batch_id: str) -> list[dict[str, Any]]:
         page = self.admin_get("/admin/requests", key=self.user_id, limit=1000)

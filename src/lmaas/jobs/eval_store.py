@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lmaas.db import as_utc, utc_now
 from lmaas.errors import InvalidRequestError, NotFoundError
-from lmaas.jobs.store import MAX_LIST_LIMIT, created_at_of, new_job_id
+from lmaas.jobs.store import MAX_LIST_LIMIT, created_at_of, new_job_id, paged
 from lmaas.jobs.tables import EvalRow
 from lmaas.store.files import Viewer
 
@@ -107,28 +107,7 @@ class EvalStore:
                 f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit"
             )
         query = select(EvalRow).where(*_visible(viewer))
-        if after is not None:
-            when = created_at_of(after)
-            if when is None:
-                raise InvalidRequestError("after must be the id of an eval", param="after")
-            if newest_first:
-                query = query.where(
-                    or_(
-                        EvalRow.created_at < when,
-                        and_(EvalRow.created_at == when, EvalRow.id < after),
-                    )
-                )
-            else:
-                query = query.where(
-                    or_(
-                        EvalRow.created_at > when,
-                        and_(EvalRow.created_at == when, EvalRow.id > after),
-                    )
-                )
-        if newest_first:
-            query = query.order_by(EvalRow.created_at.desc(), EvalRow.id.desc())
-        else:
-            query = query.order_by(EvalRow.created_at, EvalRow.id)
+        query = paged(query, EvalRow, after, newest_first=newest_first, what="an eval")
         with self._sessions.begin() as session:
             rows = session.scalars(query.limit(limit + 1)).all()
             return EvalPage([_info(r) for r in rows[:limit]], has_more=len(rows) > limit)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lmaas.db import as_utc, utc_now
@@ -168,6 +168,25 @@ def created_at_of(job_id: str) -> datetime | None:
     return _EPOCH + int(tail[:14], 16) * _MICRO
 
 
+def paged(
+    query: Select[Any], table: Any, after: str | None, *, newest_first: bool, what: str
+) -> Select[Any]:
+    """``query`` over rows with time-ordered ids (``created_at``, ``id``), in creation order
+    (or newest first) and after the row ``after`` names (which need not exist any more)."""
+    created, ident = table.created_at, table.id
+    if after is not None:
+        when = created_at_of(after)
+        if when is None:
+            raise InvalidRequestError(f"after must be the id of {what}", param="after")
+        if newest_first:
+            query = query.where(or_(created < when, and_(created == when, ident < after)))
+        else:
+            query = query.where(or_(created > when, and_(created == when, ident > after)))
+    if newest_first:
+        return query.order_by(created.desc(), ident.desc())
+    return query.order_by(created, ident)
+
+
 def append_event(
     session: Session,
     row: JobRow,
@@ -286,26 +305,7 @@ class JobStore:
             query = query.where(JobRow.status.in_(list(statuses)))
         if group_id is not None:
             query = query.where(JobRow.group_id == group_id)
-        if after is not None:
-            when = created_at_of(after)
-            if when is None:
-                raise InvalidRequestError("after must be the id of a job", param="after")
-            if newest_first:
-                query = query.where(
-                    or_(
-                        JobRow.created_at < when, and_(JobRow.created_at == when, JobRow.id < after)
-                    )
-                )
-            else:
-                query = query.where(
-                    or_(
-                        JobRow.created_at > when, and_(JobRow.created_at == when, JobRow.id > after)
-                    )
-                )
-        if newest_first:
-            query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc())
-        else:
-            query = query.order_by(JobRow.created_at, JobRow.id)
+        query = paged(query, JobRow, after, newest_first=newest_first, what="a job")
         query = query.limit(limit + 1)
         with self._sessions.begin() as session:
             rows = session.scalars(query).all()
