@@ -5,6 +5,9 @@ and the LoRA adapter load back."""
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,6 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from llama_cpp import Llama
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from lmaas.config import DEFAULT_MODEL, SHIPPED_MODELS, find_package_file
@@ -111,21 +113,48 @@ def torch_logits(model: Any, tokens: list[int] = TOKENS) -> np.ndarray:
     return result
 
 
-def llama_logits(path: Path, tokens: list[int] = TOKENS) -> np.ndarray:
-    llm = Llama(
-        model_path=str(path),
-        n_ctx=32,
-        n_batch=32,
-        n_threads=1,
-        n_threads_batch=1,
-        logits_all=True,
-        verbose=False,
+# llama.cpp runs in a child process: in the test process, another test's use of the backend
+# (tests/integration/test_llamacpp_grammar.py loads and frees it) left a later model load
+# crashing the whole run (a segmentation fault in llama_model_load).
+_LOGITS = """
+import json, sys
+import numpy as np
+from llama_cpp import Llama
+path, tokens, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+llm = Llama(model_path=path, n_ctx=32, n_batch=32, n_threads=1, n_threads_batch=1,
+            logits_all=True, verbose=False)
+llm.eval(tokens)
+np.save(out, np.array(llm.scores[: len(tokens)], dtype=np.float32))
+llm.close()
+"""
+_TOKENIZE = """
+import json, sys
+from llama_cpp import Llama
+path, texts = sys.argv[1], json.loads(sys.argv[2])
+llm = Llama(model_path=path, n_ctx=32, n_threads=1, vocab_only=True, verbose=False)
+print(json.dumps([llm.tokenize(t.encode(), add_bos=False, special=s) for t, s in texts]))
+llm.close()
+"""
+
+
+def _child(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300
     )
-    try:
-        llm.eval(tokens)
-        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
-    finally:
-        llm.close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def llama_logits(path: Path, tokens: list[int] = TOKENS) -> np.ndarray:
+    out = path.with_name(path.name + ".logits.npy")
+    _child(_LOGITS, str(path), json.dumps(tokens), str(out))
+    result: np.ndarray = np.load(out)
+    return result
+
+
+def llama_tokenize(path: Path, texts: list[tuple[str, bool]]) -> list[list[int]]:
+    found: list[list[int]] = json.loads(_child(_TOKENIZE, str(path), json.dumps(texts)))
+    return found
 
 
 def test_f16_export_gives_llama_cpp_the_pytorch_logits(tiny_model: Any, f16_path: Path) -> None:
@@ -275,15 +304,12 @@ def test_tokenizer_metadata_built_from_the_hf_tokenizer(
     template = source_field(path, gguf.Keys.Tokenizer.CHAT_TEMPLATE)
     assert template == source_field(source_gguf, gguf.Keys.Tokenizer.CHAT_TEMPLATE)
     assert source_field(path, gguf.Keys.Tokenizer.EOS_ID) == smol_tokenizer.eos_token_id
-    llm = Llama(model_path=str(path), n_ctx=32, n_threads=1, vocab_only=True, verbose=False)
-    try:
-        for text in ["Hello world!", "  two  spaces, 123 numbers\nand a newline", "naïve café"]:
-            want = smol_tokenizer.encode(text, add_special_tokens=False)
-            assert llm.tokenize(text.encode(), add_bos=False, special=False) == want, text
-        im_start = smol_tokenizer.convert_tokens_to_ids("<|im_start|>")
-        assert llm.tokenize(b"<|im_start|>", add_bos=False, special=True) == [im_start]
-    finally:
-        llm.close()
+    texts = ["Hello world!", "  two  spaces, 123 numbers\nand a newline", "naïve café"]
+    found = llama_tokenize(path, [(t, False) for t in texts] + [("<|im_start|>", True)])
+    for text, tokens in zip(texts, found, strict=False):
+        assert tokens == smol_tokenizer.encode(text, add_special_tokens=False), text
+    im_start = smol_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert found[-1] == [im_start]
 
 
 def test_export_refuses_what_it_cannot_write(
