@@ -165,6 +165,10 @@ def tiny_llama_tar() -> bytes:
         {
             "config.json": json.dumps(config).encode(),
             "model.safetensors": save(weights, metadata={"format": "pt"}),
+            # A tokenizer of its own 16 tokens: not SmolLM2's.
+            "tokenizer.json": json.dumps(
+                {"model": {"type": "BPE", "vocab": {chr(97 + i): i for i in range(16)}}}
+            ).encode(),
         }
     )
 
@@ -190,6 +194,11 @@ def tiny_llama(env: Env) -> str:
             {"teacher": "tiny-llama", "student": MODEL},  # pushed by tiny_llama
             "method.distillation.student",
             "student_not_smaller",
+        ),
+        (
+            {"teacher": MODEL, "student": "tiny-llama"},  # smaller, but another tokenizer
+            "method.distillation.teacher",
+            "tokenizer_mismatch",
         ),
     ],
 )

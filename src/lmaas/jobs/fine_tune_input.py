@@ -10,6 +10,7 @@ of a model name), and for distillation the teacher and a student smaller than it
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
@@ -18,6 +19,7 @@ from lmaas.errors import InvalidRequestError, NotFoundError
 from lmaas.protocol.fine_tuning import FineTuneCreate, Hyperparameters
 from lmaas.store.catalog import VersionInfo
 from lmaas.store.files import FileStore, Viewer
+from lmaas.store.model_store import ModelStore
 from lmaas.training.formats import validate_file
 from lmaas.training.hyperparameters import HyperparameterError, resolve
 
@@ -152,4 +154,39 @@ def check_student(teacher: VersionInfo, student: VersionInfo | None) -> None:
             f"parameters) must be smaller than the teacher ({teacher.parameter_count})",
             param="method.distillation.student",
             code="student_not_smaller",
+        )
+
+
+def vocabulary(store: ModelStore, version: VersionInfo) -> tuple[str, ...] | None:
+    """The tokens of a version's tokenizer in id order, read from its files without loading
+    it (a GGUF's ``tokenizer.ggml.tokens``, a folder's ``tokenizer.json``); None when unknown."""
+    path = store.path_of(version)
+    if version.format == "gguf":
+        from lmaas.training.gguf_source import read_source_metadata
+
+        tokens = read_source_metadata(path).get("tokenizer.ggml.tokens")
+        return tuple(str(t) for t in tokens) if isinstance(tokens, list) else None
+    try:
+        data = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    vocab = dict(data.get("model", {}).get("vocab") or {})
+    for added in data.get("added_tokens") or []:
+        vocab[str(added.get("content"))] = int(added.get("id", -1))
+    return tuple(token for token, _ in sorted(vocab.items(), key=lambda kv: kv[1]))
+
+
+def check_tokenizers(store: ModelStore, teacher: VersionInfo, student: VersionInfo | None) -> None:
+    """400 when an explicit student does not share the teacher's tokenizer (a student cut
+    from the teacher always does)."""
+    if student is None:
+        return
+    mine, theirs = vocabulary(store, teacher), vocabulary(store, student)
+    if mine is not None and theirs is not None and mine != theirs:
+        raise InvalidRequestError(
+            f"the teacher ({teacher.model}:{teacher.number}, {len(mine)} tokens) and the student "
+            f"({student.model}:{student.number}, {len(theirs)} tokens) have different "
+            "tokenizers: distillation compares their next-token distributions token by token",
+            param="method.distillation.teacher",
+            code="tokenizer_mismatch",
         )

@@ -165,6 +165,7 @@ class FineTuningManagement:
             if settings.get("student") not in (None, "half"):
                 student = self._base(str(settings["student"]), "method.distillation.student")
             checks.check_student(teacher, student)
+            checks.check_tokenizers(self._store, teacher, student)
             settings["student_ref"] = (
                 {"model": student.model, "number": student.number} if student else None
             )
