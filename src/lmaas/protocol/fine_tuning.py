@@ -6,7 +6,7 @@ lmaas fields ``adapter`` (``lora``, the default on a CPU, or ``full``) and ``lor
 alpha, dropout, target modules). lmaas adds the type ``distillation``: a teacher model's soft
 labels and the training file's tokens (``alpha``, ``temperature``), into a student (a smaller
 store model, or ``half``: every other layer of the teacher). Also lmaas's: ``quantization``
-of the GGUF export, ``deploy`` (replicas serving the result), ``max_seq_len``,
+of the GGUF export, ``deploy_replicas`` (replicas serving the result), ``max_seq_len``,
 ``checkpoint_every_steps`` (checkpoints between epochs' ends too).
 """
 
