@@ -147,8 +147,10 @@ def test_deploy_with_two_replicas_and_chat(env: Env) -> None:
 
 def test_router_spreads_requests_over_both_replicas(env: Env) -> None:
     seen: set[int] = set()
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(complete, env, "chatbot", 24) for _ in range(4)]
+    # Eight at once, so that both replicas are still busy when the router's spread is looked at
+    # (four short ones could all end between two looks on a quiet machine).
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(complete, env, "chatbot", 32) for _ in range(8)]
 
         def both_busy() -> bool:
             for r in deployment(env, "chatbot")["replica_status"]:
