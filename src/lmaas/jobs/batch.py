@@ -48,10 +48,6 @@ log = logging.getLogger(__name__)
 _READ_LINES: Final = 256
 _FILE_CHUNK: Final = 1 << 20
 _EVERYONE: Final = Viewer(None, admin=True)
-_OVERLOADED: Final = frozenset({429, 503})
-_SERVER_ERRORS: Final = frozenset({500, 502, 504})
-_REPORT_EVERY_S: Final = 60.0
-_WRITE_RETRY_S: Final = 1.0
 EXPIRED_CODE: Final = "batch_expired"
 EXPIRED_MESSAGE: Final = "This request could not be executed before the completion window expired."
 
