@@ -95,7 +95,7 @@ async def test_chat_collects_each_choice_with_its_logprobs() -> None:
                 finish_reason="length",
             ),
         ],
-        usage=Usage(prompt_tokens=3, completion_tokens=3, total_tokens=6),
+        usage=Usage.of(3, 3),
     )
     # Beam-only fields and the fingerprint are left out of the JSON, not sent as null.
     wire = json.loads(body.model_dump_json())
@@ -303,7 +303,12 @@ async def test_run_stream_ends_with_usage_then_done() -> None:
     assert frames[-1] == sse.DONE
     assert [json.loads(f[len(b"data: ") :])["usage"] for f in frames[:-1]] == [
         None,
-        {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        {
+            "prompt_tokens": 1,
+            "completion_tokens": 1,
+            "total_tokens": 2,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
     ]
 
 

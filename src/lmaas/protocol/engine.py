@@ -105,6 +105,8 @@ class GenerateRequest(BaseModel):
     tenant: str | None = Field(default=None, max_length=128)
     weight: float = Field(default=1.0, gt=0, le=1000)
     priority: Priority = Priority.INTERACTIVE
+    # Read and leave cached prompt prefixes in the worker's prefix cache (llama-server's name).
+    cache_prompt: bool = True
 
     @model_validator(mode="after")
     def _spans_within_prompt(self) -> Self:
@@ -186,6 +188,7 @@ class TokenEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     queue_time: float | None = None  # seconds waiting in the worker before first scheduled
+    cached_tokens: int = 0  # prompt tokens the prefix cache supplied (with queue_time)
     prompt_logprobs: list[TokenLogprob] | None = None
     error: LmaasError | None = None  # the request failed; raised again in the gateway
     beams: list[BeamResult] | None = None  # the final event of a beam search, best first
@@ -201,6 +204,8 @@ class TokenEvent:
         wire["ct"] = self.completion_tokens
         if self.queue_time is not None:
             wire["q"] = self.queue_time
+        if self.cached_tokens:
+            wire["cp"] = self.cached_tokens
         if self.prompt_logprobs is not None:
             wire["plp"] = [lp.to_wire() for lp in self.prompt_logprobs]
         if self.error is not None:
@@ -225,6 +230,7 @@ class TokenEvent:
             prompt_tokens=int(wire.get("pt", 0)),
             completion_tokens=int(wire.get("ct", 0)),
             queue_time=wire.get("q"),
+            cached_tokens=int(wire.get("cp", 0)),
             prompt_logprobs=[TokenLogprob.from_wire(x) for x in plp] if plp is not None else None,
             error=from_wire(error) if error is not None else None,
             beams=[BeamResult.from_wire(b) for b in beams] if beams is not None else None,

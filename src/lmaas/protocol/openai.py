@@ -155,6 +155,9 @@ class SamplingFields(_Request):
     # Scheduling class (an lmaas extension): a request may lower its own priority so that
     # interactive traffic of every key is admitted before it when the model is busy.
     priority: Literal["interactive", "batch", "background"] = "interactive"
+    # Prefix caching (an lmaas extension, named as in llama-server): false keeps this request's
+    # prompt out of the worker's prefix cache, both reading cached cells and leaving its own.
+    cache_prompt: StrictBool = True
 
     @field_validator("logit_bias")
     @classmethod
@@ -209,17 +212,23 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PromptTokensDetails(_Response):
+    cached_tokens: int = 0  # prompt tokens whose KV cells came from the prefix cache
+
+
 class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
         return cls(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
         )
 
 

@@ -94,9 +94,25 @@ class Metrics:
         self.generation_tokens = Counter(
             "lmaas_generation_tokens", "Output tokens generated", ["model"], registry=r
         )
-
+        self._add_prefix_cache_metrics(r)
         self._add_task_metrics(r)
         self._add_job_metrics(r)
+
+    def _add_prefix_cache_metrics(self, r: CollectorRegistry) -> None:
+        self.prefix_cache_queries = Counter(
+            "lmaas_prefix_cache_queries",
+            "Prompt tokens of admitted sequences, each choice counted (the prefix cache's "
+            "lookups; hit rate = lmaas_prefix_cache_hits / this)",
+            ["model"],
+            registry=r,
+        )
+        self.prefix_cache_hits = Counter(
+            "lmaas_prefix_cache_hits",
+            "Prompt tokens whose KV cells came from the prefix cache instead of a prefill "
+            "(the tokens it saved)",
+            ["model"],
+            registry=r,
+        )
 
     def _add_task_metrics(self, r: CollectorRegistry) -> None:
         """The understanding endpoints (embeddings, classify, nli, score, tokenize)."""

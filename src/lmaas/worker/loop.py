@@ -16,13 +16,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from lmaas.errors import ContextLengthExceededError, InternalError, InvalidRequestError
+from lmaas.errors import InternalError, InvalidRequestError
 from lmaas.protocol.engine import (
     FinishReason,
     GenerateRequest,
@@ -30,32 +29,14 @@ from lmaas.protocol.engine import (
     TokenLogprob,
 )
 from lmaas.worker.backends.base import BatchEntry, GenerationBackend
-from lmaas.worker.beam import BeamSearch, BeamSettings, EntryFn
-from lmaas.worker.prompt import tokenize_prompt
+from lmaas.worker.beam import BeamSearch, EntryFn
+from lmaas.worker.intake import ActiveRequest, prepare
 from lmaas.worker.scheduler import Scheduler, SchedulerConfig, StepPlan
 from lmaas.worker.scheduler.cap import StepTimeCap
-from lmaas.worker.text import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
 
 EmitFn = Callable[[list[TokenEvent], dict[str, int]], None]
-
-
-@dataclass(slots=True)
-class ActiveRequest:
-    req: GenerateRequest
-    prompt_ids: list[int]
-    max_new_tokens: int
-    sampler: Any  # None for a beam search, which does not sample
-    arrival: float
-    decoder: IncrementalDecoder = field(default_factory=IncrementalDecoder)
-    stops: StopMatcher = field(default_factory=lambda: StopMatcher([]))
-    completion_tokens: int = 0
-    queue_time: float | None = None
-    queue_time_sent: bool = False
-    prompt_logprobs: list[TokenLogprob] | None = None
-    beam_settings: BeamSettings | None = None
-    beam: BeamSearch | None = None  # from the end of its prefill (again after a preemption)
 
 
 class EngineLoop:
@@ -67,6 +48,7 @@ class EngineLoop:
         max_num_seqs: int,
         max_batch_tokens: int,
         target_tpot_ms: float | None = None,
+        prefix_max_cells: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
@@ -79,6 +61,8 @@ class EngineLoop:
                 max_num_seqs=max_num_seqs,
                 max_batch_tokens=max_batch_tokens,
                 kv_capacity=backend.kv_capacity,
+                prefix_ids=backend.prefix_ids,
+                prefix_max_cells=prefix_max_cells,
             )
         )
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -91,107 +75,9 @@ class EngineLoop:
     # --- called from other threads -------------------------------------------------------
 
     def prepare(self, req: GenerateRequest) -> ActiveRequest:
-        """Tokenize and validate; raises ``InvalidRequestError`` (or a subclass) with a
-        client-facing message. The backend's ``make_sampler`` may refuse the sampling
-        settings the same way."""
-        b = self.backend
-        if isinstance(req.prompt, str):
-            if not req.prompt:
-                raise InvalidRequestError("the prompt is empty", param="prompt")
-            ids = tokenize_prompt(b, req)
-        else:
-            ids = list(req.prompt)
-            bad = next((t for t in ids if not 0 <= t < b.n_vocab), None)
-            if bad is not None:
-                raise InvalidRequestError(
-                    f"token id {bad} is outside the vocabulary (0..{b.n_vocab - 1})",
-                    param="prompt",
-                )
-        if not ids:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        limit = b.max_model_len
-        if len(ids) >= limit and not (req.max_tokens == 0 and len(ids) <= limit):
-            raise ContextLengthExceededError(
-                f"the prompt is {len(ids)} tokens; this model's limit is {limit} tokens "
-                "for prompt and completion together",
-                param="messages" if req.parse_special else "prompt",
-            )
-        if req.beam is not None:
-            max_new = self._beam_max_new_tokens(req, len(ids))
-        else:
-            max_new = req.max_tokens if req.max_tokens is not None else limit - len(ids)
-        if len(ids) + max_new > limit:
-            raise ContextLengthExceededError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({max_new}) = {len(ids) + max_new} "
-                f"exceeds this model's limit of {limit} tokens; lower max_tokens or shorten "
-                "the prompt",
-                param="max_tokens",
-            )
-        bad_bias = next((t for t in req.sampling.logit_bias if not 0 <= t < b.n_vocab), None)
-        if bad_bias is not None:
-            raise InvalidRequestError(
-                f"logit_bias token id {bad_bias} is outside the vocabulary (0..{b.n_vocab - 1})",
-                param="logit_bias",
-            )
-        beam_settings = None
-        sampler = None
-        if req.beam is not None:
-            beam_settings = BeamSettings(
-                width=req.beam.width,
-                n=req.beam.n,
-                max_new_tokens=max_new,
-                length_penalty=req.beam.length_penalty,
-                early_stopping=req.beam.early_stopping,
-                stop=tuple(req.stop),
-                include_stop_str=req.include_stop_str,
-                ignore_eos=req.ignore_eos,
-                logit_bias=dict(req.sampling.logit_bias),
-            )
-        else:
-            sampler = b.make_sampler(req.sampling)
-        return ActiveRequest(
-            req=req,
-            prompt_ids=ids,
-            max_new_tokens=max_new,
-            sampler=sampler,
-            arrival=self.clock(),
-            stops=StopMatcher(req.stop, include_stop=req.include_stop_str),
-            beam_settings=beam_settings,
-        )
-
-    def _beam_max_new_tokens(self, req: GenerateRequest, prompt_len: int) -> int:
-        """A beam search's token budget: every beam must fit in the KV cache at once."""
-        assert req.beam is not None
-        width = req.beam.width
-        slots = self.scheduler.config.max_num_seqs
-        if width > slots:
-            raise InvalidRequestError(
-                f"beam_width {width} exceeds the {slots} sequence slots of this model's worker",
-                param="beam_width",
-            )
-        if req.sampling.grammar is not None or req.sampling.json_schema is not None:
-            raise InvalidRequestError(
-                "beam search cannot follow a grammar or JSON schema", param="response_format"
-            )
-        if req.prompt_logprobs is not None:
-            raise InvalidRequestError("beam search does not return prompt logprobs", param="echo")
-        room = (self.scheduler.config.kv_capacity - prompt_len) // width
-        if req.max_tokens is None:
-            max_new = min(self.backend.max_model_len - prompt_len, room)
-            if max_new < 1:
-                raise ContextLengthExceededError(
-                    f"the prompt ({prompt_len} tokens) leaves no room for {width} beams",
-                    param="prompt",
-                )
-            return max_new
-        if req.max_tokens > room:
-            raise ContextLengthExceededError(
-                f"prompt ({prompt_len} tokens) + beam_width ({width}) x max_tokens "
-                f"({req.max_tokens}) exceeds the KV cache of this model's worker; at most "
-                f"{max(room, 0)} tokens per beam fit: lower max_tokens or beam_width",
-                param="max_tokens",
-            )
-        return req.max_tokens
+        """Tokenize and validate (``intake.prepare``); raises ``InvalidRequestError`` (or a
+        subclass) with a client-facing message."""
+        return prepare(self.backend, self.scheduler.config, req, self.clock())
 
     def submit(self, active: ActiveRequest) -> None:
         self._inbox.put(("add", active))
@@ -294,6 +180,7 @@ class EngineLoop:
                 tenant=active.req.tenant,
                 weight=active.req.weight,
                 rank=active.req.priority.rank,
+                use_cache=active.req.cache_prompt,
             )
         except ValueError as exc:  # prepare() should have caught it; never let it kill the loop
             event = self._final_event(active, FinishReason.ABORT, "")
@@ -303,8 +190,7 @@ class EngineLoop:
 
     def step(self) -> None:
         plan = self.scheduler.schedule()
-        for slot in plan.released_slots:
-            self.backend.clear_slot(slot)
+        self._move_cells(plan)
         for rid in plan.preempted:
             self._restart_beam(rid)
         now = self.clock()
@@ -312,6 +198,8 @@ class EngineLoop:
             active = self._active[rid]
             if active.queue_time is None:
                 active.queue_time = now - active.arrival
+                seq = self.scheduler.get(rid)
+                active.cached_tokens = seq.cached_tokens if seq is not None else 0
         if plan.empty:
             return
         entries, sample_at, beams_at = self._build_batch(plan)
@@ -345,6 +233,18 @@ class EngineLoop:
         events += [self._beams_started(rid) for rid in started if rid not in searches_done]
         events += [self._finish_beams(rid) for rid in searches_done]
         self.emit([e for e in events if e is not None], self.stats())
+
+    def _move_cells(self, plan: StepPlan) -> None:
+        """The plan's KV moves, in the order ``StepPlan`` gives."""
+        b = self.backend
+        for src, dst, n in plan.saves:
+            b.copy_prefix(src, dst, n)
+        for slot in plan.released_slots:
+            b.clear_slot(slot)
+        for src, dst, n in plan.copies:
+            b.copy_prefix(src, dst, n)
+        for seq_id in plan.dropped:
+            b.clear_slot(seq_id)
 
     def _build_batch(
         self, plan: StepPlan
@@ -409,6 +309,9 @@ class EngineLoop:
             else:  # the prompt is prefilled: the search starts from its last logits
                 seq = self.scheduler.get(work.request_id)
                 assert seq is not None
+                save = self.scheduler.save_prompt(work.request_id)
+                if save is not None:  # before the beams take the prompt's slot over
+                    self.backend.copy_prefix(*save)
                 active.beam = BeamSearch(
                     settings, seq.slots, self.backend, self._entry_fn(active.req.logprobs)
                 )
@@ -570,6 +473,7 @@ class EngineLoop:
     def _attach_once(self, active: ActiveRequest, event: TokenEvent) -> None:
         if not active.queue_time_sent:
             event.queue_time = active.queue_time
+            event.cached_tokens = active.cached_tokens
             event.prompt_logprobs = active.prompt_logprobs
             active.queue_time_sent = True
 

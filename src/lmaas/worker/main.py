@@ -33,7 +33,8 @@ from lmaas.worker.preparer import SlowPreparer, needs_slow_prepare
 from lmaas.worker.tasks import TaskLoop
 
 if TYPE_CHECKING:
-    from lmaas.worker.loop import ActiveRequest, EngineLoop
+    from lmaas.worker.intake import ActiveRequest
+    from lmaas.worker.loop import EngineLoop
 log = logging.getLogger("lmaas.worker")
 
 _PR_SET_PDEATHSIG = 1
@@ -266,6 +267,7 @@ def _build(
             max_num_seqs=config.max_num_seqs,
             max_batch_tokens=config.max_batch_tokens,
             target_tpot_ms=config.target_tpot_ms,
+            prefix_max_cells=config.prefix_cache_cells,
         )
         server = WorkerServer(
             sock,
@@ -291,6 +293,7 @@ def _build(
         max_num_seqs=config.max_num_seqs,
         max_batch_tokens=config.max_batch_tokens,
         target_tpot_ms=config.target_tpot_ms,
+        prefix_max_cells=config.prefix_cache_cells,
     )
     inline = LlamaCppTasks(backend, config)
     server = WorkerServer(

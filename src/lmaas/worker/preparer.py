@@ -29,7 +29,7 @@ from lmaas.errors import InternalError, InvalidRequestError, LmaasError, Service
 from lmaas.protocol.engine import GenerateRequest
 
 if TYPE_CHECKING:
-    from lmaas.worker.loop import ActiveRequest
+    from lmaas.worker.intake import ActiveRequest
 
 log = logging.getLogger(__name__)
 

@@ -170,8 +170,10 @@ def _record(timing: RequestTiming, metrics: Metrics, finals: list[TokenEvent | N
     timing.record(metrics)
 
 
-def beam_usage(prompt_tokens: int, beams: Sequence[Sequence[BeamResult]]) -> Usage:
+def beam_usage(timing: RequestTiming, beams: Sequence[Sequence[BeamResult]]) -> Usage:
     """Each prompt once, the tokens of the beams returned."""
     return Usage.of(
-        prompt_tokens, sum(len(b.token_ids) for per_prompt in beams for b in per_prompt)
+        timing.prompt_tokens,
+        sum(len(b.token_ids) for per_prompt in beams for b in per_prompt),
+        timing.cache_hits,
     )

@@ -240,6 +240,9 @@ class RequestTiming:
     max_choice_tokens: int = 0
     queue_time: float | None = None
     error: str | None = None  # an error that ended a stream after its first byte
+    # Prefix cache: prompt tokens of every engine sequence, and those the cache supplied.
+    cache_queries: int = 0
+    cache_hits: int = 0
 
     def on_event(self, event: TokenEvent) -> None:
         now = time.monotonic()
@@ -247,8 +250,11 @@ class RequestTiming:
             if self.first_token is None:
                 self.first_token = now
             self.last_token = now
-        if event.queue_time is not None and self.queue_time is None:
-            self.queue_time = event.queue_time
+        if event.queue_time is not None:  # a sequence's first event after admission
+            self.cache_queries += event.prompt_tokens
+            self.cache_hits += event.cached_tokens
+            if self.queue_time is None:
+                self.queue_time = event.queue_time
 
     def record(self, metrics: Metrics) -> None:
         end = self.last_token or time.monotonic()
@@ -263,6 +269,8 @@ class RequestTiming:
         if self.queue_time is not None:
             metrics.queue_time.labels(m).observe(self.queue_time)
         metrics.prompt_tokens.labels(m).inc(self.prompt_tokens)
+        metrics.prefix_cache_queries.labels(m).inc(self.cache_queries)
+        metrics.prefix_cache_hits.labels(m).inc(self.cache_hits)
         metrics.generation_tokens.labels(m).inc(self.completion_tokens)
 
     def access_fields(self) -> dict[str, Any]:

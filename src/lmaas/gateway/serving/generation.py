@@ -266,6 +266,7 @@ class GenerationRun:
         self.metrics = metrics
         self.prompt_tokens = [0] * prompts
         self.completion_tokens = [0] * (prompts * self.n)
+        self.cached_tokens: list[int | None] = [None] * (prompts * self.n)
 
     def __del__(self) -> None:  # a stream the server never iterated must not hold its slots
         if self.ticket is not None:
@@ -276,14 +277,22 @@ class GenerationRun:
         p = index // self.n
         if event.prompt_tokens > self.prompt_tokens[p]:
             self.prompt_tokens[p] = event.prompt_tokens
+        if event.queue_time is not None and self.cached_tokens[index] is None:
+            self.cached_tokens[index] = event.cached_tokens
         before = self.completion_tokens[index]
         self.completion_tokens[index] = event.completion_tokens
         if self.ticket is not None:
             self.ticket.produced += event.completion_tokens - before
 
     def usage(self) -> Usage:
-        """Each prompt once, every choice's tokens."""
-        return Usage.of(sum(self.prompt_tokens), sum(self.completion_tokens))
+        """Each prompt once, every choice's tokens. A prompt's cached tokens are the fewest
+        any of its choices found (later choices copy what the first one computed)."""
+        n = self.n
+        cached = sum(
+            min((c or 0 for c in self.cached_tokens[p * n : (p + 1) * n]), default=0)
+            for p in range(len(self.prompt_tokens))
+        )
+        return Usage.of(sum(self.prompt_tokens), sum(self.completion_tokens), cached)
 
     def _finish(self, *, complete: bool) -> None:
         t = self.timing
@@ -450,7 +459,7 @@ class GenerationServing(ServingBase, Generic[BodyT]):
         if results is None:
             return Response(status_code=499)
         fmt.begin(int(time.time()))
-        return json_response(fmt.beam_response(results, beam_usage(timing.prompt_tokens, results)))
+        return json_response(fmt.beam_response(results, beam_usage(timing, results)))
 
 
 def _engine_requests(
@@ -472,6 +481,7 @@ def _engine_requests(
         "tenant": key.id if key is not None else None,
         "weight": float(getattr(key, "weight", None) or 1.0),
         "priority": Priority(body.priority),
+        "cache_prompt": body.cache_prompt,
         "max_tokens": fmt.max_tokens,
         "stop": body.stop_list(),
         "include_stop_str": body.include_stop_str_in_output,

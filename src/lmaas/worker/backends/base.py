@@ -5,6 +5,8 @@ decode a batch of (slot, position, token) entries, then reads the logits of the 
 asked for them by their index in the batch, samples with a per-sequence sampler, and moves
 or clears slots for beam search. llama.cpp (``llamacpp/generate.py``) keeps every slot in one
 unified KV cache; transformers (``transformers/generate.py``) keeps one tensor cache per slot.
+The prefix cache (``scheduler/prefix.py``) keeps cells under sequence ids past the slots and
+moves them with ``copy_prefix``.
 
 A backend refuses an input by raising an ``lmaas.errors`` type (``InvalidRequestError`` with the
 parameter at fault), which reaches the client as it is.
@@ -34,6 +36,9 @@ class GenerationBackend(Protocol):
     n_vocab: int
     kv_capacity: int
     max_model_len: int
+    # KV sequence ids past the slots (``max_num_seqs`` onwards) that the prefix cache may use
+    # to keep cells; 0 turns prefix caching off.
+    prefix_ids: int
 
     def tokenize(self, text: str, *, add_bos: bool, parse_special: bool) -> list[int]: ...
 
@@ -57,3 +62,6 @@ class GenerationBackend(Protocol):
     def clear_slot(self, slot: int) -> None: ...
 
     def copy_slot(self, src: int, dst: int) -> None: ...
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Make sequence id ``dst`` hold exactly ``src``'s cells of positions ``[0, n)``."""

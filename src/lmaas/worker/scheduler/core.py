@@ -29,6 +29,17 @@ wait, and a newcomer's first token does not wait for a flood's requests to end.
 ``running_cap`` (at most ``max_num_seqs``) bounds the slots running sequences may hold; the
 loop lowers it to keep a step under a latency target.
 
+Prefix caching (``prefix.PrefixIndex``, on when ``prefix_ids`` > 0): a sequence that
+finishes, or is preempted for another's fair share, leaves its computed cells indexed by their
+tokens under a spare KV sequence id (``plan.saves``); a request admitted later whose prompt
+starts with cached tokens copies those cells into its slot (``plan.copies``) and prefills only
+the rest. Running sequences' computed prompts are sources too, and a request whose prompt
+shares a long prefix with one still being prefilled waits for those cells rather than compute
+them again (so ``n`` choices and a burst sharing a system prompt prefill it once). At least
+one prompt token is always computed (its logits are needed). Cached cells count against
+``kv_capacity``; the least recently used entries are evicted (``plan.dropped``) before any
+running sequence is preempted for room.
+
 A beam search (``add_request(..., beam_width=B)``) is one entry that holds ``B`` slots. It is
 admitted only when ``B`` slots are free (requests behind it wait too rather than starve it),
 prefills its prompt in its first slot, and then decodes one token for each of its live beams
@@ -42,141 +53,22 @@ bound). A preempted beam search starts over from its prompt.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import Enum
+
+import numpy as np
+import numpy.typing as npt
 
 from lmaas.worker.scheduler.fair import FairQueue
+from lmaas.worker.scheduler.prefix import Match, PrefixIndex, common_prefix
+from lmaas.worker.scheduler.types import (
+    SchedulerConfig,
+    SeqStatus,
+    Sequence,
+    SeqUpdate,
+    SeqWork,
+    StepPlan,
+)
 
-
-class SeqStatus(Enum):
-    WAITING = "waiting"
-    RUNNING = "running"
-    FINISHED = "finished"
-
-
-@dataclass(slots=True)
-class Sequence:
-    request_id: str
-    tokens: list[int]
-    prompt_len: int
-    max_new_tokens: int
-    want_prompt_logits: bool = False
-    status: SeqStatus = SeqStatus.WAITING
-    slot: int = -1
-    num_computed: int = 0
-    admitted_order: int = -1
-    # Prompt logits are produced once; a recompute after preemption skips them.
-    prompt_logits_done: bool = False
-    preemptions: int = 0
-    # Beam search: all slots held (``slot`` is the first), and the slots of the live beams
-    # once the prompt is prefilled (empty before). ``tokens`` stays the prompt;
-    # ``num_computed`` counts the positions every live beam has in the KV cache.
-    beam_width: int = 0
-    slots: list[int] = field(default_factory=list)
-    beam_slots: list[int] = field(default_factory=list)
-    # Fair sharing (``fair.FairQueue``): whose request, its weight and class (0 = highest),
-    # its order of arrival and the scheduler step it arrived at.
-    tenant: str | None = None
-    weight: float = 1.0
-    rank: int = 0
-    arrival: int = 0
-    enqueued_step: int = 0
-
-    @property
-    def is_beam(self) -> bool:
-        return self.beam_width > 0
-
-    @property
-    def num_slots(self) -> int:
-        return max(self.beam_width, 1)
-
-    @property
-    def decoding_beams(self) -> bool:
-        return self.is_beam and bool(self.beam_slots)
-
-    @property
-    def num_generated(self) -> int:
-        if self.decoding_beams:
-            return self.num_computed - self.prompt_len + 1
-        return len(self.tokens) - self.prompt_len
-
-    @property
-    def admission_cost(self) -> int:
-        """Tokens this request may still cost: its tokens so far and every slot's budget."""
-        left = max(self.max_new_tokens - self.num_generated, 0)
-        return len(self.tokens) + self.num_slots * left
-
-    @property
-    def kv_cells(self) -> int:
-        """KV cells in use (an upper bound for a beam search, whose beams share a prefix)."""
-        if not self.is_beam:
-            return self.num_computed
-        prompt = min(self.num_computed, self.prompt_len)
-        return prompt + len(self.beam_slots) * max(self.num_computed - self.prompt_len, 0)
-
-    @property
-    def cells_for_next_token(self) -> int:
-        """Cells the next decode step adds (0 while the prompt is still being prefilled)."""
-        if self.decoding_beams:
-            return len(self.beam_slots)
-        return 1 if self.num_computed >= len(self.tokens) - 1 else 0
-
-
-@dataclass(frozen=True, slots=True)
-class SeqWork:
-    """Tokens of one sequence to feed in this step."""
-
-    request_id: str
-    slot: int
-    start_pos: int
-    token_ids: tuple[int, ...]
-    # Sample a new token from the logits of the last token fed.
-    sample: bool
-    # Return logits for every token fed (prompt logprobs).
-    all_logits: bool
-    # A beam search's decode step: feed, at ``start_pos``, each live beam's last token into
-    # its slot (the loop knows the tokens; ``token_ids`` is empty).
-    beam_slots: tuple[int, ...] = ()
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.beam_slots) or len(self.token_ids)
-
-
-@dataclass(slots=True)
-class StepPlan:
-    work: list[SeqWork] = field(default_factory=list)
-    # Slots whose KV cells must be cleared before this step's batch is decoded.
-    released_slots: list[int] = field(default_factory=list)
-    # Requests that were admitted (first scheduled) in this step.
-    admitted: list[str] = field(default_factory=list)
-    # Requests preempted in this step (back in the queue).
-    preempted: list[str] = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(w.num_tokens for w in self.work)
-
-    @property
-    def empty(self) -> bool:
-        return not self.work
-
-
-@dataclass(frozen=True, slots=True)
-class SeqUpdate:
-    request_id: str
-    new_token: int | None
-    # "length" when max_new_tokens is reached; the loop decides about EOS and stop strings.
-    finished_by_length: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
-    max_num_seqs: int
-    max_batch_tokens: int
-    kv_capacity: int
-    # A waiting request rises one priority class per this many steps it has waited.
-    aging_steps: int = 2000
+__all__ = ["Scheduler", "SchedulerConfig", "SeqStatus", "SeqUpdate", "SeqWork", "StepPlan"]
 
 
 class Scheduler:
@@ -189,6 +81,11 @@ class Scheduler:
         self._running: list[Sequence] = []  # in admission order
         self._free_slots: list[int] = list(range(config.max_num_seqs - 1, -1, -1))
         self._released: list[int] = []
+        self._saves: list[tuple[int, int, int]] = []
+        n = config.max_num_seqs
+        self.prefix = (
+            PrefixIndex(range(n, n + config.prefix_ids)) if config.prefix_ids > 0 else None
+        )
         self._admit_counter = 0
         self._arrivals = 0
         self._steps = 0
@@ -216,7 +113,9 @@ class Scheduler:
 
     @property
     def kv_used(self) -> int:
-        return sum(s.kv_cells for s in self._running)
+        """Cells held by running sequences and the prefix cache (an upper bound: they share)."""
+        cached = self.prefix.cells if self.prefix is not None else 0
+        return sum(s.kv_cells for s in self._running) + cached
 
     def has_work(self) -> bool:
         return bool(self._waiting or self._running)
@@ -237,11 +136,13 @@ class Scheduler:
         tenant: str | None = None,
         weight: float = 1.0,
         rank: int = 0,
+        use_cache: bool = True,
     ) -> None:
         """Queue a request; ``beam_width >= 1`` makes it a beam search over that many slots.
 
         ``tenant`` (an API key's id; ``None`` is one shared tenant), ``weight`` (> 0) and
         ``rank`` (priority class, 0 highest) decide when it is admitted (``fair.FairQueue``).
+        ``use_cache=False`` keeps it out of the prefix cache both ways.
         """
         if request_id in self._seqs:
             raise ValueError(f"duplicate request id {request_id!r}")
@@ -267,6 +168,8 @@ class Scheduler:
             rank=rank,
             arrival=self._arrivals,
             enqueued_step=self._steps,
+            use_cache=use_cache and self.prefix is not None,
+            prompt_array=np.asarray(prompt_tokens, dtype=np.int32),
         )
         self._arrivals += 1
         self._seqs[request_id] = seq
@@ -279,6 +182,7 @@ class Scheduler:
             return False
         if seq.status is SeqStatus.RUNNING:
             self._running.remove(seq)
+            self._save(seq)
             self._release_slot(seq)
         else:
             self._waiting.remove(seq)
@@ -296,13 +200,40 @@ class Scheduler:
         self._waiting.push_front(seq)
         return seq.request_id
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _preempt(self, seq: Sequence, *, save: bool = False) -> None:
+        """Back to waiting; with ``save`` its computed cells stay in the prefix cache, so its
+        recompute once readmitted is a copy."""
         self._running.remove(seq)
+        if save:
+            self._save(seq)
         self._release_slot(seq)
         seq.status = SeqStatus.WAITING
         seq.num_computed = 0
         seq.beam_slots = []  # a beam search starts over
         seq.preemptions += 1
+
+    def _save(self, seq: Sequence) -> None:
+        """Index a leaving sequence's computed cells (the loop copies them at the next step)."""
+        if self.prefix is None or not seq.use_cache or seq.is_beam or seq.num_computed <= 0:
+            return
+        n = min(seq.num_computed, len(seq.tokens))
+        seq_id = self.prefix.insert(np.asarray(seq.tokens[:n], dtype=np.int32))
+        if seq_id is not None:
+            self._saves.append((seq.slot, seq_id, n))
+        limit = self.config.prefix_max_cells
+        while limit is not None and self.prefix.cells > limit:
+            if self.prefix.evict_lru(exclude=seq_id) is None:
+                break
+
+    def save_prompt(self, request_id: str) -> tuple[int, int, int] | None:
+        """Index a beam search's prompt, just prefilled in its first slot, before its beams move
+        cells between slots; returns the copy (source slot, cache id, cells) for the loop to
+        make at once."""
+        seq = self._seqs.get(request_id)
+        if self.prefix is None or seq is None or not seq.use_cache or seq.slot < 0:
+            return None
+        seq_id = self.prefix.insert(seq.prompt_array)
+        return (seq.slot, seq_id, seq.prompt_len) if seq_id is not None else None
 
     def _release_slot(self, seq: Sequence) -> None:
         held = seq.slots or [seq.slot]
@@ -342,6 +273,9 @@ class Scheduler:
         self._admit_waiting(plan, budget, kv_free)
         plan.released_slots = self._released
         self._released = []
+        plan.saves, self._saves = self._saves, []
+        if self.prefix is not None:
+            plan.dropped = self.prefix.take_dropped()
         return plan
 
     def _admit_waiting(self, plan: StepPlan, budget: int, kv_free: int) -> None:
@@ -350,10 +284,15 @@ class Scheduler:
             # Admit only if its whole prompt (and a first token of each beam) fits next to what
             # is running now, otherwise it would be preempted again almost at once; and only
             # with all its slots. The request chosen next waits rather than be overtaken.
-            if self._slots_short(seq) or len(seq.tokens) + seq.num_slots > kv_free:
+            if self._slots_short(seq) or seq.request_id in plan.preempted:
+                break  # no slot; or pushed out for room a moment ago: not back in this step
+            match = self._match(seq)
+            if self._wait_for_prefill(seq, match):
                 break
-            if seq.request_id in plan.preempted:
-                break  # it was pushed out for room a moment ago: not back in the same step
+            need = len(seq.tokens) - (match.length if match else 0) + seq.num_slots
+            kv_free = self._evict_for(need, kv_free, keep=match.seq_id if match else None)
+            if need > kv_free:
+                break
             self._waiting.pop(seq)
             seq.slots = [self._free_slots.pop() for _ in range(seq.num_slots)]
             seq.slot = seq.slots[0]
@@ -362,10 +301,59 @@ class Scheduler:
             self._admit_counter += 1
             self._running.append(seq)
             plan.admitted.append(seq.request_id)
+            if match is not None:
+                seq.num_computed = match.length
+                plan.copies.append((match.seq_id, seq.slot, match.length))
+            if not seq.ever_admitted:
+                seq.ever_admitted = True
+                seq.cached_tokens = min(match.length, seq.prompt_len) if match else 0
             work = self._work_for(seq, min(budget, kv_free))
             plan.work.append(work)
             budget -= len(work.token_ids)
             kv_free -= len(work.token_ids)
+
+    def _match(self, seq: Sequence) -> Match | None:
+        """The longest prefix of ``seq`` whose cells are cached or computed by a running
+        sequence; one token is always left to compute, and prompt logits are never skipped."""
+        if self.prefix is None or not seq.use_cache:
+            return None
+        if seq.want_prompt_logits and not seq.prompt_logits_done:
+            return None
+        tokens = np.asarray(seq.tokens, dtype=np.int32)
+        return self.prefix.match(tokens, len(tokens) - 1, self._running_sources())
+
+    def _running_sources(self) -> list[tuple[int, npt.NDArray[np.int32]]]:
+        return [
+            (s.slot, s.prompt_array[: min(s.num_computed, s.prompt_len)])
+            for s in self._running
+            if s.use_cache and not s.is_beam and s.num_computed > 0
+        ]
+
+    def _wait_for_prefill(self, seq: Sequence, match: Match | None) -> bool:
+        """Whether ``seq`` should wait for a running sequence to finish prefilling a prefix
+        they share (worth ``prefix_wait_min`` tokens more than ``match``) and copy it then."""
+        if self.prefix is None or not seq.use_cache:
+            return False
+        if seq.want_prompt_logits and not seq.prompt_logits_done:
+            return False
+        have = match.length if match else 0
+        tokens = np.asarray(seq.tokens[: len(seq.tokens) - 1], dtype=np.int32)
+        for s in self._running:
+            if not s.use_cache or s.is_beam or s.num_computed >= s.prompt_len:
+                continue
+            shared = common_prefix(tokens, s.prompt_array)
+            if shared - have >= self.config.prefix_wait_min and s.num_computed < shared:
+                return True
+        return False
+
+    def _evict_for(self, need: int, kv_free: int, *, keep: int | None) -> int:
+        """Evict cached prefixes (least recently used first) until ``need`` cells are free."""
+        while need > kv_free and self.prefix is not None:
+            freed = self.prefix.evict_lru(exclude=keep)
+            if freed is None:
+                break
+            kv_free += freed
+        return kv_free
 
     def _slots_short(self, seq: Sequence) -> bool:
         """Whether ``seq`` finds too few free slots (within ``running_cap``) to start."""
@@ -400,7 +388,7 @@ class Scheduler:
         used = self.config.max_num_seqs - len(self._free_slots)
         if victim is None or used - victim.num_slots + head.num_slots > self.running_cap:
             return
-        self._preempt(victim)
+        self._preempt(victim, save=True)
         self._waiting.push_tenant_front(victim)
         plan.preempted.append(victim.request_id)
 
@@ -424,11 +412,14 @@ class Scheduler:
         return [s for s in over if s.tenant == tenant][-1]
 
     def _make_room_for_decodes(self, plan: StepPlan) -> None:
-        """Preempt the youngest sequences until every running one can grow by a token."""
+        """Evict cached prefixes, then preempt the youngest sequences, until every running
+        one can grow by a token."""
         while self._running:
             needed = sum(s.cells_for_next_token for s in self._running)
             if self.kv_used + needed <= self.config.kv_capacity:
                 return
+            if self.prefix is not None and self.prefix.evict_lru() is not None:
+                continue
             preempted = self.preempt_youngest()
             if preempted is not None:
                 plan.preempted.append(preempted)
@@ -507,5 +498,9 @@ class Scheduler:
         return [SeqUpdate(seq.request_id, None, at_length)]
 
     def on_decode_failure(self) -> str | None:
-        """The engine could not place the batch in its cache: shed the youngest sequence."""
+        """The engine could not place the batch in its cache: drop the prefix cache (cleared
+        at the next step) or, when it is empty, shed the youngest sequence."""
+        if self.prefix is not None and len(self.prefix):
+            self.prefix.clear()
+            return None
         return self.preempt_youngest()

@@ -30,6 +30,8 @@ _GREEDY_EPS = 1e-5
 # error) near 20,000 levels; refusing past this leaves room for any thread's stack. The gateway
 # bounds JSON schemas far below it (Limits.schema_*), so this only guards what slips past.
 MAX_GRAMMAR_NESTING = 4096
+# llama.cpp's bound on sequence ids in one context (LLAMA_MAX_SEQ in llama-cparams.h).
+LLAMA_MAX_SEQ = 256
 
 
 @dataclass(slots=True)
@@ -78,7 +80,13 @@ class LlamaCppBackend:
         cparams.n_ctx = config.context_size
         cparams.n_batch = config.max_batch_tokens
         cparams.n_ubatch = config.max_batch_tokens
-        cparams.n_seq_max = config.max_num_seqs
+        # Sequence ids past the slots hold the prefix cache's cells (scheduler/prefix.py).
+        self.prefix_ids = (
+            min(config.prefix_cache_entries, LLAMA_MAX_SEQ - config.max_num_seqs)
+            if config.prefix_cache
+            else 0
+        )
+        cparams.n_seq_max = config.max_num_seqs + self.prefix_ids
         cparams.kv_unified = True
         threads = cpu_threads(config.threads)
         cparams.n_threads = threads
@@ -157,7 +165,7 @@ class LlamaCppBackend:
             n_ctx_train=self.n_ctx_train,
             max_model_len=self.max_model_len,
             context_size=self.context_size,
-            max_num_seqs=int(llama_cpp.llama_n_seq_max(self.ctx)),
+            max_num_seqs=int(llama_cpp.llama_n_seq_max(self.ctx)) - self.prefix_ids,
             chat_template=template.decode("utf-8") if template else None,
             bos_token=self.piece_special(self.bos_id),
             eos_token=self.piece_special(self.eos_id),
@@ -342,6 +350,11 @@ class LlamaCppBackend:
         shared, not copied: each cell only gains ``dst`` among its sequence ids."""
         llama_cpp.llama_memory_seq_rm(self.memory, dst, -1, -1)
         llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Make ``dst`` hold ``src``'s cells of positions ``[0, n)`` (shared, as above)."""
+        llama_cpp.llama_memory_seq_rm(self.memory, dst, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, 0, n)
 
     def decode(self, entries: Sequence[BatchEntry]) -> int:
         """Decode one batch; returns llama_decode's status (0 ok, 1 no KV room, else error).

@@ -92,6 +92,8 @@ class TorchSlots:
         self.kv_capacity = config.context_size - config.max_num_seqs
         self.max_model_len = min(config.max_model_len or n_ctx_train, n_ctx_train, self.kv_capacity)
         self.max_batch_tokens = config.max_batch_tokens
+        # Cached prefixes are slots past max_num_seqs (keys of ``_solo``: there is no bound).
+        self.prefix_ids = config.prefix_cache_entries if config.prefix_cache else 0
         # Most causal LMs can compute only the logits asked for; older architectures cannot.
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._solo: dict[int, KV] = {}
@@ -237,6 +239,15 @@ class TorchSlots:
             self._solo.pop(dst, None)
         else:
             self._solo[dst] = list(kv)
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """``dst`` becomes the first ``n`` positions of ``src``'s cache (views, no copy)."""
+        self._dissolve()
+        kv = self._solo.get(src)
+        if kv is None or n <= 0:
+            self._solo.pop(dst, None)
+        else:
+            self._solo[dst] = [(k[:, :, :n], v[:, :, :n]) for k, v in kv]
 
     @staticmethod
     def _cache_of(kv: KV | None) -> DynamicCache:
