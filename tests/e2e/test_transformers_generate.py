@@ -219,3 +219,18 @@ def test_response_format_is_enforced(server: ServerProcess) -> None:
     person = chat_json(server, fmt, "Invent a person with a name and an age.")
     assert set(person) == {"name", "age"}
     assert isinstance(person["name"], str) and isinstance(person["age"], int)
+
+
+def test_prefix_cache_reuses_a_prompt_with_the_same_greedy_logprobs(server: ServerProcess) -> None:
+    prompt = "A recipe for bread: flour, water, salt and yeast. First, mix the flour and"
+    body = {"prompt": prompt, "max_tokens": 5, "temperature": 0, "logprobs": 2}
+    cold = post(server, "/v1/completions", {**body, "cache_prompt": False})
+    post(server, "/v1/completions", body)  # leaves its cells cached
+    warm = post(server, "/v1/completions", {**body, "prompt": prompt + " the"})
+    again = post(server, "/v1/completions", body)
+    n_prompt = again["usage"]["prompt_tokens"]
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == n_prompt - 1
+    assert warm["usage"]["prompt_tokens_details"]["cached_tokens"] >= n_prompt - 1
+    assert again["choices"][0]["text"] == cold["choices"][0]["text"]
+    a, c = again["choices"][0]["logprobs"], cold["choices"][0]["logprobs"]
+    assert a["token_logprobs"] == pytest.approx(c["token_logprobs"], abs=2e-3)
