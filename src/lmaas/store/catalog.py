@@ -33,7 +33,7 @@ from lmaas.db import as_utc, utc_now
 from lmaas.errors import ConflictError, InvalidRequestError, NotFoundError
 from lmaas.names import is_alias, is_store_model_name
 from lmaas.store.blobs import normalize_digest
-from lmaas.store.gguf import GGUFMetadata
+from lmaas.store.gguf import GGUFMetadata, kv_bytes_per_token
 from lmaas.store.refs import BlobRefs
 from lmaas.store.tables import AliasRow, BlobRefRow, ModelRow, VersionRow
 
@@ -59,6 +59,7 @@ class VersionMetadata:
     quantization: str | None = None
     source: str = ""
     description: str = ""
+    kv_bytes_per_token: int | None = None  # from the model's metadata, when it tells
 
     @classmethod
     def from_gguf(
@@ -73,6 +74,7 @@ class VersionMetadata:
             quantization=meta.quantization,
             source=source,
             description=description,
+            kv_bytes_per_token=kv_bytes_per_token(meta.metadata),
         )
 
 
@@ -102,6 +104,10 @@ class VersionInfo:
     state: State
     aliases: tuple[str, ...]
     error: str | None = None  # why a broken version is broken
+    # For the resource pool: a loaded replica's own memory without its KV cache (measured by
+    # its worker; None before one loaded) and the KV cache's bytes per context token.
+    memory_bytes: int | None = None
+    kv_bytes_per_token: int | None = None
 
 
 def validate_model_name(name: str) -> str:
@@ -144,7 +150,7 @@ def _version_ref(ref: int | str) -> int | str:
 def _check_metadata(meta: VersionMetadata) -> None:
     if meta.format not in FORMATS:
         raise InvalidRequestError("format must be 'gguf' or 'hf'", param="format")
-    for field in ("size_bytes", "parameter_count", "context_length"):
+    for field in ("size_bytes", "parameter_count", "context_length", "kv_bytes_per_token"):
         value = getattr(meta, field)
         if value is not None and (not isinstance(value, int) or value < 0 or value >= 1 << 63):
             raise InvalidRequestError(f"{field} must be a non-negative integer", param=field)
@@ -308,6 +314,17 @@ class Catalog:
             _move_latest(session, row.id)
             session.flush()
             return self._version_info(session, model, version)
+
+    def set_memory(
+        self, model: str, number: int, *, memory_bytes: int, kv_bytes_per_token: int | None
+    ) -> None:
+        """Keep what a loaded replica of the version measured (a version is otherwise
+        immutable: this describes how it runs, not its content)."""
+        with self._sessions.begin() as session:
+            version = _find_version(session, _find_model(session, model), number)
+            version.memory_bytes = max(0, memory_bytes)
+            if kv_bytes_per_token is not None:
+                version.kv_bytes_per_token = max(0, kv_bytes_per_token)
 
     def resolve(self, reference: str) -> VersionInfo:
         """The version a ``name[:alias|number]`` reference names (``latest`` by default)."""
@@ -530,6 +547,8 @@ def _to_version_info(model: str, v: VersionRow, aliases: Sequence[str]) -> Versi
         state="broken" if v.error is not None else "pending" if v.state == "pending" else "ready",
         aliases=tuple(aliases),
         error=v.error,
+        memory_bytes=v.memory_bytes,
+        kv_bytes_per_token=v.kv_bytes_per_token,
     )
 
 

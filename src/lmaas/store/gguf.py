@@ -420,6 +420,35 @@ def _summarize(
     )
 
 
+def kv_bytes_per_token(metadata: dict[str, GGUFValue]) -> int | None:
+    """KV-cache bytes per context token a llama.cpp context of this model allocates (f16 K and
+    V in every layer), from the architecture's metadata; None when it does not tell."""
+    arch = _str_or_none(metadata.get("general.architecture"))
+    if arch is None:
+        return None
+
+    def number(key: str) -> int | None:
+        value = metadata.get(f"{arch}.{key}")
+        return value if type(value) is int and 0 < value < 1 << 32 else None
+
+    layers, heads, embd = (
+        number("block_count"),
+        number("attention.head_count"),
+        number("embedding_length"),
+    )
+    if layers is None or heads is None or embd is None:
+        return None
+    kv_heads = metadata.get(f"{arch}.attention.head_count_kv", heads)
+    if isinstance(kv_heads, list):  # one count per layer
+        per_layer = [h for h in kv_heads if type(h) is int and h >= 0]
+        total_kv_heads = sum(per_layer) if len(per_layer) == layers else heads * layers
+    else:
+        total_kv_heads = (kv_heads if type(kv_heads) is int and kv_heads >= 0 else heads) * layers
+    key = number("attention.key_length") or embd // heads
+    value = number("attention.value_length") or embd // heads
+    return total_kv_heads * (key + value) * 2
+
+
 def _quantization(metadata: dict[str, GGUFValue], tensors: tuple[TensorInfo, ...]) -> str | None:
     """The name of ``general.file_type``, else the type holding the most weights."""
     file_type = metadata.get("general.file_type")

@@ -195,6 +195,7 @@ class ModelStore:
             quantization=fields.get("quantization"),
             source=source[:2048],
             description=description,
+            kv_bytes_per_token=fields.get("kv_bytes_per_token"),
         )
         self._ensure_model(model)
         return self.catalog.add_version(model, meta, blob.digest, moves_latest=moves_latest)

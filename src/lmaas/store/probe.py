@@ -54,7 +54,7 @@ def probe_gguf(path: Path, *, timeout: float = 30.0) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    from lmaas.store.gguf import GGUFError, read_gguf_metadata
+    from lmaas.store.gguf import GGUFError, kv_bytes_per_token, read_gguf_metadata
 
     try:
         meta = read_gguf_metadata(Path(argv[0]))
@@ -70,6 +70,7 @@ def main(argv: list[str]) -> int:
                 "quantization": meta.quantization,
                 "name": meta.name,
                 "has_chat_template": meta.chat_template is not None,
+                "kv_bytes_per_token": kv_bytes_per_token(meta.metadata),
             }
         )
     )

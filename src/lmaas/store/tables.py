@@ -61,6 +61,10 @@ class VersionRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     # Set when the version's blobs were found missing or damaged: the version is broken.
     error: Mapped[str | None] = mapped_column(Text)
+    # For the resource pool (0012): a loaded replica's own memory without its KV cache, as its
+    # worker measured it, and the KV cache's bytes per context token (NULL: not known yet).
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    kv_bytes_per_token: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class AliasRow(Base):
