@@ -262,3 +262,8 @@ class ModelInfo(BaseModel):
     # Texts of the tokens that only a special-token parse produces (control tokens): what
     # message content may not turn into tokens (bounded by ``lmaas.worker.prompt``).
     special_tokens: list[str] = Field(default_factory=list)
+    # Measured by the worker once loaded (``lmaas.worker.resources``): its own resident memory
+    # without its KV cache, and the KV cache's bytes per context token; the resource pool
+    # (``lmaas.controller.pool``) counts replicas with them.
+    memory_bytes: int | None = None
+    kv_bytes_per_token: int | None = None

@@ -30,6 +30,7 @@ from lmaas.errors import InternalError, InvalidRequestError, LmaasError
 from lmaas.protocol.engine import GenerateRequest, TokenEvent
 from lmaas.protocol.tasks import TaskRequest, TaskResult
 from lmaas.worker.preparer import SlowPreparer, needs_slow_prepare
+from lmaas.worker.resources import hf_kv_bytes_per_token, llama_kv_bytes_per_token, measurement
 from lmaas.worker.tasks import TaskLoop
 
 if TYPE_CHECKING:
@@ -255,7 +256,8 @@ def _build(
             window_s=config.task_batch_window_ms / 1000,
         )
         if hf.kind != "causal":
-            return WorkerServer(sock, None, hf.info().model_dump(), tasks=tasks), tasks.run
+            info = {**hf.info().model_dump(), **measurement(0, 0)}
+            return WorkerServer(sock, None, info, tasks=tasks), tasks.run
         # A causal model generates through the step loop on this thread, while scoring and
         # embedding keep their batching task loop on a thread of its own.
         slots = hf.generator()
@@ -272,7 +274,7 @@ def _build(
         server = WorkerServer(
             sock,
             loop,
-            hf.info().model_dump(),
+            {**hf.info().model_dump(), **measurement(hf_kv_bytes_per_token(hf.hf_config, 4), 0)},
             tasks=tasks,
             grammar_timeout_s=config.grammar_timeout_s,
         )
@@ -296,10 +298,11 @@ def _build(
         prefix_max_cells=config.prefix_cache_cells,
     )
     inline = LlamaCppTasks(backend, config)
+    kv = llama_kv_bytes_per_token(backend.model)
     server = WorkerServer(
         sock,
         loop,
-        inline.info().model_dump(),
+        {**inline.info().model_dump(), **measurement(kv, backend.context_size)},
         inline_task=inline.run,
         grammar_timeout_s=config.grammar_timeout_s,
     )
