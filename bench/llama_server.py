@@ -103,8 +103,17 @@ def fetch_sources(work: Path) -> Path:
     return src
 
 
-def server_argv(binary: Path, model: str, alias: str, port: int, threads: int) -> list[str]:
-    """16 slots sharing 8192 context tokens (512 each: prompt + max_tokens must fit)."""
+def server_argv(
+    binary: Path,
+    model: str,
+    alias: str,
+    port: int,
+    threads: int,
+    parallel: int = 16,
+    ctx_size: int = 8192,
+) -> list[str]:
+    """``parallel`` slots splitting ``ctx_size`` context tokens (by default 16 slots of 512
+    each: prompt + max_tokens must fit one slot's share)."""
     return [
         str(binary),
         "--model",
@@ -112,9 +121,9 @@ def server_argv(binary: Path, model: str, alias: str, port: int, threads: int) -
         "--alias",
         alias,
         "--parallel",
-        "16",
+        str(parallel),
         "--ctx-size",
-        "8192",
+        str(ctx_size),
         "--threads",
         str(threads),
         "--host",

@@ -2,7 +2,8 @@
 
 Metrics follow ../BENCHMARKS.md (vLLM's definitions): TTFT, TPOT, ITL, E2E, throughput.
 Each request streams; tokens are counted from the `usage` block when the server sends one,
-else from the number of non-empty chunks.
+else from the number of non-empty chunks. Both /v1/completions (`text`) and
+/v1/chat/completions (`delta.content`) streams are read.
 """
 
 from __future__ import annotations
@@ -63,12 +64,23 @@ class RequestResult:
     output_tokens: int = 0
     itls: list[float] = field(default_factory=list)
     error: str = ""
+    text: str = ""
+    cached_tokens: int | None = None  # prompt tokens the server says it reused from a cache
 
     @property
     def tpot(self) -> float | None:
         if self.output_tokens <= 1:
             return None
         return (self.e2e - self.ttft) / (self.output_tokens - 1)
+
+
+def cached_prompt_tokens(chunk: dict[str, Any]) -> int | None:
+    """OpenAI's ``usage.prompt_tokens_details.cached_tokens``, else llama-server's ``cache_n``."""
+    details = (chunk.get("usage") or {}).get("prompt_tokens_details") or {}
+    if details.get("cached_tokens") is not None:
+        return int(details["cached_tokens"])
+    timings = chunk.get("timings") or {}
+    return int(timings["cache_n"]) if timings.get("cache_n") is not None else None
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -88,6 +100,8 @@ async def one_request(
     last = start
     chunks = 0
     usage_tokens: int | None = None
+    cached: int | None = None
+    pieces: list[str] = []
     itls: list[float] = []
     try:
         async with session.post(url, json=payload) as r:
@@ -101,9 +115,13 @@ async def one_request(
                 data = json.loads(line[6:])
                 if data.get("usage"):
                     usage_tokens = int(data["usage"]["completion_tokens"])
-                choices = data.get("choices") or []
-                if not choices or not choices[0].get("text"):
+                if "usage" in data or "timings" in data:
+                    cached = cached_prompt_tokens(data) if cached is None else cached
+                choice = (data.get("choices") or [{}])[0]
+                piece = choice.get("text") or (choice.get("delta") or {}).get("content")
+                if not piece:
                     continue
+                pieces.append(piece)
                 now = time.perf_counter()
                 if first is None:
                     first = now
@@ -121,6 +139,8 @@ async def one_request(
         e2e=last - start,
         output_tokens=usage_tokens if usage_tokens is not None else chunks,
         itls=itls,
+        text="".join(pieces),
+        cached_tokens=cached,
     )
 
 
