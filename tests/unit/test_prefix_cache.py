@@ -159,8 +159,8 @@ class Driver:
             self.kv.copy_prefix(src, dst, n)
         for seq_id in plan.dropped:
             self.kv.clear(seq_id)
-        # Every cell belongs to a running sequence or a cached prefix, which kv_used bounds.
-        assert len(self.kv.cells) <= self.s.kv_used <= self.s.config.kv_capacity
+        # The scheduler knows the cells in use exactly, shared ones counted once.
+        assert len(self.kv.cells) == self.s.kv_used <= self.s.config.kv_capacity
         self.preempted += plan.preempted
         for rid in plan.admitted:
             seq = self.s.get(rid)
@@ -173,9 +173,7 @@ class Driver:
             for j, token in enumerate(work.token_ids):
                 self.kv.place(work.slot, work.start_pos + j, token, seq.tokens)
             self.fed += len(work.token_ids)
-            self.fed_by[work.request_id] = self.fed_by.get(work.request_id, 0) + len(
-                work.token_ids
-            )
+            self.fed_by[work.request_id] = self.fed_by.get(work.request_id, 0) + len(work.token_ids)
             if work.sample:
                 sampled[work.request_id] = next_token(list(seq.tokens))
         for u in self.s.update_from_output(plan, sampled):
@@ -241,6 +239,19 @@ def test_a_burst_sharing_a_prefix_prefills_it_once() -> None:
     # The system prompt once (and at most prefix_wait_min of it again per request), each
     # question, each decode: without the cache it would be 6 * (205 + 3) tokens.
     assert d.fed < 200 + 6 * (16 + 5 + 3)
+
+
+def test_sequences_sharing_cells_fit_where_separate_copies_would_not() -> None:
+    system = prompt(13, 200)
+    d = Driver(seqs=8, kv=600)  # 8 separate copies of the prompt would need 8 * 209 cells
+    for i in range(8):
+        d.add(f"q{i}", system + prompt(200 + i, 5), max_new=4)
+    most = 0
+    while d.s.has_work():
+        d.step()
+        most = max(most, d.s.num_running)
+    assert most == 8 and d.preempted == []
+    assert all(len(d.out[f"q{i}"]) == 4 for i in range(8))
 
 
 def test_a_conversation_benefits_turn_after_turn() -> None:

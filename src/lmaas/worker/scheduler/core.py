@@ -36,9 +36,10 @@ starts with cached tokens copies those cells into its slot (``plan.copies``) and
 the rest. Running sequences' computed prompts are sources too, and a request whose prompt
 shares a long prefix with one still being prefilled waits for those cells rather than compute
 them again (so ``n`` choices and a burst sharing a system prompt prefill it once). At least
-one prompt token is always computed (its logits are needed). Cached cells count against
-``kv_capacity``; the least recently used entries are evicted (``plan.dropped``) before any
-running sequence is preempted for room.
+one prompt token is always computed (its logits are needed). Cells count against
+``kv_capacity`` once however many sequences share them (``prefix.CellMirror``); the least
+recently used entries are evicted (``plan.dropped``) before any running sequence is preempted
+for room.
 
 A beam search (``add_request(..., beam_width=B)``) is one entry that holds ``B`` slots. It is
 admitted only when ``B`` slots are free (requests behind it wait too rather than starve it),
@@ -58,7 +59,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lmaas.worker.scheduler.fair import FairQueue
-from lmaas.worker.scheduler.prefix import Match, PrefixIndex, common_prefix
+from lmaas.worker.scheduler.prefix import CellMirror, Match, PrefixIndex, common_prefix
 from lmaas.worker.scheduler.types import (
     SchedulerConfig,
     SeqStatus,
@@ -83,8 +84,11 @@ class Scheduler:
         self._released: list[int] = []
         self._saves: list[tuple[int, int, int]] = []
         n = config.max_num_seqs
+        self._cells = CellMirror()
         self.prefix = (
-            PrefixIndex(range(n, n + config.prefix_ids)) if config.prefix_ids > 0 else None
+            PrefixIndex(range(n, n + config.prefix_ids), on_drop=self._cells.clear)
+            if config.prefix_ids > 0
+            else None
         )
         self._admit_counter = 0
         self._arrivals = 0
@@ -113,9 +117,9 @@ class Scheduler:
 
     @property
     def kv_used(self) -> int:
-        """Cells held by running sequences and the prefix cache (an upper bound: they share)."""
-        cached = self.prefix.cells if self.prefix is not None else 0
-        return sum(s.kv_cells for s in self._running) + cached
+        """KV cells in use: exactly, as the mirror counts them (shared cells once), plus an
+        upper bound for each beam search's slots."""
+        return self._cells.used + sum(s.kv_cells for s in self._running if s.is_beam)
 
     def has_work(self) -> bool:
         return bool(self._waiting or self._running)
@@ -220,6 +224,7 @@ class Scheduler:
         seq_id = self.prefix.insert(np.asarray(seq.tokens[:n], dtype=np.int32))
         if seq_id is not None:
             self._saves.append((seq.slot, seq_id, n))
+            self._cells.copy_prefix(seq.slot, seq_id, n)
         limit = self.config.prefix_max_cells
         while limit is not None and self.prefix.cells > limit:
             if self.prefix.evict_lru(exclude=seq_id) is None:
@@ -233,10 +238,15 @@ class Scheduler:
         if self.prefix is None or seq is None or not seq.use_cache or seq.slot < 0:
             return None
         seq_id = self.prefix.insert(seq.prompt_array)
-        return (seq.slot, seq_id, seq.prompt_len) if seq_id is not None else None
+        if seq_id is None:
+            return None
+        self._cells.create(seq_id, seq.prompt_len)  # beam slots are not mirrored
+        return (seq.slot, seq_id, seq.prompt_len)
 
     def _release_slot(self, seq: Sequence) -> None:
         held = seq.slots or [seq.slot]
+        for slot in held:
+            self._cells.clear(slot)
         self._released += held
         self._free_slots += reversed(held)
         seq.slot = -1
@@ -304,6 +314,8 @@ class Scheduler:
             if match is not None:
                 seq.num_computed = match.length
                 plan.copies.append((match.seq_id, seq.slot, match.length))
+                if not seq.is_beam:
+                    self._cells.copy_prefix(match.seq_id, seq.slot, match.length)
             if not seq.ever_admitted:
                 seq.ever_admitted = True
                 seq.cached_tokens = min(match.length, seq.prompt_len) if match else 0
@@ -349,10 +361,10 @@ class Scheduler:
     def _evict_for(self, need: int, kv_free: int, *, keep: int | None) -> int:
         """Evict cached prefixes (least recently used first) until ``need`` cells are free."""
         while need > kv_free and self.prefix is not None:
-            freed = self.prefix.evict_lru(exclude=keep)
-            if freed is None:
+            used = self.kv_used
+            if self.prefix.evict_lru(exclude=keep) is None:
                 break
-            kv_free += freed
+            kv_free += used - self.kv_used  # nothing, when running sequences share its cells
         return kv_free
 
     def _slots_short(self, seq: Sequence) -> bool:
@@ -472,6 +484,7 @@ class Scheduler:
                 updates += self._update_beams(seq, work, beam_slots or {})
                 continue
             seq.num_computed = work.start_pos + len(work.token_ids)
+            self._cells.append(seq.slot, len(work.token_ids))
             if seq.num_computed >= seq.prompt_len and seq.want_prompt_logits:
                 seq.prompt_logits_done = True
             if seq.num_computed < len(seq.tokens):

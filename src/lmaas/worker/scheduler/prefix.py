@@ -20,7 +20,7 @@ with that sequence, so eviction never takes cells a running sequence needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +56,10 @@ class Match:
 
 
 class PrefixIndex:
-    def __init__(self, seq_ids: Iterable[int]) -> None:
+    def __init__(
+        self, seq_ids: Iterable[int], on_drop: Callable[[int], None] | None = None
+    ) -> None:
+        self._on_drop = on_drop  # told at once of each dropped id (the scheduler's mirror)
         self._free: list[int] = sorted(seq_ids, reverse=True)
         self.capacity = len(self._free)
         self._entries: dict[int, CachedPrefix] = {}
@@ -68,7 +71,7 @@ class PrefixIndex:
 
     @property
     def cells(self) -> int:
-        """Cells the entries hold (an upper bound: entries and running sequences share)."""
+        """Cells the entries hold, each entry counted whole (they may share cells)."""
         return sum(e.cells for e in self._entries.values())
 
     def __len__(self) -> int:
@@ -166,3 +169,62 @@ class PrefixIndex:
     def _drop(self, seq_id: int) -> None:
         del self._entries[seq_id]
         self._dropping.append(seq_id)
+        if self._on_drop is not None:
+            self._on_drop(seq_id)
+
+
+class CellMirror:
+    """The KV cells each sequence id holds, and how many ids hold each cell: llama.cpp's
+    unified cache as the scheduler's moves leave it, so the cells in use are known exactly
+    although cached prefixes and the sequences that copied them share cells.
+
+    Cells are numbered as they are made and listed per id by position. ``copy_prefix`` shares
+    cells (one more holder each), ``clear`` lets go of them, and a cell with no holder left is
+    free, as in llama.cpp. A beam search's slots are not mirrored (the scheduler bounds them
+    from above instead): its beams move cells between slots without the scheduler.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[int, list[int]] = {}
+        self._holders: dict[int, int] = {}
+        self._next = 0
+
+    @property
+    def used(self) -> int:
+        return len(self._holders)
+
+    def held(self, seq_id: int) -> int:
+        return len(self._held.get(seq_id, ()))
+
+    def append(self, seq_id: int, n: int) -> None:
+        """``n`` new cells at the next positions of ``seq_id``."""
+        if n <= 0:
+            return
+        new = range(self._next, self._next + n)
+        self._next += n
+        self._holders.update(dict.fromkeys(new, 1))
+        self._held.setdefault(seq_id, []).extend(new)
+
+    def create(self, seq_id: int, n: int) -> None:
+        """``seq_id`` holds ``n`` cells of its own (a copy the mirror has no source for)."""
+        self.clear(seq_id)
+        self.append(seq_id, n)
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        self.clear(dst)
+        cells = self._held.get(src, [])[:n]
+        if not cells:
+            return
+        holders = self._holders
+        for cell in cells:
+            holders[cell] += 1
+        self._held[dst] = cells
+
+    def clear(self, seq_id: int) -> None:
+        holders = self._holders
+        for cell in self._held.pop(seq_id, ()):
+            left = holders[cell] - 1
+            if left:
+                holders[cell] = left
+            else:
+                del holders[cell]
