@@ -298,9 +298,13 @@ class FakeCluster:
         self.loads = True
         self.made: list[FakeReplica] = []
         self.closed = False
+        self.offers: Any = None  # the Capacity it reports (None: no resource pool)
 
     def check(self, model: Any) -> None:
         pass
+
+    def capacity(self) -> Any:
+        return self.offers
 
     def new_replica(self, model: Any, *, index: int) -> FakeReplica:
         replica = FakeReplica(model, index, loads=self.loads)

@@ -330,6 +330,42 @@ class ClusterSettings(BaseModel):
             "machine) or a kind an installed plugin registers",
         ),
     ] = "local"
+    cpu_overcommit: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=1024,
+            description="CPU threads replicas may hold per core of the machine: a replica "
+            "holds engine.threads threads, or as many as the machine has cores when "
+            "engine.threads is 0 (the default), so the default lets a machine run 8 such "
+            "replicas; a deployment or scale request beyond it is refused (409) and "
+            "config-file replicas beyond it wait as pending",
+        ),
+    ] = 8.0
+    reserve_memory_mb: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Memory (MiB) kept back from replicas for the gateway, its job runner, "
+            "its template renderers and the system; replicas share the rest",
+        ),
+    ] = 1024
+    cpus: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=4096,
+            description="Cores replicas may use (default: the cores this process may run on)",
+        ),
+    ] = None
+    memory_mb: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Memory (MiB) of the machine as the pool counts it, before the reserve "
+            "(default: the machine's total, or its cgroup limit when lower)",
+        ),
+    ] = None
 
 
 class MetricsSettings(BaseModel):

@@ -66,6 +66,9 @@ class RecordingDeployments:
     def served_versions(self) -> set[tuple[str, int]]:
         return set(self.served)
 
+    def pool_usage(self) -> None:
+        return None
+
 
 class Admin:
     def __init__(

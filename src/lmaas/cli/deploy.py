@@ -34,8 +34,11 @@ def _wait_ready(c: AdminClient, name: str, timeout: float) -> dict[str, Any]:
             status.update(
                 f"{name}: {d['state']} ({d['ready_replicas']}/{d['replicas']} replicas ready)"
             )
-            if d["state"] in ("ready", "stopped") or time.monotonic() > deadline:
+            if d["state"] in ("ready", "stopped", "pending") or time.monotonic() > deadline:
                 return d
+            active = [r["state"] for r in d["replica_status"] if r["state"] != "draining"]
+            if "pending" in active and set(active) <= {"ready", "pending"}:
+                return d  # the rest waits for room in the pool
             if d["state"] == "failed" and all(r["restarts"] > 0 for r in d["replica_status"]):
                 return d
             time.sleep(0.25)
@@ -109,10 +112,27 @@ def undeploy(name: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     console.print(f"undeployed {name}")
 
 
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.1f}"
+
+
+def _needs(d: dict[str, Any]) -> str:
+    need = d.get("resources")
+    if not need:
+        return ""
+    how = "" if need["measured"] else " (estimated)"
+    text = f"{need['cpu_threads']} threads, {need['memory_bytes'] / 1024**2:.0f} MiB{how} each"
+    if need["shared_memory_bytes"]:
+        text += f" + {need['shared_memory_bytes'] / 1024**2:.0f} MiB file"
+    return text
+
+
 def ps(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
-    """Deployments and their replicas."""
+    """Deployments and their replicas, what each replica holds and what the machine has left
+    (a replica `pending` waits for room: its last error says what is missing)."""
     with AdminClient(url, key) as c:
-        data = c.get("/admin/deployments")["data"]
+        listed = c.get("/admin/deployments")
+    data = listed["data"]
     table = Table(
         "deployment",
         "model",
@@ -122,6 +142,7 @@ def ps(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
         "node",
         "restarts",
         "busy",
+        "holds",
         "last error",
     )
     for d in data:
@@ -136,6 +157,7 @@ def ps(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
             "",
             "",
             "",
+            _needs(d),
             d["last_error"] or "",
             style="bold",
         )
@@ -149,6 +171,14 @@ def ps(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
                 r["node"],
                 str(r["restarts"]),
                 str(r["outstanding"]),
+                "",
                 (r["last_error"] or "")[:60],
             )
     console.print(table)
+    pool = listed.get("pool")
+    if pool:
+        console.print(
+            f"{pool['node']}: {pool['replicas']} replicas hold {pool['cpu_threads_used']} of "
+            f"{pool['cpu_threads']} CPU threads ({pool['cores']} cores) and "
+            f"{_gib(pool['memory_bytes_used'])} of {_gib(pool['memory_bytes'])} GiB"
+        )

@@ -6,6 +6,12 @@ spec. While serving, the admin API creates, scales, re-points and deletes deploy
 moved alias rolls every deployment that follows it. Everything the request path asks of it
 (which deployment serves ``name:alias``, which version a deployment serves) is answered from
 memory; the catalog is read off the event loop when deployments or aliases change.
+
+Replicas are placed against the cluster's capacity (``controller/pool.py``): an API request
+that does not fit is refused with a 409 saying what is missing; what cannot be refused (the
+config file's deployments, a followed alias that moved) waits, as pending replicas or a rolling
+update not started, until replicas elsewhere stop. What a loaded replica measured is kept with
+its store version.
 """
 
 from __future__ import annotations
@@ -21,8 +27,17 @@ from lmaas.config import EngineConfig, ModelConfig, Settings
 from lmaas.controller.cluster.base import Cluster, ClusterKinds, ModelFile, ModelRef
 from lmaas.controller.cluster.kinds import installed_kinds
 from lmaas.controller.deployment import Deployment
+from lmaas.controller.pool import ModelFacts, ResourcePool
+from lmaas.controller.resources import (
+    deployment_out,
+    loaded_facts,
+    path_facts,
+    pool_out,
+    version_facts,
+)
 from lmaas.controller.specs import DeploymentSpec, DeploymentStore
 from lmaas.engine.directory import EngineDirectory
+from lmaas.engine.replica import Replica
 from lmaas.errors import (
     ConflictError,
     InvalidRequestError,
@@ -34,8 +49,7 @@ from lmaas.protocol.deploy import (
     DeploymentCreate,
     DeploymentOut,
     DeploymentPatch,
-    DeploymentState,
-    ReplicaOut,
+    PoolOut,
 )
 from lmaas.store.catalog import VersionInfo, parse_reference
 from lmaas.store.model_store import ModelStore
@@ -58,6 +72,7 @@ class _Entry:
     model: str | None
     follows: str | None
     note: str | None = None  # e.g. the followed alias was deleted
+    roll_waits: bool = False  # a followed alias moved, and the rolling update waits for room
 
 
 class DeploymentManager:
@@ -81,6 +96,25 @@ class DeploymentManager:
         self._aliases: dict[str, dict[str, int]] = {}
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._pool: ResourcePool | None = None
+        self._pool_made = False
+        self._placing: asyncio.Task[None] | None = None
+        self._place_again = False
+        self._closing = False
+
+    @property
+    def pool(self) -> ResourcePool | None:
+        """Where replicas are placed against the cluster's capacity; None when the cluster
+        reports none (it places replicas itself)."""
+        if not self._pool_made:
+            # A cluster kind written before the pool existed has no capacity(): count nothing.
+            capacity = getattr(self.cluster, "capacity", None)
+            offered = capacity() if capacity is not None else None
+            if offered is not None:
+                self._pool = ResourcePool(offered)
+                self._pool.listen(self._room_freed)
+            self._pool_made = True
+        return self._pool
 
     @property
     def cluster(self) -> Cluster:
@@ -131,11 +165,22 @@ class DeploymentManager:
         async with self._lock:
             for spec in specs:
                 try:
-                    await self._launch(spec)
+                    entry = await self._launch(spec)
                 except LmaasError as exc:
                     log.error("deployment %s cannot start: %s", spec.name, exc.message)
+                    continue
+                pending = entry.deployment.pending
+                if pending:
+                    log.warning(
+                        "deployment %s: %d of %d replicas pending, %s",
+                        spec.name,
+                        len(pending),
+                        spec.replicas,
+                        pending[0].last_error,
+                    )
 
     async def close(self) -> None:
+        self._closing = True
         for task in list(self._background):
             task.cancel()
         entries = list(self._entries.values())
@@ -154,7 +199,8 @@ class DeploymentManager:
             path = config.resolve_path()
             if not path.exists():
                 raise NotFoundError(f"{spec.path} does not exist", param="path")
-            return Resolved(ModelRef(spec.name, engine, path=str(path)), None, None, {})
+            outside = ModelRef(spec.name, engine, path=str(path), facts=path_facts(engine, path))
+            return Resolved(outside, None, None, {})
         model, ref = parse_reference(spec.reference or spec.name)
         version = self.store.catalog.get_version(model, ref)  # gguf or hf: both are served
         aliases = dict(self.store.catalog.get_model(model).aliases)
@@ -166,6 +212,7 @@ class DeploymentManager:
             format=version.format,
             digest=version.digest,
             files=self._files(version),
+            facts=version_facts(engine, version),
         )
         return Resolved(served, model, ref if isinstance(ref, str) else None, aliases)
 
@@ -251,14 +298,25 @@ class DeploymentManager:
             if name in self._entries:
                 raise ConflictError(f"deployment {name!r} already exists", param="name")
             resolved = await self._resolve(spec)  # unknown model: 404 before any write
+            deployment = self._deployment(resolved.ref, spec.replicas)
+            _refuse(
+                deployment.fits(spec.replicas),
+                f"cannot start {spec.replicas} replicas of {name!r}",
+            )
             spec = await asyncio.to_thread(self.specs.create, spec)
-            entry = await self._launch(spec, resolved)
+            entry = await self._launch(spec, resolved, deployment)
         if body.wait:
             await entry.deployment.wait_ready(self.settings.worker_start_timeout)
         return self._out(entry)
 
     async def update(self, name: str, body: DeploymentPatch) -> DeploymentOut:
         entry = self._entry(name)
+        if body.replicas is not None and body.replicas > entry.spec.replicas:
+            more = body.replicas - len(entry.deployment.placed)  # pending ones included
+            _refuse(
+                entry.deployment.fits(more),
+                f"cannot scale {name!r} to {body.replicas} replicas ({more} more to start)",
+            )
         if body.model is not None:
             candidate = DeploymentSpec(
                 name=name,
@@ -273,6 +331,12 @@ class DeploymentManager:
                 raise InvalidRequestError(
                     f"deployment {name!r} serves {entry.model}; deploy {resolved.model} "
                     "under its own name instead",
+                    param="model",
+                )
+            if resolved.ref.version != entry.deployment.version:
+                _refuse(
+                    entry.deployment.roll_fits(resolved.ref),
+                    f"cannot roll {name!r} to {resolved.ref.describe()}",
                     param="model",
                 )
             entry.spec = await asyncio.to_thread(self.specs.update, name, reference=body.model)
@@ -323,8 +387,18 @@ class DeploymentManager:
             )
             return
         entry.note = None
+        entry.roll_waits = False
         self._remember_aliases(resolved)
         if resolved.ref.version == entry.deployment.version:
+            return
+        short = entry.deployment.roll_fits(resolved.ref)
+        if short is not None:  # tried again when replicas stop (_place_waiting)
+            entry.roll_waits = True
+            entry.note = (
+                f"{entry.model}:{entry.follows} moved to version {resolved.ref.version}; the "
+                f"rolling update waits: {short}; still serving version {entry.deployment.version}"
+            )
+            log.warning("%s: %s", entry.spec.name, entry.note)
             return
         log.info(
             "%s: %s:%s moved to version %s; rolling",
@@ -337,12 +411,25 @@ class DeploymentManager:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    async def _launch(self, spec: DeploymentSpec, resolved: Resolved | None = None) -> _Entry:
+    def _deployment(self, ref: ModelRef, replicas: int) -> Deployment:
+        return Deployment(
+            ref,
+            replicas,
+            cluster=self.cluster,
+            settings=self.settings,
+            pool=self.pool,
+            on_loaded=self._loaded,
+        )
+
+    async def _launch(
+        self,
+        spec: DeploymentSpec,
+        resolved: Resolved | None = None,
+        deployment: Deployment | None = None,
+    ) -> _Entry:
         if resolved is None:
             resolved = await self._resolve(spec)
-        deployment = Deployment(
-            resolved.ref, spec.replicas, cluster=self.cluster, settings=self.settings
-        )
+        deployment = deployment or self._deployment(resolved.ref, spec.replicas)
         entry = _Entry(spec, deployment, resolved.model, resolved.follows)
         await deployment.start()
         self._remember_aliases(resolved)
@@ -371,49 +458,67 @@ class DeploymentManager:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
 
+    def pool_usage(self) -> PoolOut | None:
+        return pool_out(self.pool) if self.pool is not None else None
+
     def _out(self, entry: _Entry) -> DeploymentOut:
-        d = entry.deployment
-        health = d.health()
-        active = [r for r in health.replicas if r.state != "draining"]
-        ready = sum(1 for r in active if r.state == "ready")
-        desired = entry.spec.replicas
-        state: DeploymentState
-        if d.rolling:
-            state = "rolling"
-        elif desired == 0:
-            state = "stopped"
-        elif ready >= desired:
-            state = "ready"
-        elif ready > 0:
-            state = "degraded"
-        elif any(r.state == "failed" for r in active):
-            state = "failed"
-        else:
-            state = "starting"
-        errors = [d.last_error, entry.note] + [r.last_error for r in active]
-        return DeploymentOut(
-            name=entry.spec.name,
-            model=entry.model,
-            follows=entry.follows,
-            version=d.version,
-            path=entry.spec.path,
-            replicas=desired,
-            ready_replicas=ready,
-            state=state,
-            source=entry.spec.source,
-            created_at=entry.spec.created_at,
-            last_error=next((e for e in errors if e), None),
-            replica_status=[
-                ReplicaOut(
-                    id=r.id,
-                    index=r.index,
-                    node=r.node,
-                    state=r.state,
-                    version=r.version,
-                    restarts=r.restarts,
-                    outstanding=r.outstanding,
-                    last_error=r.last_error,
-                )
-                for r in health.replicas
-            ],
+        return deployment_out(entry.spec, entry.deployment, entry.model, entry.follows, entry.note)
+
+    # -- room: measurements, and what waits for it ---------------------------------------------
+
+    async def _loaded(
+        self, deployment: Deployment, replica: Replica, model: ModelRef
+    ) -> ModelFacts | None:
+        """A replica of ``model`` is ready: keep what it measured with the store version."""
+        facts = loaded_facts(model, replica.info)
+        if facts is None:
+            return None
+        known = model.memory_facts()
+        changed = (facts.memory_bytes, facts.kv_bytes_per_token) != (
+            known.memory_bytes,
+            known.kv_bytes_per_token,
         )
+        if changed and model.model is not None and model.version is not None:
+            try:
+                await asyncio.to_thread(
+                    self.store.catalog.set_memory,
+                    model.model,
+                    model.version,
+                    memory_bytes=facts.memory_bytes or 0,
+                    kv_bytes_per_token=facts.kv_bytes_per_token,
+                )
+            except LmaasError as exc:  # the version went meanwhile
+                log.info("%s: measurement not kept: %s", replica.label, exc.message)
+        log.info(
+            "%s: measured %d MiB of its own memory besides its KV cache",
+            replica.label,
+            (facts.memory_bytes or 0) >> 20,
+        )
+        return facts
+
+    def _room_freed(self) -> None:
+        """A replica stopped: place what waits for room (once per burst of stops)."""
+        if self._closing:
+            return
+        if self._placing is not None and not self._placing.done():
+            self._place_again = True
+            return
+        self._placing = asyncio.get_running_loop().create_task(self._place_waiting())
+        self._background.add(self._placing)
+        self._placing.add_done_callback(self._done)
+
+    async def _place_waiting(self) -> None:
+        self._place_again = True
+        while self._place_again and not self._closing:
+            self._place_again = False
+            for _, entry in sorted(self._entries.items()):
+                if entry.roll_waits:
+                    await self._follow(entry)
+                if entry.deployment.pending:
+                    await entry.deployment.place_pending()
+
+
+def _refuse(short: str | None, what: str, *, param: str = "replicas") -> None:
+    """Refuse a request the resource pool has no room for (409, saying what is missing)."""
+    if short is not None:
+        raise ConflictError(f"{what}: {short}", param=param, code="insufficient_resources")

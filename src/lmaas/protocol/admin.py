@@ -60,6 +60,10 @@ class VersionOut(BaseModel):
     state: str  # ready, pending, or broken (its blobs were found missing or damaged)
     aliases: list[str]
     error: str | None = None  # why a broken version is broken
+    # For the resource pool: a loaded replica's own memory without its KV cache, as measured
+    # (null before one loaded), and the KV cache's bytes per context token (null: unknown).
+    memory_bytes: int | None = None
+    kv_bytes_per_token: int | None = None
     # Finished eval runs that evaluated this version (shown by GET .../versions/{ref} only).
     evaluations: list[VersionEvaluation] | None = None
 

@@ -11,7 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmaas.config import EngineConfig
 from lmaas.names import SERVED_NAME_PATTERN
 
-DeploymentState = Literal["ready", "starting", "rolling", "degraded", "failed", "stopped"]
+# pending: no replica is ready and the resource pool has no room for the ones it wants
+DeploymentState = Literal[
+    "ready", "starting", "rolling", "degraded", "failed", "stopped", "pending"
+]
 
 
 class DeploymentCreate(BaseModel):
@@ -64,6 +67,31 @@ class ReplicaOut(BaseModel):
     last_error: str | None
 
 
+class ResourcesOut(BaseModel):
+    """What one replica of a deployment holds in the resource pool."""
+
+    cpu_threads: int = Field(description="CPU threads (engine.threads, or every core when 0)")
+    memory_bytes: int = Field(description="Its own memory: runtime, buffers and KV cache")
+    shared_memory_bytes: int = Field(
+        description="Weights mapped from the model file, counted once per machine"
+    )
+    measured: bool = Field(
+        description="memory_bytes is what a loaded replica measured (else an estimate)"
+    )
+
+
+class PoolOut(BaseModel):
+    """The machine's capacity for replicas and what the placed replicas hold of it."""
+
+    node: str
+    cores: int
+    cpu_threads: int = Field(description="cores x cluster.cpu_overcommit")
+    cpu_threads_used: int
+    memory_bytes: int = Field(description="The machine's memory less cluster.reserve_memory_mb")
+    memory_bytes_used: int
+    replicas: int = Field(description="Replicas placed (pending ones excluded)")
+
+
 class DeploymentOut(BaseModel):
     object: Literal["deployment"] = "deployment"
     name: str
@@ -78,11 +106,15 @@ class DeploymentOut(BaseModel):
     created_at: datetime | None
     last_error: str | None
     replica_status: list[ReplicaOut]
+    resources: ResourcesOut | None = Field(
+        default=None, description="What each replica holds (without a resource pool: null)"
+    )
 
 
 class DeploymentListOut(BaseModel):
     object: Literal["list"] = "list"
     data: list[DeploymentOut]
+    pool: PoolOut | None = Field(default=None, description="The machine's capacity and use")
 
 
 class DeploymentControl(Protocol):
@@ -105,3 +137,5 @@ class DeploymentControl(Protocol):
     async def on_aliases_changed(self, model: str) -> None: ...
 
     def served_versions(self) -> set[tuple[str, int]]: ...
+
+    def pool_usage(self) -> PoolOut | None: ...

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from lmaas.config import EngineConfig, Settings
+from lmaas.controller.pool import ModelFacts
 from lmaas.engine.replica import Replica
 from lmaas.errors import InvalidRequestError
 
 if TYPE_CHECKING:
+    from lmaas.controller.pool import Capacity
     from lmaas.store.model_store import ModelStore
 
 __all__ = ["Cluster", "ClusterFactory", "ClusterKinds", "ModelFile", "ModelRef", "Replica"]
@@ -51,11 +53,26 @@ class ModelRef:
     digest: str | None = None
     files: tuple[ModelFile, ...] = ()
     path: str | None = None
+    # What is known of its memory (kept with the store version); the resource pool counts it.
+    facts: ModelFacts | None = None
 
     def describe(self) -> str:
         if self.model is not None:
             return f"{self.model}:{self.version}"
         return str(self.path)
+
+    def memory_facts(self) -> ModelFacts:
+        """``facts``, or what the reference itself tells (its backend, its files' sizes)."""
+        if self.facts is not None:
+            return self.facts
+        backend = self.engine.backend
+        if backend == "auto":
+            backend = "transformers" if self.format == "hf" else "llamacpp"
+        return ModelFacts(
+            backend=backend,
+            file_bytes=sum(f.size for f in self.files),
+            shared_key=self.digest or self.path,
+        )
 
 
 class Cluster(Protocol):
@@ -70,6 +87,11 @@ class Cluster(Protocol):
 
     def new_replica(self, model: ModelRef, *, index: int) -> Replica:
         """A replica of deployment ``model.name`` serving ``model``, not started yet."""
+
+    def capacity(self) -> Capacity | None:
+        """What the cluster offers replicas (cores, memory), which the deployment manager's
+        resource pool (``controller/pool.py``) places replicas against; ``None``: the cluster
+        places replicas itself and the manager counts nothing."""
 
     async def close(self) -> None:
         """Release what the cluster holds (connections); replicas are stopped before."""

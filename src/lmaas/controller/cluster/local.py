@@ -22,6 +22,8 @@ from typing import Any
 
 from lmaas.config import Settings
 from lmaas.controller.cluster.base import ModelRef
+from lmaas.controller.cluster.machine import local_capacity
+from lmaas.controller.pool import Capacity
 from lmaas.engine.channel import WorkerChannel
 from lmaas.engine.client import ReplicaHealth
 from lmaas.engine.ipc import FrameError, read_frame
@@ -57,6 +59,9 @@ class LocalCluster:
                 f"{model.describe()} is a model of the store, and this server has none",
                 param="model",
             )
+
+    def capacity(self) -> Capacity:
+        return local_capacity(self.node, self.settings.cluster)
 
     def new_replica(self, model: ModelRef, *, index: int) -> LocalReplica:
         return LocalReplica(

@@ -23,11 +23,15 @@ async def health() -> dict[str, str]:
 
 def deployment_state(h: EngineHealth) -> str:
     """``ready`` (a replica serves), ``scaled_to_zero`` (it wants no replica: none in its
-    routing set) or ``not_ready`` (its replicas are starting, failed or restarting)."""
+    routing set), ``pending`` (every replica it wants waits for room in the resource pool) or
+    ``not_ready`` (its replicas are starting, failed or restarting)."""
     if h.ready:
         return "ready"
-    if not any(r.state != "draining" for r in h.replicas):
+    active = [r for r in h.replicas if r.state != "draining"]
+    if not active:
         return "scaled_to_zero"
+    if all(r.state == "pending" for r in active):
+        return "pending"
     return "not_ready"
 
 
@@ -35,14 +39,15 @@ def deployment_state(h: EngineHealth) -> str:
 async def ready(engines: EnginesDep, drain: DrainDep, detail: SeesInternals) -> JSONResponse:
     """200 when every deployment that wants replicas has a ready one (a deployment scaled to
     zero does not count), else 503; 503 while the server shuts down. Each deployment shows
-    its state and its replicas' states; replica detail (restarts, errors, nodes) only for an
-    admin key, or anyone on an open server."""
+    its state and its replicas' states (``pending``: waiting for room in the resource pool);
+    replica detail (restarts, errors such as what a pending replica waits for, nodes) only for
+    an admin key, or anyone on an open server."""
     models: dict[str, Any] = {}
     all_ready = not drain.draining
     for name, engine in engines.items():
         h = engine.health()
         state = deployment_state(h)
-        all_ready = all_ready and state != "not_ready"
+        all_ready = all_ready and state in ("ready", "scaled_to_zero")
         replicas = (
             [asdict(r) for r in h.replicas]
             if detail

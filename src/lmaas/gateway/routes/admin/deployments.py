@@ -18,7 +18,7 @@ router = APIRouter(prefix="/admin/deployments", tags=["admin: deployments"])
 
 @router.get("", response_model=DeploymentListOut)
 async def list_deployments(control: DeploymentsDep, _: AdminKey) -> DeploymentListOut:
-    return DeploymentListOut(data=control.list())
+    return DeploymentListOut(data=control.list(), pool=control.pool_usage())
 
 
 @router.post("", response_model=DeploymentOut, status_code=status.HTTP_201_CREATED)
