@@ -1,12 +1,16 @@
 """Deployments against a real server: upload + deploy with 2 replicas, routing by `name:alias`,
 a rolling update under load with zero failed requests, delete refused while deployed, `kill -9`
-of a replica under load, scale and undeploy, and config-declared deployments reconciled at start.
+of a replica under load, scale and undeploy, a scale beyond the machine refused (409) while the
+server stays healthy, config-declared deployments reconciled at start, and config replicas
+beyond the machine left pending (in `/ready` and `lmaas ps`) until room is freed.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -258,6 +262,83 @@ def test_scale_down_and_undeploy(env: Env) -> None:
         env.req("POST", "/admin/deployments", env.user, json={"model": "chatbot"}).status_code
         == 403
     )
+
+
+def test_a_scale_beyond_the_machine_is_refused_and_the_server_stays_healthy(env: Env) -> None:
+    before = env.server.worker_pids(MODEL)
+    r = env.req("PATCH", f"/admin/deployments/{MODEL}", env.admin, json={"replicas": 32})
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == ("insufficient_resources", "replicas")
+    assert error["message"].startswith(f"cannot scale '{MODEL}' to 32 replicas (31 more to start)")
+    assert "more CPU threads" in error["message"] and "offers" in error["message"]
+    done = subprocess.run(
+        [sys.executable, "-m", "lmaas", "scale", MODEL, "32"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LMAAS_API_KEY": env.admin, "LMAAS_URL": env.server.url},
+        timeout=120,
+    )
+    assert done.returncode != 0 and "more CPU threads" in done.stdout + done.stderr
+
+    # Nothing was started; the server and the model still answer.
+    assert env.server.worker_pids(MODEL) == before and len(before) == 1
+    d = deployment(env, MODEL)
+    assert (d["replicas"], d["state"]) == (1, "ready")
+    assert d["resources"]["measured"]  # what the loaded replica measured, kept
+    assert 16 << 20 < d["resources"]["memory_bytes"] < 2 << 30
+    assert env.get("/health").status_code == 200
+    assert complete(env, MODEL).status_code == 200
+    ps = cli(env.home, "ps", key=env.admin, url=env.server.url)
+    assert "CPU threads" in ps and "GiB" in ps
+    version = env.get(f"/admin/models/{MODEL}/versions/latest", env.admin).json()
+    assert version["memory_bytes"] and version["kv_bytes_per_token"] == 23040
+
+
+def test_config_replicas_beyond_the_machine_wait_pending_until_room_is_freed(
+    tmp_path: Path,
+) -> None:
+    """A machine of one core with room for two single-threaded replicas: alpha (two) takes
+    it all, beta waits pending, and gets alpha's room once alpha is scaled down."""
+    home = tmp_path / "home"
+    home.mkdir()
+    admin = new_key(home, "admin")
+    config = tmp_path / "pool.yaml"
+    one_thread = "    engine: {threads: 1, context_size: 1024}\n"
+    config.write_text(
+        "cluster: {cpus: 1, cpu_overcommit: 2}\nmodels:\n"
+        f"  - name: alpha\n    model: {MODEL}\n    replicas: 2\n{one_thread}"
+        f"  - name: beta\n    model: {MODEL}\n{one_thread}"
+    )
+    server = ServerProcess(home, "--config", str(config))
+    try:
+        env = Env(home, server, admin, admin)
+
+        def alpha_ready() -> bool:
+            return bool(env.get("/admin/deployments/alpha", admin).json()["state"] == "ready")
+
+        wait_until(alpha_ready, 180, 0.2, "alpha to serve")
+        ready = env.get("/ready", admin)
+        assert ready.status_code == 503
+        beta = ready.json()["models"]["beta"]
+        assert beta["state"] == "pending" and beta["replicas"][0]["state"] == "pending"
+        reason = beta["replicas"][0]["last_error"]
+        assert reason.startswith("waiting for room: needs 1 more CPU threads than")
+        assert "offers 2 CPU threads (1 cores x 2)" in reason
+        assert env.server.worker_pids("beta") == set()  # never started
+        ps = cli(home, "ps", key=admin, url=server.url)
+        assert "pending" in ps and "needs 1 more CPU threads" in ps
+        refused = env.req("PATCH", "/admin/deployments/beta", admin, json={"replicas": 2})
+        assert refused.status_code == 409
+
+        scaled = env.req("PATCH", "/admin/deployments/alpha", admin, json={"replicas": 1})
+        assert scaled.status_code == 200
+        server.wait_ready()  # beta was placed once alpha's second replica stopped
+        assert deployment(env, "beta")["state"] == "ready"
+        assert len(env.server.worker_pids("beta")) == 1
+        assert complete(env, "beta").status_code == 200
+    finally:
+        server.stop()
 
 
 def test_config_deployments_are_reconciled_at_start(tmp_path: Path) -> None:
