@@ -323,11 +323,11 @@ def test_config_replicas_beyond_the_machine_wait_pending_until_room_is_freed(
         beta = ready.json()["models"]["beta"]
         assert beta["state"] == "pending" and beta["replicas"][0]["state"] == "pending"
         reason = beta["replicas"][0]["last_error"]
-        assert reason.startswith("waiting for room: needs 1 more CPU threads than")
-        assert "offers 2 CPU threads (1 cores x 2)" in reason
+        assert reason.startswith("waiting for room: needs 1 more CPU thread than")
+        assert "offers 2 CPU threads (1 core x 2)" in reason
         assert env.server.worker_pids("beta") == set()  # never started
         ps = cli(home, "ps", key=admin, url=server.url)
-        assert "pending" in ps and "needs 1 more CPU threads" in ps
+        assert "pending" in ps and "needs 1 more CPU thread" in ps
         refused = env.req("PATCH", "/admin/deployments/beta", admin, json={"replicas": 2})
         assert refused.status_code == 409
 

@@ -201,6 +201,9 @@ async def test_what_a_loaded_replica_measured_is_kept_with_its_version() -> None
     assert out.resources.memory_bytes == 70 * MiB + 1000 * 8192
     pool = manager.pool_usage()
     assert pool is not None and pool.memory_bytes_used == 70 * MiB + 1000 * 8192 + 10
+    # Another deployment of the same version needs what was measured, not the estimate.
+    other = await manager.create(DeploymentCreate(model=f"{MODEL}:3", name="other"))
+    assert other.resources is not None and other.resources.measured
     await manager.close()
 
 

@@ -87,7 +87,7 @@ def test_both_shortfalls_are_named() -> None:
     fit = pool.fit([Need(cpu_threads=3, memory=2 * GiB)])
     assert (fit.cpu_threads_short, fit.memory_short) == (1, 1 * GiB)
     assert fit.reason is not None
-    assert fit.reason.startswith("needs 1 more CPU threads and 1.0 GiB more memory than n has")
+    assert fit.reason.startswith("needs 1 more CPU thread and 1.0 GiB more memory than n has")
     assert "a replica takes 3 CPU threads" in fit.reason
 
 
@@ -100,7 +100,9 @@ def test_reservations_fill_the_pool_and_releases_free_it() -> None:
     assert pool.usage().cpu_threads == 4 and pool.usage().memory == 3 * GiB
     refused = pool.reserve("c", need)
     assert not refused.ok and not pool.holds("c") and pool.usage().replicas == 2
-    assert refused.reason is not None and "2 replicas hold 4 threads and 3.0 GiB" in refused.reason
+    assert (
+        refused.reason is not None and "2 replicas hold 4 CPU threads and 3.0 GiB" in refused.reason
+    )
     pool.release("nobody")  # not held: nothing to tell
     assert heard == []
     pool.release("a")

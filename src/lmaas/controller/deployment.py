@@ -50,6 +50,7 @@ class Deployment:
         settings: Settings,
         pool: ResourcePool | None = None,
         on_loaded: OnLoaded | None = None,
+        measured: dict[str, ModelFacts] | None = None,
     ) -> None:
         self.name = model.name
         self.model = model
@@ -65,7 +66,8 @@ class Deployment:
         self._started = False
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
-        self._measured: dict[str, ModelFacts] = {}  # by ModelRef.describe()
+        # What loaded replicas measured, by ModelRef.describe() (shared between deployments)
+        self._measured = measured if measured is not None else {}
 
     @property
     def version(self) -> int | None:

@@ -98,6 +98,7 @@ class DeploymentManager:
         self._background: set[asyncio.Task[None]] = set()
         self._pool: ResourcePool | None = None
         self._pool_made = False
+        self._measured: dict[str, ModelFacts] = {}  # what loaded replicas measured, by model
         self._placing: asyncio.Task[None] | None = None
         self._place_again = False
         self._closing = False
@@ -419,6 +420,7 @@ class DeploymentManager:
             settings=self.settings,
             pool=self.pool,
             on_loaded=self._loaded,
+            measured=self._measured,
         )
 
     async def _launch(

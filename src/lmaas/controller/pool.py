@@ -46,6 +46,10 @@ def size(n: int | float) -> str:
     return f"{round(n / MiB)} MiB"
 
 
+def _threads(n: int, more: str = "") -> str:
+    return f"{n} {more}CPU thread{'s' if n != 1 else ''}"
+
+
 @dataclass(frozen=True, slots=True)
 class Capacity:
     """What one machine (cluster node) offers replicas."""
@@ -65,7 +69,8 @@ class Capacity:
         return max(0, self.memory_total - self.memory_reserve)
 
     def describe(self) -> str:
-        cpu = f"{self.cpu_threads} CPU threads ({self.cores} cores x {self.cpu_overcommit:g})"
+        cores = f"{self.cores} core{'s' if self.cores != 1 else ''}"
+        cpu = f"{_threads(self.cpu_threads)} ({cores} x {self.cpu_overcommit:g})"
         memory = f"{size(self.memory)} memory"
         if self.memory_reserve:
             memory += f" ({size(self.memory_total)} less {size(self.memory_reserve)} reserved)"
@@ -107,7 +112,7 @@ class Need:
         how = "measured" if self.measured else "estimated"
         text = f"{size(self.memory)} ({how})"
         if self.cpu_threads:
-            text = f"{self.cpu_threads} CPU threads and {text}"
+            text = f"{_threads(self.cpu_threads)} and {text}"
         if self.shared_memory:
             text += f" + {size(self.shared_memory)} of weights shared by replicas of the file"
         return text
@@ -196,16 +201,20 @@ class ResourcePool:
             return Fit(ok=True)
         missing = []
         if cpu_short:
-            missing.append(f"{cpu_short} more CPU threads")
+            missing.append(_threads(cpu_short, "more "))
         if memory_short:
             missing.append(f"{size(memory_short)} more memory")
-        many = f"{len(needs)} replicas take" if len(needs) > 1 else "a replica takes"
+        if len(needs) == 1:
+            taken = f"a replica takes {needs[0].describe()}"
+        else:
+            taken = (
+                f"{len(needs)} replicas take {_threads(after.cpu_threads - used.cpu_threads)} "
+                f"and {size(after.memory - used.memory)} (each {needs[0].describe()})"
+            )
         reason = (
-            f"needs {' and '.join(missing)} than {cap.node} has free: {many} "
-            f"{after.cpu_threads - used.cpu_threads} CPU threads and "
-            f"{size(after.memory - used.memory)} (each {needs[0].describe()}); {cap.node} "
+            f"needs {' and '.join(missing)} than {cap.node} has free: {taken}; {cap.node} "
             f"offers {cap.describe()}, of which {used.replicas} replicas hold "
-            f"{used.cpu_threads} threads and {size(used.memory)}"
+            f"{_threads(used.cpu_threads)} and {size(used.memory)}"
         )
         return Fit(False, cpu_short, memory_short, reason)
 
