@@ -375,7 +375,12 @@ async def test_beam_search_completions_per_prompt(
     assert choices[1]["logprobs"]["tokens"] == [" w0", " b1"]
     assert choices[1]["logprobs"]["text_offset"] == [0, 3]
     assert all(c["finish_reason"] == "length" for c in choices)
-    assert r.json()["usage"] == {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}
+    assert r.json()["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 8,
+        "total_tokens": 11,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 async def test_beam_search_default_width_and_plain_request_unchanged(
