@@ -99,10 +99,16 @@ async def run_batch(c: httpx.AsyncClient, file_id: str) -> tuple[float, dict[str
     return time.monotonic() - t0, batch
 
 
+# The single user's requests reuse the prefix cache unless --user-no-cache (then every request
+# prefills its whole prompt, idle and during the batch alike).
+USER_EXTRA: dict[str, Any] = {}
+
+
 async def ttft(c: httpx.AsyncClient, bias: dict[str, float]) -> float:
     t0 = time.monotonic()
     seen = []
-    async with c.stream("POST", "/v1/chat/completions", json=chat_body(8, bias, True)) as r:
+    body = {**chat_body(8, bias, True), **USER_EXTRA}
+    async with c.stream("POST", "/v1/chat/completions", json=body) as r:
         async for line in r.aiter_lines():
             if line.startswith("data: {") and '"content":""' not in line:
                 return time.monotonic() - t0
@@ -171,7 +177,15 @@ def main() -> None:
         help="measure the single user's TTFT during the timed batch itself (its requests then "
         "compete with the batch's lines, a conservative throughput) instead of a second copy",
     )
+    ap.add_argument(
+        "--user-no-cache",
+        action="store_true",
+        help="the single user's requests send cache_prompt: false (no prefix cache), so its "
+        "idle TTFT is a full prefill, as it was before prefix caching",
+    )
     args = ap.parse_args()
+    if args.user_no_cache:
+        USER_EXTRA["cache_prompt"] = False
     config = {"models": [{"name": MODEL, "path": model_path(), "engine": {"max_num_seqs": 16}}]}
     server = start_lmaas(config)
     try:
