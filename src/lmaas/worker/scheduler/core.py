@@ -327,12 +327,17 @@ class Scheduler:
     def _match(self, seq: Sequence) -> Match | None:
         """The longest prefix of ``seq`` whose cells are cached or computed by a running
         sequence; one token is always left to compute, and prompt logits are never skipped."""
-        if self.prefix is None or not seq.use_cache:
-            return None
-        if seq.want_prompt_logits and not seq.prompt_logits_done:
+        if self.prefix is None or not self._may_copy(seq):
             return None
         tokens = np.asarray(seq.tokens, dtype=np.int32)
         return self.prefix.match(tokens, len(tokens) - 1, self._running_sources())
+
+    def _may_copy(self, seq: Sequence) -> bool:
+        """Whether ``seq`` may take cached cells: the cache is on, it did not opt out, and it
+        needs no prompt logits (they come from its own prefill)."""
+        if self.prefix is None or not seq.use_cache:
+            return False
+        return not (seq.want_prompt_logits and not seq.prompt_logits_done)
 
     def _running_sources(self) -> list[tuple[int, npt.NDArray[np.int32]]]:
         return [
@@ -344,9 +349,7 @@ class Scheduler:
     def _wait_for_prefill(self, seq: Sequence, match: Match | None) -> bool:
         """Whether ``seq`` should wait for a running sequence to finish prefilling a prefix
         they share (worth ``prefix_wait_min`` tokens more than ``match``) and copy it then."""
-        if self.prefix is None or not seq.use_cache:
-            return False
-        if seq.want_prompt_logits and not seq.prompt_logits_done:
+        if not self._may_copy(seq):
             return False
         have = match.length if match else 0
         tokens = np.asarray(seq.tokens[: len(seq.tokens) - 1], dtype=np.int32)
