@@ -10,7 +10,7 @@ import pytest
 from lmaas.config import EngineConfig
 from lmaas.controller.cluster.base import ModelRef
 from lmaas.engine.directory import EngineDirectory
-from lmaas.engine.replicated import ReplicatedEngine
+from lmaas.engine.replicated import Demand, ReplicatedEngine
 from lmaas.errors import ServiceUnavailableError
 from lmaas.protocol.engine import GenerateRequest, TokenEvent
 from lmaas.protocol.tasks import TaskRequest
@@ -159,3 +159,63 @@ async def test_closing_the_stream_early_closes_the_replica_stream_at_once() -> N
     assert first.finish_reason == "length" and only.load().outstanding == 1
     await stream.aclose()
     assert only.load().outstanding == 0 and engine.outstanding == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_demand_counts_ongoing_queued_and_the_longest_wait_for_a_first_event() -> None:
+    (a,) = replicas(1)
+    clock = Clock()
+    engine = ReplicatedEngine("m", [a], clock=clock)
+    assert engine.demand() == Demand(ongoing=0, queued=0, oldest_wait_s=0.0, held=0)
+    first = asyncio.create_task(consume(engine, "r0"))
+    await wait_for(lambda: engine.outstanding == 1)
+    clock.now += 2.5
+    second = asyncio.create_task(consume(engine, "r1"))
+    await wait_for(lambda: engine.outstanding == 2)
+    clock.now += 0.5
+    # Both run (the fake replica reports them running): the first has waited 3 s for a token.
+    assert engine.demand() == Demand(ongoing=2, queued=0, oldest_wait_s=3.0, held=0)
+    a.release.set()
+    await asyncio.gather(first, second)
+    assert engine.demand() == Demand(ongoing=0, queued=0, oldest_wait_s=0.0, held=0)
+
+
+async def test_a_request_without_a_ready_replica_fails_at_once_unless_held() -> None:
+    engine = ReplicatedEngine("m", [])
+    with pytest.raises(ServiceUnavailableError, match="no ready replica"):
+        await consume(engine, "r0")
+
+
+async def test_a_held_request_waits_for_a_replica_and_tells_who_brings_one() -> None:
+    engine = ReplicatedEngine("m", [])
+    engine.hold_timeout = 5.0
+    asked: list[int] = []
+    engine.on_demand = lambda: asked.append(engine.demand().held)
+    answer = asyncio.create_task(consume(engine, "r0"))
+    await wait_for(lambda: asked == [1])
+    assert engine.demand().ongoing == 1 and engine.demand().queued == 1
+    (a,) = replicas(1)
+    a.state = "starting"
+    engine.route_to([a])  # a replica is placed: not ready yet
+    await asyncio.sleep(0)
+    assert not answer.done() and a.seen == []
+    a.state = "ready"
+    a.release.set()
+    events = await answer
+    assert [e.text for e in events] == ["x"] and a.seen == ["r0"]
+    assert engine.demand().held == 0
+
+
+async def test_a_held_request_gives_up_after_the_hold_timeout() -> None:
+    engine = ReplicatedEngine("m", [])
+    engine.hold_timeout = 0.05
+    with pytest.raises(ServiceUnavailableError, match="no ready replica"):
+        await consume(engine, "r0")
+    assert engine.demand().held == 0

@@ -4,13 +4,21 @@ It routes each request to the ready replica with the fewest outstanding requests
 request once on another replica when its replica died before it produced anything. Which
 replicas exist is decided elsewhere (``lmaas.controller``): the controller changes the routing
 set with ``route_to`` and ``retire``, and stops retired replicas once they have drained.
+
+For the autoscaler it measures its load (``demand``: ongoing and queued requests, the longest
+wait for a first token) and, when the controller sets ``hold_timeout`` (a deployment that may
+scale to zero), holds requests that find no ready replica until one is (``until_ready``),
+calling ``on_demand`` so that their arrival brings one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 
 from lmaas.engine.client import EngineClient, EngineHealth, ReplicaHealth
 from lmaas.engine.replica import Replica
@@ -20,28 +28,56 @@ from lmaas.protocol.tasks import TaskRequest, TaskResult
 
 log = logging.getLogger(__name__)
 
+_HOLD_POLL = 0.1  # s; how often a held request looks again at replicas that are not starting
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """The load on one served name at one moment, as its router sees it."""
+
+    ongoing: int  # requests sent to its replicas and not finished, plus the held ones
+    queued: int  # of those, the ones waiting for a slot in a replica, or held
+    oldest_wait_s: float  # the longest an ongoing request has waited for its first event
+    held: int  # requests waiting for a ready replica (``until_ready``)
+
 
 class ReplicatedEngine(EngineClient):
     """Routes over ``replicas`` (the routing set); ``draining`` replicas take no new requests
     but still finish theirs and show in ``health()`` as draining."""
 
-    def __init__(self, name: str, replicas: Iterable[Replica] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        replicas: Iterable[Replica] = (),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self.replicas: list[Replica] = list(replicas)
         self.draining: list[Replica] = []
         self._owner: dict[str, Replica] = {}
         self._info: ModelInfo | None = None
+        self._clock = clock
+        # Set by the controller: requests finding no ready replica wait this long for one
+        # (None: they fail at once), and ``on_demand`` is called when one starts waiting.
+        self.hold_timeout: float | None = None
+        self.on_demand: Callable[[], None] | None = None
+        self._held: dict[int, float] = {}  # id of a waiting call -> when it began
+        self._first_pending: dict[str, float] = {}  # request id -> sent, until its first event
+        self._routing_changed = asyncio.Event()
 
     # -- the routing set (changed by the controller) ---------------------------------------------
 
     def route_to(self, replicas: Iterable[Replica]) -> None:
         """Make ``replicas`` the routing set (replicas left out are not retired: see ``retire``)."""
         self.replicas = list(replicas)
+        self._routing_changed.set()
+        self._routing_changed = asyncio.Event()
 
     def retire(self, replicas: Iterable[Replica]) -> None:
         """Take ``replicas`` out of the routing set at once; they drain until ``forget``."""
         retired = list(replicas)
-        self.replicas = [r for r in self.replicas if r not in retired]
+        self.route_to([r for r in self.replicas if r not in retired])
         self.draining.extend(r for r in retired if r not in self.draining)
 
     def forget(self, replica: Replica) -> None:
@@ -73,6 +109,60 @@ class ReplicatedEngine(EngineClient):
         known = [x for r in self.replicas if r.ready and (x := r.load().sequence_rate)]
         return sum(known) / len(known) if known else None
 
+    # -- load, and holding requests while a replica starts -----------------------------------
+
+    def demand(self) -> Demand:
+        """The current load, without I/O."""
+        now = self._clock()
+        running = waiting = 0
+        for r in self.replicas + self.draining:
+            load = r.load()
+            running += load.running
+            waiting += load.waiting
+        held = len(self._held)
+        sent = len(self._owner)
+        starts = list(self._first_pending.values()) + list(self._held.values())
+        return Demand(
+            ongoing=sent + held,
+            queued=max(waiting, sent - running, 0) + held,
+            oldest_wait_s=max((now - t for t in starts), default=0.0),
+            held=held,
+        )
+
+    async def until_ready(self) -> None:
+        """With ``hold_timeout`` set and no ready replica, wait for one (at most that long;
+        telling ``on_demand`` first); otherwise return at once."""
+        timeout = self.hold_timeout
+        if timeout is None or any(r.ready for r in self.replicas):
+            return
+        token = object()
+        self._held[id(token)] = self._clock()
+        try:
+            if self.on_demand is not None:
+                self.on_demand()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready_replica(), timeout)
+        finally:
+            del self._held[id(token)]
+
+    async def _ready_replica(self) -> None:
+        """Return once a replica of the routing set is ready (it may change meanwhile)."""
+        while not any(r.ready for r in self.replicas):
+            changed = asyncio.ensure_future(self._routing_changed.wait())
+            waits = [
+                asyncio.ensure_future(r.wait_ready(3600.0)) for r in self.replicas if not r.ready
+            ]
+            try:
+                await asyncio.wait([changed, *waits], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in [changed, *waits]:
+                    task.cancel()
+            # A replica that is not starting (failed, pending, not started yet) answers at
+            # once: look again when the routing set changes, or shortly.
+            if not changed.done() and not any(r.ready for r in self.replicas):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._routing_changed.wait(), _HOLD_POLL)
+
     def _pick(self, exclude: Replica | None = None) -> Replica:
         ready = [r for r in self.replicas if r.ready and r is not exclude]
         if not ready:
@@ -82,7 +172,22 @@ class ReplicatedEngine(EngineClient):
         return min(ready, key=lambda r: r.load().outstanding)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        await self.until_ready()
         replica = self._pick()
+        rid = request.request_id
+        self._first_pending[rid] = self._clock()
+        events = self._generate(request, replica)
+        try:
+            async for event in events:
+                self._first_pending.pop(rid, None)
+                yield event
+        finally:
+            self._first_pending.pop(rid, None)
+            await events.aclose()
+
+    async def _generate(
+        self, request: GenerateRequest, replica: Replica
+    ) -> AsyncGenerator[TokenEvent, None]:
         retried = False
         while True:
             self._owner[request.request_id] = replica
@@ -114,6 +219,7 @@ class ReplicatedEngine(EngineClient):
     async def run_task(self, request: TaskRequest) -> TaskResult:
         """Run a task on the least-busy ready replica; once more elsewhere if that one dies
         before answering (a task has no partial output, so a retry is always safe)."""
+        await self.until_ready()
         replica = self._pick()
         for attempt in range(2):
             self._owner[request.request_id] = replica
