@@ -78,7 +78,9 @@ def validation_error(exc: RequestValidationError) -> InvalidRequestError:
     path = [p for p in loc if not p[:1].isupper() and "[" not in p and p not in _TYPE_NAMES]
     param = ".".join(path) or None
     message = first.get("msg", "invalid value")
-    return InvalidRequestError(f"{param}: {message}" if param else message, param=param)
+    # protocol/unsupported.py's refusals carry OpenAI's codes for them.
+    code = kind if kind in ("unsupported_parameter", "unsupported_value") else None
+    return InvalidRequestError(f"{param}: {message}" if param else message, param=param, code=code)
 
 
 _TYPE_NAMES = {
