@@ -71,13 +71,14 @@ class ScoreRequest(_Request):
 
 
 class TokenizeRequest(_Request):
-    model: Text
+    # Optional, as in vLLM: without it, the one served model that can generate.
+    model: Text | None = None
     prompt: Text
     add_special_tokens: StrictBool = True
 
 
 class DetokenizeRequest(_Request):
-    model: Text
+    model: Text | None = None
     tokens: list[TokenId]
 
 

@@ -2,7 +2,8 @@
 
 One or many prompts (text or token ids), ``n`` choices each; ``echo`` puts the prompt in front
 of each choice's text, with its own logprobs when ``logprobs`` is set (``max_tokens: 0`` with
-echo scores a prompt). A stream chunk carries what an event adds to one choice.
+echo scores a prompt). A choice that ended on the end-of-text token lists that token (with no
+text) as its last logprobs entry. A stream chunk carries what an event adds to one choice.
 """
 
 from __future__ import annotations
@@ -174,6 +175,11 @@ class CompletionFormat(GenerationFormat[CompletionRequest, CompletionChoice]):
             choice.add_logprobs(event.logprobs, len(choice.text))
             added_lp = True
         choice.text += event.text
+        if event.stop_logprob is not None and want_lp:
+            # The end-of-text token the model chose: no text, but its logprob is reported (an
+            # evaluation harness scoring with max_tokens 1 drops the last entry as the output).
+            choice.add_logprobs([event.stop_logprob], len(choice.text))
+            added_lp = True
         if event.finish_reason is not None:
             choice.finish = event.finish_reason.value
         return text + event.text, choice.logprobs_since(start) if added_lp else None

@@ -1,8 +1,11 @@
-"""The understanding endpoints: embeddings, classify, nli, score, tokenize, detokenize."""
+"""The understanding endpoints: embeddings, classify, nli, score, tokenize, detokenize, and
+the tokenizer's settings (``/tokenizer_info``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from lmaas.gateway.deps import (
@@ -95,3 +98,16 @@ async def detokenize(
 ) -> Response:
     """The text of token ids under a served model's tokenizer."""
     return await serving.detokenize_endpoint(body, request, request_id, key)
+
+
+@router.get("/tokenizer_info", responses=ERROR_RESPONSES)
+async def tokenizer_info(
+    request: Request,
+    serving: ScoringServingDep,
+    key: InferenceKey,
+    model: Annotated[str | None, Query(max_length=256)] = None,
+) -> Response:
+    """A served model's tokenizer settings (tokenizer_config.json's names, as vLLM has them):
+    special tokens and their ids, whether a BOS is added, the context length, the chat
+    template. Without `model`, the one served model that can generate."""
+    return await serving.tokenizer_info(model, request, key)

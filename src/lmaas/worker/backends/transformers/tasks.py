@@ -241,6 +241,8 @@ class TransformersBackend:
             bos_token=str(self.tokenizer.bos_token or self.tokenizer.cls_token or ""),
             eos_token=str(self.tokenizer.eos_token or self.tokenizer.sep_token or ""),
             add_bos=bool(self.prefix),
+            bos_token_id=_token_id(self.tokenizer.bos_token_id, self.tokenizer.cls_token_id),
+            eos_token_id=_token_id(self.tokenizer.eos_token_id, self.tokenizer.sep_token_id),
             architecture=str(getattr(self.hf_config, "model_type", "unknown")),
             n_params=sum(p.numel() for p in self.model.parameters()),
             size_bytes=size,
@@ -483,3 +485,11 @@ class TransformersBackend:
             self._check_ids(ids)
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in seqs]
         return TaskResult(request_id=request.request_id, texts=texts)
+
+
+def _token_id(*candidates: object) -> int | None:
+    """The first candidate that is a token id (tokenizers report a missing token as None)."""
+    for candidate in candidates:
+        if isinstance(candidate, int):
+            return candidate
+    return None
