@@ -1,6 +1,8 @@
 """The one HTTP client of the commands that talk to a running server's admin API.
 
-- ``--url`` / ``LMAAS_URL`` and ``--key`` / ``LMAAS_API_KEY`` (:data:`UrlOpt`, :data:`KeyOpt`).
+- ``--url`` / ``LMAAS_URL`` and ``--key`` / ``LMAAS_API_KEY`` (:data:`UrlOpt`, :data:`KeyOpt`);
+  without a key, a loopback URL gets the local admin token a server on this machine wrote under
+  ``LMAAS_HOME`` (:mod:`lmaas.local_admin`), which is never sent elsewhere.
 - :class:`AdminClient`: an error envelope becomes ``error <status>: <message>`` on stderr and
   exit code 1; a server that cannot be reached, or a URL that is not ``http(s)://``, becomes
   one line on stderr too (exit 1, resp. 2), never a traceback.
@@ -11,9 +13,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any, Final, NoReturn
 from urllib.parse import quote
@@ -29,9 +33,13 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from lmaas.db import DEFAULT_HOME, HOME_ENV
+from lmaas.local_admin import read_token
 from lmaas.names import is_alias, is_served_name, is_store_model_name
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
+# `lmaas --debug`: a connection failure raises (the traceback shows) instead of one line.
+DEBUG = False
 CHUNK: Final = 1 << 20
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="LMAAS_URL", help="Server URL")]
@@ -73,6 +81,7 @@ class AdminClient:
     def __init__(self, url: str, key: str | None, *, timeout: float = 60.0) -> None:
         self.url = server_url(url)
         self._timeout = timeout
+        key = key or local_key(self.url)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -86,7 +95,7 @@ class AdminClient:
         tb: TracebackType | None,
     ) -> None:
         self._http.close()
-        if isinstance(exc, httpx.TransportError):
+        if isinstance(exc, httpx.TransportError) and not DEBUG:
             fail(self._transport_message(exc))
 
     def _transport_message(self, exc: httpx.TransportError) -> str:
@@ -127,6 +136,15 @@ class AdminClient:
                 response.read()
                 checked(response)
             yield response
+
+
+def local_key(url: str) -> str | None:
+    """The local admin token of a server on this machine, for a loopback ``url`` only."""
+    from lmaas.gateway.auth import is_loopback  # (the gateway's rule; imported when needed)
+
+    if not is_loopback(httpx.URL(url).host):
+        return None
+    return read_token(Path(os.environ.get(HOME_ENV) or DEFAULT_HOME))
 
 
 def checked(response: httpx.Response) -> Any:

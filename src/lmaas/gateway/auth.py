@@ -12,6 +12,9 @@
   only, :meth:`Authenticator.trust_runner`) and names the key that owns its job in
   ``X-Lmaas-Job-Owner``: the request is then that key's, with its model list and rate limits
   (a revoked owner key gets 401). An empty owner is a job of an open server.
+- The local admin token `lmaas serve` wrote under its home (:mod:`lmaas.local_admin`) is an
+  admin key for loopback clients only (:meth:`Authenticator.trust_local_admin`); from
+  elsewhere it is refused (401), so remote administration needs a real key.
 
 Which rule applies is fixed by the route a request matched (it declares the ``AdminKey`` or
 ``InferenceKey`` alias of ``gateway/deps.py``), never by a URL rebuilt from the ``Host``
@@ -31,6 +34,7 @@ from fastapi import Request
 from lmaas.errors import AuthenticationError, LmaasError, PermissionDeniedError
 from lmaas.gateway.ratelimit import KeyRateLimiter
 from lmaas.keys import KeyInfo, KeyStore
+from lmaas.local_admin import LOCAL_ADMIN, TOKEN_PREFIX
 from lmaas.protocol.jobs import JOB_OWNER_HEADER
 
 CREATE_ADMIN_KEY_HINT: Final = "lmaas keys create --scope admin --name NAME"
@@ -88,6 +92,7 @@ class Authenticator:
         self._bind_host = bind_host
         self._loopback = is_loopback(bind_host)
         self._runner_token: str | None = None
+        self._local_token: str | None = None
         self._owners: dict[str, tuple[KeyInfo, float]] = {}
 
     @property
@@ -97,6 +102,25 @@ class Authenticator:
     def trust_runner(self, token: str) -> None:
         """Accept ``token`` from this machine as the job runner's (see the module doc)."""
         self._runner_token = token
+
+    def trust_local_admin(self, token: str) -> None:
+        """Accept ``token`` from loopback clients as an admin key (see the module doc)."""
+        self._local_token = token
+
+    def _local_admin(self, request: Request, key: str) -> KeyInfo | None:
+        """The local admin key when ``key`` is the local token (401 from another machine)."""
+        token = self._local_token
+        if token is None or not key.startswith(TOKEN_PREFIX):
+            return None
+        if not hmac.compare_digest(key.encode(), token.encode()):
+            return None  # an old server's token: refused below as any unknown key
+        client = request.client.host if request.client is not None else ""
+        if not is_loopback(client):
+            raise AuthenticationError(
+                "the local admin token is accepted from this machine only; use an API key",
+                code="local_token_not_local",
+            )
+        return LOCAL_ADMIN
 
     def check_startup(self) -> None:
         """Raise :class:`InsecureStartupError` when binding to a non-loopback address while no
@@ -118,7 +142,7 @@ class Authenticator:
                 f"create one with `{CREATE_ADMIN_KEY_HINT}`",
                 code="missing_api_key",
             )
-        info = await self._verify(key)
+        info = self._local_admin(request, key) or await self._verify(key)
         if not info.is_admin:
             raise PermissionDeniedError(
                 f"API key {info.id} has scope {info.scope!r}; this route needs an admin key"
@@ -150,7 +174,7 @@ class Authenticator:
                 "this server needs an API key: send Authorization: Bearer <key>",
                 code="missing_api_key",
             )
-        info = await self._verify(key)
+        info = self._local_admin(request, key) or await self._verify(key)
         if model is not None:
             self.authorize_model(info, model)
         request.state.api_key = info
@@ -194,6 +218,8 @@ class Authenticator:
         owner = request.headers.get(JOB_OWNER_HEADER, "").strip()
         if not owner:
             return None
+        if owner == LOCAL_ADMIN.id and self._local_token is not None:
+            return LOCAL_ADMIN
         cached = self._owners.get(owner)
         if cached is not None and cached[1] > time.monotonic():
             info = cached[0]
