@@ -121,7 +121,7 @@ def autoscaling_policy(ctx: AutoscalingContext) -> tuple[int, PolicyState]:
         return current, replace(
             state, reason=f"wants {wanted} for {waited:.1f} of {delay:g} s ({name}): {why}"
         )
-    return _decided(state, wanted, f"{why} for {waited:.1f} s ({name} {delay:g} s)")
+    return _decided(state, wanted, f"{why}; wanted for {waited:.1f} s ({name} {delay:g} s)")
 
 
 def _wanted(
