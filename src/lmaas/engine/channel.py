@@ -38,6 +38,11 @@ class WorkerChannel:
         self.close_reason = "worker channel closed"
         self.running = 0
         self.waiting = 0
+        # What the worker last reported (a generation worker only): KV cells in use and in
+        # all, and its preemptions since it started by reason (``kv_cache``, ``fairness``).
+        self.kv_used = 0
+        self.kv_capacity = 0
+        self.preemptions: dict[str, int] = {}
         self.rate = TokenRate()
         self._task: asyncio.Task[None] | None = None
 
@@ -183,6 +188,13 @@ class WorkerChannel:
         self.waiting = int(stats.get("waiting", self.waiting))
         if "gen" in stats:
             self.rate.update(int(stats["gen"]), self.running)
+        if "kvt" in stats:
+            self.kv_used = int(stats.get("kv", 0))
+            self.kv_capacity = int(stats["kvt"])
+            self.preemptions = {
+                "kv_cache": int(stats.get("pre_kv", 0)),
+                "fairness": int(stats.get("pre_fair", 0)),
+            }
 
     def _task_result(self, frame: dict[str, Any]) -> None:
         self._update_stats(frame)

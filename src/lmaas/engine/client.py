@@ -31,6 +31,12 @@ class ReplicaHealth:
     restarts: int = 0
     last_error: str | None = None
     outstanding: int = 0
+    # A generation replica's KV cache as its worker last reported it (cells in use, cached
+    # prefixes included, and in all; 0 when unknown), and its worker's preemptions since that
+    # worker started, by reason (``kv_cache``, ``fairness``): the metrics read them.
+    kv_used: int = 0
+    kv_capacity: int = 0
+    preemptions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -66,6 +72,10 @@ class EngineClient(ABC):
         """Tokens per second one running sequence gets on its replicas under their current load,
         as measured (``None`` until known); admission estimates waits from it."""
         return None
+
+    async def until_ready(self) -> None:  # noqa: B027 - optional hook
+        """Return when a request may be admitted: at once, unless the engine holds requests
+        while it scales from zero (then when a replica is ready, or its hold timed out)."""
 
     @abstractmethod
     def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:

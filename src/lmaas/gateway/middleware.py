@@ -11,10 +11,12 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Callable, Container
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.routing import Match, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmaas.errors import LmaasError, RequestTooLargeError, UnsupportedMediaTypeError
@@ -55,6 +57,41 @@ _DRAIN_OPEN = ("/health", "/ready")
 
 def _is_inference(path: str) -> bool:
     return path.startswith(_INFERENCE_PREFIX) or path in _INFERENCE_EXTRA
+
+
+def route_label(scope: Scope) -> str:
+    """The route a request went to as its template (``/v1/files/{file_id}``), or ``other``
+    for a path no route serves: a metric label must not take any path a client sends."""
+    path = getattr(scope.get("route"), "path", None)  # set by the router once it matched
+    if isinstance(path, str) and path:
+        return path
+    # Refused before routing (size, content type, drain), or no route at all: match the
+    # path against the app's documented route templates.
+    for pattern, template in _templates(scope.get("app")):
+        if pattern.fullmatch(scope["path"]):
+            return template
+    return "other"
+
+
+_TEMPLATES: weakref.WeakKeyDictionary[Any, list[tuple[re.Pattern[str], str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _templates(app: Any) -> list[tuple[re.Pattern[str], str]]:
+    if app is None or not hasattr(app, "openapi"):
+        return []
+    found = _TEMPLATES.get(app)
+    if found is None:
+        paths = app.openapi().get("paths", {})
+        found = _TEMPLATES[app] = [(compile_path(t)[0], t) for t in paths]
+    return found
+
+
+def _routed(scope: Scope) -> bool:
+    """Whether a route serves the request's path (with any method)."""
+    routes = getattr(scope.get("app"), "routes", ())
+    return any(route.matches(scope)[0] is not Match.NONE for route in routes)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -237,7 +274,12 @@ class RequestContextMiddleware:
     async def _check_body(self, scope: Scope, receive: Receive) -> Receive:
         # Inference bodies are small JSON and are buffered here; admin uploads stream through
         # and are capped by the model store instead.
-        if scope["method"] not in ("POST", "PUT", "PATCH") or not _is_inference(scope["path"]):
+        # A path no route serves is the router's 404, whatever the body and its type.
+        if (
+            scope["method"] not in ("POST", "PUT", "PATCH")
+            or not _is_inference(scope["path"])
+            or not _routed(scope)
+        ):
             return receive
         path = scope["path"]
         if path in _STREAMED_UPLOADS:
@@ -289,7 +331,13 @@ class RequestContextMiddleware:
         model = state.get("model")
         if _is_inference(path) and scope["method"] == "POST":
             label = model if model in self.served_models else "unknown"
-            self.metrics.requests.labels(label, path, str(status)).inc()
+            self.metrics.requests.labels(label, route_label(scope), str(status)).inc()
+            key = state.get("api_key")
+            self.metrics.key_requests.labels(
+                getattr(key, "id", None) or "none",
+                getattr(key, "name", None) or "none",
+                f"{status // 100}xx",
+            ).inc()
         if not self.access_log:
             return
         fields: dict[str, Any] = {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 _LATENCY_BUCKETS = (
     0.01,
@@ -22,6 +23,8 @@ _LATENCY_BUCKETS = (
     160.0,
 )
 _TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+# Tokens in one request's prompt or output: powers of two up to 32k.
+_LENGTH_BUCKETS = tuple(float(2**i) for i in range(16))
 
 
 class Metrics:
@@ -95,6 +98,8 @@ class Metrics:
             "lmaas_generation_tokens", "Output tokens generated", ["model"], registry=r
         )
         self._add_prefix_cache_metrics(r)
+        self._add_request_metrics(r)
+        self._add_worker_metrics(r)
         self._add_task_metrics(r)
         self._add_job_metrics(r)
 
@@ -110,6 +115,73 @@ class Metrics:
             "lmaas_prefix_cache_hits",
             "Prompt tokens whose KV cells came from the prefix cache instead of a prefill "
             "(the tokens it saved)",
+            ["model"],
+            registry=r,
+        )
+
+    def _add_request_metrics(self, r: CollectorRegistry) -> None:
+        """What generation requests asked for and how they ended, and who sent requests."""
+        self.finish_reasons = Counter(
+            "lmaas_request_finish_reasons",
+            "Generated sequences (choices) by why they ended: stop (end of text or a stop "
+            "string), length (max_tokens or the context), abort (the client left or a cancel)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.request_prompt_tokens = Histogram(
+            "lmaas_request_prompt_tokens",
+            "Prompt tokens of one generation request (every prompt of it)",
+            ["model"],
+            buckets=_LENGTH_BUCKETS,
+            registry=r,
+        )
+        self.request_generation_tokens = Histogram(
+            "lmaas_request_generation_tokens",
+            "Output tokens of one generation request (every choice of it)",
+            ["model"],
+            buckets=_LENGTH_BUCKETS,
+            registry=r,
+        )
+        self.key_requests = Counter(
+            "lmaas_key_requests",
+            "Inference requests by API key (its id and name, never the secret; 'none' without "
+            "a key) and HTTP status class (2xx, 4xx, 5xx)",
+            ["key_id", "key_name", "status_class"],
+            registry=r,
+        )
+
+    def _add_worker_metrics(self, r: CollectorRegistry) -> None:
+        """What generation workers report about their KV cache and scheduler."""
+        self.kv_used = Gauge(
+            "lmaas_kv_cache_used_cells",
+            "KV cache cells in use in a replica (running sequences and cached prefixes)",
+            ["model", "replica"],
+            registry=r,
+        )
+        self.kv_capacity = Gauge(
+            "lmaas_kv_cache_capacity_cells",
+            "KV cache cells a replica's sequences may use",
+            ["model", "replica"],
+            registry=r,
+        )
+        self.kv_usage = Gauge(
+            "lmaas_kv_cache_usage_ratio",
+            "Fraction of a replica's KV cache in use (0 to 1)",
+            ["model", "replica"],
+            registry=r,
+        )
+        self.preemptions = Counter(
+            "lmaas_preemptions",
+            "Running sequences the workers' schedulers sent back to the queue, by reason: "
+            "kv_cache (no room for the next tokens), fairness (for a higher priority class or "
+            "a key owed its share)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.admission_limit = Gauge(
+            "lmaas_admission_limit_sequences",
+            "Sequences a model admits at once: its ready replicas' slots plus max_queue "
+            "(saturation = lmaas_admission_reserved_sequences / this)",
             ["model"],
             registry=r,
         )
@@ -162,5 +234,8 @@ class Metrics:
             registry=r,
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition and its content type: OpenMetrics when ``accept`` (the request's
+        Accept header) asks for it, else Prometheus text 0.0.4."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type

@@ -93,6 +93,7 @@ class SupervisedReplica:
         return ReplicaLoad(c.outstanding, c.running, c.waiting, c.rate.per_sequence)
 
     def health(self) -> ReplicaHealth:
+        c = self.channel
         return ReplicaHealth(
             id=self.id,
             index=self.index,
@@ -101,7 +102,10 @@ class SupervisedReplica:
             version=self.version,
             restarts=self.restarts,
             last_error=self.last_error,
-            outstanding=self.channel.outstanding if self.channel else 0,
+            outstanding=c.outstanding if c else 0,
+            kv_used=c.kv_used if c else 0,
+            kv_capacity=c.kv_capacity if c else 0,
+            preemptions=dict(c.preemptions) if c else {},
         )
 
     # -- requests -------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
 from lmaas.engine.client import EngineHealth
 from lmaas.gateway.deps import DrainDep, EnginesDep, MetricsDep, MetricsKey, SeesInternals
+from lmaas.gateway.engine_metrics import EngineGauges
 
 router = APIRouter()
 
@@ -62,15 +62,12 @@ async def ready(engines: EnginesDep, drain: DrainDep, detail: SeesInternals) -> 
 async def metrics(
     request: Request, engines: EnginesDep, m: MetricsDep, _key: MetricsKey
 ) -> Response:
-    """Prometheus text; with ``metrics.require_key`` only for an admin key."""
+    """Prometheus text, or OpenMetrics when the Accept header asks for it; with
+    ``metrics.require_key`` only for an admin key."""
     serving = getattr(request.app.state, "chat_serving", None)
-    admission = serving.admission if serving is not None else None
-    for name, engine in engines.items():
-        if admission is not None:
-            m.admission_reserved.labels(name).set(admission.load(name).reserved)
-        h = engine.health()
-        m.running.labels(name).set(h.running)
-        m.waiting.labels(name).set(max(h.waiting, engine.outstanding - h.running))
-        m.replicas_ready.labels(name).set(sum(1 for r in h.replicas if r.state == "ready"))
-        m.worker_restarts.labels(name).set(sum(r.restarts for r in h.replicas))
-    return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
+    gauges = getattr(request.app.state, "engine_gauges", None)
+    if gauges is None:
+        gauges = request.app.state.engine_gauges = EngineGauges(m)
+    gauges.refresh(engines, serving.admission if serving is not None else None)
+    body, content_type = m.render(request.headers.get("accept"))
+    return Response(body, media_type=content_type)

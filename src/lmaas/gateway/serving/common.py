@@ -243,9 +243,14 @@ class RequestTiming:
     # Prefix cache: prompt tokens of every engine sequence, and those the cache supplied.
     cache_queries: int = 0
     cache_hits: int = 0
+    # Engine sequences that ended, by finish reason (a choice each; a beam search once).
+    finish_reasons: dict[str, int] = field(default_factory=dict)
 
     def on_event(self, event: TokenEvent) -> None:
         now = time.monotonic()
+        if event.finish_reason is not None:
+            reason = event.finish_reason.value
+            self.finish_reasons[reason] = self.finish_reasons.get(reason, 0) + 1
         if event.token_ids:
             if self.first_token is None:
                 self.first_token = now
@@ -272,6 +277,10 @@ class RequestTiming:
         metrics.prefix_cache_queries.labels(m).inc(self.cache_queries)
         metrics.prefix_cache_hits.labels(m).inc(self.cache_hits)
         metrics.generation_tokens.labels(m).inc(self.completion_tokens)
+        metrics.request_prompt_tokens.labels(m).observe(self.prompt_tokens)
+        metrics.request_generation_tokens.labels(m).observe(self.completion_tokens)
+        for reason, count in self.finish_reasons.items():
+            metrics.finish_reasons.labels(m, reason).inc(count)
 
     def access_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {

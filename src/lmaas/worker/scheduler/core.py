@@ -94,6 +94,9 @@ class Scheduler:
         self._arrivals = 0
         self._steps = 0
         self.running_cap = config.max_num_seqs
+        # Preemptions since start, by reason: ``kv_cache`` (no room for the running set's next
+        # tokens) and ``fairness`` (for a higher class or a tenant owed its share).
+        self.preemptions: dict[str, int] = {"kv_cache": 0, "fairness": 0}
 
     # --- queries -------------------------------------------------------------------------
 
@@ -201,6 +204,7 @@ class Scheduler:
             return None
         seq = self._running[-1]
         self._preempt(seq)
+        self.preemptions["kv_cache"] += 1
         self._waiting.push_front(seq)
         return seq.request_id
 
@@ -404,6 +408,7 @@ class Scheduler:
         if victim is None or used - victim.num_slots + head.num_slots > self.running_cap:
             return
         self._preempt(victim, save=True)
+        self.preemptions["fairness"] += 1
         self._waiting.push_tenant_front(victim)
         plan.preempted.append(victim.request_id)
 
