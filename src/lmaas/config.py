@@ -19,6 +19,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from lmaas.config_autoscaling import AutoscalerSettings as AutoscalerSettings
+from lmaas.config_autoscaling import AutoscalingConfig as AutoscalingConfig
+from lmaas.config_cluster import ClusterSettings as ClusterSettings
 from lmaas.config_engine import EngineConfig as EngineConfig
 from lmaas.config_jobs import JobSettings
 from lmaas.errors import InvalidRequestError
@@ -94,6 +97,13 @@ class ModelConfig(BaseModel):
     ] = None
     replicas: Annotated[int, Field(ge=0, le=64, description="Worker processes")] = 1
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    autoscaling: Annotated[
+        AutoscalingConfig | None,
+        Field(
+            description="Scale replicas with the load (Ray Serve's names); `replicas` is then "
+            "ignored"
+        ),
+    ] = None
 
     def resolve_path(self) -> Path:
         """The model file on disk; shipped models are looked up in their package."""
@@ -317,57 +327,6 @@ class FileSettings(BaseModel):
     ] = 8 * 1024**2
 
 
-class ClusterSettings(BaseModel):
-    """Where replicas run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Annotated[
-        str,
-        Field(
-            min_length=1,
-            description="Cluster kind that runs the replicas: `local` (worker processes on this "
-            "machine) or a kind an installed plugin registers",
-        ),
-    ] = "local"
-    cpu_overcommit: Annotated[
-        float,
-        Field(
-            gt=0,
-            le=1024,
-            description="CPU threads replicas may hold per core of the machine: a replica "
-            "holds engine.threads threads, or as many as the machine has cores when "
-            "engine.threads is 0 (the default), so the default lets a machine run 8 such "
-            "replicas; a deployment or scale request beyond it is refused (409) and "
-            "config-file replicas beyond it wait as pending",
-        ),
-    ] = 8.0
-    reserve_memory_mb: Annotated[
-        int,
-        Field(
-            ge=0,
-            description="Memory (MiB) kept back from replicas for the gateway, its job runner, "
-            "its template renderers and the system; replicas share the rest",
-        ),
-    ] = 1024
-    cpus: Annotated[
-        int | None,
-        Field(
-            ge=1,
-            le=4096,
-            description="Cores replicas may use (default: the cores this process may run on)",
-        ),
-    ] = None
-    memory_mb: Annotated[
-        int | None,
-        Field(
-            ge=1,
-            description="Memory (MiB) of the machine as the pool counts it, before the reserve "
-            "(default: the machine's total, or its cgroup limit when lower)",
-        ),
-    ] = None
-
-
 class MetricsSettings(BaseModel):
     require_key: Annotated[
         bool,
@@ -402,6 +361,7 @@ class Settings(BaseSettings):
     files: FileSettings = Field(default_factory=FileSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: Annotated[bool, Field(description="One JSON log line per request")] = True
     worker_start_timeout: Annotated[

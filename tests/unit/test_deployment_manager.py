@@ -14,7 +14,7 @@ from lmaas.config import ModelConfig, Settings
 from lmaas.controller.cluster.base import ClusterKinds
 from lmaas.controller.cluster.kinds import installed_kinds
 from lmaas.controller.manager import DeploymentManager
-from lmaas.controller.specs import DeploymentSpec
+from lmaas.controller.specs import KEEP, DeploymentSpec
 from lmaas.errors import InvalidRequestError, NotFoundError
 from lmaas.protocol.deploy import DeploymentCreate, DeploymentPatch
 from lmaas.store.catalog import StoredModel, VersionInfo
@@ -92,13 +92,21 @@ class FakeSpecs:
     create = put
 
     def update(
-        self, name: str, *, replicas: int | None = None, reference: str | None = None
+        self,
+        name: str,
+        *,
+        replicas: int | None = None,
+        reference: str | None = None,
+        autoscaling_json: object = KEEP,
     ) -> DeploymentSpec:
         spec = self.specs[name]
         if replicas is not None:
             spec = dataclasses.replace(spec, replicas=replicas)
         if reference is not None:
             spec = dataclasses.replace(spec, reference=reference)
+        if autoscaling_json is not KEEP:
+            assert autoscaling_json is None or isinstance(autoscaling_json, str)
+            spec = dataclasses.replace(spec, autoscaling_json=autoscaling_json)
         self.specs[name] = spec
         return spec
 

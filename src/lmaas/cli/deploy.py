@@ -44,6 +44,19 @@ def _wait_ready(c: AdminClient, name: str, timeout: float) -> dict[str, Any]:
             time.sleep(0.25)
 
 
+def _autoscaled(d: dict[str, Any], *, short: bool = False) -> str:
+    auto = d.get("autoscaling")
+    if not auto:
+        return ""
+    c = auto["config"]
+    if short:
+        return f" (auto {c['min_replicas']}-{c['max_replicas']})"
+    return (
+        f" (autoscaled {c['min_replicas']}-{c['max_replicas']}, "
+        f"{c['target_ongoing_requests']:g} ongoing per replica)"
+    )
+
+
 def _show(d: dict[str, Any]) -> None:
     colour = {"ready": "green", "failed": "red", "degraded": "yellow"}.get(d["state"], "cyan")
     version = f"v{d['version']}" if d["version"] is not None else (d["path"] or "-")
@@ -51,9 +64,33 @@ def _show(d: dict[str, Any]) -> None:
         f"[bold]{d['name']}[/bold] → {d['model'] or d['path']} {version}"
         f"{' (follows ' + d['follows'] + ')' if d['follows'] else ''}: "
         f"[{colour}]{d['state']}[/{colour}], {d['ready_replicas']}/{d['replicas']} ready"
+        f"{_autoscaled(d)}"
     )
     if d["last_error"]:
         console.print(f"  [red]last error:[/red] {d['last_error']}")
+
+
+def _autoscaling(
+    min_replicas: int | None,
+    max_replicas: int | None,
+    target: float | None,
+    upscale_delay: float | None,
+    downscale_delay: float | None,
+) -> dict[str, Any] | None:
+    """The ``autoscaling`` object the flags ask for (None: no flag given)."""
+    given = {
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": target,
+        "upscale_delay_s": upscale_delay,
+        "downscale_delay_s": downscale_delay,
+    }
+    auto = {k: v for k, v in given.items() if v is not None}
+    if not auto:
+        return None
+    if "max_replicas" not in auto:  # Ray Serve's default max (1) would forbid any scaling
+        auto["max_replicas"] = max(auto.get("min_replicas", 1), 1)
+    return auto
 
 
 def deploy(
@@ -61,16 +98,41 @@ def deploy(
     name: Annotated[
         str | None, typer.Option(help="Name clients use in `model` [default: the model's name]")
     ] = None,
-    replicas: Annotated[int, typer.Option(min=0, max=64, help="Worker processes")] = 1,
+    replicas: Annotated[
+        int | None, typer.Option(min=0, max=64, help="Worker processes [default: 1]")
+    ] = None,
     context_size: Annotated[int | None, typer.Option(help="KV cache tokens per replica")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(help="Sequences per replica batch")] = None,
+    min_replicas: Annotated[
+        int | None, typer.Option(min=0, max=64, help="Autoscale: fewest replicas (0: to zero)")
+    ] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Autoscale: most replicas")
+    ] = None,
+    target_ongoing_requests: Annotated[
+        float | None, typer.Option(help="Autoscale: requests per replica to aim at [default: 2]")
+    ] = None,
+    upscale_delay: Annotated[
+        float | None, typer.Option(help="Autoscale: upscale_delay_s [default: 30]")
+    ] = None,
+    downscale_delay: Annotated[
+        float | None, typer.Option(help="Autoscale: downscale_delay_s [default: 600]")
+    ] = None,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
     url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
-    """Serve a model of the store with N replicas."""
-    body: dict[str, Any] = {"model": model, "replicas": replicas}
+    """Serve a model of the store with N replicas, or autoscaled between --min-replicas and
+    --max-replicas."""
+    body: dict[str, Any] = {"model": model}
+    auto = _autoscaling(
+        min_replicas, max_replicas, target_ongoing_requests, upscale_delay, downscale_delay
+    )
+    if auto is not None:
+        body["autoscaling"] = auto
+    if replicas is not None or auto is None:
+        body["replicas"] = 1 if replicas is None else replicas
     if name:
         body["name"] = name
     engine = {
@@ -83,7 +145,8 @@ def deploy(
         if wait:
             d = _wait_ready(c, d["name"], timeout)
     _show(d)
-    if wait and d["state"] != "ready":
+    scaled_to_zero = d["state"] == "stopped" and d.get("autoscaling")
+    if wait and d["state"] != "ready" and not scaled_to_zero:
         raise typer.Exit(1)
 
 
@@ -153,7 +216,7 @@ def ps(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
         table.add_row(
             *head,
             "",
-            f"{d['state']} {d['ready_replicas']}/{d['replicas']}",
+            f"{d['state']} {d['ready_replicas']}/{d['replicas']}{_autoscaled(d, short=True)}",
             "",
             "",
             "",

@@ -64,6 +64,7 @@ class Deployment:
         self.rolling = False
         self._next_index = 0
         self._started = False
+        self._closed = False  # undeployed or shut down: scale() changes nothing any more
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         # What loaded replicas measured, by ModelRef.describe() (shared between deployments)
@@ -88,6 +89,11 @@ class Deployment:
 
     def health(self) -> EngineHealth:
         return self.engine.health()
+
+    @property
+    def busy(self) -> bool:
+        """Changing its replicas now (a scale, a rolling update, a placement, closing)."""
+        return self.rolling or self._closed or self._lock.locked()
 
     # -- resources ---------------------------------------------------------------------------
 
@@ -167,6 +173,7 @@ class Deployment:
 
     async def close(self) -> None:
         """Stop every replica now (in-flight requests fail); used at server shutdown."""
+        self._closed = True
         for task in list(self._background):
             task.cancel()
         replicas = self.engine.replicas + self.engine.draining
@@ -178,6 +185,7 @@ class Deployment:
 
     async def drain_and_close(self) -> None:
         """Stop taking requests, let the in-flight ones finish, then stop (undeploy)."""
+        self._closed = True
         async with self._lock:
             self._retire_later(list(self.replicas))
         await asyncio.gather(*list(self._background), return_exceptions=True)
@@ -188,6 +196,8 @@ class Deployment:
         """Add replicas (started at once; pending when the pool has no room for them), or drop
         pending ones and then retire the newest (drained in the background)."""
         async with self._lock:
+            if self._closed:
+                return
             self.desired = replicas
             current = list(self.replicas)
             if replicas > len(current):

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmaas.config import EngineConfig, ModelConfig, Settings
+from lmaas.config import AutoscalingConfig, EngineConfig, ModelConfig, Settings
+from lmaas.controller.autoscaler import Autoscaler
 from lmaas.controller.cluster.base import Cluster, ClusterKinds, ModelFile, ModelRef
 from lmaas.controller.cluster.kinds import installed_kinds
 from lmaas.controller.deployment import Deployment
@@ -102,6 +103,7 @@ class DeploymentManager:
         self._placing: asyncio.Task[None] | None = None
         self._place_again = False
         self._closing = False
+        self.autoscaler = Autoscaler(settings.autoscaler)
 
     @property
     def pool(self) -> ResourcePool | None:
@@ -135,9 +137,10 @@ class DeploymentManager:
                 name=m.name,
                 reference=None if m.path is not None else (m.model or m.name),
                 path=str(m.path) if m.path is not None else None,
-                replicas=m.replicas,
+                replicas=m.autoscaling.start_replicas if m.autoscaling else m.replicas,
                 engine_json=m.engine.model_dump_json(),
                 source="config",
+                autoscaling_json=m.autoscaling.model_dump_json() if m.autoscaling else None,
             )
             for m in self.settings.models
         ]
@@ -179,9 +182,11 @@ class DeploymentManager:
                         spec.replicas,
                         pending[0].last_error,
                     )
+        self.autoscaler.start()
 
     async def close(self) -> None:
         self._closing = True
+        await self.autoscaler.close()
         for task in list(self._background):
             task.cancel()
         entries = list(self._entries.values())
@@ -287,13 +292,21 @@ class DeploymentManager:
         except LmaasError as exc:
             raise InvalidRequestError(exc.message, param="model") from exc
         name = body.name or default_name
+        auto = body.autoscaling
+        if auto is not None and "replicas" in body.model_fields_set:
+            raise InvalidRequestError(
+                "give either replicas or autoscaling (its initial_replicas, min_replicas and "
+                "max_replicas), not both",
+                param="replicas",
+            )
         spec = DeploymentSpec(
             name=name,
             reference=body.model,
             path=None,
-            replicas=body.replicas,
+            replicas=auto.start_replicas if auto is not None else body.replicas,
             engine_json=(body.engine or EngineConfig()).model_dump_json(),
             source="api",
+            autoscaling_json=auto.model_dump_json() if auto is not None else None,
         )
         async with self._lock:
             if name in self._entries:
@@ -312,6 +325,15 @@ class DeploymentManager:
 
     async def update(self, name: str, body: DeploymentPatch) -> DeploymentOut:
         entry = self._entry(name)
+        rescaled = "autoscaling" in body.model_fields_set
+        if body.replicas is not None and (
+            body.autoscaling is not None or (self.autoscaler.tracks(name) and not rescaled)
+        ):
+            raise InvalidRequestError(
+                f"deployment {name!r} is autoscaled: change its autoscaling bounds, or set "
+                "autoscaling to null to set replicas by hand",
+                param="replicas",
+            )
         if body.replicas is not None and body.replicas > entry.spec.replicas:
             more = body.replicas - len(entry.deployment.placed)  # pending ones included
             _refuse(
@@ -348,6 +370,8 @@ class DeploymentManager:
                 raise ServiceUnavailableError(
                     entry.deployment.last_error or "rolling update failed"
                 )
+        if rescaled:
+            await self._set_autoscaling(entry, body.autoscaling)
         if body.replicas is not None:
             entry.spec = await asyncio.to_thread(self.specs.update, name, replicas=body.replicas)
             await entry.deployment.scale(body.replicas)
@@ -359,6 +383,7 @@ class DeploymentManager:
         async with self._lock:
             entry = self._entry(name)
             await asyncio.to_thread(self.specs.delete, name)
+            self.autoscaler.untrack(name)
             del self._entries[name]
             self.engines.pop(name, None)
             if not any(e.model == entry.model for e in self._entries.values()):
@@ -437,7 +462,27 @@ class DeploymentManager:
         self._remember_aliases(resolved)
         self._entries[spec.name] = entry
         self.engines[spec.name] = deployment.engine
+        if spec.autoscaling_json is not None:
+            config = AutoscalingConfig.model_validate_json(spec.autoscaling_json)
+            self.autoscaler.track(spec.name, deployment, config)
         return entry
+
+    async def _set_autoscaling(self, entry: _Entry, config: AutoscalingConfig | None) -> None:
+        """Autoscale ``entry`` by ``config`` from now on (its bounds apply at the next tick),
+        or (None) stop autoscaling it and keep the replicas it has."""
+        name = entry.spec.name
+        if config is None:
+            self.autoscaler.untrack(name)
+            replicas = len(entry.deployment.replicas)
+        else:
+            self.autoscaler.track(name, entry.deployment, config)
+            replicas = config.start_replicas
+        entry.spec = await asyncio.to_thread(
+            self.specs.update,
+            name,
+            replicas=replicas,
+            autoscaling_json=config.model_dump_json() if config is not None else None,
+        )
 
     def _remember_aliases(self, resolved: Resolved) -> None:
         if resolved.model is not None:
@@ -463,8 +508,13 @@ class DeploymentManager:
     def pool_usage(self) -> PoolOut | None:
         return pool_out(self.pool) if self.pool is not None else None
 
+    def collectors(self) -> Sequence[Any]:
+        return self.autoscaler.collectors()
+
     def _out(self, entry: _Entry) -> DeploymentOut:
-        return deployment_out(entry.spec, entry.deployment, entry.model, entry.follows, entry.note)
+        out = deployment_out(entry.spec, entry.deployment, entry.model, entry.follows, entry.note)
+        out.autoscaling = self.autoscaler.status(entry.spec.name)
+        return out
 
     # -- room: measurements, and what waits for it ---------------------------------------------
 

@@ -81,7 +81,7 @@ def deployment_out(
     health = d.health()
     active = [r for r in health.replicas if r.state != "draining"]
     ready = sum(1 for r in active if r.state == "ready")
-    desired = spec.replicas
+    desired = d.desired  # the spec's, or what the autoscaler decided last
     state: DeploymentState
     if d.rolling:
         state = "rolling"

@@ -2,14 +2,16 @@
 
 A spec names a model of the store by reference (``model`` plus an alias or a version number)
 or, for a file outside the store, by ``path``. ``source`` tells config-declared specs (rewritten
-from the config file at every start) from those created through the API.
+from the config file at every start) from those created through the API. An autoscaled spec
+keeps its ``autoscaling`` object as JSON; its ``replicas`` are then those it starts with.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from enum import Enum
+from typing import Final, Literal
 
 from sqlalchemy import CheckConstraint, DateTime, Integer, String, Text, select
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +21,13 @@ from lmaas.db import Base, as_utc, utc_now
 from lmaas.errors import ConflictError, NotFoundError
 
 Source = Literal["config", "api"]
+
+
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+KEEP: Final = _Keep.KEEP  # ``update``: leave the autoscaling config as it is
 
 
 class DeploymentRow(Base):
@@ -34,6 +43,7 @@ class DeploymentRow(Base):
     path: Mapped[str | None] = mapped_column(Text)
     replicas: Mapped[int] = mapped_column(Integer)
     engine_json: Mapped[str] = mapped_column(Text)
+    autoscaling_json: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -48,6 +58,7 @@ class DeploymentSpec:
     engine_json: str
     source: Source
     created_at: datetime | None = None
+    autoscaling_json: str | None = None  # an AutoscalingConfig; None: replicas set by hand
 
 
 def _to_spec(row: DeploymentRow) -> DeploymentSpec:
@@ -59,6 +70,7 @@ def _to_spec(row: DeploymentRow) -> DeploymentSpec:
         engine_json=row.engine_json,
         source="config" if row.source == "config" else "api",
         created_at=as_utc(row.created_at),
+        autoscaling_json=row.autoscaling_json,
     )
 
 
@@ -90,6 +102,7 @@ class DeploymentStore:
                     path=spec.path,
                     replicas=spec.replicas,
                     engine_json=spec.engine_json,
+                    autoscaling_json=spec.autoscaling_json,
                     source=spec.source,
                     created_at=now,
                     updated_at=now,
@@ -114,13 +127,19 @@ class DeploymentStore:
             row.path = spec.path
             row.replicas = spec.replicas
             row.engine_json = spec.engine_json
+            row.autoscaling_json = spec.autoscaling_json
             row.source = spec.source
             row.updated_at = now
             session.flush()
             return _to_spec(row)
 
     def update(
-        self, name: str, *, replicas: int | None = None, reference: str | None = None
+        self,
+        name: str,
+        *,
+        replicas: int | None = None,
+        reference: str | None = None,
+        autoscaling_json: str | _Keep | None = KEEP,
     ) -> DeploymentSpec:
         with self._sessions.begin() as session:
             row = session.scalar(
@@ -133,6 +152,8 @@ class DeploymentStore:
             if reference is not None:
                 row.reference = reference
                 row.path = None
+            if autoscaling_json is not KEEP:
+                row.autoscaling_json = autoscaling_json
             row.updated_at = utc_now()
             session.flush()
             return _to_spec(row)

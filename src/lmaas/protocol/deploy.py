@@ -3,12 +3,13 @@ gateway calls (implemented by ``lmaas.controller.manager.DeploymentManager``).""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmaas.config import EngineConfig
+from lmaas.config import AutoscalingConfig, EngineConfig
 from lmaas.names import SERVED_NAME_PATTERN
 
 # pending: no replica is ready and the resource pool has no room for the ones it wants
@@ -38,8 +39,19 @@ class DeploymentCreate(BaseModel):
             description="Name clients put in the `model` field (default: the model's name)",
         ),
     ] = None
-    replicas: Annotated[int, Field(ge=0, le=64, description="Worker processes")] = 1
+    replicas: Annotated[
+        int,
+        Field(ge=0, le=64, description="Worker processes (not with `autoscaling`)"),
+    ] = 1
     engine: EngineConfig | None = None
+    autoscaling: Annotated[
+        AutoscalingConfig | None,
+        Field(
+            description="Scale replicas with the load, with Ray Serve's names (min_replicas, "
+            "max_replicas, initial_replicas, target_ongoing_requests, upscale_delay_s, "
+            "downscale_delay_s, ...)"
+        ),
+    ] = None
     wait: Annotated[
         bool, Field(description="Answer only once every replica is ready (or failed)")
     ] = False
@@ -52,6 +64,13 @@ class DeploymentPatch(BaseModel):
     model: Annotated[
         str | None,
         Field(min_length=1, max_length=200, description="Serve another version or alias"),
+    ] = None
+    autoscaling: Annotated[
+        AutoscalingConfig | None,
+        Field(
+            description="A new autoscaling config (replaces the old one whole); `null` stops "
+            "autoscaling, keeping the replicas there are"
+        ),
     ] = None
     wait: bool = False
 
@@ -92,6 +111,27 @@ class PoolOut(BaseModel):
     replicas: int = Field(description="Replicas placed (pending ones excluded)")
 
 
+class AutoscalingEventOut(BaseModel):
+    """One decision of the autoscaler that changed a deployment's replicas."""
+
+    at: datetime
+    direction: Literal["up", "down"]
+    from_replicas: int
+    to_replicas: int
+    reason: str
+    ongoing_requests: int = Field(description="Running, queued and held requests at the tick")
+    queued_requests: int
+    oldest_wait_s: float = Field(description="The longest wait for a first token at the tick")
+
+
+class AutoscalingOut(BaseModel):
+    config: AutoscalingConfig
+    desired_replicas: int = Field(description="What the policy decided last")
+    average_ongoing_requests: float = Field(description="Over look_back_period_s, last tick")
+    reason: str = Field(description="Why the last tick decided what it did")
+    events: list[AutoscalingEventOut] = Field(description="Recent decisions, oldest first")
+
+
 class DeploymentOut(BaseModel):
     object: Literal["deployment"] = "deployment"
     name: str
@@ -108,6 +148,9 @@ class DeploymentOut(BaseModel):
     replica_status: list[ReplicaOut]
     resources: ResourcesOut | None = Field(
         default=None, description="What each replica holds (without a resource pool: null)"
+    )
+    autoscaling: AutoscalingOut | None = Field(
+        default=None, description="The autoscaler's config and decisions (null: not autoscaled)"
     )
 
 
@@ -139,3 +182,8 @@ class DeploymentControl(Protocol):
     def served_versions(self) -> set[tuple[str, int]]: ...
 
     def pool_usage(self) -> PoolOut | None: ...
+
+    def collectors(self) -> Sequence[Any]:
+        """Prometheus collectors of the control plane (the autoscaler's metrics), registered
+        in the app's registry."""
+        ...

@@ -61,3 +61,16 @@ def test_delete(specs: DeploymentStore) -> None:
     assert specs.list() == []
     with pytest.raises(NotFoundError):
         specs.delete("chat")
+
+
+def test_the_autoscaling_config_is_kept_and_changed_apart(specs: DeploymentStore) -> None:
+    auto = '{"min_replicas": 0, "max_replicas": 4}'
+    specs.create(spec(autoscaling_json=auto, replicas=0))
+    assert specs.get("chat").autoscaling_json == auto
+    specs.update("chat", replicas=1)  # a change of replicas leaves the config as it is
+    assert specs.get("chat").autoscaling_json == auto
+    specs.update("chat", replicas=3, autoscaling_json=None)  # autoscaling off
+    off = specs.get("chat")
+    assert (off.replicas, off.autoscaling_json) == (3, None)
+    specs.put(spec(autoscaling_json=auto))
+    assert specs.list()[0].autoscaling_json == auto
