@@ -80,7 +80,7 @@ class ClassifyServing(TaskServing):
     async def classify(
         self, body: ClassifyRequest, request: Request, request_id: str, key: KeyInfo | None
     ) -> Response:
-        engine, info = self.engine_for(body.model, request, key)
+        engine, info = await self.engine_for(body.model, request, key)
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         self.check_count(len(texts))
         if any(not t for t in texts):
@@ -134,7 +134,7 @@ class ClassifyServing(TaskServing):
     async def nli(
         self, body: NLIRequest, request: Request, request_id: str, key: KeyInfo | None
     ) -> Response:
-        engine, info = self.engine_for(body.model, request, key)
+        engine, info = await self.engine_for(body.model, request, key)
         pairs = [body.input] if not isinstance(body.input, list) else list(body.input)
         self.check_count(len(pairs))
         if any(not p.premise or not p.hypothesis for p in pairs):

@@ -60,7 +60,7 @@ class EmbeddingServing(TaskServing):
     async def create(
         self, body: EmbeddingRequest, request: Request, request_id: str, key: KeyInfo | None
     ) -> Response:
-        engine, info = self.engine_for(body.model, request, key)
+        engine, info = await self.engine_for(body.model, request, key)
         self.require(engine, info, EMBED)
         texts, token_ids = normalize_input(body.input)
         items: list[Any] = texts if texts is not None else token_ids  # type: ignore[assignment]

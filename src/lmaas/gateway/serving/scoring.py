@@ -1,4 +1,10 @@
-"""POST /v1/score (log-likelihood and perplexity of texts), POST /tokenize, POST /detokenize."""
+"""POST /v1/score (log-likelihood and perplexity of texts), POST /tokenize, POST /detokenize,
+GET /tokenizer_info.
+
+The tokenizer routes follow vLLM's (which lm-evaluation-harness's remote tokenizer reads):
+``model`` may be left out when one served model can generate, and ``/tokenizer_info`` answers
+the tokenizer's settings in the shape of a ``tokenizer_config.json``.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from lmaas.engine.client import EngineClient
-from lmaas.errors import InvalidRequestError
+from lmaas.errors import InvalidRequestError, ServiceUnavailableError
 from lmaas.gateway.serving.common import engine_request_id
 from lmaas.gateway.serving.tasks import ClientGone, TaskServing
 from lmaas.keys import KeyInfo
-from lmaas.protocol.tasks import SCORE, TOKENIZE, TaskRequest
+from lmaas.protocol.engine import ModelInfo
+from lmaas.protocol.tasks import GENERATE, SCORE, TOKENIZE, TaskRequest
 from lmaas.protocol.understanding import (
     DetokenizeRequest,
     ScorePair,
@@ -43,7 +50,7 @@ class ScoringServing(TaskServing):
     async def score(
         self, body: ScoreRequest, request: Request, request_id: str, key: KeyInfo | None
     ) -> Response:
-        engine, info = self.engine_for(body.model, request, key)
+        engine, info = await self.engine_for(body.model, request, key)
         self.require(engine, info, SCORE)
         items = body.input if isinstance(body.input, list) else [body.input]
         self.check_count(len(items))
@@ -103,10 +110,42 @@ class ScoringServing(TaskServing):
                 t += 1
         return seqs, starts
 
+    def default_model(self, key: KeyInfo | None) -> str:
+        """The model a tokenizer route serves when the request names none: the one served
+        model that can generate (and the key may use); else a 400 (503 while none is loaded)."""
+        able = [
+            name
+            for name, engine in self.engines.items()
+            if engine.info is not None
+            and GENERATE in engine.info.capabilities
+            and (key is None or key.allows_model(name))
+        ]
+        if len(able) == 1:
+            return able[0]
+        if able:
+            raise InvalidRequestError(
+                f"model is required: {len(able)} served models can generate "
+                f"({', '.join(sorted(able))}); name one",
+                param="model",
+            )
+        loading = sorted(name for name, engine in self.engines.items() if engine.info is None)
+        if loading:
+            raise ServiceUnavailableError(
+                f"no model that can generate is loaded yet (loading: {', '.join(loading)})"
+            )
+        raise InvalidRequestError("model is required: no served model can generate", param="model")
+
+    async def tokenizer_info(
+        self, model: str | None, request: Request, key: KeyInfo | None
+    ) -> Response:
+        engine, info = await self.engine_for(model or self.default_model(key), request, key)
+        self.require(engine, info, TOKENIZE)
+        return JSONResponse(tokenizer_config(engine.name, info))
+
     async def tokenize_endpoint(
         self, body: TokenizeRequest, request: Request, request_id: str, key: KeyInfo | None
     ) -> Response:
-        engine, info = self.engine_for(body.model, request, key)
+        engine, info = await self.engine_for(body.model or self.default_model(key), request, key)
         self.require(engine, info, TOKENIZE)
         task = TaskRequest(
             request_id=engine_request_id(request_id, 0),
@@ -121,7 +160,7 @@ class ScoringServing(TaskServing):
         ids = (result.token_ids or [[]])[0]
         return JSONResponse(
             {
-                "model": body.model,
+                "model": body.model or engine.name,
                 "tokens": ids,
                 "token_strs": (result.tokens or [[]])[0],
                 "count": len(ids),
@@ -132,7 +171,7 @@ class ScoringServing(TaskServing):
     async def detokenize_endpoint(
         self, body: DetokenizeRequest, request: Request, request_id: str, key: KeyInfo | None
     ) -> Response:
-        engine, info = self.engine_for(body.model, request, key)
+        engine, info = await self.engine_for(body.model or self.default_model(key), request, key)
         self.require(engine, info, TOKENIZE)
         if len(body.tokens) > info.max_model_len * 4:
             raise InvalidRequestError(
@@ -148,4 +187,23 @@ class ScoringServing(TaskServing):
             result = await self.run(engine, request, task)
         except ClientGone:
             return Response(status_code=499)
-        return JSONResponse({"model": body.model, "prompt": (result.texts or [""])[0]})
+        return JSONResponse(
+            {"model": body.model or engine.name, "prompt": (result.texts or [""])[0]}
+        )
+
+
+def tokenizer_config(model: str, info: ModelInfo) -> dict[str, object]:
+    """A served model's tokenizer settings under ``tokenizer_config.json``'s names, as vLLM's
+    ``/tokenizer_info`` gives them, plus the token ids and the vocabulary size."""
+    return {
+        "model": model,
+        "tokenizer_class": "LlamaCppTokenizer" if info.backend == "llamacpp" else "AutoTokenizer",
+        "bos_token": info.bos_token or None,
+        "eos_token": info.eos_token or None,
+        "bos_token_id": info.bos_token_id,
+        "eos_token_id": info.eos_token_id,
+        "add_bos_token": info.add_bos,
+        "model_max_length": info.max_model_len,
+        "vocab_size": info.n_vocab,
+        "chat_template": info.chat_template,
+    }

@@ -44,12 +44,13 @@ class ClientGone(Exception):
 class TaskServing(ServingBase):
     """Base of the understanding endpoints' serving objects."""
 
-    def engine_for(
+    async def engine_for(
         self, model: str, request: Request, key: KeyInfo | None
     ) -> tuple[EngineClient, ModelInfo]:
         Authenticator.authorize_model(key, model)
         engine = resolve_engine(self.engines, model)
         request.state.model = engine.name
+        await engine.until_ready()  # held while a deployment scales from zero
         info = engine.info
         if info is None:
             raise ServiceUnavailableError(f"model '{engine.name}' is still loading")
