@@ -24,13 +24,14 @@ events become a collected choice (``add``, ``collected_choices``), stream chunks
 are the pydantic models of ``lmaas.protocol.openai`` that the format names (``body_model``,
 ``chunk_model``); the envelope (id, created, model, usage) is filled in here.
 
-New generation features plug in at these seams instead of copying the run. Tool calls are a
-chat format whose ``prompts`` render the tools into the template, whose ``output_schema`` may
-constrain the output, and whose ``add``/``collected_choices``/``chunks`` turn the generated
-text into ``tool_calls`` (with ``finish_reason: "tool_calls"``); new response fields go into
-the models once. A job that generates without an HTTP client awaits ``plan`` with a state
-object of its own, runs ``plan.requests`` on ``plan.engine`` through ``merge_streams``, and
-hands the events to ``GenerationRun.collect``: it gets the body an HTTP client would.
+New generation features plug in at these seams instead of copying the run. Tool calls are the
+chat format's: its ``prompts`` render the tools into the template, its ``constrain`` adds the
+tool-call constraint to the sampling settings, and its ``collected_choices``/``chunks`` turn
+the generated text into ``tool_calls`` (with ``finish_reason: "tool_calls"``); new response
+fields go into the models once. A job that generates without an HTTP client awaits ``plan``
+with a state object of its own, runs ``plan.requests`` on ``plan.engine`` through
+``merge_streams``, and hands the events to ``GenerationRun.collect``: it gets the body an HTTP
+client would.
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ class GenerationFormat(ABC, Generic[BodyT, ChoiceT]):
     def output_schema(self) -> dict[str, Any] | None:
         """The JSON schema the output must follow (``{}``: any JSON object; ``None``: text)."""
         return check_schema(self.body.response_format)
+
+    def constrain(self, sampling: SamplingParams) -> SamplingParams:
+        """The sampling settings with any constraint of this format's own (chat: tool calls)."""
+        return sampling
 
     @abstractmethod
     async def prompts(self, info: ModelInfo) -> list[Prompt]:
@@ -299,6 +304,9 @@ class GenerationRun:
         t.prompt_tokens = sum(self.prompt_tokens)
         t.completion_tokens = sum(self.completion_tokens)
         t.max_choice_tokens = max(self.completion_tokens, default=0)
+        unfinished = len(self.completion_tokens) - sum(t.finish_reasons.values())
+        if not complete and unfinished > 0:  # the client left or the stream failed
+            t.finish_reasons["abort"] = t.finish_reasons.get("abort", 0) + unfinished
         t.record(self.metrics)
         if self.ticket is not None:
             self.ticket.queue_time = t.queue_time
@@ -423,6 +431,7 @@ class GenerationServing(ServingBase, Generic[BodyT]):
             body, self.limits, response_format=body.response_format, best_of=fmt.best_of
         )
         schema = fmt.output_schema()
+        await engine.until_ready()  # held while a deployment scales from zero
         info = engine.info
         if info is None:
             raise ServiceUnavailableError(f"model '{engine.name}' is still loading")
@@ -430,7 +439,7 @@ class GenerationServing(ServingBase, Generic[BodyT]):
         prompts = await fmt.prompts(info)
         if self.store_prompts:
             state.record_prompt = fmt.prompt_record()
-        sampling = build_sampling(body, info, schema)
+        sampling = fmt.constrain(build_sampling(body, info, schema))
         per_prompt = beam.width if beam is not None else body.n
         try:
             ticket = self.admission.admit(
