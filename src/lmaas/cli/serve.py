@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from lmaas.config import ModelConfig, Settings, load_settings
 from lmaas.errors import LmaasError
+from lmaas.local_admin import remove_token, write_token
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -56,6 +57,10 @@ def serve(
         float | None,
         typer.Option(help="On SIGTERM, seconds running requests may take to finish [default: 30]"),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Run replicas as actors on this Ray cluster (HEAD_IP:6379, or auto)"),
+    ] = None,
 ) -> None:
     """Serve the configured models behind the OpenAI-compatible API."""
     import uvicorn
@@ -75,6 +80,7 @@ def serve(
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
             shutdown_drain_seconds=shutdown_drain_seconds,
+            cluster={"kind": "ray", "ray_address": ray_address} if ray_address else None,
         )
     except (ValidationError, LmaasError) as exc:
         typer.echo(f"invalid settings: {exc}", err=True)
@@ -98,7 +104,10 @@ def serve(
     server = DrainingServer(
         uv_config, app.state.drain, on_listening=runner.listening if runner else None
     )
-    server.run()
+    try:
+        server.run()
+    finally:
+        remove_token(settings.home_dir, app.state.local_admin_token)
     if not server.started:  # e.g. the port was taken (uvicorn has logged why)
         raise typer.Exit(3)
 
@@ -136,6 +145,9 @@ def _build_app(settings: Settings) -> FastAPI:
             flush_interval=settings.records.flush_interval,
             retention_days=settings.records.retention_days,
         )
+    # `lmaas` commands on this machine administer the server without a key (local_admin.py).
+    local_token = write_token(settings.home_dir)
+    auth.trust_local_admin(local_token)
     runner = None
     if settings.jobs.enabled:
         runner = RunnerSupervisor(settings)
@@ -155,4 +167,18 @@ def _build_app(settings: Settings) -> FastAPI:
         job_runner=runner,
     )
     app.state.job_runner = runner
+    app.state.local_admin_token = local_token
+    _mount_blob_route(app, manager.cluster)
     return app
+
+
+def _mount_blob_route(app: FastAPI, cluster: object) -> None:
+    """A cluster whose nodes fetch model blobs from this gateway (``ray``) gets the internal
+    blob route, answering its token only."""
+    if callable(getattr(cluster, "blob_path", None)) and callable(
+        getattr(cluster, "token_ok", None)
+    ):
+        from lmaas.gateway.routes import internal
+
+        app.state.blob_source = cluster
+        app.include_router(internal.router)
