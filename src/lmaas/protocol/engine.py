@@ -37,6 +37,25 @@ class Priority(StrEnum):
 _PRIORITY_RANKS = {Priority.INTERACTIVE: 0, Priority.BATCH: 1, Priority.BACKGROUND: 2}
 
 
+class ToolCallSpec(BaseModel):
+    """Output made of tool calls: each ``open`` + one call's JSON + ``close``.
+
+    ``call_schema`` is the JSON schema of one call (``{"name": ..., "arguments": ...}``, one
+    member per allowed tool). ``parallel``: one call or more, else exactly one. ``allow_text``
+    (``tool_choice: auto``): text instead of calls, as long as it does not start with
+    ``open``'s first character (after whitespace). The worker turns this into a grammar
+    (llama.cpp) or an automaton (transformers), reusing its JSON-schema conversion.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    call_schema: dict[str, Any]
+    open: str = "<tool_call>"
+    close: str = "</tool_call>"
+    parallel: bool = False
+    allow_text: bool = False
+
+
 class SamplingParams(BaseModel):
     """Sampling settings as the engine applies them (already validated by the gateway)."""
 
@@ -54,6 +73,14 @@ class SamplingParams(BaseModel):
     # GBNF grammar the output must follow, or a JSON schema the worker turns into one.
     grammar: str | None = None
     json_schema: dict[str, Any] | None = None
+    tool_calls: ToolCallSpec | None = None  # output that is tool calls (or, maybe, text)
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the output follows a grammar, a JSON schema or tool calls."""
+        return (
+            self.grammar is not None or self.json_schema is not None or self.tool_calls is not None
+        )
 
 
 class BeamParams(BaseModel):
@@ -192,6 +219,10 @@ class TokenEvent:
     prompt_logprobs: list[TokenLogprob] | None = None
     error: LmaasError | None = None  # the request failed; raised again in the gateway
     beams: list[BeamResult] | None = None  # the final event of a beam search, best first
+    # The final event of a request with logprobs that ended on an end-of-generation token:
+    # that token's logprob (it is not output, so it is in neither ``token_ids`` nor
+    # ``logprobs``; completions report it as OpenAI and vLLM do).
+    stop_logprob: TokenLogprob | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"r": self.request_id, "t": self.text, "i": self.token_ids}
@@ -212,6 +243,8 @@ class TokenEvent:
             wire["e"] = self.error.to_wire()
         if self.beams is not None:
             wire["bm"] = [b.to_wire() for b in self.beams]
+        if self.stop_logprob is not None:
+            wire["slp"] = self.stop_logprob.to_wire()
         return wire
 
     @classmethod
@@ -221,6 +254,7 @@ class TokenEvent:
         fin = wire.get("f")
         beams = wire.get("bm")
         error = wire.get("e")
+        slp = wire.get("slp")
         return cls(
             request_id=wire["r"],
             text=wire.get("t", ""),
@@ -234,6 +268,7 @@ class TokenEvent:
             prompt_logprobs=[TokenLogprob.from_wire(x) for x in plp] if plp is not None else None,
             error=from_wire(error) if error is not None else None,
             beams=[BeamResult.from_wire(b) for b in beams] if beams is not None else None,
+            stop_logprob=TokenLogprob.from_wire(slp) if slp is not None else None,
         )
 
 
@@ -251,6 +286,9 @@ class ModelInfo(BaseModel):
     bos_token: str
     eos_token: str
     add_bos: bool
+    # Their ids (None: the vocabulary has no such token); /tokenizer_info reports them.
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
     architecture: str
     n_params: int
     size_bytes: int
@@ -258,6 +296,7 @@ class ModelInfo(BaseModel):
     backend: str = "llamacpp"
     capabilities: list[str] = Field(default_factory=lambda: ["generate", "score", "tokenize"])
     labels: list[str] | None = None  # a classifier's labels, in output order
+    mask_token: str | None = None  # a masked language model's mask token (fill_mask)
     embedding_dim: int | None = None
     # Texts of the tokens that only a special-token parse produces (control tokens): what
     # message content may not turn into tokens (bounded by ``lmaas.worker.prompt``).

@@ -94,11 +94,18 @@ class EngineLoop:
         self._inbox.put(("wake", None))
 
     def stats(self) -> dict[str, int]:
-        """Sequence slots in use (a beam search holds its width) and requests waiting."""
+        """Sequence slots in use (a beam search holds its width), requests waiting, tokens
+        sampled, KV cells in use (cached prefixes included) and in all, and preemptions since
+        start by reason."""
+        s = self.scheduler
         return {
-            "running": self.scheduler.num_slots_used,
-            "waiting": self.scheduler.num_waiting,
+            "running": s.num_slots_used,
+            "waiting": s.num_waiting,
             "gen": self.generated,
+            "kv": s.kv_used,
+            "kvt": s.config.kv_capacity,
+            "pre_kv": s.preemptions["kv_cache"],
+            "pre_fair": s.preemptions["fairness"],
         }
 
     # --- the loop ------------------------------------------------------------------------
@@ -436,6 +443,8 @@ class EngineLoop:
                 text += tail + active.stops.flush()
             lp = [logprobs[rid]] if rid in logprobs and token_ids else None
             event = self._final_event(active, finish, text, token_ids, lp)
+            if token is not None and not token_ids and rid in logprobs:
+                event.stop_logprob = logprobs[rid]  # the end-of-generation token's
             self.scheduler.finish(rid)
             self._close(rid)
             return event
