@@ -170,6 +170,62 @@ CASES: list[Case] = [
 ]
 
 
+def _part(kind: str, **fields: Any) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": kind, **fields}]}]
+
+
+# What OpenAI's API has and this server does not serve: a 400 naming the field (issue 14).
+UNSUPPORTED_CASES: list[Case] = [
+    (
+        "image-part",
+        CHAT,
+        _chat(messages=_part("image_url", image_url={"url": "data:image/png;base64,AA=="})),
+        {},
+        400,
+        "messages.0.content.1.type",
+    ),
+    (
+        "audio-part",
+        CHAT,
+        _chat(messages=_part("input_audio", input_audio={"data": "AA==", "format": "wav"})),
+        {},
+        400,
+        "messages.0.content.1.type",
+    ),
+    (
+        "file-part",
+        CHAT,
+        _chat(messages=_part("file", file={"file_id": "file-abc"})),
+        {},
+        400,
+        "messages.0.content.1.type",
+    ),
+    ("audio-output", CHAT, _chat(audio={"voice": "alloy", "format": "wav"}), {}, 400, "audio"),
+    ("audio-modality", CHAT, _chat(modalities=["text", "audio"]), {}, 400, "modalities"),
+    (
+        "prediction",
+        CHAT,
+        _chat(prediction={"type": "content", "content": "Hi"}),
+        {},
+        400,
+        "prediction",
+    ),
+    ("web-search", CHAT, _chat(web_search_options={}), {}, 400, "web_search_options"),
+    ("reasoning-effort", CHAT, _chat(reasoning_effort="high"), {}, 400, "reasoning_effort"),
+    ("verbosity", CHAT, _chat(verbosity="low"), {}, 400, "verbosity"),
+    ("metadata-not-object", CHAT, _chat(metadata=["a"]), {}, 400, "metadata"),
+    (
+        "unknown-multipart-route",
+        "/v1/no-such-route",
+        b"--x--\r\n",
+        {"content-type": "multipart/form-data; boundary=x"},
+        404,
+        None,
+    ),
+]
+CASES += UNSUPPORTED_CASES
+
+
 def _beam_chat(**fields: Any) -> dict[str, Any]:
     return _chat(use_beam_search=True, **fields)
 
@@ -796,6 +852,111 @@ def _model_cases() -> list[Case]:
     ]
 
 
+def _tools(*names: str) -> list[dict[str, Any]]:
+    return [{"type": "function", "function": {"name": n}} for n in names]
+
+
+def _named(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name}}
+
+
+# Tool calling (issue 14): each refusal names the field.
+TOOL_CASES: list[Case] = [
+    (
+        "tool-choice-unknown",
+        CHAT,
+        _chat(tools=_tools("f"), tool_choice=_named("g")),
+        {},
+        400,
+        "tool_choice",
+    ),
+    ("tool-choice-without-tools", CHAT, _chat(tool_choice="required"), {}, 400, "tool_choice"),
+    (
+        "tool-choice-bad-word",
+        CHAT,
+        _chat(tools=_tools("f"), tool_choice="always"),
+        {},
+        400,
+        "tool_choice",
+    ),
+    ("tool-name-bad", CHAT, _chat(tools=_tools("has space")), {}, 400, "tools.0.function.name"),
+    ("tool-names-twice", CHAT, _chat(tools=_tools("f", "f")), {}, 400, "tools.1.function.name"),
+    (
+        "tool-type-unknown",
+        CHAT,
+        _chat(tools=[{"type": "code", "function": {"name": "f"}}]),
+        {},
+        400,
+        "tools.0.type",
+    ),
+    (
+        "tool-parameters-not-object",
+        CHAT,
+        _chat(
+            tools=[
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}
+            ]
+        ),
+        {},
+        400,
+        "tools.0.function.parameters",
+    ),
+    (
+        "tool-parameters-too-long",
+        CHAT,
+        _chat(
+            tools=[
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "f",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"s": {"type": "string", "maxLength": 10**6}},
+                        },
+                    },
+                }
+            ]
+        ),
+        {},
+        400,
+        "tools.0.function.parameters",
+    ),
+    (
+        "tools-and-functions",
+        CHAT,
+        _chat(tools=_tools("f"), functions=[{"name": "f"}]),
+        {},
+        400,
+        "functions",
+    ),
+    (
+        "function-call-unknown",
+        CHAT,
+        _chat(functions=[{"name": "f"}], function_call={"name": "g"}),
+        {},
+        400,
+        "function_call",
+    ),
+    (
+        "tools-with-beam",
+        CHAT,
+        _chat(tools=_tools("f"), use_beam_search=True),
+        {},
+        400,
+        "use_beam_search",
+    ),
+    (
+        "tools-with-json",
+        CHAT,
+        _chat(tools=_tools("f"), response_format={"type": "json_object"}),
+        {},
+        400,
+        "response_format",
+    ),
+]
+CASES += TOOL_CASES
+
 TOOL = {"role": "tool", "content": "42", "tool_call_id": "call-1"}
 MESSAGE_CASES: list[Case] = [
     ("messages-null", CHAT, _chat(messages=None), {}, 400, "messages"),
@@ -805,12 +966,12 @@ MESSAGE_CASES: list[Case] = [
     ("role-null", CHAT, _msgs({"role": None, "content": "hi"}), {}, 400, "messages.0.role"),
     ("role-upper-case", CHAT, _msgs({"role": "USER", "content": "hi"}), {}, 400, "messages.0.role"),
     (
-        "role-function",
+        "function-message-content-missing",
         CHAT,
-        _msgs({"role": "function", "name": "f", "content": "hi"}),
+        _msgs(*MSG, {"role": "function", "name": "f"}),
         {},
         400,
-        "messages.0.role",
+        "messages.1.content",
     ),
     ("content-number", CHAT, _user(5), {}, 400, "messages.0.content"),
     ("content-object", CHAT, _user({"type": "text", "text": "x"}), {}, 400, "messages.0.content"),
@@ -1555,6 +1716,33 @@ def _admin_sweep() -> list[AdminCase]:
         ),
         ("engine-unknown-field", {"engine": {"gpu_layers": 99}}, "engine.gpu_layers"),
         ("wait-word", {"wait": "later"}, "wait"),
+        ("autoscaling-string", {"autoscaling": "auto"}, "autoscaling"),
+        (
+            "autoscaling-min-above-max",
+            {"autoscaling": {"min_replicas": 3, "max_replicas": 2}},
+            "autoscaling",
+        ),
+        (
+            "autoscaling-initial-outside",
+            {"autoscaling": {"max_replicas": 2, "initial_replicas": 3}},
+            "autoscaling",
+        ),
+        (
+            "autoscaling-target-zero",
+            {"autoscaling": {"target_ongoing_requests": 0}},
+            "autoscaling.target_ongoing_requests",
+        ),
+        ("autoscaling-max-65", {"autoscaling": {"max_replicas": 65}}, "autoscaling.max_replicas"),
+        (
+            "autoscaling-delay-negative",
+            {"autoscaling": {"upscale_delay_s": -1}},
+            "autoscaling.upscale_delay_s",
+        ),
+        (
+            "autoscaling-unknown-field",
+            {"autoscaling": {"min_replica": 1}},
+            "autoscaling.min_replica",
+        ),
     ]
     rows += [
         (f"deploy-{name}", "POST", "/admin/deployments", {"model": "tiny", **body}, 400, param)
@@ -1572,6 +1760,14 @@ def _admin_sweep() -> list[AdminCase]:
         ),
         ("scale-1000", "PATCH", "/admin/deployments/{model}", {"replicas": 1000}, 400, "replicas"),
         ("move-to-empty-model", "PATCH", "/admin/deployments/{model}", {"model": ""}, 400, "model"),
+        (
+            "autoscale-min-above-max",
+            "PATCH",
+            "/admin/deployments/{model}",
+            {"autoscaling": {"min_replicas": 5, "max_replicas": 4}},
+            400,
+            "autoscaling",
+        ),
         (
             "rename-deployment",
             "PATCH",

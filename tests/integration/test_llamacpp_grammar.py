@@ -11,7 +11,7 @@ import pytest
 
 from lmaas.config import DEFAULT_MODEL, SHIPPED_MODELS, EngineConfig, find_package_file
 from lmaas.errors import InvalidRequestError
-from lmaas.protocol.engine import SamplingParams
+from lmaas.protocol.engine import SamplingParams, ToolCallSpec
 from lmaas.worker.backends.llamacpp.generate import (
     MAX_GRAMMAR_NESTING,
     LlamaCppBackend,
@@ -74,4 +74,20 @@ def test_an_ordinary_schema_builds_and_converts_once(backend: LlamaCppBackend) -
         assert (info.misses, info.hits) == (1, 2)
     finally:
         for sampler in samplers:
+            backend.free_sampler(sampler)
+
+
+def test_a_tool_call_grammar_parses_in_llama_cpp(backend: LlamaCppBackend) -> None:
+    arguments = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    call = {
+        "type": "object",
+        "properties": {"name": {"const": "search"}, "arguments": arguments},
+        "required": ["name", "arguments"],
+    }
+    for allow_text, parallel in ((False, False), (True, True)):
+        spec = ToolCallSpec(call_schema=call, allow_text=allow_text, parallel=parallel)
+        sampler = backend.make_sampler(SamplingParams(tool_calls=spec))
+        try:
+            assert sampler.grammar is not None
+        finally:
             backend.free_sampler(sampler)

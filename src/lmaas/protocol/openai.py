@@ -29,6 +29,20 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from lmaas.protocol.tools import (
+    FunctionCall,
+    FunctionCallChoice,
+    FunctionCallDelta,
+    FunctionCallInput,
+    FunctionList,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallInput,
+    ToolChoice,
+    ToolList,
+)
+from lmaas.protocol.unsupported import IgnoredMetadata, PartType, UnsupportedChatFields
+
 Float = StrictFloat | StrictInt
 
 MAX_TOKEN_ID = 2**31 - 1
@@ -90,17 +104,21 @@ class ResponseFormat(_Request):
 
 
 class TextPart(_Request):
-    type: Literal["text"]
+    type: PartType  # "text"; image, audio and file parts are refused by name
     text: Text
 
 
 class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # ``function``: a result of the legacy ``function_call`` (as ``tool``, named by ``name``).
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     # Required for every role but the assistant's, and a tool message names the call it
     # answers, as OpenAI has them (validate_default: a left-out field is checked too).
     content: Annotated[Text | list[TextPart] | None, Field(validate_default=True)] = None
     name: Text | None = None
     tool_call_id: Annotated[Text | None, Field(validate_default=True)] = None
+    # An assistant turn's calls (gateway/serving/tools.py renders them into the prompt).
+    tool_calls: Annotated[list[ToolCallInput], Field(max_length=MAX_MESSAGES)] | None = None
+    function_call: FunctionCallInput | None = None
 
     @field_validator("content", "tool_call_id")
     @classmethod
@@ -178,7 +196,7 @@ class SamplingFields(_Request):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, UnsupportedChatFields, IgnoredMetadata):
     # OpenAI's bound; each message adds special tokens to the prompt, and a worker's tokenizer
     # slows down more than linearly with their number (20,000 messages stalled one for 10 s).
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
@@ -186,6 +204,12 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Annotated[StrictInt | None, Field(ge=1)] = None
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt | None, Field(ge=0)] = None
+    # Tool calling (protocol/tools.py; checked and served by gateway/serving/tools.py).
+    tools: ToolList | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    functions: FunctionList | None = None  # the legacy form of tools and tool_choice
+    function_call: FunctionCallChoice | None = None
 
 
 PromptType = Text | list[Text] | list[TokenId] | list[list[TokenId]]
@@ -248,7 +272,9 @@ class ChatChoiceLogprobs(_Response):
 
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # null when the reply is only tool calls
+    tool_calls: list[ToolCall] | MISSING = MISSING
+    function_call: FunctionCall | MISSING = MISSING  # a call, when the request used functions
 
 
 class ChatChoice(_Response):
@@ -276,6 +302,8 @@ class ChatDelta(_Response):
 
     role: Literal["assistant"] | MISSING = MISSING
     content: str | MISSING = MISSING
+    tool_calls: list[ToolCallDelta] | MISSING = MISSING
+    function_call: FunctionCallDelta | MISSING = MISSING
 
 
 class ChatChunkChoice(_Response):

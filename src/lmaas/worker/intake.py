@@ -121,7 +121,7 @@ def _beam_max_new_tokens(
             f"beam_width {width} exceeds the {slots} sequence slots of this model's worker",
             param="beam_width",
         )
-    if req.sampling.grammar is not None or req.sampling.json_schema is not None:
+    if req.sampling.constrained:
         raise InvalidRequestError(
             "beam search cannot follow a grammar or JSON schema", param="response_format"
         )

@@ -43,7 +43,7 @@ MANY_SPANS = 256
 def needs_slow_prepare(req: GenerateRequest) -> bool:
     """Whether ``req`` may take long to prepare: a sampler with a grammar to build, or a
     prompt long enough that tokenizing it would hold up the reader thread."""
-    if req.sampling.grammar is not None or req.sampling.json_schema is not None:
+    if req.sampling.constrained:
         return True
     return len(req.prompt) > LONG_PROMPT or len(req.text_spans) > MANY_SPANS
 

@@ -5,6 +5,11 @@ The prompt is the model's chat template over the messages, rendered by a ``ChatR
 forging special tokens); a stream opens each choice with
 an assistant role delta, carries text (and logprobs) deltas, and closes each choice with an
 empty delta that holds its finish reason.
+
+With tools (``tools.py``), the prompt shows them, the worker constrains the output to calls
+(or text, for ``tool_choice: auto``), and ``tool_parse.py`` reads the output back: a choice
+that made calls has ``tool_calls`` (or the legacy ``function_call``), no content, and finish
+reason ``tool_calls``; a stream carries OpenAI's tool-call deltas.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from lmaas.errors import InvalidRequestError
 from lmaas.gateway.serving.admission import Admission
 from lmaas.gateway.serving.generation import GenerationFormat, GenerationServing, Prompt
 from lmaas.gateway.serving.template import ChatRenderer, TemplatePool
-from lmaas.protocol.engine import BeamResult, ModelInfo, TokenEvent, TokenLogprob
+from lmaas.gateway.serving.tool_parse import (
+    ToolCallParser,
+    parse_all,
+    piece_delta,
+    tool_finish,
+)
+from lmaas.gateway.serving.tools import ToolPlan, refuse_with_tools, resolve_tools, tool_spec
+from lmaas.protocol.engine import BeamResult, ModelInfo, SamplingParams, TokenEvent, TokenLogprob
 from lmaas.protocol.openai import (
     AssistantMessage,
     ChatChoice,
@@ -30,6 +42,7 @@ from lmaas.protocol.openai import (
     ChatCompletionRequest,
     ChatLogprob,
 )
+from lmaas.protocol.tools import FunctionCall, ToolCall
 from lmaas.telemetry.metrics import Metrics
 
 
@@ -64,6 +77,10 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
         self.texts = [""] * body.n
         self.finish: list[str | None] = [None] * body.n
         self.logprob_lists: list[list[ChatLogprob]] = [[] for _ in range(body.n)]
+        self.tools: ToolPlan | None = None
+        # One per choice when the output may be tool calls (set by ``validate``).
+        self.parsers: list[ToolCallParser] | None = None
+        self.pending_logprobs: list[list[dict[str, Any]]] = [[] for _ in range(body.n)]
 
     @property
     def max_tokens(self) -> int | None:
@@ -74,6 +91,10 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
         return (self.body.top_logprobs or 0) if self.body.logprobs else None
 
     def validate(self, limits: Limits) -> None:
+        self.tools = resolve_tools(self.body, limits)
+        if self.tools is not None and self.tools.active:
+            refuse_with_tools(self.body)
+            self.parsers = [ToolCallParser() for _ in range(self.body.n)]
         top = self.body.top_logprobs
         if top is None:
             return
@@ -87,8 +108,13 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
                 param="top_logprobs",
             )
 
+    def constrain(self, sampling: SamplingParams) -> SamplingParams:
+        if self.tools is None or self.parsers is None:
+            return sampling
+        return sampling.model_copy(update={"tool_calls": tool_spec(self.tools)})
+
     async def prompts(self, info: ModelInfo) -> list[Prompt]:
-        rendered = await self.templates.render(info, self.body.messages)
+        rendered = await self.templates.render(info, self.body.messages, self.tools)
         self.prompt = rendered.text
         # The template wrote the BOS itself (not message content that reads like one).
         bos_first = bool(info.bos_token) and self.prompt.startswith(info.bos_token)
@@ -114,14 +140,32 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
         return [
             ChatChoice(
                 index=i,
-                message=AssistantMessage(content=self.texts[i]),
+                message=message,
                 logprobs=ChatChoiceLogprobs(content=self.logprob_lists[i])
                 if self.body.logprobs
                 else None,
-                finish_reason=self.finish[i],
+                finish_reason=finish,
             )
             for i in range(self.body.n)
+            for message, finish in [self._message(i)]
         ]
+
+    def _message(self, index: int) -> tuple[AssistantMessage, str | None]:
+        """Choice ``index``'s message and finish reason: its text, or the calls it made."""
+        text, finish = self.texts[index], self.finish[index]
+        if self.parsers is None or self.tools is None:
+            return AssistantMessage(content=text), finish
+        parsed = parse_all(text)
+        finish = tool_finish(finish, parsed, self.tools.legacy)
+        if not parsed.calls:
+            return AssistantMessage(content=text), finish
+        calls = [
+            ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+            for c in parsed.calls
+        ]
+        if self.tools.legacy:
+            return AssistantMessage(content=None, function_call=calls[0].function), finish
+        return AssistantMessage(content=None, tool_calls=calls), finish
 
     def beam_choice(self, index: int, beam: BeamResult) -> ChatChoice:
         logprobs = None
@@ -139,15 +183,16 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
     # --- stream ---
 
     def opening_chunks(self) -> list[BaseModel]:
-        return [
-            self.chunk({"index": i, "delta": {"role": "assistant", "content": ""}})
-            for i in range(self.body.n)
-        ]
+        # With tools the reply may be calls only: its content is left unset, not "".
+        delta = {"role": "assistant"} if self.parsers else {"role": "assistant", "content": ""}
+        return [self.chunk({"index": i, "delta": delta}) for i in range(self.body.n)]
 
     def text_choice(self, index: int, text: str) -> dict[str, Any]:
         return {"index": index, "delta": {"content": text}, "logprobs": None}
 
     def chunks(self, index: int, event: TokenEvent) -> Sequence[BaseModel | bytes]:
+        if self.parsers is not None:
+            return self._tool_chunks(index, event, self.parsers[index])
         out: list[BaseModel | bytes] = []
         logprobs = None
         if self.body.logprobs and event.logprobs:
@@ -161,6 +206,26 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
             finish = event.finish_reason.value
             out.append(self.chunk({"index": index, "delta": {}, "finish_reason": finish}))
         return out
+
+    def _tool_chunks(
+        self, index: int, event: TokenEvent, parser: ToolCallParser
+    ) -> list[BaseModel | bytes]:
+        """Text or tool-call deltas; logprobs ride on the next chunk that goes out."""
+        legacy = self.tools is not None and self.tools.legacy
+        pending = self.pending_logprobs[index]
+        if self.body.logprobs and event.logprobs:
+            pending.extend(logprob_fields(lp) for lp in event.logprobs)
+        pieces = parser.feed(event.text)
+        if event.finish_reason is not None:
+            pieces += parser.finish()
+        choices = [{"index": index, "delta": piece_delta(p, legacy)} for p in pieces]
+        if event.finish_reason is not None:
+            reason = tool_finish(event.finish_reason.value, parser, legacy)
+            choices.append({"index": index, "delta": {}, "finish_reason": reason})
+        if pending and choices:
+            choices[0]["logprobs"] = {"content": list(pending)}
+            pending.clear()
+        return [self.chunk(choice) for choice in choices]
 
 
 class ChatServing(GenerationServing[ChatCompletionRequest]):

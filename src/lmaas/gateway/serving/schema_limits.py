@@ -49,28 +49,29 @@ _VALUE_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
 _QUANTIFIER = re.compile(r"\{\s*([0-9]*)\s*(?:,\s*([0-9]*)\s*)?\}")
 
 
-def _refuse(message: str, limit: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{message} (limits.{limit})", param=PARAM, code="schema_too_large")
+def _refuse(message: str, limit: str, param: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{message} (limits.{limit})", param=param, code="schema_too_large")
 
 
-def check_schema_limits(schema: dict[str, Any], limits: Limits) -> None:
-    """Raise ``InvalidRequestError`` (param ``response_format.json_schema.schema``) if
+def check_schema_limits(schema: dict[str, Any], limits: Limits, param: str = PARAM) -> None:
+    """Raise ``InvalidRequestError`` (naming ``param``: by default
+    ``response_format.json_schema.schema``; a tool's ``tools[i].function.parameters``) if
     ``schema`` asks for more than ``limits`` allow; see the module docstring."""
     # (node, depth, whether it is a value rather than a schema)
     stack: list[tuple[Any, int, bool]] = [(schema, 1, False)]
     while stack:
         node, depth, is_value = stack.pop()
         if isinstance(node, str):
-            _check_text(node)
+            _check_text(node, param)
             continue
         if isinstance(node, int) and not -(2**63) <= node < 2**63:
             raise InvalidRequestError(
-                "the JSON schema holds an integer beyond 64 bits", param=PARAM
+                "the JSON schema holds an integer beyond 64 bits", param=param
             )
         if isinstance(node, float) and not math.isfinite(node):
             # Python's JSON reader takes the literals NaN and Infinity, which JSON has not.
             raise InvalidRequestError(
-                "the JSON schema holds NaN or Infinity, which are not JSON numbers", param=PARAM
+                "the JSON schema holds NaN or Infinity, which are not JSON numbers", param=param
             )
         if not isinstance(node, dict | list):
             continue
@@ -79,14 +80,15 @@ def check_schema_limits(schema: dict[str, Any], limits: Limits) -> None:
                 f"the JSON schema nests deeper than {limits.schema_max_depth} levels of "
                 "objects and arrays",
                 "schema_max_depth",
+                param,
             )
         if isinstance(node, list):
             stack.extend((item, depth + 1, is_value) for item in node)
             continue
         if not is_value:
-            _check_keywords(node, limits, depth)
+            _check_keywords(node, limits, depth, param)
         for key, value in node.items():
-            _check_text(key)
+            _check_text(key, param)
             stack.append((value, depth + 1, is_value or key in _VALUE_KEYWORDS))
     size = len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     if size > limits.schema_max_bytes:
@@ -94,10 +96,11 @@ def check_schema_limits(schema: dict[str, Any], limits: Limits) -> None:
             f"the JSON schema is {size} bytes as compact JSON; this server allows at most "
             f"{limits.schema_max_bytes}",
             "schema_max_bytes",
+            param,
         )
 
 
-def _check_text(text: str) -> None:
+def _check_text(text: str, param: str) -> None:
     if text.isascii():
         return
     try:
@@ -106,11 +109,11 @@ def _check_text(text: str) -> None:
         raise InvalidRequestError(
             f"the JSON schema holds a lone UTF-16 surrogate (\\u{ord(text[exc.start]):04x}), "
             "which is not Unicode text; send valid UTF-8",
-            param=PARAM,
+            param=param,
         ) from None
 
 
-def _check_keywords(node: dict[str, Any], limits: Limits, depth: int) -> None:
+def _check_keywords(node: dict[str, Any], limits: Limits, depth: int, param: str) -> None:
     """The keywords of one (sub)schema; a keyword of the wrong type is left to the schema
     validator, which runs after this walk."""
     for keyword in _REPEAT_KEYWORDS:
@@ -121,12 +124,14 @@ def _check_keywords(node: dict[str, Any], limits: Limits, depth: int) -> None:
                 f"{keyword} is {_shown(value)}; this server allows at most "
                 f"{limits.schema_max_repeat}",
                 "schema_max_repeat",
+                param,
             )
     enum = node.get("enum")
     if isinstance(enum, list) and len(enum) > limits.schema_max_enum:
         raise _refuse(
             f"an enum has {len(enum)} values; this server allows at most {limits.schema_max_enum}",
             "schema_max_enum",
+            param,
         )
     properties = node.get("properties")
     if isinstance(properties, dict) and len(properties) > limits.schema_max_properties:
@@ -134,20 +139,21 @@ def _check_keywords(node: dict[str, Any], limits: Limits, depth: int) -> None:
             f"an object has {len(properties)} properties; this server allows at most "
             f"{limits.schema_max_properties}",
             "schema_max_properties",
+            param,
         )
     pattern = node.get("pattern")
     if isinstance(pattern, str):
-        _check_pattern(pattern, limits, depth)
+        _check_pattern(pattern, limits, depth, param)
     ref = node.get("$ref")
     if isinstance(ref, str) and not ref.startswith("#"):
         raise InvalidRequestError(
             f"$ref {ref[:80]!r} points outside the schema; only references into the schema "
             "itself ('#/...') are followed",
-            param=PARAM,
+            param=param,
         )
 
 
-def _check_pattern(pattern: str, limits: Limits, depth: int) -> None:
+def _check_pattern(pattern: str, limits: Limits, depth: int, param: str) -> None:
     for match in _QUANTIFIER.finditer(pattern):
         for digits in match.groups():
             if digits and (len(digits) > 9 or int(digits) > limits.schema_max_repeat):
@@ -155,12 +161,14 @@ def _check_pattern(pattern: str, limits: Limits, depth: int) -> None:
                     f"the pattern quantifier {_shown(match.group(0))} repeats more than "
                     f"{limits.schema_max_repeat} times",
                     "schema_max_repeat",
+                    param,
                 )
     if depth + _group_depth(pattern) > limits.schema_max_depth:
         raise _refuse(
             f"the pattern's groups, counted with the schema around them, nest deeper than "
             f"{limits.schema_max_depth} levels",
             "schema_max_depth",
+            param,
         )
 
 

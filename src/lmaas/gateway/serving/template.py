@@ -26,6 +26,12 @@ from typing import Any
 
 from lmaas.engine.ipc import FrameError, encode_frame, read_frame
 from lmaas.errors import InternalError, InvalidRequestError, LmaasError
+from lmaas.gateway.serving.tools import (
+    ToolPlan,
+    template_handles_tools,
+    template_messages,
+    template_tools,
+)
 from lmaas.protocol.engine import ModelInfo
 from lmaas.protocol.openai import ChatMessage
 
@@ -180,25 +186,23 @@ class ChatRenderer:
         # id(info) -> (info, pattern): a model's ModelInfo lives as long as its worker does.
         self._patterns: dict[int, tuple[ModelInfo, re.Pattern[str] | None]] = {}
 
-    async def render(self, info: ModelInfo, messages: list[ChatMessage]) -> ChatPrompt:
-        """The prompt for ``messages`` followed by the assistant's turn opener."""
+    async def render(
+        self, info: ModelInfo, messages: list[ChatMessage], tools: ToolPlan | None = None
+    ) -> ChatPrompt:
+        """The prompt for ``messages`` (and the tools, if any: ``tools.py`` says how)
+        followed by the assistant's turn opener."""
         hidden = _Placeholders(await self._pattern(info))
-        plain = [
-            {
-                "role": "system" if m.role == "developer" else m.role,
-                "content": hidden.hide(m.text()),
-            }
-            for m in messages
-        ]
-        rendered = await self.pool.render(
-            info.chat_template or CHATML_TEMPLATE,
-            {
-                "messages": plain,
-                "add_generation_prompt": True,
-                "bos_token": info.bos_token,
-                "eos_token": info.eos_token,
-            },
-        )
+        template = info.chat_template or CHATML_TEMPLATE
+        native = template_handles_tools(template)
+        variables: dict[str, Any] = {
+            "messages": template_messages(messages, hidden.hide, native=native, plan=tools),
+            "add_generation_prompt": True,
+            "bos_token": info.bos_token,
+            "eos_token": info.eos_token,
+        }
+        if native and (shown := template_tools(tools, hidden.hide)) is not None:
+            variables["tools"] = shown
+        rendered = await self.pool.render(template, variables)
         return hidden.restore(rendered)
 
     async def close(self) -> None:

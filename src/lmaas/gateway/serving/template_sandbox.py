@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import resource
 import signal
 import sys
@@ -52,7 +53,22 @@ def compile_template(source: str) -> Template:
         trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
     )
     env.globals["raise_exception"] = _raise
+    env.filters["tojson"] = _tojson
     return env.from_string(source)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    """JSON as Hugging Face's template renderer writes it (tool-calling templates show tools
+    with it): keys in their order and no HTML escaping, unlike Jinja's own ``tojson``."""
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def render(source: str, variables: dict[str, Any], max_chars: int) -> str:

@@ -21,6 +21,7 @@ from lmaas.config import EngineConfig, cpu_threads
 from lmaas.errors import InvalidRequestError
 from lmaas.protocol.engine import ModelInfo, SamplingParams
 from lmaas.worker.backends.base import BatchEntry
+from lmaas.worker.backends.llamacpp.tool_grammar import tool_call_grammar
 from lmaas.worker.prompt import bounded_special_tokens
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,8 @@ class LlamaCppBackend:
             bos_token=self.piece_special(self.bos_id),
             eos_token=self.piece_special(self.eos_id),
             add_bos=self.add_bos,
+            bos_token_id=self.bos_id if self.bos_id >= 0 else None,
+            eos_token_id=self.eos_id if self.eos_id >= 0 else None,
             architecture=self._meta("general.architecture") or "unknown",
             n_params=int(llama_cpp.llama_model_n_params(self.model)),
             size_bytes=self.path.stat().st_size,
@@ -274,6 +277,8 @@ class LlamaCppBackend:
     def _grammar_text(params: SamplingParams) -> str | None:
         if params.grammar is not None:
             return params.grammar
+        if params.tool_calls is not None:
+            return tool_call_grammar(params.tool_calls.model_dump_json())
         if params.json_schema is None:
             return None
         from llama_cpp.llama_grammar import JSON_GBNF

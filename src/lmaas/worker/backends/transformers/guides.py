@@ -20,6 +20,7 @@ from outlines_core import Guide, Index, Vocabulary
 from outlines_core.json_schema import build_regex_from_schema
 
 from lmaas.errors import InvalidRequestError
+from lmaas.protocol.engine import ToolCallSpec
 
 # ``response_format: json_object``: any JSON object (outlines-core's regex for it nests a few
 # levels deep). Compiling it over a 49k vocabulary takes ~11 s, so workers start on it at load.
@@ -88,3 +89,31 @@ def schema_regex(schema: dict[str, Any]) -> str:
             f"the JSON schema cannot be turned into a constraint: {exc}",
             param="response_format.json_schema.schema",
         ) from exc
+
+
+# Characters a regular expression gives a meaning to (outlines-core reads Rust's syntax, where
+# escaping a letter or ``<`` means something else: only these are escaped).
+_REGEX_META = set("\\.+*?()|[]{}^$#&-~")
+
+
+def regex_literal(text: str) -> str:
+    return "".join(f"\\{c}" if c in _REGEX_META else c for c in text)
+
+
+def tool_call_regex(spec: ToolCallSpec) -> str:
+    """The regular expression of tool calls: the same language as the llama.cpp backend's
+    grammar (``llamacpp/tool_grammar.py``), with outlines-core's regex of one call's JSON."""
+    try:
+        call_json = str(build_regex_from_schema(json.dumps(spec.call_schema)))
+    except Exception as exc:
+        raise InvalidRequestError(
+            f"the tools' parameter schemas cannot be turned into a constraint: {exc}",
+            param="tools",
+        ) from exc
+    call = f"{regex_literal(spec.open)}\\n?(?:{call_json})[ \\n]?{regex_literal(spec.close)}"
+    calls = f"{call}(?:[ \\t\\n]{{0,2}}{call})*" if spec.parallel else call
+    ws = "[ \\t\\n]{0,4}"
+    if not spec.allow_text:
+        return f"{ws}(?:{calls})"
+    first = regex_literal(spec.open[:1] or "<")
+    return f"{ws}(?:{calls}|(?:[^{first} \\t\\n][\\s\\S]*)?)"

@@ -17,7 +17,7 @@ from outlines_core import Guide
 
 from lmaas.errors import InvalidRequestError
 from lmaas.protocol.engine import SamplingParams
-from lmaas.worker.backends.transformers.guides import Guides, schema_regex
+from lmaas.worker.backends.transformers.guides import Guides, schema_regex, tool_call_regex
 
 _GREEDY_EPS = 1e-5
 
@@ -38,7 +38,8 @@ class TorchSampler:
 def make_sampler(
     params: SamplingParams, n_vocab: int, guides: Guides | None = None
 ) -> TorchSampler:
-    if params.grammar is not None or (params.json_schema is not None and guides is None):
+    needs_guides = params.json_schema is not None or params.tool_calls is not None
+    if params.grammar is not None or (needs_guides and guides is None):
         raise InvalidRequestError(
             "GBNF grammars are served by llama.cpp (GGUF) models only; this model runs on "
             "transformers, which takes response_format json_object or json_schema",
@@ -55,6 +56,8 @@ def make_sampler(
         sampler.bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float64)
     if params.json_schema is not None and guides is not None:
         sampler.guide = guides.guide(schema_regex(params.json_schema))
+    elif params.tool_calls is not None and guides is not None:
+        sampler.guide = guides.guide(tool_call_regex(params.tool_calls))
     return sampler
 
 
