@@ -234,3 +234,50 @@ def test_prefix_cache_reuses_a_prompt_with_the_same_greedy_logprobs(server: Serv
     assert again["choices"][0]["text"] == cold["choices"][0]["text"]
     a, c = again["choices"][0]["logprobs"], cold["choices"][0]["logprobs"]
     assert a["token_logprobs"] == pytest.approx(c["token_logprobs"], abs=2e-3)
+
+
+def test_tool_calls_follow_the_tools_schemas(server: ServerProcess) -> None:
+    """Tool calling on transformers: the same calls as on llama.cpp, from outlines-core's
+    automaton of the tools' schemas (compiled on first use, so the first tries may wait)."""
+    weather = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 30}},
+        "required": ["city"],
+    }
+    body = {
+        "model": TORCH,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": weather}}],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "max_tokens": 40,
+        "temperature": 0,
+    }
+
+    def attempt() -> httpx.Response | None:
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=300)
+        return None if r.status_code == 400 and "still being compiled" in r.text else r
+
+    r = wait_until(attempt, 180, 1.0, "the tool-call automaton")
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and call["id"].startswith("call_")
+    arguments = json.loads(call["function"]["arguments"])
+    assert isinstance(arguments["city"], str) and len(arguments["city"]) <= 30
+    # Streamed, the SDK adds the deltas up to the same call (greedy: the same text).
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+    with client.chat.completions.stream(**body) as stream:
+        final = stream.get_final_completion()
+    (streamed,) = final.choices[0].message.tool_calls or []
+    assert streamed.function.arguments == call["function"]["arguments"]
+    assert final.choices[0].finish_reason == "tool_calls"
+    # auto: text that cannot be mistaken for a call, or a call.
+    body = {**body, "tool_choice": "auto", "messages": [{"role": "user", "content": "Hi!"}]}
+    r = wait_until(attempt, 180, 1.0, "the automaton of tool calls or text")
+    message = r.json()["choices"][0]["message"]
+    if message.get("tool_calls"):
+        assert message["tool_calls"][0]["function"]["name"] == "get_weather"
+    else:
+        assert message["content"] and not message["content"].lstrip().startswith("<")
