@@ -21,6 +21,7 @@ from lmaas.cli.finetune import finetune_app
 from lmaas.cli.jobs import jobs_app
 from lmaas.cli.keys import keys_app
 from lmaas.cli.models import models_app
+from lmaas.cli.plan import plan, profile
 from lmaas.cli.requests import requests_app
 from lmaas.cli.serve import serve
 from lmaas.config import SHIPPED_MODELS
@@ -57,6 +58,8 @@ app.command()(deploy)
 app.command()(scale)
 app.command()(undeploy)
 app.command()(ps)
+app.command()(profile)
+app.command()(plan)
 
 
 @app.command("shipped-models")

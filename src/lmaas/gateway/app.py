@@ -22,6 +22,7 @@ from lmaas.gateway.management.files import FileManagement
 from lmaas.gateway.management.fine_tuning import FineTuningManagement
 from lmaas.gateway.management.jobs import JobBackground, JobManagement
 from lmaas.gateway.management.models import ModelManagement
+from lmaas.gateway.management.plans import PlanManagement
 from lmaas.gateway.management.quantize import QuantizeManagement
 from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.middleware import RequestContextMiddleware
@@ -30,6 +31,7 @@ from lmaas.gateway.routes.admin import classifiers as admin_classifiers
 from lmaas.gateway.routes.admin import deployments as admin_deployments
 from lmaas.gateway.routes.admin import jobs as admin_jobs
 from lmaas.gateway.routes.admin import models as admin_models
+from lmaas.gateway.routes.admin import plan as admin_plan
 from lmaas.gateway.routes.admin import quantize as admin_quantize
 from lmaas.gateway.routes.admin import requests as admin_requests
 from lmaas.gateway.routes.v1 import (
@@ -322,7 +324,9 @@ def _mount_management(
         app.state.classifier_trainer = ClassifierTrainer(
             engines, settings.limits, store, deployments
         )
+        app.state.plan_management = PlanManagement(store, deployments)
         app.include_router(admin_models.router)
+        app.include_router(admin_plan.router)
         app.include_router(admin_classifiers.router)
     if record_store is not None:
         app.state.request_records = RequestRecords(record_store)

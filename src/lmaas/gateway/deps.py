@@ -26,6 +26,7 @@ from lmaas.gateway.management.files import FileManagement
 from lmaas.gateway.management.fine_tuning import FineTuningManagement
 from lmaas.gateway.management.jobs import JobManagement
 from lmaas.gateway.management.models import ModelManagement
+from lmaas.gateway.management.plans import PlanManagement
 from lmaas.gateway.management.quantize import QuantizeManagement
 from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.serving.chat import ChatServing
@@ -83,3 +84,4 @@ FineTuningManagementDep = Annotated[
     FineTuningManagement, Depends(_app_state("fine_tuning_management"))
 ]
 QuantizeManagementDep = Annotated[QuantizeManagement, Depends(_app_state("quantize_management"))]
+PlanManagementDep = Annotated[PlanManagement, Depends(_app_state("plan_management"))]

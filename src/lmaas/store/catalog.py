@@ -108,6 +108,7 @@ class VersionInfo:
     # its worker; None before one loaded) and the KV cache's bytes per context token.
     memory_bytes: int | None = None
     kv_bytes_per_token: int | None = None
+    profile_json: str | None = None  # what `lmaas profile` measured (protocol.plan.ProfileBody)
 
 
 def validate_model_name(name: str) -> str:
@@ -325,6 +326,11 @@ class Catalog:
             version.memory_bytes = max(0, memory_bytes)
             if kv_bytes_per_token is not None:
                 version.kv_bytes_per_token = max(0, kv_bytes_per_token)
+
+    def set_profile(self, model: str, number: int, profile_json: str) -> None:
+        """Keep a replica's measured profile with the version (for the capacity planner)."""
+        with self._sessions.begin() as session:
+            _find_version(session, _find_model(session, model), number).profile_json = profile_json
 
     def resolve(self, reference: str) -> VersionInfo:
         """The version a ``name[:alias|number]`` reference names (``latest`` by default)."""
@@ -549,6 +555,7 @@ def _to_version_info(model: str, v: VersionRow, aliases: Sequence[str]) -> Versi
         error=v.error,
         memory_bytes=v.memory_bytes,
         kv_bytes_per_token=v.kv_bytes_per_token,
+        profile_json=v.profile_json,
     )
 
 

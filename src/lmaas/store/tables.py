@@ -65,6 +65,8 @@ class VersionRow(Base):
     # worker measured it, and the KV cache's bytes per context token (NULL: not known yet).
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     kv_bytes_per_token: Mapped[int | None] = mapped_column(BigInteger)
+    # What `lmaas profile` measured of a replica (0014): JSON of protocol.plan.ProfileBody.
+    profile_json: Mapped[str | None] = mapped_column(Text)
 
 
 class AliasRow(Base):

@@ -1,0 +1,200 @@
+"""`lmaas profile` measures one replica of a deployment and keeps the profile with its model
+version; `lmaas plan` asks the server how many replicas a load needs (``GET /admin/plan``)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from lmaas.cli.http import (
+    DEFAULT_URL,
+    AdminClient,
+    KeyOpt,
+    UrlOpt,
+    admin_path,
+    check_served_name,
+    console,
+    fail,
+    local_key,
+    size_text,
+)
+from lmaas.cli.profiling import Calibration
+
+BATCHES = [1, 2, 4, 8, 16]
+
+
+def profile(
+    name: Annotated[str, typer.Argument(help="A deployment, measured through the API")],
+    batches: Annotated[
+        str, typer.Option(help="Batch sizes to measure decode at, comma-separated")
+    ] = ",".join(map(str, BATCHES)),
+    tokens: Annotated[int, typer.Option(min=4, max=4096, help="Tokens each stream makes")] = 48,
+    prompt_words: Annotated[
+        int, typer.Option(min=32, max=100_000, help="The long prompt's words (prefill)")
+    ] = 512,
+    reps: Annotated[int, typer.Option(min=1, max=50, help="Prefill repetitions")] = 3,
+    max_num_seqs: Annotated[
+        int, typer.Option(min=1, max=4096, help="The deployment's engine.max_num_seqs")
+    ] = 32,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+) -> None:
+    """Measure one replica of deployment NAME (prefill and decode rates by batch size, the
+    per-request overhead, its memory) and keep the profile with the model version it serves:
+    the capacity planner (`lmaas plan`) predicts from it."""
+    check_served_name(name)
+    try:
+        sizes = sorted({int(b) for b in batches.split(",") if b.strip()})
+    except ValueError:
+        fail("--batches takes whole numbers separated by commas, e.g. 1,2,4,8")
+    if not sizes or min(sizes) < 1 or max(sizes) > max_num_seqs:
+        fail(f"batch sizes go from 1 to --max-num-seqs ({max_num_seqs})")
+    with AdminClient(url, key) as c:
+        d = c.get(admin_path("deployments", name))
+        pool = c.get("/admin/deployments").get("pool")
+        if d["model"] is None or d["version"] is None:
+            fail(f"{name} serves a file, not a store version: there is nowhere to keep a profile")
+        if d["ready_replicas"] != 1 or d["replicas"] != 1:
+            fail(f"a profile measures one replica; {name} has {d['replicas']}: scale it to 1")
+        resources = d.get("resources") or {}
+        body = _measure(c.url, name, key, sizes, tokens, prompt_words, reps)
+        body |= {
+            "threads": resources.get("cpu_threads") or 1,
+            "cores": pool["cores"] if pool else resources.get("cpu_threads") or 1,
+            "memory_bytes": (resources.get("memory_bytes") or 0)
+            + (resources.get("shared_memory_bytes") or 0),
+            "max_num_seqs": max_num_seqs,
+            "measured_at": datetime.now(UTC).isoformat(),
+        }
+        kept = c.put(
+            admin_path("models", d["model"], "versions", str(d["version"]), "profile"), json=body
+        )
+    _show_profile(f"{d['model']}:{d['version']}", kept)
+
+
+def _measure(
+    url: str,
+    name: str,
+    key: str | None,
+    sizes: list[int],
+    tokens: int,
+    prompt_words: int,
+    reps: int,
+) -> dict[str, Any]:
+    key = key or local_key(url)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    calibration = Calibration(url, name, headers, timeout=600)
+    try:
+        with console.status("prefill: short and long prompts, uncached") as status:
+            prefill = calibration.prefill(16, prompt_words, reps)
+
+            def done(b: int, rate: float) -> None:
+                console.print(f"decode at batch {b}: {rate:.1f} tokens/s")
+                status.update(f"decode: {len(rates) + 1}/{len(sizes)} batch sizes")
+
+            rates: dict[int, float] = {}
+            status.update(f"decode: 0/{len(sizes)} batch sizes")
+            rates.update(calibration.decode_rates(sizes, tokens, done))
+    except Exception as exc:  # a failed request or a replica too noisy to measure
+        fail(f"the calibration failed: {exc}")
+    finally:
+        calibration.close()
+    return {
+        "prefill_tokens_per_s": prefill.tokens_per_s,
+        "overhead_s": prefill.overhead_s,
+        "decode_tokens_per_s": rates,
+    }
+
+
+def _show_profile(version: str, p: dict[str, Any]) -> None:
+    console.print(
+        f"{version}: prefill {p['prefill_tokens_per_s']:.0f} tokens/s, "
+        f"overhead {p['overhead_s'] * 1000:.0f} ms/request, {p['threads']} threads "
+        f"({p['cores']} cores), {size_text(p['memory_bytes'])} per replica"
+    )
+    table = Table("batch", "decode tokens/s", "per stream")
+    for b, rate in sorted((int(b), r) for b, r in p["decode_tokens_per_s"].items()):
+        table.add_row(str(b), f"{rate:.1f}", f"{rate / b:.1f}")
+    console.print(table)
+
+
+def plan(
+    model: Annotated[str, typer.Option(help="A deployment, or a store version (name:ref)")],
+    rps: Annotated[float, typer.Option(help="Requests per second to serve")],
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt tokens per request")],
+    output_tokens: Annotated[int, typer.Option(help="Output tokens per request")],
+    ttft_p99: Annotated[float | None, typer.Option(help="Time to first token, p99 (s)")] = None,
+    latency_p99: Annotated[float | None, typer.Option(help="Whole request, p99 (s)")] = None,
+    utilisation: Annotated[
+        float, typer.Option(help="The most each replica may be busy (room for bursts)")
+    ] = 0.8,
+    cores: Annotated[int | None, typer.Option(help="Cores per machine [this cluster's]")] = None,
+    memory_gb: Annotated[
+        float | None, typer.Option(help="GiB per machine [this cluster's]")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+) -> None:
+    """How many replicas, cores and how much memory a load needs, with the throughput, TTFT
+    and utilisation to expect, from the model's profile (measure one with `lmaas profile`)."""
+    params: dict[str, Any] = {
+        "model": model,
+        "rps": rps,
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "utilisation": utilisation,
+    }
+    for k, v in (("ttft_p99", ttft_p99), ("latency_p99", latency_p99), ("cores", cores)):
+        if v is not None:
+            params[k] = v
+    if memory_gb is not None:
+        params["memory_gb"] = memory_gb
+    with AdminClient(url, key) as c:
+        out = c.get("/admin/plan", params=params)
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    _show_plan(out)
+
+
+def _show_plan(out: dict[str, Any]) -> None:
+    table = Table(
+        "replicas",
+        "threads",
+        "utilisation",
+        "max req/s",
+        "TTFT p50",
+        "TTFT p99",
+        "latency p50",
+        "streams",
+    )
+    for c in out["candidates"]:
+        table.add_row(
+            str(c["replicas"]),
+            str(c["threads"]),
+            "saturated" if c["saturated"] else f"{c['utilisation']:.0%}",
+            f"{c['max_requests_per_s']:.2f}",
+            f"{c['ttft_p50_s']:.2f} s",
+            f"{c['ttft_p99_s']:.2f} s",
+            f"{c['latency_p50_s']:.2f} s",
+            f"{c['concurrency']:.1f}",
+        )
+    console.print(table)
+    machine = out["machine"]
+    where = f"machines of {machine['cores']} cores, {size_text(machine['memory_bytes'])}"
+    if not out["feasible"]:
+        console.print(f"[red]not feasible[/red]: {out['reason']}")
+        raise typer.Exit(1)
+    e = out["expected"]
+    console.print(
+        f"[bold]{out['replicas']} replica(s)[/bold] of {out['threads_per_replica']} threads on "
+        f"{out['nodes']} of {where}: {out['cores']} cores, {size_text(out['memory_bytes'])}; "
+        f"{e['requests_per_s']:.2f} req/s ({e['output_tokens_per_s']:.0f} output tokens/s), "
+        f"TTFT p50 {e['ttft_p50_s']:.2f} s / p99 {e['ttft_p99_s']:.2f} s, "
+        f"{e['utilisation']:.0%} busy"
+    )

@@ -1,0 +1,245 @@
+"""The capacity planner: how many replicas a target load needs, from a measured profile.
+
+A ``Profile`` is what ``lmaas profile`` measured of one replica of a model version on some
+hardware: its prefill rate, its aggregate decode rate at several batch sizes (continuous
+batching: ``b`` streams decoding together), the fixed time every request costs on top (HTTP,
+template, tokenizing, sampling), the threads it ran with, and its memory. ``predict`` turns a
+profile, a ``Load`` and a number of replicas into expected throughput, latency and utilisation;
+``plan`` tries replica counts until one meets the load's objectives on a ``Machine``. Pure
+arithmetic, no I/O: the planner's tests check it against hand-computed cases and
+``bench/plan.py`` against measured runs.
+
+The model of one replica (all times in seconds):
+
+* Rates scale with the CPU threads a replica gets: ``threads / profile.threads`` (prefill is
+  compute-bound on a CPU; decode of a small model nearly so). Replicas asking for more threads
+  than the machine has cores share them: rates scale by ``cores / (replicas x threads)``.
+* A request costs the engine ``P = prompt / prefill`` for its prompt and ``D(b) = output /
+  decode(b)`` for its output when ``b`` streams decode together (a step makes ``b`` tokens in
+  ``b / decode(b)``; each stream's share is ``1 / decode(b)`` per token). With ``lam`` requests
+  per second per replica the engine is busy ``rho = lam x (P + D(b))`` of the time.
+* A token of a stream takes ``itl = b / decode(b)``, stretched by the prefills that share the
+  steps: ``itl / (1 - lam x P)``.
+* A prompt is prefilled in the next step, alongside the running streams' tokens: its service is
+  ``S = P + itl``; requests wait for each other's prefill as in an M/M/1 queue of load
+  ``lam x S``, whose waiting time exceeds ``t`` with probability ``rho_q x exp(-(1 - rho_q) t /
+  S)``. TTFT at quantile ``q`` is ``overhead + wait_q + S``.
+* The concurrency ``b`` is what Little's law gives for that latency: ``b = lam x (ttft +
+  output x itl)``, found by fixed-point iteration (capped by the engine's sequence limit).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["Load", "Machine", "Plan", "Prediction", "Profile", "plan", "predict"]
+
+TARGET_UTILISATION = 0.8  # what a plan leaves for bursts
+_ITERATIONS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One replica of a model version as ``lmaas profile`` measured it."""
+
+    threads: int  # CPU threads the measured replica ran with
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: Mapping[int, float]  # batch size -> aggregate output tokens/s
+    overhead_s: float = 0.0  # per request, on top of the engine's work
+    memory_bytes: int = 0  # one replica's: runtime, weights and KV cache
+    max_num_seqs: int = 32
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.prefill_tokens_per_s <= 0 or not self.decode_tokens_per_s:
+            raise ValueError("a profile needs threads >= 1, a prefill rate and decode rates")
+        if any(b < 1 or r <= 0 for b, r in self.decode_tokens_per_s.items()):
+            raise ValueError("decode rates need batch sizes >= 1 and positive rates")
+
+    def decode_at(self, batch: float) -> float:
+        """Aggregate decode tokens/s with ``batch`` streams: piecewise linear between the
+        measured batch sizes, flat beyond the largest, proportional below the smallest."""
+        points = sorted(self.decode_tokens_per_s.items())
+        if batch <= points[0][0]:
+            b0, r0 = points[0]
+            return r0 * max(batch, 1.0) / b0 if b0 > 1 else r0
+        for (b0, r0), (b1, r1) in itertools.pairwise(points):
+            if batch <= b1:
+                return r0 + (r1 - r0) * (batch - b0) / (b1 - b0)
+        return points[-1][1]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """The traffic to plan for, and what it must get."""
+
+    requests_per_s: float
+    prompt_tokens: int
+    output_tokens: int
+    ttft_p99_s: float | None = None
+    latency_p99_s: float | None = None
+    utilisation: float = TARGET_UTILISATION
+
+    def __post_init__(self) -> None:
+        if self.requests_per_s <= 0 or self.prompt_tokens < 1 or self.output_tokens < 1:
+            raise ValueError("a load needs requests_per_s > 0, prompt and output tokens >= 1")
+        if not 0 < self.utilisation <= 1:
+            raise ValueError("utilisation must be in (0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    """One node: what replicas may use of it."""
+
+    cores: int
+    memory_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What ``replicas`` replicas, each with ``threads`` threads, are expected to do."""
+
+    replicas: int
+    threads: int
+    saturated: bool  # the load exceeds what they can serve: queues grow without bound
+    utilisation: float  # of each replica's engine
+    requests_per_s: float  # served (the load, or the maximum when saturated)
+    output_tokens_per_s: float
+    max_requests_per_s: float  # what they serve at most
+    ttft_p50_s: float
+    ttft_p99_s: float
+    latency_p50_s: float
+    latency_p99_s: float
+    concurrency: float  # streams decoding together on each replica
+
+    def meets(self, load: Load) -> bool:
+        if self.saturated or self.utilisation > load.utilisation:
+            return False
+        if load.ttft_p99_s is not None and self.ttft_p99_s > load.ttft_p99_s:
+            return False
+        return load.latency_p99_s is None or self.latency_p99_s <= load.latency_p99_s
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The smallest deployment that meets the load, and the candidates tried."""
+
+    load: Load
+    machine: Machine
+    choice: Prediction | None  # None: no replica count meets the load on the machines allowed
+    nodes: int  # machines like ``machine`` that the choice needs
+    cores: int
+    memory_bytes: int
+    candidates: list[Prediction] = field(default_factory=list)
+    reason: str = ""
+
+
+def _wait_quantile(rho: float, service: float, q: float) -> float:
+    """The ``q`` quantile of an M/M/1 queue's waiting time (load ``rho``, mean service)."""
+    if rho <= 0:
+        return 0.0
+    if rho >= 1:
+        return math.inf
+    tail = 1 - q
+    if rho <= tail:
+        return 0.0
+    return service / (1 - rho) * math.log(rho / tail)
+
+
+def predict(profile: Profile, load: Load, replicas: int, *, threads: int, cores: int) -> Prediction:
+    """Expected behaviour of ``replicas`` replicas of ``threads`` threads on ``cores`` cores
+    sharing ``load`` evenly (see the module's docstring for the model)."""
+    if replicas < 1 or threads < 1 or cores < 1:
+        raise ValueError("replicas, threads and cores must be >= 1")
+    scale = threads / profile.threads * min(1.0, cores / (replicas * threads))
+    prefill = profile.prefill_tokens_per_s * scale
+    lam = load.requests_per_s / replicas
+    p = load.prompt_tokens / prefill
+    cap = float(profile.max_num_seqs)
+
+    def decode(b: float) -> float:
+        return profile.decode_at(b) * scale
+
+    best = 1.0 / (p + load.output_tokens / decode(cap))
+    batch = 1.0
+    itl = ttft50 = ttft99 = lat50 = lat99 = rho = 0.0
+    for _ in range(_ITERATIONS):
+        rho = lam * (p + load.output_tokens / decode(batch))
+        itl = batch / decode(batch)
+        prefill_share = lam * p
+        stretched = itl / (1 - prefill_share) if prefill_share < 1 else math.inf
+        service = p + itl
+        rho_q = lam * service
+        ttft50 = profile.overhead_s + _wait_quantile(rho_q, service, 0.5) + service
+        ttft99 = profile.overhead_s + _wait_quantile(rho_q, service, 0.99) + service
+        lat50 = ttft50 + load.output_tokens * stretched
+        lat99 = ttft99 + load.output_tokens * stretched
+        following = min(cap, max(1.0, lam * lat50)) if math.isfinite(lat50) else cap
+        if abs(following - batch) < 1e-6:
+            break
+        batch = following
+    saturated = lam >= best or rho >= 1 or not math.isfinite(ttft99)
+    served = min(load.requests_per_s, best * replicas)
+    return Prediction(
+        replicas=replicas,
+        threads=threads,
+        saturated=saturated,
+        utilisation=min(rho, 1.0),
+        requests_per_s=served,
+        output_tokens_per_s=served * load.output_tokens,
+        max_requests_per_s=best * replicas,
+        ttft_p50_s=ttft50,
+        ttft_p99_s=ttft99,
+        latency_p50_s=lat50,
+        latency_p99_s=lat99,
+        concurrency=batch,
+    )
+
+
+def plan(profile: Profile, load: Load, machine: Machine, *, max_replicas: int = 64) -> Plan:
+    """The fewest replicas that meet ``load``: first as many as fit on one ``machine`` (threads
+    split between them), then replicas of ``profile.threads`` threads on more machines alike."""
+    per_replica = profile.memory_bytes
+    candidates: list[Prediction] = []
+    fit_memory = machine.memory_bytes // per_replica if per_replica else max_replicas
+    for replicas in range(1, min(machine.cores, fit_memory, max_replicas) + 1):
+        threads = max(1, machine.cores // replicas)
+        guess = predict(profile, load, replicas, threads=threads, cores=machine.cores)
+        candidates.append(guess)
+        if guess.meets(load):
+            return _chosen(load, machine, guess, 1, candidates, per_replica)
+    threads = min(profile.threads, machine.cores)
+    per_node = max(1, min(machine.cores // threads, fit_memory or 1))
+    for replicas in range(1, max_replicas + 1):
+        guess = predict(profile, load, replicas, threads=threads, cores=replicas * threads)
+        if guess.meets(load):
+            candidates.append(guess)
+            nodes = math.ceil(replicas / per_node)
+            return _chosen(load, machine, guess, nodes, candidates, per_replica)
+    reason = f"no deployment of up to {max_replicas} replicas meets the load: " + (
+        "one request alone misses the objectives" if candidates else "no replica fits"
+    )
+    return Plan(load, machine, None, 0, 0, 0, candidates, reason)
+
+
+def _chosen(
+    load: Load,
+    machine: Machine,
+    choice: Prediction,
+    nodes: int,
+    candidates: list[Prediction],
+    per_replica: int,
+) -> Plan:
+    cores = choice.replicas * choice.threads if nodes > 1 else machine.cores
+    return Plan(
+        load=load,
+        machine=machine,
+        choice=choice,
+        nodes=nodes,
+        cores=cores,
+        memory_bytes=choice.replicas * per_replica,
+        candidates=candidates,
+        reason=f"{choice.replicas} replica(s) at {choice.utilisation:.0%} utilisation meet it",
+    )

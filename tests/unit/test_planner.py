@@ -1,0 +1,119 @@
+"""The capacity planner's arithmetic against cases computed by hand (see the model in
+``lmaas.controller.planner``'s docstring)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lmaas.controller.planner import Load, Machine, Profile, plan, predict
+
+GiB = 2**30
+
+PROFILE = Profile(
+    threads=2,
+    prefill_tokens_per_s=200.0,
+    decode_tokens_per_s={1: 20.0, 4: 40.0, 16: 64.0},
+    overhead_s=0.1,
+    memory_bytes=GiB + GiB // 2,
+    max_num_seqs=16,
+)
+
+
+def test_decode_rates_are_interpolated_between_measured_batches() -> None:
+    assert PROFILE.decode_at(1) == 20.0
+    assert PROFILE.decode_at(2) == pytest.approx(20 + 20 / 3)
+    assert PROFILE.decode_at(10) == pytest.approx(40 + 24 * 6 / 12)
+    assert PROFILE.decode_at(64) == 64.0  # flat past the largest batch measured
+
+
+def test_a_light_load_on_one_replica() -> None:
+    load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20)
+    p = predict(PROFILE, load, 1, threads=2, cores=2)
+    # P = 100/200 = 0.5 s; one stream decodes at 20 tok/s: itl 0.05 s, stretched by the
+    # prefills' share (0.1 x 0.5) to 0.05/0.95; the prefill's service 0.55 s.
+    assert not p.saturated
+    assert p.concurrency == 1.0  # 0.1 req/s x 1.7 s latency rounds up to one stream
+    assert p.utilisation == pytest.approx(0.1 * (0.5 + 20 / 20))
+    assert p.ttft_p50_s == pytest.approx(0.1 + 0.55)  # the queue is empty half the time
+    wait99 = 0.55 / (1 - 0.055) * math.log(0.055 / 0.01)
+    assert p.ttft_p99_s == pytest.approx(0.1 + wait99 + 0.55)
+    assert p.latency_p50_s == pytest.approx(0.65 + 20 * 0.05 / 0.95)
+    assert p.max_requests_per_s == pytest.approx(1 / (0.5 + 20 / 64))
+    assert p.requests_per_s == 0.1 and p.output_tokens_per_s == pytest.approx(2.0)
+
+
+def test_replicas_that_ask_for_more_threads_than_cores_share_them() -> None:
+    load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20)
+    alone = predict(PROFILE, load, 1, threads=2, cores=2)
+    crowded = predict(PROFILE, load, 2, threads=2, cores=2)  # 4 threads on 2 cores
+    split = predict(PROFILE, load, 2, threads=1, cores=2)
+    # Both run at half speed: each of 2 replicas serves half of twice the engine time.
+    assert crowded.max_requests_per_s == pytest.approx(alone.max_requests_per_s)
+    assert split.max_requests_per_s == pytest.approx(alone.max_requests_per_s)
+    assert crowded.ttft_p50_s == pytest.approx(0.1 + 100 / 100 + 2 / 20)
+
+
+def test_a_load_beyond_the_maximum_is_saturated() -> None:
+    load = Load(requests_per_s=2.0, prompt_tokens=100, output_tokens=20)
+    p = predict(PROFILE, load, 1, threads=2, cores=2)
+    assert p.saturated
+    assert p.requests_per_s == pytest.approx(1 / 0.8125)  # what it serves at most
+    assert p.concurrency == 16  # every sequence slot taken
+
+
+def test_the_plan_is_the_fewest_replicas_that_meet_the_load() -> None:
+    load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20, ttft_p99_s=2.0)
+    result = plan(PROFILE, load, Machine(cores=2, memory_bytes=16 * GiB))
+    assert result.choice is not None and result.choice.replicas == 1
+    assert result.nodes == 1 and result.choice.threads == 2
+    assert result.memory_bytes == PROFILE.memory_bytes
+
+
+def test_a_tight_ttft_objective_is_refused_when_no_count_of_replicas_meets_it() -> None:
+    # The prompt alone takes 0.5 s to prefill: no number of replicas answers within 0.3 s.
+    load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20, ttft_p99_s=0.3)
+    result = plan(PROFILE, load, Machine(cores=2, memory_bytes=16 * GiB), max_replicas=8)
+    assert result.choice is None and "no deployment" in result.reason
+
+
+def test_a_heavy_load_spreads_over_more_machines() -> None:
+    load = Load(requests_per_s=2.0, prompt_tokens=100, output_tokens=20)
+    result = plan(PROFILE, load, Machine(cores=2, memory_bytes=16 * GiB))
+    assert result.choice is not None
+    n = result.choice.replicas
+    assert result.nodes == n  # one replica of 2 threads per 2-core machine
+    assert result.choice.utilisation <= load.utilisation
+    fewer = predict(PROFILE, load, n - 1, threads=2, cores=2 * (n - 1))
+    assert not fewer.meets(load)  # and one replica less would not do
+    assert result.cores == 2 * n
+
+
+def test_memory_bounds_the_replicas_of_one_machine() -> None:
+    small = Machine(cores=8, memory_bytes=2 * GiB)  # room for one replica of 1.5 GiB
+    light = plan(PROFILE, Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20), small)
+    assert light.choice is not None and light.choice.replicas == 1
+    assert [c.replicas for c in light.candidates] == [1]  # a second would not fit
+    assert light.choice.threads == 8  # one replica takes every core
+    heavy = plan(PROFILE, Load(requests_per_s=6.0, prompt_tokens=100, output_tokens=20), small)
+    assert heavy.choice is not None and heavy.nodes == heavy.choice.replicas > 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"threads": 0},
+        {"prefill_tokens_per_s": 0.0},
+        {"decode_tokens_per_s": {}},
+        {"decode_tokens_per_s": {0: 1.0}},
+    ],
+)
+def test_a_profile_that_cannot_be_planned_from_is_refused(kwargs: dict[str, object]) -> None:
+    base: dict[str, object] = {
+        "threads": 1,
+        "prefill_tokens_per_s": 1.0,
+        "decode_tokens_per_s": {1: 1.0},
+    }
+    with pytest.raises(ValueError):
+        Profile(**{**base, **kwargs})  # type: ignore[arg-type]
