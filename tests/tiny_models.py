@@ -47,3 +47,54 @@ def tiny_llama(seed: int = 0, **config: Any) -> Any:
         **config,
     }
     return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+
+
+# A tiny masked language model's whole vocabulary (WordPiece, lower case).
+MASKED_VOCAB = [
+    *("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "capital", "of", "is", "a", "."),
+    *("france", "paris", "italy", "rome", "spain", "madrid", "river", "bank", "account"),
+]
+MASKED_SENTENCES = (
+    "the capital of france is paris .",
+    "the capital of italy is rome .",
+    "the capital of spain is madrid .",
+)
+
+
+def tiny_masked_lm(folder: Path, *, steps: int = 40, seed: int = 0) -> Any:
+    """A BertForMaskedLM of 32 hidden units over ``MASKED_VOCAB``, with a WordPiece tokenizer
+    made here, trained for ``steps`` on ``MASKED_SENTENCES`` with their capital masked (so it
+    fills ``the capital of france is [MASK] .`` with ``paris``), saved to ``folder``."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(MASKED_VOCAB)})
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(MASKED_VOCAB),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = BertForMaskedLM(config)
+    batch = tokenizer(list(MASKED_SENTENCES), return_tensors="pt", padding=True)
+    labels = torch.full_like(batch["input_ids"], -100)
+    inputs = batch["input_ids"].clone()
+    answer = 6  # [CLS] the capital of X is <answer> . [SEP]
+    labels[:, answer] = inputs[:, answer]
+    inputs[:, answer] = tokenizer.mask_token_id
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=inputs, attention_mask=batch["attention_mask"], labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return model

@@ -32,9 +32,11 @@ from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.serving.chat import ChatServing
 from lmaas.gateway.serving.classifiers import ClassifierTrainer
 from lmaas.gateway.serving.classify import ClassifyServing
+from lmaas.gateway.serving.compat import CompatServing
 from lmaas.gateway.serving.completions import CompletionServing
 from lmaas.gateway.serving.embeddings import EmbeddingServing
 from lmaas.gateway.serving.scoring import ScoringServing
+from lmaas.gateway.serving.token_tasks import TokenTaskServing
 from lmaas.gateway.shutdown import Drain
 from lmaas.keys import KeyInfo
 from lmaas.protocol.deploy import DeploymentControl
@@ -66,6 +68,8 @@ CompletionServingDep = Annotated[CompletionServing, Depends(_app_state("completi
 EmbeddingServingDep = Annotated[EmbeddingServing, Depends(_app_state("embedding_serving"))]
 ClassifyServingDep = Annotated[ClassifyServing, Depends(_app_state("classify_serving"))]
 ScoringServingDep = Annotated[ScoringServing, Depends(_app_state("scoring_serving"))]
+TokenTaskServingDep = Annotated[TokenTaskServing, Depends(_app_state("token_task_serving"))]
+CompatServingDep = Annotated[CompatServing, Depends(_app_state("compat_serving"))]
 EnginesDep = Annotated[dict[str, EngineClient], Depends(_app_state("engines"))]
 MetricsDep = Annotated[Metrics, Depends(_app_state("metrics"))]
 StartedAtDep = Annotated[float, Depends(_app_state("started_at"))]

@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 _JSON_TYPES = ("application/json",)
 _INFERENCE_PREFIX = "/v1/"
-# Inference routes outside /v1 (vLLM's spelling): same body checks, same request counts.
-_INFERENCE_EXTRA = ("/tokenize", "/detokenize")
+# Inference routes outside /v1 (vLLM's spelling, and the original microservices'
+# compatibility routes): same body checks, same request counts.
+_INFERENCE_EXTRA = ("/tokenize", "/detokenize", "/generate", "/embed")
 # Inference routes whose body is an upload streamed to the store (multipart, size-capped there).
 _STREAMED_UPLOADS = ("/v1/files",)
 # Inference routes that take no body (a cancel), as (prefix, suffix): no Content-Type is needed.

@@ -17,6 +17,9 @@ ENDPOINTS = {
     "/v1/classify": "classify",
     "/v1/nli": "nli",
     "/v1/score": "score",
+    "/v1/fill_mask": "fill_mask",
+    "/generate": "completion",
+    "/embed": "embed_tokens",
     "/tokenize": "tokenize",
     "/detokenize": "tokenize",
 }

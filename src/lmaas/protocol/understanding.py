@@ -104,3 +104,15 @@ class ClassifierTrainRequest(_Request):
     examples: Annotated[list[LabelledExample], Field(min_length=2)]
     deploy: StrictBool = Field(default=True, description="Serve it (and wait until ready)")
     description: Text = ""
+
+
+class FillMaskRequest(_Request):
+    """A masked language model's guesses at its mask tokens (``[MASK]`` for BERT, ``<mask>``
+    for RoBERTa: ``mask_token`` in ``GET /v1/models``). Without ``model``, the first served
+    model that can fill masks."""
+
+    model: Text | None = None
+    input: Text | list[Text]
+    top_k: Annotated[StrictInt, Field(ge=1, le=100)] = 5
+    truncate: StrictBool = False
+    user: Text | None = None

@@ -34,6 +34,8 @@ CAPABILITY_WORDS = {
     "score": "score text (zero-shot classify, NLI and /v1/score)",
     "tokenize": "tokenize",
     "generate": "generate",
+    "fill_mask": "fill masks (a *ForMaskedLM model)",
+    "embed_tokens": "embed tokens (an encoder)",
 }
 
 

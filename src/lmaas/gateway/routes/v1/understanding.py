@@ -14,12 +14,14 @@ from lmaas.gateway.deps import (
     InferenceKey,
     RequestIdDep,
     ScoringServingDep,
+    TokenTaskServingDep,
 )
 from lmaas.gateway.routes.v1.docs import ERROR_RESPONSES
 from lmaas.protocol.understanding import (
     ClassifyRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    FillMaskRequest,
     NLIRequest,
     ScoreRequest,
     TokenizeRequest,
@@ -38,6 +40,19 @@ async def create_embeddings(
 ) -> Response:
     """Vectors for texts or token-id lists (OpenAI's format); `encoding_format: base64`."""
     return await serving.create(body, request, request_id, key)
+
+
+@router.post("/v1/fill_mask", responses=ERROR_RESPONSES)
+async def fill_mask(
+    body: FillMaskRequest,
+    request: Request,
+    serving: TokenTaskServingDep,
+    request_id: RequestIdDep,
+    key: InferenceKey,
+) -> Response:
+    """A masked language model's `top_k` likeliest tokens (with probabilities) at each mask
+    token of the input; without `model`, the first served model that can fill masks."""
+    return await serving.fill_mask(body, request, request_id, key)
 
 
 @router.post("/v1/classify", responses=ERROR_RESPONSES)

@@ -7,11 +7,16 @@ over ``generate.TorchSlots``. What the folder holds decides what the model can d
 - a ``*ForSequenceClassification`` model classifies, labels from ``config.id2label``;
 - a ``*ForCausalLM`` model (or a GGUF file) generates and scores tokens (and gives mean-pooled
   embeddings);
+- a ``*ForMaskedLM`` model fills its mask tokens (``tokens.fill_mask``), and embeds like an
+  encoder;
 - an ``lmaas_head.json`` beside an encoder is a linear classifier trained on its embeddings
   (``head.safetensors``: ``weight`` [labels x dim] and ``bias`` [labels]);
 - any other encoder (e.g. a sentence-transformers folder) embeds, pooled as its
   ``1_Pooling/config.json`` says (mean by default) and normalised if its ``modules.json``
   ends in ``Normalize``.
+
+Every encoder (not a classifier, not a causal model) also gives each token its contextual
+vector (``embed_tokens``, ``tokens.embed_tokens``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -44,6 +50,8 @@ from lmaas.protocol.engine import ModelInfo
 from lmaas.protocol.tasks import (
     CLASSIFY,
     EMBED,
+    EMBED_TOKENS,
+    FILL_MASK,
     GENERATE,
     SCORE,
     TOKENIZE,
@@ -51,6 +59,7 @@ from lmaas.protocol.tasks import (
     TaskRequest,
     TaskResult,
 )
+from lmaas.worker.backends.transformers import tokens as token_tasks
 from lmaas.worker.backends.transformers.generate import TorchSlots
 from lmaas.worker.prompt import bounded_special_tokens
 
@@ -61,7 +70,7 @@ HEAD_WEIGHTS = "head.safetensors"
 
 FORWARD_CHUNK = 32  # as sentence-transformers' default batch size
 
-Kind = Literal["embedding", "classifier", "head", "causal"]
+Kind = Literal["embedding", "classifier", "head", "causal", "masked"]
 Features = dict[str, list[int]]
 
 
@@ -124,6 +133,8 @@ class TransformersBackend:
             self.kind, load = "classifier", AutoModelForSequenceClassification
         elif self.gguf or arch.endswith(("ForCausalLM", "LMHeadModel")):
             self.kind, load = "causal", AutoModelForCausalLM
+        elif arch.endswith("ForMaskedLM") and self.tokenizer.mask_token_id is not None:
+            self.kind, load = "masked", AutoModelForMaskedLM
         else:
             self.kind, load = "embedding", AutoModel
         weights = {} if self.gguf else {"use_safetensors": True}
@@ -216,10 +227,11 @@ class TransformersBackend:
 
     def capabilities(self) -> list[str]:
         return {
-            "embedding": [EMBED, TOKENIZE],
+            "embedding": [EMBED, EMBED_TOKENS, TOKENIZE],
             "classifier": [CLASSIFY, TOKENIZE],
-            "head": [CLASSIFY, EMBED, TOKENIZE],
+            "head": [CLASSIFY, EMBED, EMBED_TOKENS, TOKENIZE],
             "causal": [GENERATE, SCORE, EMBED, TOKENIZE],
+            "masked": [FILL_MASK, EMBED, EMBED_TOKENS, TOKENIZE],
         }[self.kind]
 
     def info(self) -> ModelInfo:
@@ -249,6 +261,7 @@ class TransformersBackend:
             backend="transformers",
             capabilities=self.capabilities(),
             labels=self.labels,
+            mask_token=str(self.tokenizer.mask_token) if self.kind == "masked" else None,
             embedding_dim=int(hidden) if hidden and self.kind != "classifier" else None,
             special_tokens=bounded_special_tokens(
                 (t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special),
@@ -284,6 +297,8 @@ class TransformersBackend:
         elif request.texts is not None:
             prepared.features = self._encode(request.texts, None)
         self._fit_lengths(prepared, request)
+        if kind == "fill_mask":
+            token_tasks.check_masks(self, prepared)
         return prepared
 
     def _check_ids(self, ids: Sequence[int]) -> None:
@@ -344,6 +359,10 @@ class TransformersBackend:
             return [self._tokenize(p.request) for p in prepared]
         if kind == "detokenize":
             return [self._detokenize(p.request) for p in prepared]
+        if kind in ("fill_mask", "embed_tokens"):
+            with torch.inference_mode():
+                run = token_tasks.fill_mask if kind == "fill_mask" else token_tasks.embed_tokens
+                return run(self, prepared)
         flat = [f for p in prepared for f in p.features]
         results: list[TaskResult] = []
         with torch.inference_mode():
@@ -407,7 +426,7 @@ class TransformersBackend:
         return batch
 
     def _hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.kind == "causal":
+        if self.kind in ("causal", "masked"):  # a head on top: its input is the last state
             out = self.model(**batch, output_hidden_states=True)
             return out.hidden_states[-1]  # type: ignore[no-any-return]
         return self.model(**batch).last_hidden_state  # type: ignore[no-any-return]
