@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lmaas.errors import InternalError, InvalidRequestError, LmaasError, ServiceUnavailableError
-from lmaas.protocol.engine import GenerateRequest, SamplingParams
+from lmaas.protocol.engine import GenerateRequest, SamplingParams, ToolCallSpec
 from lmaas.worker.preparer import SlowPreparer, needs_slow_prepare
 
 WAIT = 10.0  # a runaway guard for waits on other threads, never a speed claim
@@ -169,3 +169,17 @@ def test_an_abort_for_a_request_not_here_goes_to_the_loop(h: Harness) -> None:
     forwarded: list[str] = []
     h.preparer.abort_or("a", forwarded.append)
     assert forwarded == ["a"]
+
+
+def test_an_overrunning_tool_call_grammar_names_the_tools(h: Harness) -> None:
+    assert h.preparer is not None
+    spec = ToolCallSpec(call_schema={"type": "object"})
+    tools = GenerateRequest(request_id="t", prompt="x", sampling=SamplingParams(tool_calls=spec))
+    assert needs_slow_prepare(tools)
+    gate = h.block("t")
+    h.preparer.submit(tools)
+    kind, rid, error = h.next()
+    assert (kind, rid, error.code, error.param) == ("reject", "t", "grammar_timeout", "tools")
+    assert "the tools took longer" in error.message
+    gate.set()
+    assert h.next() == ("release", "t", None)

@@ -146,13 +146,14 @@ class SlowPreparer:
                 self._overrunning += 1
         if build.overran:
             log.warning("request %s: grammar build ran over %.1f s", rid, self.timeout_s)
+            what = "response_format" if req.sampling.tool_calls is None else "tools"
             self._finish(
                 _Build(
                     req,
                     error=InvalidRequestError(
-                        f"the response_format took longer than {self.timeout_s:g} s to turn "
-                        "into a grammar; simplify the schema",
-                        param="response_format",
+                        f"the {what} took longer than {self.timeout_s:g} s to turn into a "
+                        "grammar; simplify the schema",
+                        param=what,
                         code="grammar_timeout",
                     ),
                 )
