@@ -167,7 +167,8 @@ def test_fill_mask_guesses_what_the_model_itself_guesses(server: Server) -> None
     default = server.ok("/v1/fill_mask", {"input": texts[0], "top_k": 1})
     assert default["model"] == MLM  # the one served model that can
     models = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {server.key}"})
-    assert any(m["id"] == MLM for m in models.json()["data"])
+    (card,) = [m for m in models.json()["data"] if m["id"] == MLM]
+    assert card["mask_token"] == "[MASK]" and "fill_mask" in card["capabilities"]
 
 
 def test_fill_mask_refusals(server: Server) -> None:

@@ -209,3 +209,13 @@ async def test_a_key_limited_to_some_models_gets_its_own_default(
         "/embed", json={"sentence": "a", "model": "encoder"}, headers=headers
     )
     assert denied.status_code == 403
+
+
+async def test_models_list_what_each_model_can_do_and_its_mask_token(
+    client: httpx.AsyncClient,
+) -> None:
+    cards = {m["id"]: m for m in (await client.get("/v1/models")).json()["data"]}
+    assert "fill_mask" in cards["mlm"]["capabilities"] and cards["mlm"]["mask_token"] == "[MASK]"
+    assert "embed_tokens" in cards["encoder"]["capabilities"]
+    assert cards["encoder"]["mask_token"] is None
+    assert "generate" in cards["chat"]["capabilities"]

@@ -371,6 +371,10 @@ class ModelCard(BaseModel):
     ready: bool = False
     # Which engine serves it ("llamacpp" or "transformers"); None until a replica has loaded.
     backend: str | None = None
+    # What it can do (generate, embed, embed_tokens, classify, score, fill_mask, tokenize) and,
+    # for a masked language model, its mask token; None until a replica has loaded.
+    capabilities: list[str] | None = None
+    mask_token: str | None = None
 
 
 class ModelList(BaseModel):

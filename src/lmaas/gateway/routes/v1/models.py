@@ -19,6 +19,8 @@ def _card(started_at: float, engine: EngineClient, name: str) -> ModelCard:
         max_model_len=info.max_model_len if info else None,
         ready=engine.health().ready,
         backend=info.backend if info else None,
+        capabilities=list(info.capabilities) if info else None,
+        mask_token=info.mask_token if info else None,
     )
 
 
