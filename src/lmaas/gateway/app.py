@@ -26,7 +26,7 @@ from lmaas.gateway.management.plans import PlanManagement
 from lmaas.gateway.management.quantize import QuantizeManagement
 from lmaas.gateway.management.requests import RequestRecords
 from lmaas.gateway.middleware import RequestContextMiddleware
-from lmaas.gateway.routes import ops
+from lmaas.gateway.routes import compat, ops
 from lmaas.gateway.routes.admin import classifiers as admin_classifiers
 from lmaas.gateway.routes.admin import deployments as admin_deployments
 from lmaas.gateway.routes.admin import jobs as admin_jobs
@@ -34,6 +34,7 @@ from lmaas.gateway.routes.admin import models as admin_models
 from lmaas.gateway.routes.admin import plan as admin_plan
 from lmaas.gateway.routes.admin import quantize as admin_quantize
 from lmaas.gateway.routes.admin import requests as admin_requests
+from lmaas.gateway.routes.docs_ui import mount_docs
 from lmaas.gateway.routes.v1 import (
     batches,
     chat,
@@ -48,9 +49,11 @@ from lmaas.gateway.serving.admission import Admission
 from lmaas.gateway.serving.chat import ChatServing
 from lmaas.gateway.serving.classifiers import ClassifierTrainer
 from lmaas.gateway.serving.classify import ClassifyServing
+from lmaas.gateway.serving.compat import CompatServing
 from lmaas.gateway.serving.completions import CompletionServing
 from lmaas.gateway.serving.embeddings import EmbeddingServing
 from lmaas.gateway.serving.scoring import ScoringServing
+from lmaas.gateway.serving.token_tasks import TokenTaskServing
 from lmaas.gateway.shutdown import Drain
 from lmaas.jobs.eval_store import EvalStore
 from lmaas.jobs.metrics import JobMetrics
@@ -95,13 +98,9 @@ def create_app(
         fixed = {model: number for model, number in (served_versions or set())}
         engines = EngineDirectory(engines, version_of=fixed.get)
 
-    app = FastAPI(
-        title="lmaas",
-        version=__version__,
-        description="Language models as a service: an OpenAI-compatible API",
-        lifespan=_lifespan(engines, deployments, recorder),
-    )
+    app = _new_app(_lifespan(engines, deployments, recorder))
     metrics = Metrics()
+    _register_control_metrics(metrics, deployments)
     drain = Drain(settings.shutdown_drain_seconds)
     app.state.drain = drain
     app.state.settings = settings
@@ -143,6 +142,26 @@ def create_app(
         version_of=engines.version_of,
         drain=drain,
     )
+    return app
+
+
+def _register_control_metrics(metrics: Metrics, deployments: DeploymentControl | None) -> None:
+    """The control plane's own metrics (the autoscaler's); a stand-in without them has none."""
+    for collector in getattr(deployments, "collectors", list)():
+        metrics.registry.register(collector)
+
+
+def _new_app(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]]) -> FastAPI:
+    """The bare app: its metadata, its lifespan, and /docs and /redoc served offline."""
+    app = FastAPI(
+        title="lmaas",
+        version=__version__,
+        description="Language models as a service: an OpenAI-compatible API",
+        lifespan=lifespan,
+        docs_url=None,  # routes/docs_ui.py serves both with local assets
+        redoc_url=None,
+    )
+    mount_docs(app)
     return app
 
 
@@ -200,14 +219,19 @@ def _mount_serving(
         ("embedding_serving", EmbeddingServing),
         ("classify_serving", ClassifyServing),
         ("scoring_serving", ScoringServing),
+        ("token_task_serving", TokenTaskServing),
     ):
         setattr(
             app.state, attr, cls(engines, settings.limits, metrics, store_prompts=store_prompts)
         )
+    app.state.compat_serving = CompatServing(
+        app.state.completion_serving, app.state.token_task_serving
+    )
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(understanding.router)
+    app.include_router(compat.router)
 
 
 def _mount_jobs(
