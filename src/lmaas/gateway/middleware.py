@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,13 +80,26 @@ _TEMPLATES: weakref.WeakKeyDictionary[Any, list[tuple[re.Pattern[str], str]]] = 
 
 
 def _templates(app: Any) -> list[tuple[re.Pattern[str], str]]:
-    if app is None or not hasattr(app, "openapi"):
+    """The path templates of the app's routes, compiled once per app (cheap: no schema is
+    built on the request path)."""
+    if app is None or not hasattr(app, "routes"):
         return []
     found = _TEMPLATES.get(app)
     if found is None:
-        paths = app.openapi().get("paths", {})
+        paths = dict.fromkeys(_route_paths(app.routes))
         found = _TEMPLATES[app] = [(compile_path(t)[0], t) for t in paths]
     return found
+
+
+def _route_paths(routes: Any) -> Iterator[str]:
+    for route in routes:
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and path:
+            yield path
+        # A router included in another (FastAPI keeps it whole, with its own routes).
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            yield from _route_paths(inner)
 
 
 def _routed(scope: Scope) -> bool:
