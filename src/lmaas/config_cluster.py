@@ -58,6 +58,16 @@ class ClusterSettings(BaseModel):
             "(default: the machine's total, or its cgroup limit when lower)",
         ),
     ] = None
+    capacity_refresh_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=3600,
+            description="Seconds between two reads of the cluster's capacity (a Ray cluster's "
+            "nodes joining or leaving): replicas waiting as pending are placed once it grew; "
+            "0 reads it once, at start",
+        ),
+    ] = 5.0
     ray_address: Annotated[
         str | None,
         Field(

@@ -100,7 +100,7 @@ class Deployment:
     def need_of(self, model: ModelRef) -> Need:
         """What one replica of ``model`` takes from the pool (as measured once one loaded)."""
         facts = self._measured.get(model.describe()) or model.memory_facts()
-        cores = self.pool.capacity.cores if self.pool is not None else 1
+        cores = self.pool.capacity.replica_cores if self.pool is not None else 1
         return replica_need(model.engine, facts, cores)
 
     @property

@@ -25,6 +25,7 @@ from typing import Any
 
 from lmaas.config import AutoscalingConfig, EngineConfig, ModelConfig, Settings
 from lmaas.controller.autoscaler import Autoscaler
+from lmaas.controller.capacity import ClusterPool
 from lmaas.controller.cluster.base import Cluster, ClusterKinds, ModelFile, ModelRef
 from lmaas.controller.cluster.kinds import installed_kinds
 from lmaas.controller.deployment import Deployment
@@ -97,8 +98,9 @@ class DeploymentManager:
         self._aliases: dict[str, dict[str, int]] = {}
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
-        self._pool: ResourcePool | None = None
-        self._pool_made = False
+        self._pools = ClusterPool(
+            lambda: self.cluster, settings.cluster.capacity_refresh_s, self._room_freed
+        )
         self._measured: dict[str, ModelFacts] = {}  # what loaded replicas measured, by model
         self._placing: asyncio.Task[None] | None = None
         self._place_again = False
@@ -107,17 +109,9 @@ class DeploymentManager:
 
     @property
     def pool(self) -> ResourcePool | None:
-        """Where replicas are placed against the cluster's capacity; None when the cluster
-        reports none (it places replicas itself)."""
-        if not self._pool_made:
-            # A cluster kind written before the pool existed has no capacity(): count nothing.
-            capacity = getattr(self.cluster, "capacity", None)
-            offered = capacity() if capacity is not None else None
-            if offered is not None:
-                self._pool = ResourcePool(offered)
-                self._pool.listen(self._room_freed)
-            self._pool_made = True
-        return self._pool
+        """Where replicas are placed against the cluster's capacity (read again on a timer,
+        ``controller/capacity.py``); None when the cluster reports none."""
+        return self._pools.pool
 
     @property
     def cluster(self) -> Cluster:
@@ -183,10 +177,12 @@ class DeploymentManager:
                         pending[0].last_error,
                     )
         self.autoscaler.start()
+        self._pools.start()
 
     async def close(self) -> None:
         self._closing = True
         await self.autoscaler.close()
+        await self._pools.close()
         for task in list(self._background):
             task.cancel()
         entries = list(self._entries.values())
@@ -314,7 +310,7 @@ class DeploymentManager:
             resolved = await self._resolve(spec)  # unknown model: 404 before any write
             deployment = self._deployment(resolved.ref, spec.replicas)
             _refuse(
-                deployment.fits(spec.replicas),
+                await self._room(deployment, spec.replicas),
                 f"cannot start {spec.replicas} replicas of {name!r}",
             )
             spec = await asyncio.to_thread(self.specs.create, spec)
@@ -337,7 +333,7 @@ class DeploymentManager:
         if body.replicas is not None and body.replicas > entry.spec.replicas:
             more = body.replicas - len(entry.deployment.placed)  # pending ones included
             _refuse(
-                entry.deployment.fits(more),
+                await self._room(entry.deployment, more),
                 f"cannot scale {name!r} to {body.replicas} replicas ({more} more to start)",
             )
         if body.model is not None:
@@ -483,6 +479,14 @@ class DeploymentManager:
             replicas=replicas,
             autoscaling_json=config.model_dump_json() if config is not None else None,
         )
+
+    async def _room(self, deployment: Deployment, count: int) -> str | None:
+        """Why ``count`` more replicas of ``deployment`` do not fit; a no is checked against
+        the cluster's capacity of now (a node may have joined since the last reading)."""
+        if deployment.fits(count) is None:
+            return None
+        await self._pools.refresh()
+        return deployment.fits(count)
 
     def _remember_aliases(self, resolved: Resolved) -> None:
         if resolved.model is not None:

@@ -59,6 +59,14 @@ class Capacity:
     memory_total: int
     memory_reserve: int = 0
     cpu_overcommit: float = 1.0
+    # A cluster of several nodes: the cores of the largest, which a replica with engine.threads
+    # 0 takes (0: one machine, ``cores``).
+    node_cores: int = 0
+
+    @property
+    def replica_cores(self) -> int:
+        """The cores a replica with ``engine.threads`` 0 starts a thread for each of."""
+        return self.node_cores or self.cores
 
     @property
     def cpu_threads(self) -> int:
@@ -158,7 +166,8 @@ class ResourcePool:
     """The replicas placed on one machine, each holding its ``Need`` under a key (its id).
 
     ``fit`` says whether more replicas fit beside those placed, ``reserve`` places one,
-    ``release`` frees one (and tells the listeners, which may place waiting replicas).
+    ``release`` frees one and ``resize`` changes what the machine offers (both tell the
+    listeners, which may place waiting replicas).
     """
 
     def __init__(self, capacity: Capacity) -> None:
@@ -167,7 +176,7 @@ class ResourcePool:
         self._listeners: list[Callable[[], None]] = []
 
     def listen(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` after every release."""
+        """Call ``callback`` after every release, and after the capacity grew."""
         self._listeners.append(callback)
 
     def holds(self, key: str) -> bool:
@@ -238,6 +247,15 @@ class ResourcePool:
         held = self._held.get(key)
         if held is not None:
             self._held[key] = replace(held, cpu_threads=cpu_threads)
+
+    def resize(self, capacity: Capacity) -> None:
+        """The cluster offers ``capacity`` now (a node joined or left). Replicas placed stay
+        placed even when they no longer fit; when it grew, listeners hear of it (waiting
+        replicas may fit now)."""
+        before, self.capacity = self.capacity, capacity
+        if capacity.cpu_threads > before.cpu_threads or capacity.memory > before.memory:
+            for callback in list(self._listeners):
+                callback()
 
     def release(self, key: str) -> None:
         """The replica ``key`` stopped; listeners hear of it."""

@@ -121,15 +121,17 @@ class RayCluster:
             raise InvalidRequestError("a Ray cluster needs the model store", param="model")
 
     def capacity(self) -> Capacity:
-        """The cluster as the resource pool counts it: every node's CPUs and memory together.
-        Ray places each replica on one node; the pool refuses what the whole cluster lacks."""
+        """The cluster as the resource pool counts it: every live node's CPUs and memory
+        together (read again as nodes join and leave, ``controller/capacity.py``). Ray places
+        each replica on one node; the pool refuses what the whole cluster lacks."""
         resources = self._ray.cluster_resources()
-        nodes = sum(1 for n in self._ray.nodes() if n.get("Alive"))
+        cpus = self._node_cpus()
         return Capacity(
-            node=f"ray ({nodes} node{'s' if nodes != 1 else ''})",
+            node=f"ray ({len(cpus)} node{'s' if len(cpus) != 1 else ''})",
             cores=max(1, int(resources.get("CPU", 1))),
             memory_total=int(resources.get("memory", 0)),
             cpu_overcommit=self.settings.cluster.cpu_overcommit,
+            node_cores=max(1, int(max(cpus, default=1))),
         )
 
     def new_replica(self, model: ModelRef, *, index: int) -> RayReplica:
@@ -178,9 +180,12 @@ class RayCluster:
             options["label_selector"] = dict(cluster.ray_label_selector)
         return options
 
+    def _node_cpus(self) -> list[float]:
+        """The CPUs of every live node."""
+        return [n.get("Resources", {}).get("CPU", 0) for n in self._ray.nodes() if n.get("Alive")]
+
     def _largest_node_cpus(self) -> int:
-        cpus = [n.get("Resources", {}).get("CPU", 0) for n in self._ray.nodes() if n.get("Alive")]
-        return max(1, int(max(cpus, default=1)))
+        return max(1, int(max(self._node_cpus(), default=1)))
 
     def spawn(self, model: ModelRef) -> tuple[Any, dict[str, Any]]:
         """A new actor for one run of a replica of ``model``, and the options it asked for
