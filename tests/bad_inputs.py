@@ -1743,6 +1743,15 @@ def _admin_sweep() -> list[AdminCase]:
             {"autoscaling": {"min_replica": 1}},
             "autoscaling.min_replica",
         ),
+        ("placement-string", {"placement": "gpu"}, "placement"),
+        ("placement-cpu", {"placement": {"resources": {"CPU": 2}}}, "placement.resources"),
+        ("placement-zero", {"placement": {"resources": {"big": 0}}}, "placement.resources"),
+        (
+            "placement-bad-label",
+            {"placement": {"label_selector": {"zone": "a b"}}},
+            "placement.label_selector",
+        ),
+        ("placement-unknown-field", {"placement": {"nodes": ["a"]}}, "placement.nodes"),
     ]
     rows += [
         (f"deploy-{name}", "POST", "/admin/deployments", {"model": "tiny", **body}, 400, param)
@@ -1767,6 +1776,14 @@ def _admin_sweep() -> list[AdminCase]:
             {"autoscaling": {"min_replicas": 5, "max_replicas": 4}},
             400,
             "autoscaling",
+        ),
+        (
+            "place-on-cpu",
+            "PATCH",
+            "/admin/deployments/{model}",
+            {"placement": {"resources": {"CPU": 1}}},
+            400,
+            "placement.resources",
         ),
         (
             "rename-deployment",

@@ -24,6 +24,7 @@ from lmaas.config_autoscaling import AutoscalingConfig as AutoscalingConfig
 from lmaas.config_cluster import ClusterSettings as ClusterSettings
 from lmaas.config_engine import EngineConfig as EngineConfig
 from lmaas.config_jobs import JobSettings
+from lmaas.config_placement import PlacementConfig as PlacementConfig
 from lmaas.errors import InvalidRequestError
 from lmaas.names import SERVED_NAME_PATTERN
 
@@ -103,6 +104,10 @@ class ModelConfig(BaseModel):
             description="Scale replicas with the load (Ray Serve's names); `replicas` is then "
             "ignored"
         ),
+    ] = None
+    placement: Annotated[
+        PlacementConfig | None,
+        Field(description="Ray resources and node labels of this deployment's replicas"),
     ] = None
 
     def resolve_path(self) -> Path:
@@ -335,6 +340,19 @@ class MetricsSettings(BaseModel):
             "without one); off by default so a local Prometheus can scrape it",
         ),
     ] = False
+    history_interval_s: Annotated[
+        float,
+        Field(
+            ge=0.5,
+            le=300,
+            description="Seconds between the samples the gateway keeps in memory for "
+            "GET /admin/metrics/history (the console's charts)",
+        ),
+    ] = 5.0
+    history_seconds: Annotated[
+        float,
+        Field(ge=60, le=7 * 86400, description="How far back GET /admin/metrics/history goes"),
+    ] = 3600.0
 
 
 class Settings(BaseSettings):

@@ -7,6 +7,8 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lmaas.config_placement import LabelSelector, RayResources
+
 
 class ClusterSettings(BaseModel):
     """Where replicas run."""
@@ -80,15 +82,19 @@ class ClusterSettings(BaseModel):
         str, Field(min_length=1, description="Ray namespace of the replica actors")
     ] = "lmaas"
     ray_resources: Annotated[
-        dict[str, float],
+        RayResources,
         Field(
             description="Custom Ray resources every replica actor asks for (e.g. "
-            "{lmaas_worker: 1} to keep replicas on nodes started with that resource)"
+            "{lmaas_worker: 1} to keep replicas on nodes started with that resource); a "
+            "deployment's placement.resources adds to them"
         ),
     ] = Field(default_factory=dict)
     ray_label_selector: Annotated[
-        dict[str, str],
-        Field(description="Ray node labels a replica actor must land on (Ray's label_selector)"),
+        LabelSelector,
+        Field(
+            description="Ray node labels every replica actor must land on (Ray's "
+            "label_selector); a deployment's placement.label_selector adds to them"
+        ),
     ] = Field(default_factory=dict)
     gateway_url: Annotated[
         str | None,

@@ -235,3 +235,20 @@ def test_lmaas_deploy_takes_the_bounds_as_flags(env: Env) -> None:
     assert (config["min_replicas"], config["max_replicas"], config["upscale_delay_s"]) == (1, 2, 5)
     assert "(auto 1-2)" in cli(env.home, "ps", key=env.admin, url=env.server.url)
     cli(env.home, "undeploy", "flex", key=env.admin, url=env.server.url)
+
+
+def test_a_placement_is_refused_on_the_local_kind(env: Env) -> None:
+    body = {"model": MODEL, "name": "placed", "placement": {"resources": {"lmaas_large": 1}}}
+    r = env.req("POST", "/admin/deployments", env.admin, json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "placement" and "cluster.kind local" in error["message"]
+    r = env.req(
+        "PATCH",
+        f"/admin/deployments/{MODEL}",
+        env.admin,
+        json={"placement": {"label_selector": {"zone": "a"}}},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "placement"
+    assert env.get("/admin/deployments/placed", env.admin).status_code == 404
+    assert deployment(env, MODEL)["placement"] is None

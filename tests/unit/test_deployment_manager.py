@@ -98,6 +98,7 @@ class FakeSpecs:
         replicas: int | None = None,
         reference: str | None = None,
         autoscaling_json: object = KEEP,
+        placement_json: object = KEEP,
     ) -> DeploymentSpec:
         spec = self.specs[name]
         if replicas is not None:
@@ -107,6 +108,9 @@ class FakeSpecs:
         if autoscaling_json is not KEEP:
             assert autoscaling_json is None or isinstance(autoscaling_json, str)
             spec = dataclasses.replace(spec, autoscaling_json=autoscaling_json)
+        if placement_json is not KEEP:
+            assert placement_json is None or isinstance(placement_json, str)
+            spec = dataclasses.replace(spec, placement_json=placement_json)
         self.specs[name] = spec
         return spec
 

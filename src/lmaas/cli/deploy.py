@@ -66,6 +66,11 @@ def _show(d: dict[str, Any]) -> None:
         f"[{colour}]{d['state']}[/{colour}], {d['ready_replicas']}/{d['replicas']} ready"
         f"{_autoscaled(d)}"
     )
+    placement = d.get("placement") or {}
+    asked = [f"{k}={v:g}" for k, v in placement.get("resources", {}).items()]
+    asked += [f"{k}={v}" for k, v in placement.get("label_selector", {}).items()]
+    if asked:
+        console.print(f"  placement: {', '.join(asked)}")
     if d["last_error"]:
         console.print(f"  [red]last error:[/red] {d['last_error']}")
 
@@ -93,6 +98,36 @@ def _autoscaling(
     return auto
 
 
+def _pairs(given: list[str] | None, flag: str) -> dict[str, str]:
+    """``K=V`` flags as a dict (a bad one exits with a usage error)."""
+    pairs: dict[str, str] = {}
+    for item in given or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint=flag)
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _placement(resources: list[str] | None, labels: list[str] | None) -> dict[str, Any] | None:
+    """The ``placement`` object the flags ask for (None: no flag given); the server checks
+    the names and values."""
+    placement: dict[str, Any] = {}
+    if resources:
+        asked: dict[str, float] = {}
+        for name, value in _pairs(resources, "--resource").items():
+            try:
+                asked[name] = float(value)
+            except ValueError:
+                raise typer.BadParameter(
+                    f"{name}={value}: the quantity is not a number", param_hint="--resource"
+                ) from None
+        placement["resources"] = asked
+    if labels:
+        placement["label_selector"] = _pairs(labels, "--label")
+    return placement or None
+
+
 def deploy(
     model: Annotated[str, typer.Argument(help="name, name:alias or name:3 of the store")],
     name: Annotated[
@@ -118,19 +153,37 @@ def deploy(
     downscale_delay: Annotated[
         float | None, typer.Option(help="Autoscale: downscale_delay_s [default: 600]")
     ] = None,
+    resource: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME=N",
+            help="Ray cluster: a custom resource each replica asks for (repeatable)",
+        ),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="Ray cluster: a node label each replica's node must have; VALUE may be !v, "
+            "in(a,b) or !in(a,b) (repeatable)",
+        ),
+    ] = None,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
     url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Serve a model of the store with N replicas, or autoscaled between --min-replicas and
-    --max-replicas."""
+    --max-replicas; on a Ray cluster, --resource and --label choose the nodes."""
     body: dict[str, Any] = {"model": model}
     auto = _autoscaling(
         min_replicas, max_replicas, target_ongoing_requests, upscale_delay, downscale_delay
     )
     if auto is not None:
         body["autoscaling"] = auto
+    placement = _placement(resource, label)
+    if placement is not None:
+        body["placement"] = placement
     if replicas is not None or auto is None:
         body["replicas"] = 1 if replicas is None else replicas
     if name:

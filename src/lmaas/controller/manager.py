@@ -17,6 +17,7 @@ its store version.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ from lmaas.controller.deployment import Deployment
 from lmaas.controller.pool import ModelFacts, ResourcePool
 from lmaas.controller.resources import (
     deployment_out,
-    loaded_facts,
+    keep_measurement,
     path_facts,
+    placement_json,
+    placement_of,
     pool_out,
     version_facts,
 )
@@ -135,6 +138,7 @@ class DeploymentManager:
                 engine_json=m.engine.model_dump_json(),
                 source="config",
                 autoscaling_json=m.autoscaling.model_dump_json() if m.autoscaling else None,
+                placement_json=placement_json(m.placement),
             )
             for m in self.settings.models
         ]
@@ -196,12 +200,14 @@ class DeploymentManager:
     def resolve_spec(self, spec: DeploymentSpec) -> Resolved:
         """What ``spec`` serves now (blocking: reads the catalog and a folder's manifest)."""
         engine = EngineConfig.model_validate_json(spec.engine_json)
+        placement = placement_of(spec.placement_json)
         if spec.path is not None:
             config = ModelConfig(name=spec.name, path=Path(spec.path), engine=engine)
             path = config.resolve_path()
             if not path.exists():
                 raise NotFoundError(f"{spec.path} does not exist", param="path")
-            outside = ModelRef(spec.name, engine, path=str(path), facts=path_facts(engine, path))
+            facts = path_facts(engine, path)
+            outside = ModelRef(spec.name, engine, path=str(path), facts=facts, placement=placement)
             return Resolved(outside, None, None, {})
         model, ref = parse_reference(spec.reference or spec.name)
         version = self.store.catalog.get_version(model, ref)  # gguf or hf: both are served
@@ -215,6 +221,7 @@ class DeploymentManager:
             digest=version.digest,
             files=self._files(version),
             facts=version_facts(engine, version),
+            placement=placement,
         )
         return Resolved(served, model, ref if isinstance(ref, str) else None, aliases)
 
@@ -303,6 +310,7 @@ class DeploymentManager:
             engine_json=(body.engine or EngineConfig()).model_dump_json(),
             source="api",
             autoscaling_json=auto.model_dump_json() if auto is not None else None,
+            placement_json=placement_json(body.placement),
         )
         async with self._lock:
             if name in self._entries:
@@ -336,32 +344,34 @@ class DeploymentManager:
                 await self._room(entry.deployment, more),
                 f"cannot scale {name!r} to {body.replicas} replicas ({more} more to start)",
             )
-        if body.model is not None:
-            candidate = DeploymentSpec(
-                name=name,
-                reference=body.model,
-                path=None,
-                replicas=entry.spec.replicas,
-                engine_json=entry.spec.engine_json,
-                source=entry.spec.source,
+        placing = "placement" in body.model_fields_set
+        placement = placement_json(body.placement) if placing else entry.spec.placement_json
+        if body.model is not None or placement != entry.spec.placement_json:
+            candidate = dataclasses.replace(
+                entry.spec, reference=body.model or entry.spec.reference, placement_json=placement
             )
-            resolved = await self._resolve(candidate)
+            if body.model is not None:
+                candidate = dataclasses.replace(candidate, path=None)
+            resolved = await self._resolve(candidate)  # a placement the cluster refuses: 400
             if resolved.model != entry.model and entry.model is not None:
                 raise InvalidRequestError(
                     f"deployment {name!r} serves {entry.model}; deploy {resolved.model} "
                     "under its own name instead",
                     param="model",
                 )
-            if resolved.ref.version != entry.deployment.version:
+            moved = resolved.ref.version != entry.deployment.version
+            moved |= placement != entry.spec.placement_json  # replicas move to other nodes
+            if moved:
                 _refuse(
                     entry.deployment.roll_fits(resolved.ref),
                     f"cannot roll {name!r} to {resolved.ref.describe()}",
-                    param="model",
+                    param="model" if body.model is not None else "placement",
                 )
-            entry.spec = await asyncio.to_thread(self.specs.update, name, reference=body.model)
+            entry.spec = await asyncio.to_thread(
+                self.specs.update, name, reference=body.model, placement_json=placement
+            )
             entry.model, entry.follows, entry.note = resolved.model, resolved.follows, None
             self._remember_aliases(resolved)
-            moved = resolved.ref.version != entry.deployment.version
             if moved and not await entry.deployment.roll(resolved.ref):
                 raise ServiceUnavailableError(
                     entry.deployment.last_error or "rolling update failed"
@@ -526,31 +536,7 @@ class DeploymentManager:
         self, deployment: Deployment, replica: Replica, model: ModelRef
     ) -> ModelFacts | None:
         """A replica of ``model`` is ready: keep what it measured with the store version."""
-        facts = loaded_facts(model, replica.info)
-        if facts is None:
-            return None
-        known = model.memory_facts()
-        changed = (facts.memory_bytes, facts.kv_bytes_per_token) != (
-            known.memory_bytes,
-            known.kv_bytes_per_token,
-        )
-        if changed and model.model is not None and model.version is not None:
-            try:
-                await asyncio.to_thread(
-                    self.store.catalog.set_memory,
-                    model.model,
-                    model.version,
-                    memory_bytes=facts.memory_bytes or 0,
-                    kv_bytes_per_token=facts.kv_bytes_per_token,
-                )
-            except LmaasError as exc:  # the version went meanwhile
-                log.info("%s: measurement not kept: %s", replica.label, exc.message)
-        log.info(
-            "%s: measured %d MiB of its own memory besides its KV cache",
-            replica.label,
-            (facts.memory_bytes or 0) >> 20,
-        )
-        return facts
+        return await keep_measurement(self.store.catalog, replica, model)
 
     def _room_freed(self) -> None:
         """A replica stopped: place what waits for room (once per burst of stops)."""

@@ -4,14 +4,18 @@ the admin API shows them."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
-from lmaas.config import EngineConfig
+from lmaas.config import EngineConfig, PlacementConfig
 from lmaas.controller.cluster.base import ModelRef
 from lmaas.controller.deployment import Deployment
 from lmaas.controller.pending import PENDING
 from lmaas.controller.pool import Backend, ModelFacts, ResourcePool
 from lmaas.controller.specs import DeploymentSpec
+from lmaas.engine.replica import Replica
+from lmaas.errors import LmaasError
 from lmaas.protocol.deploy import (
     DeploymentOut,
     DeploymentState,
@@ -20,7 +24,9 @@ from lmaas.protocol.deploy import (
     ResourcesOut,
 )
 from lmaas.protocol.engine import ModelInfo
-from lmaas.store.catalog import VersionInfo
+from lmaas.store.catalog import Catalog, VersionInfo
+
+log = logging.getLogger(__name__)
 
 
 def version_facts(engine: EngineConfig, version: VersionInfo) -> ModelFacts:
@@ -55,6 +61,47 @@ def loaded_facts(model: ModelRef, info: ModelInfo | None) -> ModelFacts | None:
     if info is None or info.memory_bytes is None:
         return None
     return model.memory_facts().measured(info.memory_bytes, info.kv_bytes_per_token)
+
+
+async def keep_measurement(
+    catalog: Catalog, replica: Replica, model: ModelRef
+) -> ModelFacts | None:
+    """``model``'s facts as the ready ``replica`` measured them, kept with its store version
+    (when they changed); None when it measured nothing."""
+    facts = loaded_facts(model, replica.info)
+    if facts is None:
+        return None
+    known = model.memory_facts()
+    changed = (facts.memory_bytes, facts.kv_bytes_per_token) != (
+        known.memory_bytes,
+        known.kv_bytes_per_token,
+    )
+    if changed and model.model is not None and model.version is not None:
+        try:
+            await asyncio.to_thread(
+                catalog.set_memory,
+                model.model,
+                model.version,
+                memory_bytes=facts.memory_bytes or 0,
+                kv_bytes_per_token=facts.kv_bytes_per_token,
+            )
+        except LmaasError as exc:  # the version went meanwhile
+            log.info("%s: measurement not kept: %s", replica.label, exc.message)
+    log.info(
+        "%s: measured %d MiB of its own memory besides its KV cache",
+        replica.label,
+        (facts.memory_bytes or 0) >> 20,
+    )
+    return facts
+
+
+def placement_of(placement_json: str | None) -> PlacementConfig | None:
+    return None if placement_json is None else PlacementConfig.model_validate_json(placement_json)
+
+
+def placement_json(placement: PlacementConfig | None) -> str | None:
+    """How a spec keeps ``placement`` (an empty one is none)."""
+    return None if placement is None or placement.empty else placement.model_dump_json()
 
 
 def pool_out(pool: ResourcePool) -> PoolOut:
@@ -124,6 +171,7 @@ def deployment_out(
             )
             for r in health.replicas
         ],
+        placement=placement_of(spec.placement_json),
         resources=None
         if need is None
         else ResourcesOut(

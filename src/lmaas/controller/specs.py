@@ -3,7 +3,8 @@
 A spec names a model of the store by reference (``model`` plus an alias or a version number)
 or, for a file outside the store, by ``path``. ``source`` tells config-declared specs (rewritten
 from the config file at every start) from those created through the API. An autoscaled spec
-keeps its ``autoscaling`` object as JSON; its ``replicas`` are then those it starts with.
+keeps its ``autoscaling`` object as JSON; its ``replicas`` are then those it starts with. A
+spec with a ``placement`` (Ray resources and node labels of its replicas) keeps it as JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class _Keep(Enum):
     KEEP = "keep"
 
 
-KEEP: Final = _Keep.KEEP  # ``update``: leave the autoscaling config as it is
+KEEP: Final = _Keep.KEEP  # ``update``: leave the autoscaling (or placement) config as it is
 
 
 class DeploymentRow(Base):
@@ -44,6 +45,7 @@ class DeploymentRow(Base):
     replicas: Mapped[int] = mapped_column(Integer)
     engine_json: Mapped[str] = mapped_column(Text)
     autoscaling_json: Mapped[str | None] = mapped_column(Text)
+    placement_json: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -59,6 +61,7 @@ class DeploymentSpec:
     source: Source
     created_at: datetime | None = None
     autoscaling_json: str | None = None  # an AutoscalingConfig; None: replicas set by hand
+    placement_json: str | None = None  # a PlacementConfig; None: the cluster's defaults
 
 
 def _to_spec(row: DeploymentRow) -> DeploymentSpec:
@@ -71,6 +74,7 @@ def _to_spec(row: DeploymentRow) -> DeploymentSpec:
         source="config" if row.source == "config" else "api",
         created_at=as_utc(row.created_at),
         autoscaling_json=row.autoscaling_json,
+        placement_json=row.placement_json,
     )
 
 
@@ -103,6 +107,7 @@ class DeploymentStore:
                     replicas=spec.replicas,
                     engine_json=spec.engine_json,
                     autoscaling_json=spec.autoscaling_json,
+                    placement_json=spec.placement_json,
                     source=spec.source,
                     created_at=now,
                     updated_at=now,
@@ -128,6 +133,7 @@ class DeploymentStore:
             row.replicas = spec.replicas
             row.engine_json = spec.engine_json
             row.autoscaling_json = spec.autoscaling_json
+            row.placement_json = spec.placement_json
             row.source = spec.source
             row.updated_at = now
             session.flush()
@@ -140,6 +146,7 @@ class DeploymentStore:
         replicas: int | None = None,
         reference: str | None = None,
         autoscaling_json: str | _Keep | None = KEEP,
+        placement_json: str | _Keep | None = KEEP,
     ) -> DeploymentSpec:
         with self._sessions.begin() as session:
             row = session.scalar(
@@ -154,6 +161,8 @@ class DeploymentStore:
                 row.path = None
             if autoscaling_json is not KEEP:
                 row.autoscaling_json = autoscaling_json
+            if placement_json is not KEEP:
+                row.placement_json = placement_json
             row.updated_at = utc_now()
             session.flush()
             return _to_spec(row)

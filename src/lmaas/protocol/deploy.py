@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmaas.config import AutoscalingConfig, EngineConfig
+from lmaas.config import AutoscalingConfig, EngineConfig, PlacementConfig
 from lmaas.names import SERVED_NAME_PATTERN
 
 # pending: no replica is ready and the resource pool has no room for the ones it wants
@@ -52,6 +52,13 @@ class DeploymentCreate(BaseModel):
             "downscale_delay_s, ...)"
         ),
     ] = None
+    placement: Annotated[
+        PlacementConfig | None,
+        Field(
+            description="Ray resources and node labels of the replicas' actors (a Ray cluster; "
+            "refused on the local kind)"
+        ),
+    ] = None
     wait: Annotated[
         bool, Field(description="Answer only once every replica is ready (or failed)")
     ] = False
@@ -70,6 +77,13 @@ class DeploymentPatch(BaseModel):
         Field(
             description="A new autoscaling config (replaces the old one whole); `null` stops "
             "autoscaling, keeping the replicas there are"
+        ),
+    ] = None
+    placement: Annotated[
+        PlacementConfig | None,
+        Field(
+            description="A new placement (replaces the old one whole; `null` removes it): "
+            "the replicas are replaced by a rolling update"
         ),
     ] = None
     wait: bool = False
@@ -151,6 +165,9 @@ class DeploymentOut(BaseModel):
     )
     autoscaling: AutoscalingOut | None = Field(
         default=None, description="The autoscaler's config and decisions (null: not autoscaled)"
+    )
+    placement: PlacementConfig | None = Field(
+        default=None, description="Ray resources and node labels of its replicas (null: none)"
     )
 
 

@@ -74,3 +74,15 @@ def test_the_autoscaling_config_is_kept_and_changed_apart(specs: DeploymentStore
     assert (off.replicas, off.autoscaling_json) == (3, None)
     specs.put(spec(autoscaling_json=auto))
     assert specs.list()[0].autoscaling_json == auto
+
+
+def test_the_placement_is_kept_and_changed_apart(specs: DeploymentStore) -> None:
+    placed = '{"resources": {"lmaas_large": 1.0}, "label_selector": {"zone": "a"}}'
+    specs.create(spec(placement_json=placed))
+    assert specs.get("chat").placement_json == placed
+    specs.update("chat", replicas=1, reference="smollm2:2")  # other changes leave it
+    assert specs.get("chat").placement_json == placed
+    specs.update("chat", placement_json=None)
+    assert specs.get("chat").placement_json is None
+    specs.put(spec(placement_json=placed, source="config"))
+    assert specs.list()[0].placement_json == placed

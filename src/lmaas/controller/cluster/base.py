@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from lmaas.config import EngineConfig, Settings
+from lmaas.config import EngineConfig, PlacementConfig, Settings
 from lmaas.controller.pool import ModelFacts
 from lmaas.engine.replica import Replica
 from lmaas.errors import InvalidRequestError
@@ -55,6 +55,9 @@ class ModelRef:
     path: str | None = None
     # What is known of its memory (kept with the store version); the resource pool counts it.
     facts: ModelFacts | None = None
+    # Where its replicas may run (Ray resources, node labels): a cluster that cannot honour it
+    # refuses it in ``check``.
+    placement: PlacementConfig | None = None
 
     def describe(self) -> str:
         if self.model is not None:
@@ -83,7 +86,8 @@ class Cluster(Protocol):
         """The registered name of this cluster kind (``local``, ``ray``...)."""
 
     def check(self, model: ModelRef) -> None:
-        """Raise an ``LmaasError`` when this cluster cannot serve ``model`` at all."""
+        """Raise an ``LmaasError`` when this cluster cannot serve ``model`` at all (its files,
+        or a ``placement`` it cannot honour)."""
 
     def new_replica(self, model: ModelRef, *, index: int) -> Replica:
         """A replica of deployment ``model.name`` serving ``model``, not started yet."""

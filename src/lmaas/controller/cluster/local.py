@@ -44,6 +44,13 @@ class LocalCluster:
         self.node = socket.gethostname()
 
     def check(self, model: ModelRef) -> None:
+        if model.placement is not None and not model.placement.empty:
+            raise InvalidRequestError(
+                f"placement ({model.placement.describe()}) chooses Ray nodes, and this server "
+                "runs replicas on its own machine (cluster.kind local): drop it, or serve with "
+                "--ray-address",
+                param="placement",
+            )
         if model.path is None and self.store is None:
             raise InvalidRequestError(
                 f"{model.describe()} is a model of the store, and this server has none",

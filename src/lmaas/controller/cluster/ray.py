@@ -4,9 +4,10 @@ the same worker as a local replica and speaking the same framed protocol to this
 - **Placement.** A replica run is a ``ReplicaHost`` actor (:mod:`.ray_host`) asking Ray for
   ``num_cpus`` (its CPU threads over ``cluster.cpu_overcommit``, as the local pool counts them),
   ``memory`` (what the resource pool says one replica takes, its mapped weights included), the
-  ``cluster.ray_resources`` and ``cluster.ray_label_selector``; the ``SPREAD`` strategy puts a
-  deployment's replicas on different nodes when it can. Ray picks the node; a replica Ray cannot
-  place yet stays ``starting`` with a note saying what it waits for.
+  ``cluster.ray_resources`` and ``cluster.ray_label_selector`` with the deployment's own
+  ``placement`` over them (its keys win); the ``SPREAD`` strategy puts a deployment's replicas
+  on different nodes when it can. Ray picks the node; a replica Ray cannot place yet stays
+  ``starting`` with a note saying what it waits for.
 - **Model files.** No shared disk: the actor fetches the version's blobs by sha256 from this
   gateway's ``GET /internal/blobs/<hex>`` (a token made at start, given only to the actors; only
   blobs of models this cluster serves) into the node's cache, each checked against its digest.
@@ -174,10 +175,13 @@ class RayCluster:
             "max_restarts": 0,  # the replica makes a new actor itself, after its backoff
             "scheduling_strategy": "SPREAD",
         }
-        if cluster.ray_resources:
-            options["resources"] = dict(cluster.ray_resources)
-        if cluster.ray_label_selector:
-            options["label_selector"] = dict(cluster.ray_label_selector)
+        placement = model.placement
+        resources = {**cluster.ray_resources, **(placement.resources if placement else {})}
+        labels = {**cluster.ray_label_selector, **(placement.label_selector if placement else {})}
+        if resources:
+            options["resources"] = resources
+        if labels:
+            options["label_selector"] = labels
         return options
 
     def _node_cpus(self) -> list[float]:
@@ -297,10 +301,7 @@ class RayReplica(SupervisedReplica):
                 done, _ = await asyncio.wait({waiting}, timeout=_PLACEMENT_NOTE_AFTER)
                 if done:
                     break
-                self.last_error = (
-                    f"waiting for Ray to place it on a node with {options['num_cpus']:g} CPU and "
-                    f"{size(options['memory'])} memory free, or for the node to fetch the model"
-                )
+                self.last_error = f"waiting for Ray to place it on a node {_wanted(options)}"
             try:
                 return dict(waiting.result())
             except Exception as exc:
@@ -325,6 +326,17 @@ class RayReplica(SupervisedReplica):
         if serving is not None:
             serving.cancel()
         self._drop_channel()
+
+
+def _wanted(options: dict[str, Any]) -> str:
+    """What a node must have free for the actor of ``options``, as a phrase."""
+    free = [f"{options['num_cpus']:g} CPU", f"{size(options['memory'])} memory"]
+    free += [f"{v:g} {k}" for k, v in options.get("resources", {}).items()]
+    text = f"with {', '.join(free[:-1])} and {free[-1]} free"
+    labels = options.get("label_selector")
+    if labels:
+        text += f", labelled {', '.join(f'{k}={v}' for k, v in labels.items())}"
+    return text + ", or for the node to fetch the model"
 
 
 async def _result(ref: Any) -> Any:
