@@ -84,7 +84,6 @@ def test_a_named_function_is_the_one_called(sdk: openai.OpenAI) -> None:
         messages=ASK,
         tools=TOOLS,
         tool_choice={"type": "function", "function": {"name": "add"}},
-        parallel_tool_calls=False,
         max_tokens=60,
         temperature=0,
     )
@@ -106,7 +105,10 @@ def test_auto_answers_in_text_or_with_calls(sdk: openai.OpenAI) -> None:
         message = r.choices[0].message
         if message.tool_calls:
             assert message.content is None
-            for call in message.tool_calls[:-1]:
+            calls = message.tool_calls
+            if r.choices[0].finish_reason == "length" and len(calls) == 1:
+                calls = []  # its only call was cut by max_tokens: nothing whole to check
+            for call in calls:  # after whole calls, one cut by max_tokens is left out
                 check_call(call)
         else:
             assert message.content and not message.content.lstrip().startswith("<")

@@ -120,6 +120,16 @@ async def test_a_collected_reply_of_calls() -> None:
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
 
 
+async def test_a_reply_cut_in_its_last_call_keeps_the_whole_calls_before_it() -> None:
+    fmt = await chat_format(tools=[{"type": "function", "function": WEATHER}])
+    for event in events(CALL + CALL[:45], FinishReason.LENGTH):
+        fmt.add(0, event)
+    (choice,) = fmt.collected_choices()
+    assert choice.finish_reason == "length"
+    (call,) = choice.message.tool_calls or []
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+
 async def test_legacy_functions_answer_with_function_call() -> None:
     fmt = await chat_format(functions=[WEATHER], function_call={"name": "get_weather"})
     for event in events(CALL, FinishReason.STOP):

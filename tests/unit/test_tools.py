@@ -74,6 +74,7 @@ def test_choices_resolve() -> None:
         Limits(),
     )
     assert named is not None and (named.choice, named.named) == ("required", "add")
+    assert not named.parallel  # a forced function is called exactly once
     assert [f.name for f in named.callable] == ["add"] and len(named.shown) == 2
     single = resolve_tools(request(tools=tools, parallel_tool_calls=False), Limits())
     assert single is not None and not single.parallel

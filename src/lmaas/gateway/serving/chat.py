@@ -159,9 +159,12 @@ class ChatFormat(GenerationFormat[ChatCompletionRequest, ChatChoice]):
         finish = tool_finish(finish, parsed, self.tools.legacy)
         if not parsed.calls:
             return AssistantMessage(content=text), finish
+        made = parsed.calls
+        if not made[-1].complete and len(made) > 1:
+            made = made[:-1]  # cut by max_tokens: keep the calls whose arguments are whole
         calls = [
             ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
-            for c in parsed.calls
+            for c in made
         ]
         if self.tools.legacy:
             return AssistantMessage(content=None, function_call=calls[0].function), finish

@@ -17,7 +17,8 @@ constraint that makes the output a call.
   function: the name as a constant, the arguments as the function's schema), which the worker
   wraps in the call markers and turns into a grammar or automaton (``ToolCallSpec``):
   ``required`` or a named function must call, ``auto`` may answer in text instead, and
-  ``parallel_tool_calls`` allows more than one call.
+  ``parallel_tool_calls`` allows more than one call (never with a named function: that one is
+  called exactly once).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def resolve_tools(body: ChatCompletionRequest, limits: Limits) -> ToolPlan | Non
         callable=tuple(f for f in functions if named is None or f.name == named),
         choice=choice,
         named=named,
-        parallel=not legacy and body.parallel_tool_calls is not False,
+        # A named function is called exactly once (OpenAI's "forced function").
+        parallel=not legacy and named is None and body.parallel_tool_calls is not False,
         legacy=legacy,
     )
     if plan.active:
