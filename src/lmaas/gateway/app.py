@@ -21,6 +21,7 @@ from lmaas.gateway.management.evals import EvalManagement
 from lmaas.gateway.management.files import FileManagement
 from lmaas.gateway.management.fine_tuning import FineTuningManagement
 from lmaas.gateway.management.jobs import JobBackground, JobManagement
+from lmaas.gateway.management.keys import KeyManagement
 from lmaas.gateway.management.models import ModelManagement
 from lmaas.gateway.management.plans import PlanManagement
 from lmaas.gateway.management.quantize import QuantizeManagement
@@ -30,6 +31,7 @@ from lmaas.gateway.routes import compat, ops
 from lmaas.gateway.routes.admin import classifiers as admin_classifiers
 from lmaas.gateway.routes.admin import deployments as admin_deployments
 from lmaas.gateway.routes.admin import jobs as admin_jobs
+from lmaas.gateway.routes.admin import keys as admin_keys
 from lmaas.gateway.routes.admin import models as admin_models
 from lmaas.gateway.routes.admin import plan as admin_plan
 from lmaas.gateway.routes.admin import quantize as admin_quantize
@@ -55,6 +57,7 @@ from lmaas.gateway.serving.embeddings import EmbeddingServing
 from lmaas.gateway.serving.scoring import ScoringServing
 from lmaas.gateway.serving.token_tasks import TokenTaskServing
 from lmaas.gateway.shutdown import Drain
+from lmaas.gateway.ui.console import mount_console
 from lmaas.jobs.eval_store import EvalStore
 from lmaas.jobs.metrics import JobMetrics
 from lmaas.jobs.store import JobStore
@@ -111,6 +114,9 @@ def create_app(
     app.state.deployments = deployments
     install_error_handlers(app)
     app.include_router(ops.router)
+    app.state.key_management = KeyManagement(auth.keys)
+    app.include_router(admin_keys.router)
+    mount_console(app, settings, metrics, engines)  # /ui, / and /admin/metrics/history
     _mount_serving(app, engines, settings, metrics)
     _mount_management(
         app,
@@ -185,9 +191,11 @@ def _lifespan(
         jobs: JobBackground | None = getattr(app.state, "job_background", None)
         if jobs is not None:
             await jobs.start()
+        app.state.metric_history.start()
         try:
             yield
         finally:
+            await app.state.metric_history.stop()
             if jobs is not None:
                 await jobs.stop()
             app.state.drain.close()

@@ -25,10 +25,12 @@ from lmaas.gateway.management.evals import EvalManagement
 from lmaas.gateway.management.files import FileManagement
 from lmaas.gateway.management.fine_tuning import FineTuningManagement
 from lmaas.gateway.management.jobs import JobManagement
+from lmaas.gateway.management.keys import KeyManagement
 from lmaas.gateway.management.models import ModelManagement
 from lmaas.gateway.management.plans import PlanManagement
 from lmaas.gateway.management.quantize import QuantizeManagement
 from lmaas.gateway.management.requests import RequestRecords
+from lmaas.gateway.metric_history import MetricHistory
 from lmaas.gateway.serving.chat import ChatServing
 from lmaas.gateway.serving.classifiers import ClassifierTrainer
 from lmaas.gateway.serving.classify import ClassifyServing
@@ -89,3 +91,5 @@ FineTuningManagementDep = Annotated[
 ]
 QuantizeManagementDep = Annotated[QuantizeManagement, Depends(_app_state("quantize_management"))]
 PlanManagementDep = Annotated[PlanManagement, Depends(_app_state("plan_management"))]
+KeyManagementDep = Annotated[KeyManagement, Depends(_app_state("key_management"))]
+MetricHistoryDep = Annotated[MetricHistory, Depends(_app_state("metric_history"))]

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from lmaas.db import Base, as_utc, utc_now
-from lmaas.errors import InvalidRequestError
+from lmaas.errors import InvalidRequestError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,17 @@ class RecordStore:
             page = [_to_out(row) for row in rows[:limit]]
         cursor = page[-1].id if len(rows) > limit else None
         return page, cursor
+
+    def get(self, record_id: int) -> RecordOut:
+        """One record by its ``id`` (404 ``request_record_not_found`` when there is none)."""
+        if 0 <= record_id <= _INT64:
+            with self._sessions.begin() as session:
+                row = session.get(RecordRow, record_id)
+                if row is not None:
+                    return _to_out(row)
+        raise NotFoundError(
+            f"request record {record_id} does not exist", code="request_record_not_found"
+        )
 
     def delete_older_than(self, cutoff: datetime, *, chunk_size: int = DELETE_CHUNK) -> int:
         """Delete records received before ``cutoff``; returns how many.

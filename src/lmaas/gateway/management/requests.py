@@ -43,3 +43,7 @@ class RequestRecords:
             before_id=query.before,
         )
         return {"object": "list", "data": [asdict(r) for r in records], "next_cursor": cursor}
+
+    async def get(self, record_id: int) -> dict[str, Any]:
+        """One record by its ``id``."""
+        return asdict(await asyncio.to_thread(self._store.get, record_id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from lmaas.gateway.deps import AdminKey, RequestRecordsDep
 from lmaas.gateway.management.requests import RecordQuery
@@ -36,3 +36,13 @@ async def list_requests(
         before=before,
     )
     return await records.page(query)
+
+
+@router.get("/{record_id}")
+async def get_request(
+    records: RequestRecordsDep,
+    _: AdminKey,
+    record_id: Annotated[int, Path(ge=0, description="A record's `id` (not its request id)")],
+) -> dict[str, Any]:
+    """One request record."""
+    return await records.get(record_id)
