@@ -1,0 +1,93 @@
+// uPlot line charts that follow their container's width.
+import { useEffect, useRef } from "preact/hooks";
+import uPlot from "uplot";
+import "uplot/dist/uPlot.min.css";
+
+export const PALETTE = ["#2563eb", "#16a34a", "#dc2626", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563", "#65a30d", "#9333ea"];
+
+export interface Line {
+  label: string;
+  color?: string;
+  dash?: boolean;
+}
+
+export function LineChart({
+  title,
+  lines,
+  data,
+  format = (v: number) => String(v),
+  time = true,
+  height = 180,
+  xLabel,
+  spanGaps = false,
+}: {
+  title: string;
+  lines: Line[];
+  data: (number | null)[][]; // [xs, ...one array per line]
+  format?: (v: number) => string;
+  time?: boolean;
+  height?: number;
+  xLabel?: string;
+  spanGaps?: boolean;
+}) {
+  const box = useRef<HTMLDivElement>(null);
+  const plot = useRef<uPlot | null>(null);
+  const shape = lines.map((l) => l.label).join("\u0000") + (time ? "t" : "x");
+
+  useEffect(() => {
+    const el = box.current;
+    if (!el) return;
+    const opts: uPlot.Options = {
+      width: Math.max(200, el.clientWidth),
+      height,
+      scales: { x: { time } },
+      legend: { live: true },
+      cursor: { drag: { x: false, y: false } },
+      series: [
+        { label: xLabel ?? (time ? "time" : "x") },
+        ...lines.map((l, i) => ({
+          label: l.label,
+          stroke: l.color ?? PALETTE[i % PALETTE.length],
+          width: 1.5,
+          dash: l.dash ? [5, 4] : undefined,
+          spanGaps,
+          points: { show: false },
+          value: (_u: uPlot, v: number | null) => (v === null || v === undefined ? "—" : format(v)),
+        })),
+      ],
+      axes: [
+        { stroke: "#6b7280", grid: { stroke: "#e5e7eb" } },
+        {
+          stroke: "#6b7280",
+          grid: { stroke: "#e5e7eb" },
+          size: 60,
+          values: (_u: uPlot, vals: number[]) => vals.map((v) => format(v)),
+        },
+      ],
+    };
+    const u = new uPlot(opts, data as uPlot.AlignedData, el);
+    plot.current = u;
+    const resize = new ResizeObserver(() => {
+      const width = Math.max(200, el.clientWidth);
+      if (Math.abs(width - u.width) > 2) u.setSize({ width, height });
+    });
+    resize.observe(el);
+    return () => {
+      resize.disconnect();
+      u.destroy();
+      plot.current = null;
+    };
+  }, [shape, height]);
+
+  useEffect(() => {
+    plot.current?.setData(data as uPlot.AlignedData);
+  }, [data]);
+
+  const points = data.length > 1 ? data.slice(1).reduce((n, ys) => n + ys.filter((y) => y !== null).length, 0) : 0;
+  return (
+    <figure class="chart" data-chart={title} data-points={points}>
+      <figcaption>{title}</figcaption>
+      <div ref={box} class="chart-box" />
+    </figure>
+  );
+}
