@@ -5,6 +5,25 @@ import "uplot/dist/uPlot.min.css";
 
 export const PALETTE = ["#2563eb", "#16a34a", "#dc2626", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563", "#65a30d", "#9333ea"];
 
+/** Draw every point of a sparse series, and in a dense one the points with no neighbour (a
+single sample between gaps), which a line alone would not show. */
+function pointsToDraw(u: uPlot, seriesIdx: number): number[] | null {
+  const ys = u.data[seriesIdx] as (number | null | undefined)[];
+  const has = (i: number) => ys[i] !== null && ys[i] !== undefined;
+  let count = 0;
+  for (let i = 0; i < ys.length; i++) if (has(i)) count++;
+  if (count <= 40) return null;
+  const alone: number[] = [];
+  for (let i = 0; i < ys.length; i++) if (has(i) && !has(i - 1) && !has(i + 1)) alone.push(i);
+  return alone;
+}
+
+/** From zero (or below, for negative data) to a little above the highest value; 0..1 when flat. */
+function yRange(_u: uPlot, min: number | null, max: number | null): uPlot.Range.MinMax {
+  const lo = Math.min(0, min ?? 0);
+  return [lo, max === null || max <= lo ? lo + 1 : max * 1.1];
+}
+
 export interface Line {
   label: string;
   color?: string;
@@ -40,7 +59,7 @@ export function LineChart({
     const opts: uPlot.Options = {
       width: Math.max(200, el.clientWidth),
       height,
-      scales: { x: { time } },
+      scales: { x: { time }, y: { range: yRange } },
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
       series: [
@@ -51,7 +70,7 @@ export function LineChart({
           width: 1.5,
           dash: l.dash ? [5, 4] : undefined,
           spanGaps,
-          points: { show: false },
+          points: { show: true, size: 5, filter: pointsToDraw },
           value: (_u: uPlot, v: number | null) => (v === null || v === undefined ? "—" : format(v)),
         })),
       ],
