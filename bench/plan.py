@@ -159,6 +159,8 @@ def main() -> None:
         overhead_s=got["overhead_s"],
         memory_bytes=got["memory_bytes"],
         max_num_seqs=got["max_num_seqs"],
+        prefill_seconds={int(n): t for n, t in got["prefill_seconds"].items()},
+        thread_scaling=got["thread_scaling"],
     )
     lines = [
         "| what | predicted | measured | measured/predicted | within 20 % |",

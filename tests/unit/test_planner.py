@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from lmaas.cli.profiling import prefill_of
 from lmaas.controller.planner import Load, Machine, Profile, plan, predict
 
 GiB = 2**30
@@ -117,3 +118,42 @@ def test_a_profile_that_cannot_be_planned_from_is_refused(kwargs: dict[str, obje
     }
     with pytest.raises(ValueError):
         Profile(**{**base, **kwargs})  # type: ignore[arg-type]
+
+
+def test_prefill_times_are_interpolated_less_the_overhead() -> None:
+    table = Profile(
+        threads=2,
+        prefill_tokens_per_s=100.0,
+        decode_tokens_per_s={1: 20.0},
+        overhead_s=0.1,
+        prefill_seconds={100: 0.3, 200: 0.6, 400: 1.5},
+    )
+    assert table.prefill_time(100) == pytest.approx(0.2)
+    assert table.prefill_time(150) == pytest.approx(0.35)  # halfway between 0.2 and 0.5
+    assert table.prefill_time(300) == pytest.approx(0.95)
+    assert table.prefill_time(800) == pytest.approx(1.4 + 400 * 0.9 / 200)  # the last slope on
+    assert table.prefill_time(50) == pytest.approx(0.05)  # the first slope back
+    # Without a table, the one rate.
+    assert PROFILE.prefill_time(100) == pytest.approx(0.5)
+
+
+def test_fewer_threads_lose_less_than_their_share_with_sublinear_scaling() -> None:
+    sub = Profile(
+        threads=2,
+        prefill_tokens_per_s=200.0,
+        decode_tokens_per_s={1: 20.0, 16: 64.0},
+        thread_scaling=0.75,
+        max_num_seqs=16,
+    )
+    load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20)
+    one = predict(sub, load, 1, threads=2, cores=2).max_requests_per_s
+    two = predict(sub, load, 2, threads=1, cores=2).max_requests_per_s
+    assert two / one == pytest.approx(2 * 2**-0.75)  # each half-thread replica at 2 ** -0.75
+
+
+def test_the_calibration_reads_overhead_and_rate_from_its_prefill_times() -> None:
+    p = prefill_of({20: 0.15, 120: 0.45, 520: 2.05})
+    assert p.overhead_s == pytest.approx(0.15 - 20 * 0.003)  # the two shortest, back to 0
+    assert p.tokens_per_s == pytest.approx(520 / (2.05 - 0.09))
+    with pytest.raises(RuntimeError):
+        prefill_of({20: 0.5, 120: 0.4})  # longer but not slower: nothing to measure

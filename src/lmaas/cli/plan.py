@@ -34,7 +34,7 @@ def profile(
     ] = ",".join(map(str, BATCHES)),
     tokens: Annotated[int, typer.Option(min=4, max=4096, help="Tokens each stream makes")] = 48,
     prompt_words: Annotated[
-        int, typer.Option(min=32, max=100_000, help="The long prompt's words (prefill)")
+        int, typer.Option(min=32, max=100_000, help="The longest prompt's words (prefill)")
     ] = 512,
     reps: Annotated[int, typer.Option(min=1, max=50, help="Prefill repetitions")] = 3,
     max_num_seqs: Annotated[
@@ -90,7 +90,8 @@ def _measure(
     calibration = Calibration(url, name, headers, timeout=600)
     try:
         with console.status("prefill: short and long prompts, uncached") as status:
-            prefill = calibration.prefill(16, prompt_words, reps)
+            lengths = sorted({16, *(w for w in (64, 128, 256) if w < prompt_words), prompt_words})
+            prefill = calibration.prefill(lengths, reps)
 
             def done(b: int, rate: float) -> None:
                 console.print(f"decode at batch {b}: {rate:.1f} tokens/s")
@@ -106,6 +107,7 @@ def _measure(
     return {
         "prefill_tokens_per_s": prefill.tokens_per_s,
         "overhead_s": prefill.overhead_s,
+        "prefill_seconds": prefill.seconds,
         "decode_tokens_per_s": rates,
     }
 

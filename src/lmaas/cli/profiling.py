@@ -1,12 +1,12 @@
 """The calibration behind `lmaas profile`: timed requests to one served replica, over the same
 public API every client uses (so the per-request overhead it measures is a client's).
 
-* **Prefill**: a short and a long prompt, uncached (``cache_prompt: false``), one output token,
-  a few times each; the rate is the extra tokens over the extra time, and the overhead what is
-  left of the short request's time.
+* **Prefill**: prompts of several lengths, uncached (``cache_prompt: false``), one output
+  token, a few times each: the median time per length (the planner interpolates in it), the
+  overhead (the two shortest extrapolated to no prompt) and the longest prompt's rate.
 * **Decode**: ``b`` streams at once for each batch size ``b`` (``ignore_eos``, so each makes
-  all its tokens); the rate is the tokens every stream made in the window where all ``b`` were
-  decoding, over that window.
+  all its tokens; prompts of about 128 words, as a stream attends to its prompt); the rate is
+  the tokens every stream made in the window where all ``b`` were decoding, over that window.
 """
 
 from __future__ import annotations
@@ -51,8 +51,23 @@ def text_of(words: int, seed: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Prefill:
-    tokens_per_s: float
-    overhead_s: float
+    tokens_per_s: float  # the longest prompt's tokens over its time less the overhead
+    overhead_s: float  # the time a request of no prompt would take (extrapolated)
+    seconds: dict[int, float]  # prompt tokens -> median time of a 1-token request
+
+
+def prefill_of(times: dict[int, float]) -> Prefill:
+    """The overhead (the two shortest prompts' times extrapolated to no prompt, within [0,
+    the shortest's time]) and the longest prompt's rate, from prompt tokens -> seconds."""
+    points = sorted(times.items())
+    if len(points) < 2:
+        raise RuntimeError("the prefill needs prompts of two lengths or more")
+    (n0, t0), (n1, t1) = points[0], points[1]
+    if n1 <= n0 or t1 <= t0:
+        raise RuntimeError("the longer prompts were not slower than the shorter ones")
+    overhead = min(max(0.0, t0 - n0 * (t1 - t0) / (n1 - n0)), t0)
+    n_max, t_max = points[-1]
+    return Prefill(tokens_per_s=n_max / (t_max - overhead), overhead_s=overhead, seconds=times)
 
 
 class Calibration:
@@ -60,6 +75,7 @@ class Calibration:
 
     def __init__(self, url: str, model: str, headers: dict[str, str], timeout: float) -> None:
         self.model = model
+        self.decode_prompt_words = 128  # decode streams attend to a prompt of about this
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -79,25 +95,23 @@ class Calibration:
         r.raise_for_status()
         return int(r.json()["usage"]["prompt_tokens"]), took
 
-    def prefill(self, short: int, long: int, reps: int) -> Prefill:
-        """Prefill rate and per-request overhead from prompts of ``short`` and ``long`` words."""
-        self._timed(text_of(short, 99))  # warm up
-        shorts = [self._timed(text_of(short, i)) for i in range(reps)]
-        longs = [self._timed(text_of(long, i)) for i in range(reps)]
-        n_short = statistics.median(n for n, _ in shorts)
-        n_long = statistics.median(n for n, _ in longs)
-        t_short = statistics.median(t for _, t in shorts)
-        t_long = statistics.median(t for _, t in longs)
-        if n_long <= n_short or t_long <= t_short:
-            raise RuntimeError("the long prompts were not slower than the short ones")
-        rate = (n_long - n_short) / (t_long - t_short)
-        return Prefill(tokens_per_s=rate, overhead_s=max(0.0, t_short - n_short / rate))
+    def prefill(self, lengths: list[int], reps: int) -> Prefill:
+        """Median time of a one-token request for prompts of each of ``lengths`` words."""
+        self._timed(text_of(lengths[0], 99))  # warm up
+        times: dict[int, float] = {}
+        for words in lengths:
+            runs = [self._timed(text_of(words, i)) for i in range(reps)]
+            times[int(statistics.median(n for n, _ in runs))] = statistics.median(
+                t for _, t in runs
+            )
+        return prefill_of(times)
 
     def _stream(self, seed: int, tokens: int) -> list[float]:
         """When each streamed chunk of one completion arrived."""
         body = {
             "model": self.model,
-            "prompt": text_of(12, seed),
+            "prompt": f"{seed}: " + text_of(self.decode_prompt_words, seed),
+            "cache_prompt": False,
             "max_tokens": tokens,
             "temperature": 0,
             "ignore_eos": True,

@@ -11,10 +11,13 @@ arithmetic, no I/O: the planner's tests check it against hand-computed cases and
 
 The model of one replica (all times in seconds):
 
-* Rates scale with the CPU threads a replica gets: ``threads / profile.threads`` (prefill is
-  compute-bound on a CPU; decode of a small model nearly so). Replicas asking for more threads
-  than the machine has cores share them: rates scale by ``cores / (replicas x threads)``.
-* A request costs the engine ``P = prompt / prefill`` for its prompt and ``D(b) = output /
+* Rates scale with the CPU threads a replica gets, less than linearly (threads wait for each
+  other at every operation's end): by ``(threads / profile.threads) ** thread_scaling``.
+  Replicas asking for more threads than the machine has cores share them: rates scale by
+  ``cores / (replicas x threads)`` too.
+* A request costs the engine ``P`` for its prompt, interpolated in the measured prefill times
+  (``prefill_seconds``: prompt tokens -> seconds, less the overhead; attention makes long
+  prompts cost more per token, so a single rate would not do), and ``D(b) = output /
   decode(b)`` for its output when ``b`` streams decode together (a step makes ``b`` tokens in
   ``b / decode(b)``; each stream's share is ``1 / decode(b)`` per token). With ``lam`` requests
   per second per replica the engine is busy ``rho = lam x (P + D(b))`` of the time.
@@ -46,17 +49,39 @@ class Profile:
     """One replica of a model version as ``lmaas profile`` measured it."""
 
     threads: int  # CPU threads the measured replica ran with
-    prefill_tokens_per_s: float
+    prefill_tokens_per_s: float  # the longest measured prompt's tokens over its engine time
     decode_tokens_per_s: Mapping[int, float]  # batch size -> aggregate output tokens/s
     overhead_s: float = 0.0  # per request, on top of the engine's work
     memory_bytes: int = 0  # one replica's: runtime, weights and KV cache
     max_num_seqs: int = 32
+    # prompt tokens -> seconds of a request with one output token, overhead included
+    prefill_seconds: Mapping[int, float] = field(default_factory=dict)
+    thread_scaling: float = 1.0  # rates go as threads ** thread_scaling
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.prefill_tokens_per_s <= 0 or not self.decode_tokens_per_s:
             raise ValueError("a profile needs threads >= 1, a prefill rate and decode rates")
         if any(b < 1 or r <= 0 for b, r in self.decode_tokens_per_s.items()):
             raise ValueError("decode rates need batch sizes >= 1 and positive rates")
+        if any(n < 1 or t <= 0 for n, t in self.prefill_seconds.items()):
+            raise ValueError("prefill times need prompt lengths >= 1 and positive times")
+        if not 0 < self.thread_scaling <= 1.5:
+            raise ValueError("thread_scaling must be in (0, 1.5]")
+
+    def prefill_time(self, tokens: int) -> float:
+        """Engine seconds to prefill ``tokens`` (overhead excluded): interpolated in
+        ``prefill_seconds``, extended past its ends along its first and last segments; the
+        single rate without a table."""
+        points = sorted((n, t - self.overhead_s) for n, t in self.prefill_seconds.items())
+        if len(points) < 2:
+            return tokens / self.prefill_tokens_per_s
+        if tokens <= points[0][0]:
+            (n0, t0), (n1, t1) = points[0], points[1]
+        else:
+            pairs = list(itertools.pairwise(points))
+            (n0, t0), (n1, t1) = next(((a, b) for a, b in pairs if tokens <= b[0]), pairs[-1])
+        slope = (t1 - t0) / (n1 - n0)
+        return max(1e-6, t0 + slope * (tokens - n0))
 
     def decode_at(self, batch: float) -> float:
         """Aggregate decode tokens/s with ``batch`` streams: piecewise linear between the
@@ -153,10 +178,10 @@ def predict(profile: Profile, load: Load, replicas: int, *, threads: int, cores:
     sharing ``load`` evenly (see the module's docstring for the model)."""
     if replicas < 1 or threads < 1 or cores < 1:
         raise ValueError("replicas, threads and cores must be >= 1")
-    scale = threads / profile.threads * min(1.0, cores / (replicas * threads))
-    prefill = profile.prefill_tokens_per_s * scale
+    share = min(1.0, cores / (replicas * threads))
+    scale = float((threads / profile.threads) ** profile.thread_scaling) * share
     lam = load.requests_per_s / replicas
-    p = load.prompt_tokens / prefill
+    p = profile.prefill_time(load.prompt_tokens) / scale
     cap = float(profile.max_num_seqs)
 
     def decode(b: float) -> float:

@@ -24,9 +24,29 @@ class ProfileBody(BaseModel):
         max_length=32,
     )
     overhead_s: float = Field(0.0, ge=0, le=60, description="Per request, beyond the engine")
+    prefill_seconds: dict[int, float] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Prompt tokens -> seconds of an uncached request with one output token",
+    )
+    thread_scaling: float = Field(
+        0.75,
+        gt=0,
+        le=1.5,
+        description="Rates go as threads ** thread_scaling (0.75: 2 threads did 1.68x 1 thread "
+        "on the 2-core machine of BENCHMARKS.md)",
+    )
     memory_bytes: int = Field(ge=0, le=2**50, description="One replica's: weights, runtime, KV")
     max_num_seqs: int = Field(ge=1, le=4096)
     measured_at: datetime | None = None
+
+    @field_validator("prefill_seconds")
+    @classmethod
+    def _times(cls, times: dict[int, float]) -> dict[int, float]:
+        for tokens, seconds in times.items():
+            if not 1 <= tokens <= 10_000_000 or not 0 < seconds <= 86400:
+                raise ValueError("prompt lengths are 1-10000000 tokens and times positive")
+        return times
 
     @field_validator("decode_tokens_per_s")
     @classmethod

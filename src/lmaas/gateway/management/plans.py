@@ -25,6 +25,8 @@ def profile_of(body: ProfileBody) -> Profile:
         decode_tokens_per_s=dict(body.decode_tokens_per_s),
         overhead_s=body.overhead_s,
         memory_bytes=body.memory_bytes,
+        prefill_seconds=dict(body.prefill_seconds),
+        thread_scaling=body.thread_scaling,
         max_num_seqs=body.max_num_seqs,
     )
 
