@@ -170,3 +170,13 @@ def test_the_cli_flags_make_the_placement_object() -> None:
         _placement(["lmaas_large"], None)
     with pytest.raises(typer.BadParameter, match="not a number"):
         _placement(["lmaas_large=many"], None)
+
+
+def test_a_replica_ray_cannot_place_says_what_its_placement_waits_for() -> None:
+    from lmaas.controller.cluster.ray import _wanted
+
+    options = {"num_cpus": 0.125, "memory": 2**20, "resources": {"lmaas_large": 1}}
+    assert _wanted({**options, "label_selector": {"zone": "b"}}) == (
+        "with 0.125 CPU, 1 MiB memory and 1 lmaas_large free, labelled zone=b, or for the node "
+        "to fetch the model"
+    )

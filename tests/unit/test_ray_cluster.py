@@ -27,6 +27,7 @@ from lmaas.controller.cluster.kinds import installed_kinds
 from lmaas.controller.cluster.node_cache import BlobFetchError, NodeCache, Source
 from lmaas.controller.cluster.ray import RayReplica, default_gateway_url, ray_cpus
 from lmaas.controller.cluster.ray_host import HostSpec, ReplicaHost
+from lmaas.controller.cluster.ray_spread import Spreader
 from lmaas.controller.pool import replica_need
 from lmaas.engine.ipc import read_frame
 from lmaas.errors import InvalidRequestError
@@ -118,7 +119,10 @@ class FakeRayApi:
         self._nodes = nodes
         self.inits: list[dict[str, Any]] = []
         self.made: list[tuple[dict[str, Any], Any]] = []
-        self.util = SimpleNamespace(get_node_ip_address=lambda: "10.0.0.2")
+        self.util = SimpleNamespace(
+            get_node_ip_address=lambda: "10.0.0.2",
+            scheduling_strategies=SimpleNamespace(NodeAffinitySchedulingStrategy=SimpleNamespace),
+        )
 
     def init(self, **kwargs: Any) -> None:
         self.inits.append(kwargs)
@@ -141,9 +145,9 @@ class FakeRayApi:
 
 
 NODES = [
-    {"Alive": True, "Resources": {"CPU": 4.0, "memory": 8.0 * 2**30}},
-    {"Alive": True, "Resources": {"CPU": 2.0, "memory": 4.0 * 2**30}},
-    {"Alive": False, "Resources": {"CPU": 16.0, "memory": 64.0 * 2**30}},
+    {"NodeID": "a" * 56, "Alive": True, "Resources": {"CPU": 4.0, "memory": 8.0 * 2**30}},
+    {"NodeID": "b" * 56, "Alive": True, "Resources": {"CPU": 2.0, "memory": 4.0 * 2**30}},
+    {"NodeID": "c" * 56, "Alive": False, "Resources": {"CPU": 16.0, "memory": 64.0 * 2**30}},
 ]
 
 
@@ -188,6 +192,7 @@ def test_a_replica_actor_asks_ray_for_what_the_pool_counts(tmp_path: Path) -> No
     assert options["num_cpus"] == 0.125  # 1 thread at the default overcommit of 8
     assert options["resources"] == {"lmaas_worker": 1.0}
     assert options["label_selector"] == {"zone": "a"}
+    # A label selector: Ray spreads (it does not combine labels with a node affinity).
     assert (options["max_restarts"], options["scheduling_strategy"]) == (0, "SPREAD")
     need = replica_need(model.engine, model.memory_facts(), 1)
     assert options["memory"] == need.memory + need.shared_memory > 100 * 2**20
@@ -391,8 +396,9 @@ class FakeRayCluster:
     def __init__(self, model_file: Path) -> None:
         self.model_file = model_file
         self.actors: list[FakeActor] = []
+        self.spreader = Spreader()
 
-    def spawn(self, model: ModelRef) -> tuple[FakeActor, dict[str, Any]]:
+    def spawn(self, model: ModelRef, replica: str = "") -> tuple[FakeActor, dict[str, Any]]:
         actor = FakeActor(host_spec(), f"node-{len(self.actors)}", self.model_file)
         self.actors.append(actor)
         return actor, {"num_cpus": 0.125, "memory": 1 << 20}
@@ -468,8 +474,8 @@ async def test_a_ray_replica_says_what_it_waits_for_while_ray_cannot_place_it(
     monkeypatch.setattr("lmaas.controller.cluster.ray._PLACEMENT_NOTE_AFTER", 0.05)
     real_spawn = cluster.spawn
 
-    def slow_spawn(model: ModelRef) -> tuple[FakeActor, dict[str, Any]]:
-        actor, options = real_spawn(model)
+    def slow_spawn(model: ModelRef, replica: str = "") -> tuple[FakeActor, dict[str, Any]]:
+        actor, options = real_spawn(model, replica)
         prepare = actor._prepare
 
         def wait_then_prepare() -> dict[str, Any]:

@@ -5,9 +5,10 @@ the same worker as a local replica and speaking the same framed protocol to this
   ``num_cpus`` (its CPU threads over ``cluster.cpu_overcommit``, as the local pool counts them),
   ``memory`` (what the resource pool says one replica takes, its mapped weights included), the
   ``cluster.ray_resources`` and ``cluster.ray_label_selector`` with the deployment's own
-  ``placement`` over them (its keys win); the ``SPREAD`` strategy puts a deployment's replicas
-  on different nodes when it can. Ray picks the node; a replica Ray cannot place yet stays
-  ``starting`` with a note saying what it waits for.
+  ``placement`` over them (its keys win). A deployment's replicas go to different nodes when
+  they can: each actor prefers the node with the fewest replicas of its deployment, softly
+  (:mod:`.ray_spread`), else Ray's ``SPREAD``. Ray picks the node; a replica Ray cannot place
+  yet stays ``starting`` with a note saying what it waits for.
 - **Model files.** No shared disk: the actor fetches the version's blobs by sha256 from this
   gateway's ``GET /internal/blobs/<hex>`` (a token made at start, given only to the actors; only
   blobs of models this cluster serves) into the node's cache, each checked against its digest.
@@ -36,6 +37,7 @@ from typing import Any
 from lmaas.config import Settings
 from lmaas.controller.cluster.base import ModelRef
 from lmaas.controller.cluster.ray_host import HostSpec, ReplicaHost
+from lmaas.controller.cluster.ray_spread import Spreader
 from lmaas.controller.cluster.supervised import STREAM_LIMIT, SupervisedReplica
 from lmaas.controller.pool import Capacity, replica_need, size
 from lmaas.errors import InvalidRequestError
@@ -104,6 +106,7 @@ class RayCluster:
                 param="cluster.ray_address",
             ) from exc
         self._host_class = self._ray.remote(ReplicaHost)
+        self.spreader = Spreader()
         self.gateway_url = cluster.gateway_url or default_gateway_url(
             settings, self._ray.util.get_node_ip_address()
         )
@@ -191,9 +194,9 @@ class RayCluster:
     def _largest_node_cpus(self) -> int:
         return max(1, int(max(self._node_cpus(), default=1)))
 
-    def spawn(self, model: ModelRef) -> tuple[Any, dict[str, Any]]:
-        """A new actor for one run of a replica of ``model``, and the options it asked for
-        (blocking)."""
+    def spawn(self, model: ModelRef, replica: str = "") -> tuple[Any, dict[str, Any]]:
+        """A new actor for one run of the replica ``replica`` of ``model``, and the options it
+        asked for (blocking)."""
         spec = HostSpec(
             name=model.name,
             engine_json=model.engine.model_dump_json(),
@@ -206,6 +209,12 @@ class RayCluster:
             accept_timeout=self.settings.worker_start_timeout,
         )
         options = self.demand(model)
+        node = self.spreader.choose(self._ray.nodes(), options, model.name, replica)
+        if node is not None:  # preferred, not required: elsewhere when that node is busy
+            strategies = self._ray.util.scheduling_strategies
+            options["scheduling_strategy"] = strategies.NodeAffinitySchedulingStrategy(
+                node_id=node, soft=True, _spill_on_unavailable=True
+            )
         return self._host_class.options(**options).remote(spec), options
 
     def kill(self, actor: Any) -> None:
@@ -274,9 +283,10 @@ class RayReplica(SupervisedReplica):
     async def _run_once(self) -> None:
         self.state = "starting"
         self.node = ""
-        self._actor, options = await asyncio.to_thread(self._cluster.spawn, self.model)
+        self._actor, options = await asyncio.to_thread(self._cluster.spawn, self.model, self.id)
         placed = await self._placed(self._actor.prepare.remote(), options)
         self.node = str(placed["node"])
+        self._cluster.spreader.placed(self.model.name, self.id, self.node)
         secret = secrets.token_bytes(32)
         # One task awaits the call; the watch and a graceful stop wait on it without owning it.
         self._serving = asyncio.ensure_future(_result(self._actor.serve.remote(secret)))
@@ -321,6 +331,7 @@ class RayReplica(SupervisedReplica):
     async def _reap(self) -> None:
         actor, self._actor = self._actor, None
         serving, self._serving = self._serving, None
+        self._cluster.spreader.forget(self.model.name, self.id)
         if actor is not None:
             await asyncio.to_thread(self._cluster.kill, actor)
         if serving is not None:
