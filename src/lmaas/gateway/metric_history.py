@@ -168,7 +168,7 @@ class MetricHistory:
         if last is None:
             return None
         seconds = now - last[0]
-        models = self._model_names(totals, last[1])
+        models = self._model_names(totals)
         entry = {
             "t": round(self._clock(), 3),
             "seconds": round(seconds, 3),
@@ -177,7 +177,7 @@ class MetricHistory:
         self._ring.append(entry)
         return entry
 
-    def _model_names(self, totals: _Totals, before: _Totals) -> list[str]:
+    def _model_names(self, totals: _Totals) -> list[str]:
         names = set(self.engines)
         names.update(model for model, _ in totals.requests)
         names.update(totals.generation_tokens)
