@@ -161,6 +161,10 @@ def main() -> None:
         max_num_seqs=got["max_num_seqs"],
         prefill_seconds={int(n): t for n, t in got["prefill_seconds"].items()},
         thread_scaling=got["thread_scaling"],
+        mixed_prompt_tokens=got["mixed_prompt_tokens"],
+        mixed_output_tokens=got["mixed_output_tokens"],
+        mixed_streams=got["mixed_streams"],
+        mixed_seconds=got["mixed_seconds"],
     )
     lines = [
         "| what | predicted | measured | measured/predicted | within 20 % |",

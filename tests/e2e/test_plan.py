@@ -54,6 +54,8 @@ def test_profile_measures_the_replica_and_keeps_it_with_the_version(env: Env) ->
     assert all(0 < rate < 10_000 for rate in p["decode_tokens_per_s"].values())
     assert 10 < p["prefill_tokens_per_s"] < 100_000
     assert p["threads"] >= 1 and p["memory_bytes"] > 0
+    assert len(p["prefill_seconds"]) >= 2 and all(t > 0 for t in p["prefill_seconds"].values())
+    assert p["mixed_streams"] == 2 and p["mixed_seconds"] > 0  # 8 requests from 2 clients
     # The same profile is what the version shows by its alias.
     again = env.get(f"/admin/models/{d['model']}/versions/latest/profile", env.admin).json()
     assert again == p

@@ -33,12 +33,13 @@ def test_a_light_load_on_one_replica() -> None:
     load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20)
     p = predict(PROFILE, load, 1, threads=2, cores=2)
     # P = 100/200 = 0.5 s; one stream decodes at 20 tok/s: itl 0.05 s, stretched by the
-    # prefills' share (0.1 x 0.5) to 0.05/0.95; the prefill's service 0.55 s.
+    # prefills' share (0.1 x 0.5) to 0.05/0.95; the prefill's service 0.55 s; the engine is
+    # busy 0.1 x (0.5 + 1.0) of the time.
     assert not p.saturated
     assert p.concurrency == 1.0  # 0.1 req/s x 1.7 s latency rounds up to one stream
     assert p.utilisation == pytest.approx(0.1 * (0.5 + 20 / 20))
     assert p.ttft_p50_s == pytest.approx(0.1 + 0.55)  # the queue is empty half the time
-    wait99 = 0.55 / (1 - 0.055) * math.log(0.055 / 0.01)
+    wait99 = 0.55 / (1 - 0.15) * math.log(0.15 / 0.01)  # the engine busy 15 % of the time
     assert p.ttft_p99_s == pytest.approx(0.1 + wait99 + 0.55)
     assert p.latency_p50_s == pytest.approx(0.65 + 20 * 0.05 / 0.95)
     assert p.max_requests_per_s == pytest.approx(1 / (0.5 + 20 / 64))
@@ -65,8 +66,8 @@ def test_a_load_beyond_the_maximum_is_saturated() -> None:
 
 
 def test_the_plan_is_the_fewest_replicas_that_meet_the_load() -> None:
-    load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20, ttft_p99_s=2.0)
-    result = plan(PROFILE, load, Machine(cores=2, memory_bytes=16 * GiB))
+    load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20, ttft_p99_s=3.0)
+    result = plan(PROFILE, load, Machine(cores=2, memory_bytes=16 * GiB))  # TTFT p99 2.4 s
     assert result.choice is not None and result.choice.replicas == 1
     assert result.nodes == 1 and result.choice.threads == 2
     assert result.memory_bytes == PROFILE.memory_bytes
@@ -157,3 +158,25 @@ def test_the_calibration_reads_overhead_and_rate_from_its_prefill_times() -> Non
     assert p.tokens_per_s == pytest.approx(520 / (2.05 - 0.09))
     with pytest.raises(RuntimeError):
         prefill_of({20: 0.5, 120: 0.4})  # longer but not slower: nothing to measure
+
+
+def test_a_mixed_run_slower_than_its_parts_scales_every_engine_cost() -> None:
+    base = {
+        "threads": 2,
+        "prefill_tokens_per_s": 200.0,
+        "decode_tokens_per_s": {1: 20.0, 16: 64.0},
+        "max_num_seqs": 16,
+    }
+    # 100 prompt tokens (0.5 s) and 32 output tokens at 16 streams (0.5 s) took 1.5 s each.
+    mixed = Profile(
+        **base, mixed_prompt_tokens=100, mixed_output_tokens=32, mixed_streams=16, mixed_seconds=1.5
+    )  # type: ignore[arg-type]
+    assert mixed.interference() == pytest.approx(1.5)
+    plain = Profile(**base)  # type: ignore[arg-type]
+    assert plain.interference() == 1.0
+    load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20)
+    a = predict(plain, load, 1, threads=2, cores=2)
+    b = predict(mixed, load, 1, threads=2, cores=2)
+    assert b.max_requests_per_s == pytest.approx(a.max_requests_per_s / 1.5)
+    assert b.utilisation == pytest.approx(a.utilisation * 1.5)
+    assert b.ttft_p50_s == pytest.approx(a.ttft_p50_s)  # an idle engine prefills as fast

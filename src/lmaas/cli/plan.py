@@ -37,6 +37,12 @@ def profile(
         int, typer.Option(min=32, max=100_000, help="The longest prompt's words (prefill)")
     ] = 512,
     reps: Annotated[int, typer.Option(min=1, max=50, help="Prefill repetitions")] = 3,
+    mixed_requests: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=10_000, help="Requests of the saturated mixed run (0: none) [4 x batch]"
+        ),
+    ] = None,
     max_num_seqs: Annotated[
         int, typer.Option(min=1, max=4096, help="The deployment's engine.max_num_seqs")
     ] = 32,
@@ -61,7 +67,8 @@ def profile(
         if d["ready_replicas"] != 1 or d["replicas"] != 1:
             fail(f"a profile measures one replica; {name} has {d['replicas']}: scale it to 1")
         resources = d.get("resources") or {}
-        body = _measure(c.url, name, key, sizes, tokens, prompt_words, reps)
+        mixed = 4 * max(sizes) if mixed_requests is None else mixed_requests
+        body = _measure(c.url, name, key, sizes, tokens, prompt_words, reps, mixed)
         body |= {
             "threads": resources.get("cpu_threads") or 1,
             "cores": pool["cores"] if pool else resources.get("cpu_threads") or 1,
@@ -84,6 +91,7 @@ def _measure(
     tokens: int,
     prompt_words: int,
     reps: int,
+    mixed: int,
 ) -> dict[str, Any]:
     key = key or local_key(url)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -100,11 +108,23 @@ def _measure(
             rates: dict[int, float] = {}
             status.update(f"decode: 0/{len(sizes)} batch sizes")
             rates.update(calibration.decode_rates(sizes, tokens, done))
+            out: dict[str, Any] = {}
+            if mixed:
+                status.update(f"a saturated mix: {mixed} requests from {max(sizes)} clients")
+                words = calibration.decode_prompt_words
+                n, seconds = calibration.mixed(max(sizes), words, tokens, mixed)
+                console.print(f"mixed: {seconds:.3f} s of engine time per request")
+                out = {
+                    "mixed_prompt_tokens": n,
+                    "mixed_output_tokens": tokens,
+                    "mixed_streams": max(sizes),
+                    "mixed_seconds": seconds,
+                }
     except Exception as exc:  # a failed request or a replica too noisy to measure
         fail(f"the calibration failed: {exc}")
     finally:
         calibration.close()
-    return {
+    return out | {
         "prefill_tokens_per_s": prefill.tokens_per_s,
         "overhead_s": prefill.overhead_s,
         "prefill_seconds": prefill.seconds,

@@ -2,8 +2,8 @@
 public API every client uses (so the per-request overhead it measures is a client's).
 
 * **Prefill**: prompts of several lengths, uncached (``cache_prompt: false``), one output
-  token, a few times each: the median time per length (the planner interpolates in it), the
-  overhead (the two shortest extrapolated to no prompt) and the longest prompt's rate.
+  token, a few times each in turn: the fastest time per length (the planner interpolates in
+  it), the overhead (the two shortest extrapolated to no prompt) and the longest's rate.
 * **Decode**: ``b`` streams at once for each batch size ``b`` (``ignore_eos``, so each makes
   all its tokens; prompts of about 128 words, as a stream attends to its prompt); the rate is
   the tokens every stream made in the window where all ``b`` were decoding, over that window.
@@ -96,14 +96,17 @@ class Calibration:
         return int(r.json()["usage"]["prompt_tokens"]), took
 
     def prefill(self, lengths: list[int], reps: int) -> Prefill:
-        """Median time of a one-token request for prompts of each of ``lengths`` words."""
+        """The fastest of ``reps`` one-token requests for prompts of each of ``lengths`` words,
+        the lengths taken in turn (so a passing load on the machine touches them alike)."""
         self._timed(text_of(lengths[0], 99))  # warm up
-        times: dict[int, float] = {}
-        for words in lengths:
-            runs = [self._timed(text_of(words, i)) for i in range(reps)]
-            times[int(statistics.median(n for n, _ in runs))] = statistics.median(
-                t for _, t in runs
-            )
+        runs: dict[int, list[tuple[int, float]]] = {words: [] for words in lengths}
+        for i in range(reps):
+            for words in lengths:
+                runs[words].append(self._timed(text_of(words, i)))
+        times = {
+            int(statistics.median(n for n, _ in found)): min(t for _, t in found)
+            for found in runs.values()
+        }
         return prefill_of(times)
 
     def _stream(self, seed: int, tokens: int) -> list[float]:
@@ -140,6 +143,30 @@ class Calibration:
             return batch / statistics.mean((s[-1] - s[0]) / (len(s) - 1) for s in streams)
         made = sum(sum(1 for t in s if start < t <= end) for s in streams)
         return made / (end - start)
+
+    def _complete(self, seed: int, words: int, tokens: int) -> int:
+        body = {
+            "model": self.model,
+            "prompt": f"{seed}: " + text_of(words, seed),
+            "max_tokens": tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+            "cache_prompt": False,
+        }
+        r = self._http.post("/v1/completions", json=body)
+        r.raise_for_status()
+        return int(r.json()["usage"]["prompt_tokens"])
+
+    def mixed(self, streams: int, words: int, tokens: int, requests: int) -> tuple[int, float]:
+        """(prompt tokens, seconds per request) of ``requests`` requests sent back to back by
+        ``streams`` clients: a saturated mix of prefills and decodes."""
+        with ThreadPoolExecutor(streams) as pool:
+            start = time.perf_counter()
+            prompts = list(
+                pool.map(lambda i: self._complete(2000 + i, words, tokens), range(requests))
+            )
+            wall = time.perf_counter() - start
+        return int(statistics.median(prompts)), wall / requests
 
     def decode_rates(
         self, batches: list[int], tokens: int, done: Callable[[int, float], None]

@@ -23,10 +23,14 @@ The model of one replica (all times in seconds):
   per second per replica the engine is busy ``rho = lam x (P + D(b))`` of the time.
 * A token of a stream takes ``itl = b / decode(b)``, stretched by the prefills that share the
   steps: ``itl / (1 - lam x P)``.
+* Steps that mix prefills and decodes run less efficiently than either apart: a saturated run
+  of mixed work in the profile gives the factor ``k`` by which ``P + D(b)`` underestimates a
+  request's engine time under load (``Profile.interference``); the busy time is ``k x (P +
+  D(b))``.
 * A prompt is prefilled in the next step, alongside the running streams' tokens: its service is
-  ``S = P + itl``; requests wait for each other's prefill as in an M/M/1 queue of load
-  ``lam x S``, whose waiting time exceeds ``t`` with probability ``rho_q x exp(-(1 - rho_q) t /
-  S)``. TTFT at quantile ``q`` is ``overhead + wait_q + S``.
+  ``S = P + itl``; a request waits for the busy engine as in an M/M/1 queue of load ``rho``,
+  whose waiting time exceeds ``t`` with probability ``rho x exp(-(1 - rho) t / S)``. TTFT at
+  quantile ``q`` is ``overhead + wait_q + S``.
 * The concurrency ``b`` is what Little's law gives for that latency: ``b = lam x (ttft +
   output x itl)``, found by fixed-point iteration (capped by the engine's sequence limit).
 """
@@ -57,6 +61,13 @@ class Profile:
     # prompt tokens -> seconds of a request with one output token, overhead included
     prefill_seconds: Mapping[int, float] = field(default_factory=dict)
     thread_scaling: float = 1.0  # rates go as threads ** thread_scaling
+    # A saturated run of mixed work (streams sending prompt/output-token requests back to
+    # back): seconds per request it took, which the costs above underestimate (prefills and
+    # decodes share steps less efficiently than each alone); 0: not measured.
+    mixed_prompt_tokens: int = 0
+    mixed_output_tokens: int = 0
+    mixed_streams: int = 0
+    mixed_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.prefill_tokens_per_s <= 0 or not self.decode_tokens_per_s:
@@ -67,6 +78,16 @@ class Profile:
             raise ValueError("prefill times need prompt lengths >= 1 and positive times")
         if not 0 < self.thread_scaling <= 1.5:
             raise ValueError("thread_scaling must be in (0, 1.5]")
+
+    def interference(self) -> float:
+        """How much more engine time a request takes in a saturated mix than its prefill and
+        decode measured apart say (1 without a mixed run; kept within [0.5, 3])."""
+        if self.mixed_seconds <= 0 or self.mixed_streams < 1 or self.mixed_prompt_tokens < 1:
+            return 1.0
+        apart = self.prefill_time(self.mixed_prompt_tokens) + self.mixed_output_tokens / (
+            self.decode_at(self.mixed_streams)
+        )
+        return min(3.0, max(0.5, self.mixed_seconds / apart))
 
     def prefill_time(self, tokens: int) -> float:
         """Engine seconds to prefill ``tokens`` (overhead excluded): interpolated in
@@ -184,21 +205,25 @@ def predict(profile: Profile, load: Load, replicas: int, *, threads: int, cores:
     p = profile.prefill_time(load.prompt_tokens) / scale
     cap = float(profile.max_num_seqs)
 
+    k = profile.interference()
+
     def decode(b: float) -> float:
         return profile.decode_at(b) * scale
 
-    best = 1.0 / (p + load.output_tokens / decode(cap))
+    def cost(b: float) -> float:  # engine seconds per request when b streams decode
+        return k * (p + load.output_tokens / decode(b))
+
+    best = 1.0 / cost(cap)
     batch = 1.0
     itl = ttft50 = ttft99 = lat50 = lat99 = rho = 0.0
     for _ in range(_ITERATIONS):
-        rho = lam * (p + load.output_tokens / decode(batch))
+        rho = lam * cost(batch)
         itl = batch / decode(batch)
-        prefill_share = lam * p
+        prefill_share = lam * k * p
         stretched = itl / (1 - prefill_share) if prefill_share < 1 else math.inf
         service = p + itl
-        rho_q = lam * service
-        ttft50 = profile.overhead_s + _wait_quantile(rho_q, service, 0.5) + service
-        ttft99 = profile.overhead_s + _wait_quantile(rho_q, service, 0.99) + service
+        ttft50 = profile.overhead_s + _wait_quantile(rho, service, 0.5) + service
+        ttft99 = profile.overhead_s + _wait_quantile(rho, service, 0.99) + service
         lat50 = ttft50 + load.output_tokens * stretched
         lat99 = ttft99 + load.output_tokens * stretched
         following = min(cap, max(1.0, lam * lat50)) if math.isfinite(lat50) else cap

@@ -40,6 +40,13 @@ class ProfileBody(BaseModel):
     max_num_seqs: int = Field(ge=1, le=4096)
     measured_at: datetime | None = None
 
+    mixed_prompt_tokens: int = Field(0, ge=0, le=10_000_000)
+    mixed_output_tokens: int = Field(0, ge=0, le=10_000_000)
+    mixed_streams: int = Field(0, ge=0, le=MAX_BATCH)
+    mixed_seconds: float = Field(
+        0.0, ge=0, le=86400, description="Per request, in a saturated mixed run (0: none)"
+    )
+
     @field_validator("prefill_seconds")
     @classmethod
     def _times(cls, times: dict[int, float]) -> dict[int, float]:

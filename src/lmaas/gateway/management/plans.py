@@ -27,6 +27,10 @@ def profile_of(body: ProfileBody) -> Profile:
         memory_bytes=body.memory_bytes,
         prefill_seconds=dict(body.prefill_seconds),
         thread_scaling=body.thread_scaling,
+        mixed_prompt_tokens=body.mixed_prompt_tokens,
+        mixed_output_tokens=body.mixed_output_tokens,
+        mixed_streams=body.mixed_streams,
+        mixed_seconds=body.mixed_seconds,
         max_num_seqs=body.max_num_seqs,
     )
 
