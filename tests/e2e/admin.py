@@ -32,11 +32,13 @@ def cli(home: Path, *args: str, key: str | None = None, url: str | None = None) 
     return done.stdout + done.stderr
 
 
-def new_key(home: Path, scope: str, *extra: str, env: dict[str, str] | None = None) -> str:
+def new_key(
+    home: Path, scope: str, *extra: str, env: dict[str, str] | None = None, name: str = "t"
+) -> str:
     """A key made by ``lmaas keys create`` in the database of ``home`` (or the one
     ``env["LMAAS_DATABASE_URL"]`` names, as the server will be given)."""
     done = subprocess.run(
-        [sys.executable, "-m", "lmaas", "keys", "create", "--scope", scope, "--name", "t", *extra],
+        [sys.executable, "-m", "lmaas", "keys", "create", "--scope", scope, "--name", name, *extra],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {}), "LMAAS_HOME": str(home)},

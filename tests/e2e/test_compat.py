@@ -6,10 +6,7 @@ masked LM's guesses equal to the model's own, refusals, and what /metrics shows 
 from __future__ import annotations
 
 import io
-import os
 import secrets
-import subprocess
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +18,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.admin import new_key
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess
 from tests.tiny_models import tiny_masked_lm
@@ -64,15 +62,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     proc = Server(home)
     try:
         proc.wait_ready()
-        done = subprocess.run(
-            [sys.executable, "-m", "lmaas", "keys", "create", "--scope", "admin", "--name", "ops"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "LMAAS_HOME": str(home)},
-            check=True,
-            timeout=60,
-        )
-        proc.key = done.stdout.strip().splitlines()[-1]
+        proc.key = new_key(home, "admin", name="ops")
         folder = Path(tmp_path_factory.mktemp("tiny-mlm"))
         proc.mlm, proc.mlm_folder = tiny_masked_lm(folder), folder
         r = httpx.post(

@@ -20,6 +20,7 @@ import numpy as np
 import openai
 import pytest
 
+from tests.e2e.admin import new_key
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess
 from tests.tiny_models import MINILM, save_with_minilm_tokenizer
@@ -46,15 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     proc = Server(home)
     try:
         proc.wait_ready()
-        done = subprocess.run(
-            [sys.executable, "-m", "lmaas", "keys", "create", "--scope", "admin", "--name", "t"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "LMAAS_HOME": str(home)},
-            check=True,
-            timeout=60,
-        )
-        proc.key = done.stdout.strip().splitlines()[-1]
+        proc.key = new_key(home, "admin")
         yield proc
     finally:
         proc.stop()
