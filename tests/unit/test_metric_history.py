@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lmaas.engine.client import EngineHealth
 from lmaas.gateway.metric_history import MetricHistory, quantile
 from lmaas.telemetry.metrics import Metrics
 from tests.fakes import FakeEngine
@@ -99,3 +100,25 @@ def test_a_counter_that_went_down_counts_from_zero() -> None:
     clock.now += 5
     s = h.sample()
     assert s is not None and s["models"]["m"]["generation_tokens_per_s"] == 2.0
+
+
+class StaleReport(FakeEngine):
+    """A worker whose last report still counts a sequence that has since finished."""
+
+    def health(self) -> EngineHealth:
+        h = super().health()
+        return EngineHealth(ready=h.ready, running=1, waiting=2, replicas=h.replicas)
+
+
+def test_nothing_runs_or_waits_while_nothing_is_outstanding() -> None:
+    metrics, clock = Metrics(), Clock()
+    engine = StaleReport("m")
+    h = MetricHistory(metrics, {"m": engine}, interval=5.0, retention=60.0, monotonic=clock)
+    h.sample()
+    clock.now += 5
+    s = h.sample()
+    assert s is not None and (s["models"]["m"]["running"], s["models"]["m"]["waiting"]) == (0, 0)
+    engine._outstanding.add("r1")  # one request in flight: the report is believed
+    clock.now += 5
+    s = h.sample()
+    assert s is not None and (s["models"]["m"]["running"], s["models"]["m"]["waiting"]) == (1, 2)

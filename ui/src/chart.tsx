@@ -75,7 +75,8 @@ export function LineChart({
         })),
       ],
       axes: [
-        { stroke: "#6b7280", grid: { stroke: "#e5e7eb" } },
+        // Steps (not time) are whole numbers.
+        { stroke: "#6b7280", grid: { stroke: "#e5e7eb" }, ...(time ? {} : { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] }) },
         {
           stroke: "#6b7280",
           grid: { stroke: "#e5e7eb" },

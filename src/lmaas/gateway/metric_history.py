@@ -221,9 +221,12 @@ class MetricHistory:
         states: dict[str, int] = {}
         for r in h.replicas:
             states[r.state] = states.get(r.state, 0) + 1
+        outstanding = engine.outstanding
+        if outstanding == 0:  # the workers' last report may predate their last request's end
+            return {"running": 0, "waiting": 0, "replicas": states}
         return {
             "running": h.running,
-            "waiting": max(h.waiting, engine.outstanding - h.running),
+            "waiting": max(h.waiting, outstanding - h.running),
             "replicas": states,
         }
 
