@@ -24,6 +24,12 @@ function yRange(_u: uPlot, min: number | null, max: number | null): uPlot.Range.
   return [lo, max === null || max <= lo ? lo + 1 : max * 1.1];
 }
 
+function clockLabels(_u: uPlot, splits: number[], _axisIdx: number, _space: number, incr: number): string[] {
+  const opts: Intl.DateTimeFormatOptions = { hour: "2-digit", minute: "2-digit", hour12: false };
+  if (incr < 60) opts.second = "2-digit";
+  return splits.map((t) => new Date(t * 1000).toLocaleTimeString([], opts));
+}
+
 export interface Line {
   label: string;
   color?: string;
@@ -75,8 +81,11 @@ export function LineChart({
         })),
       ],
       axes: [
-        // Steps (not time) are whole numbers.
-        { stroke: "#6b7280", grid: { stroke: "#e5e7eb" }, ...(time ? {} : { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] }) },
+        // Times as the clock reads (seconds when the ticks are closer than a minute); steps
+        // (not time) in whole numbers.
+        time
+          ? { stroke: "#6b7280", grid: { stroke: "#e5e7eb" }, values: clockLabels }
+          : { stroke: "#6b7280", grid: { stroke: "#e5e7eb" }, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] },
         {
           stroke: "#6b7280",
           grid: { stroke: "#e5e7eb" },

@@ -113,23 +113,30 @@ function build(samples: Sample[], model: string, models: string[]) {
   return { xs, codes, requests, prompt, generated, running, waiting, errorRate, ttft: latency("ttft"), tpot: latency("tpot"), e2e: latency("e2e") };
 }
 
+const TILE_WINDOW_S = 30;
+
+/** The latest figures: rates averaged over the last 30 s (a single sample is often empty at
+ * low traffic), gauges as they stand, TTFT from the latest sample that had one. */
 function Tiles({ samples, model }: { samples: Sample[]; model: string }) {
   const last = samples[samples.length - 1];
   if (!last) return null;
+  const recent = samples.filter((s) => s.t > last.t - TILE_WINDOW_S);
+  const seconds = sum(recent.map((s) => s.seconds));
+  const per = (f: (m: ModelSample) => number) => (seconds > 0 ? sum(recent.map((s) => s.seconds * sum(pick(s, model).map(f)))) / seconds : 0);
+  const rps = per((m) => sum(Object.values(m.requests_per_s)));
+  const bad = per((m) => sum(Object.entries(m.requests_per_s).filter(([c]) => !c.startsWith("2")).map(([, r]) => r)));
   const ms = pick(last, model);
-  const rps = sum(ms.flatMap((m) => Object.values(m.requests_per_s)));
-  const bad = sum(ms.flatMap((m) => Object.entries(m.requests_per_s).filter(([c]) => !c.startsWith("2")).map(([, r]) => r)));
-  const ttft = model !== ALL ? last.models[model]?.ttft?.p50 ?? null : null;
+  const ttft = model !== ALL ? ([...recent].reverse().find((s) => s.models[model]?.ttft)?.models[model]?.ttft?.p50 ?? null) : null;
   const tiles: [string, string][] = [
-    ["requests/s", num(rps)],
-    ["output tokens/s", num(sum(ms.map((m) => m.generation_tokens_per_s)), 1)],
+    ["requests/s (30 s)", num(rps)],
+    ["output tokens/s (30 s)", num(per((m) => m.generation_tokens_per_s), 1)],
     ["running", String(sum(ms.map((m) => m.running)))],
     ["waiting", String(sum(ms.map((m) => m.waiting)))],
-    ["error rate", rps > 0 ? pct(bad / rps) : "—"],
+    ["error rate (30 s)", rps > 0 ? pct(bad / rps) : "—"],
   ];
-  if (model !== ALL) tiles.push(["TTFT p50", secs(ttft)]);
+  if (model !== ALL) tiles.push(["TTFT p50 (latest)", secs(ttft)]);
   return (
-    <div class="tiles" aria-label="Latest sample">
+    <div class="tiles" aria-label="Latest figures">
       {tiles.map(([k, v]) => (
         <div class="tile" key={k}>
           <div class="tile-value">{v}</div>
