@@ -267,6 +267,31 @@ def test_playground_streams_a_chat_with_its_timings(console: Console) -> None:
     assert "tokens/s" in stats.inner_text()
     assert page.locator(".turn.assistant .content").inner_text().strip()
     assert any(t.startswith("text/event-stream") for t in console.streams), console.streams
+    # Beam search (not streamed): the beams returned, best first.
+    page.get_by_label("Beam search").check()
+    params.get_by_label("beam_width").fill("2")
+    params.get_by_label("n (beams returned)").fill("2")
+    params.get_by_label("max_tokens").fill("4")
+    page.locator("#chat-input").fill("Name a colour.")
+    page.get_by_role("button", name="Send").click()
+    stats.filter(has_text="beam search, 2 of width 2").wait_for()
+    assert page.locator(".turn.assistant").last.locator(".beams li").count() == 2
+    # JSON-schema output: the answer parses and follows the schema.
+    page.get_by_label("Beam search").uncheck()
+    page.get_by_label("JSON-schema output").check()
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    params.get_by_label("Schema", exact=True).fill(json.dumps(schema))
+    params.get_by_label("max_tokens").fill("24")
+    page.locator("#chat-input").fill("Are you ok? Answer in JSON.")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator(".turn.assistant").last
+    answer.locator(".stats", has_text="TTFT").wait_for()
+    assert isinstance(json.loads(answer.locator(".content").inner_text())["ok"], bool)
     page.get_by_role("button", name="Compare").click()  # the embeddings similarity check
     page.get_by_role("table").filter(has_text="Cosine similarity").wait_for()
     console.shot("playground")
