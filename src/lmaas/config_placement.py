@@ -8,7 +8,8 @@ Ray error when the actor is made: a resource is any custom name (``node:10.0.0.5
 node) except those lmaas asks for itself (``CPU`` from ``engine.threads``, ``memory`` from the
 resource pool) or cannot use (``GPU``); a quantity is positive, to 1/10000. A label key is a
 Kubernetes-style key (an optional DNS prefix and ``/``, then a name of up to 63 characters), a
-selector value a label value, ``!value``, ``in(a, b)`` or ``!in(a, b)``.
+selector value a label value, ``!value``, ``in(a, b)`` or ``!in(a, b)``; the spaces of a list
+are dropped (Ray 2.60 accepts ``in(a, b)`` but then looks for a label `` b``, which no node has).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 _NAME: Final = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
 _LABEL_KEY: Final = re.compile(rf"(?:[a-z0-9](?:[a-z0-9.-]{{0,251}}[a-z0-9])?/)?{_NAME}")
-_SELECTOR: Final = re.compile(rf"!?(?:{_NAME}|(?:in)?\({_NAME}(?:, ?{_NAME})*\))")
+_SELECTOR: Final = re.compile(rf"!?(?:{_NAME}|(?:in)?\({_NAME}(?:,{_NAME})*\))")
 _RESOURCE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}")
 # lmaas asks for these itself (num_cpus, memory), or cannot use them (a CPU-only worker).
 _RESERVED: Final = {
@@ -48,6 +49,7 @@ def _resources(value: dict[str, float]) -> dict[str, float]:
 
 
 def _labels(value: dict[str, str]) -> dict[str, str]:
+    value = {k: re.sub(r",\s+", ",", v) for k, v in value.items()}
     for key, selector in value.items():
         if not _LABEL_KEY.fullmatch(key):
             raise ValueError(
