@@ -1,8 +1,11 @@
 """The ``ray`` cluster kind on a real Ray cluster of two nodes on this machine (a head and a
 worker node, one CPU each, ``ray.cluster_utils.Cluster``): `lmaas serve --ray-address` places a
 deployment's two replicas on the two nodes, whose workers read the model from each node's own
-cache (fetched from the gateway by digest); chat and embeddings answer; when the worker node is
-removed, requests keep being answered and the lost replica is placed again on the head node.
+cache (fetched from the gateway by digest); chat and embeddings answer; an autoscaled deployment
+whose placement asks for a custom resource each node has one of (and a node label) grows from
+one replica to one on each node under a step load of streaming chats and shrinks back when the
+load drops to one stream, with no failed request; when the worker node is removed, requests
+keep being answered and the lost replica is placed again on the head node.
 
 Ray is in the dev extra: without it this module is skipped, except in CI (``CI=true``), where
 it fails. Every Ray process this module starts is stopped at its end.
@@ -13,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,9 @@ import httpx
 import psutil
 import pytest
 
+from tests.e2e.admin import Env
 from tests.e2e.conftest import MODEL
+from tests.e2e.load import Outcomes, keep_streaming, metric, settled
 from tests.e2e.server import ServerProcess, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -38,14 +45,26 @@ EMBEDDER = "all-minilm-l6-v2"
 SLOW = 300
 
 
+# Each node has one slot: an autoscaled deployment asking for one per replica has at most one
+# replica on each node. Each node is labelled with its role.
+SLOT = "lmaas_test_slot"
+ROLE = "lmaas-test-role"
+
+
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[tuple[Any, Any]]:
     """A head node and a worker node, one CPU each; removed at the end of the module."""
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": False,
+            "resources": {SLOT: 1},
+            "labels": {ROLE: "head"},
+        },
     )
     try:
-        worker = cluster.add_node(num_cpus=1)
+        worker = cluster.add_node(num_cpus=1, resources={SLOT: 1}, labels={ROLE: "worker"})
         cluster.wait_for_nodes()
         yield cluster, worker
     finally:
@@ -61,6 +80,7 @@ def server(
     config = home / "lmaas.yaml"
     config.write_text(
         f"""
+autoscaler: {{interval_s: 0.25}}
 models:
   - name: {MODEL}
     replicas: 2
@@ -138,6 +158,71 @@ def test_two_replicas_land_on_two_nodes_and_serve_from_node_caches(
     assert len(paths) == 3 and all(cache in p.parents for p in paths), paths
     gguf = next(p for p in paths if p.name.startswith("sha256-"))
     assert hashlib.sha256(gguf.read_bytes()).hexdigest() == gguf.name.removeprefix("sha256-")
+
+
+STREAMS = 6  # 3 per replica with target_ongoing_requests 2: both replicas wanted
+AUTOSCALED: dict[str, Any] = {
+    "model": MODEL,
+    "name": "elastic",
+    "engine": {"threads": 1, "context_size": 1024},
+    "autoscaling": {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 2,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 2,
+        "look_back_period_s": 1,
+    },
+    "placement": {"resources": {SLOT: 1}, "label_selector": {ROLE: "in(head, worker)"}},
+}
+
+
+def test_an_autoscaled_deployment_grows_onto_both_nodes_under_a_step_load_and_back(
+    server: ServerProcess, ray_cluster: tuple[Any, Any]
+) -> None:
+    cluster, worker = ray_cluster
+    home = Path(server.log_path).parent
+    token = (home / "admin.token").read_text().strip()  # the local admin token of `serve`
+    env = Env(home, server, token, token)
+    name = AUTOSCALED["name"]
+    r = env.req("POST", "/admin/deployments", env.admin, json=AUTOSCALED)
+    assert r.status_code == 201, r.text
+    # Ray would look for a label " worker": the space is dropped.
+    assert r.json()["placement"]["label_selector"] == {ROLE: "in(head,worker)"}
+    wait_until(lambda: settled(env, name, 1), SLOW, 0.25, "one ready replica")
+
+    outcomes, step, trickle = Outcomes(), threading.Event(), threading.Event()
+    with ThreadPoolExecutor(STREAMS) as pool:
+        streams = [pool.submit(keep_streaming, env, name, outcomes, trickle)]
+        streams += [
+            pool.submit(keep_streaming, env, name, outcomes, step) for _ in range(STREAMS - 1)
+        ]
+        try:
+            up = wait_until(lambda: settled(env, name, 2), SLOW, 0.25, "a second ready replica")
+            # The load drops to one stream: the deployment shrinks while that one is served.
+            step.set()
+            down = wait_until(lambda: settled(env, name, 1), SLOW, 0.25, "one replica again")
+        finally:
+            step.set()
+            trickle.set()
+            for s in streams:
+                s.result()
+    nodes = {r["node"].rsplit("/", 1)[-1] for r in up["replica_status"]}
+    assert nodes == {node_id(cluster.head_node), node_id(worker)}, up["replica_status"]
+    events = down["autoscaling"]["events"]
+    assert [(e["direction"], e["from_replicas"], e["to_replicas"]) for e in events] == [
+        ("up", 1, 2),
+        ("down", 2, 1),
+    ]
+    assert metric(env, "lmaas_autoscaler_decisions_total", model=name, direction="down") == 1
+    assert outcomes.failed == [] and outcomes.ok >= STREAMS
+    assert env.req("DELETE", f"/admin/deployments/{name}", env.admin).status_code == 204
+    wait_until(
+        lambda: name not in httpx.get(f"{server.url}/ready", timeout=10).json()["models"],
+        SLOW,
+        0.25,
+        "the deployment to go",
+    )
 
 
 def test_a_removed_node_s_replica_is_placed_again_and_requests_keep_answering(
