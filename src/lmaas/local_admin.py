@@ -37,9 +37,11 @@ def token_path(home: Path) -> Path:
     return home.expanduser() / TOKEN_FILE
 
 
-def write_token(home: Path) -> str:
+def write_token(home: Path, port: int | None = None) -> str:
     """A new token, written to ``<home>/admin.token`` readable by this user alone (the file is
-    made with mode 0600 and moved into place, so no other user ever sees it readable)."""
+    made with mode 0600 and moved into place, so no other user ever sees it readable), with the
+    server's ``port`` on a second line: the CLI sends the token to that port only, so another
+    user's listener on some other loopback port never receives it."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     path = token_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,20 +50,25 @@ def write_token(home: Path) -> str:
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+        f.write(token + "\n" + (f"{port}\n" if port is not None else ""))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return token
 
 
-def read_token(home: Path) -> str | None:
-    """The token a server on this machine wrote under ``home``, if it is there and readable."""
+def read_token(home: Path, port: int | None = None) -> str | None:
+    """The token a server on this machine wrote under ``home``, if it is there and readable
+    (and, given ``port``, only if the server said it listens there)."""
     try:
-        text = token_path(home).read_text(encoding="ascii").strip()
+        lines = token_path(home).read_text(encoding="ascii").split()
     except (OSError, UnicodeDecodeError):
         return None
-    return text if text.startswith(TOKEN_PREFIX) else None
+    if not lines or not lines[0].startswith(TOKEN_PREFIX):
+        return None
+    if port is not None and len(lines) > 1 and lines[1] != str(port):
+        return None
+    return lines[0]
 
 
 def remove_token(home: Path, token: str) -> None:

@@ -142,6 +142,12 @@ def test_the_cli_sends_the_token_to_loopback_urls_only(
             assert client._http.headers["authorization"] == f"Bearer {token}"
     assert local_key("http://10.1.2.3:8000") is None
     assert local_key("https://lmaas.example.com") is None
+    # A server that said its port gets the token on that port alone (not another user's
+    # listener on another loopback port).
+    on_port = write_token(tmp_path, 8123)
+    assert local_key("http://127.0.0.1:8123") == on_port
+    assert local_key("http://127.0.0.1:8000") is None
+    assert local_key("http://localhost") is None  # port 80
     with AdminClient("http://127.0.0.1:8000", "lmaas-given") as client:  # a given key wins
         assert client._http.headers["authorization"] == "Bearer lmaas-given"
 
@@ -156,15 +162,20 @@ async def test_the_server_takes_the_token_from_this_machine_only(keys: KeyStore)
     auth.trust_local_admin(token)
     app = create_app(settings, {"fake": FakeEngine("fake")}, auth=auth)
 
-    async def get(client_host: str, key: str) -> httpx.Response:
+    async def get(client_host: str, key: str, **headers: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=(client_host, 5000))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            return await c.get("/metrics", headers={"authorization": f"Bearer {key}"})
+            sent = {"authorization": f"Bearer {key}", **headers}
+            return await c.get("/metrics", headers=sent)
 
     assert (await get("127.0.0.1", token)).status_code == 200
     assert (await get("::1", token)).status_code == 200
     remote = await get("203.0.113.9", token)
     assert remote.status_code == 401
     assert "this machine only" in check_error_envelope(remote.json())["message"]
+    # A proxy on this machine makes every client look local: a forwarded request is not.
+    proxied = await get("127.0.0.1", token, **{"x-forwarded-for": "127.0.0.1"})
+    assert proxied.status_code == 401
+    assert (await get("127.0.0.1", token, forwarded="for=127.0.0.1")).status_code == 401
     wrong = await get("127.0.0.1", "lmaas-local-" + "y" * 43)
     assert wrong.status_code == 401

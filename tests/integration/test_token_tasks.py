@@ -81,6 +81,21 @@ def test_an_input_without_the_model_s_mask_token_is_refused(
     assert "'[MASK]'" in err.value.message
 
 
+def test_a_fill_mask_that_asks_for_too_many_filled_sequences_is_refused(
+    masked: tuple[TransformersBackend, Any, Path],
+) -> None:
+    backend, _, _ = masked
+    # 30 masks x top_k 100 x 32 tokens (the tiny model's limit), in 12 inputs: 1.15 M tokens
+    # of filled-in sequences (each guess comes with its whole input).
+    text = " ".join(["[MASK]"] * 30)
+    request = TaskRequest(request_id="r", kind="fill_mask", texts=[text] * 12, top_k=100)
+    with pytest.raises(InvalidRequestError) as err:
+        backend.prepare(request)
+    assert err.value.param == "top_k" and "at most 1,000,000" in err.value.message
+    small = TaskRequest(request_id="r", kind="fill_mask", texts=[text] * 12, top_k=5)
+    assert backend.prepare(small).features  # the same input with a small top_k is fine
+
+
 def test_models_that_are_not_masked_lms_refuse_fill_mask(minilm: TransformersBackend) -> None:
     with pytest.raises(InvalidRequestError) as err:
         minilm.prepare(TaskRequest(request_id="r", kind="fill_mask", texts=["a [MASK] b"]))

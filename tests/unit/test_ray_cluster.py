@@ -546,3 +546,21 @@ async def test_the_blob_route_serves_served_blobs_to_the_cluster_token_only(
             r = await client.get(f"/internal/blobs/{bad}", headers={"Authorization": "Bearer t0k"})
             assert r.status_code in (400, 404), bad
             assert r.content != data
+
+
+def test_a_peer_trickling_bytes_cannot_hold_the_secret_check_past_its_deadline() -> None:
+    import socket
+    import time
+
+    from lmaas.controller.cluster.ray_host import _presents
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(b"x")  # one byte, then nothing: the check must give up at its deadline
+        started = time.monotonic()
+        assert not _presents(ours, b"s" * 32, 0.3)
+        assert time.monotonic() - started < 2
+    good_a, good_b = socket.socketpair()
+    with good_a, good_b:
+        good_b.sendall(b"s" * 32)
+        assert _presents(good_a, b"s" * 32, 5)

@@ -142,9 +142,11 @@ def local_key(url: str) -> str | None:
     """The local admin token of a server on this machine, for a loopback ``url`` only."""
     from lmaas.gateway.auth import is_loopback  # (the gateway's rule; imported when needed)
 
-    if not is_loopback(httpx.URL(url).host):
+    parsed = httpx.URL(url)
+    if not is_loopback(parsed.host):
         return None
-    return read_token(Path(os.environ.get(HOME_ENV) or DEFAULT_HOME))
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return read_token(Path(os.environ.get(HOME_ENV) or DEFAULT_HOME), port)
 
 
 def checked(response: httpx.Response) -> Any:

@@ -146,7 +146,7 @@ def _build_app(settings: Settings) -> FastAPI:
             retention_days=settings.records.retention_days,
         )
     # `lmaas` commands on this machine administer the server without a key (local_admin.py).
-    local_token = write_token(settings.home_dir)
+    local_token = write_token(settings.home_dir, settings.port or None)  # 0: any free port
     auth.trust_local_admin(local_token)
     runner = None
     if settings.jobs.enabled:

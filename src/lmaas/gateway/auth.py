@@ -115,7 +115,9 @@ class Authenticator:
         if not hmac.compare_digest(key.encode(), token.encode()):
             return None  # an old server's token: refused below as any unknown key
         client = request.client.host if request.client is not None else ""
-        if not is_loopback(client):
+        # Behind a proxy the peer may be loopback for everyone: a forwarded request is remote.
+        forwarded = "x-forwarded-for" in request.headers or "forwarded" in request.headers
+        if not is_loopback(client) or forwarded:
             raise AuthenticationError(
                 "the local admin token is accepted from this machine only; use an API key",
                 code="local_token_not_local",

@@ -17,7 +17,7 @@ class ProfileBody(BaseModel):
 
     threads: int = Field(ge=1, le=4096, description="CPU threads the measured replica ran with")
     cores: int = Field(ge=1, le=65536, description="Cores of the machine it was measured on")
-    prefill_tokens_per_s: float = Field(gt=0, le=1e9)
+    prefill_tokens_per_s: float = Field(ge=1e-6, le=1e9)
     decode_tokens_per_s: dict[int, float] = Field(
         description="Batch size (streams decoding together) -> aggregate output tokens/s",
         min_length=1,
@@ -51,7 +51,7 @@ class ProfileBody(BaseModel):
     @classmethod
     def _times(cls, times: dict[int, float]) -> dict[int, float]:
         for tokens, seconds in times.items():
-            if not 1 <= tokens <= 10_000_000 or not 0 < seconds <= 86400:
+            if not 1 <= tokens <= 10_000_000 or not 1e-6 <= seconds <= 86400:
                 raise ValueError("prompt lengths are 1-10000000 tokens and times positive")
         return times
 
@@ -59,7 +59,7 @@ class ProfileBody(BaseModel):
     @classmethod
     def _rates(cls, rates: dict[int, float]) -> dict[int, float]:
         for batch, rate in rates.items():
-            if not 1 <= batch <= MAX_BATCH or not 0 < rate <= 1e9:
+            if not 1 <= batch <= MAX_BATCH or not 1e-6 <= rate <= 1e9:
                 raise ValueError(f"batch sizes are 1-{MAX_BATCH} and rates positive")
         return rates
 

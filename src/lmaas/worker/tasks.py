@@ -159,4 +159,9 @@ class TaskLoop:
         for item, result in zip(accepted, results, strict=True):
             result.queue_time = max(start - item.arrival, 0.0)
             result.batch_size = max(inputs, 1)
-            self.emit(item.request.request_id, result, None)
+            try:
+                self.emit(item.request.request_id, result, None)
+            except Exception:  # a result too big to send fails its request, not the worker
+                log.exception("could not send the result of %s", item.request.request_id)
+                error = InternalError("the result of this request was too large to send")
+                self.emit(item.request.request_id, None, error)

@@ -88,8 +88,10 @@ class NodeCache:
         except RequestTooLargeError as exc:  # more bytes than the blob has
             raise BlobFetchError(f"blob {digest} from {source.url}: {exc.message}") from exc
         if info.digest != digest or info.size != size:
-            # Stored under the digest of what arrived, never under the one asked for.
-            self.blobs.delete(info.digest)
+            # Stored under the digest of what arrived, never under the one asked for; a blob
+            # that was already in the cache under that digest is a good one and stays.
+            if info.created:
+                self.blobs.delete(info.digest)
             raise BlobFetchError(
                 f"blob {digest} from {source.url} arrived as {info.size} bytes hashing to "
                 f"{info.digest}; discarded"

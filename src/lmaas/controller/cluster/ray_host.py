@@ -142,7 +142,7 @@ class ReplicaHost:
                     raise TimeoutError("the gateway did not connect")
                 listener.settimeout(left)
                 conn, peer = listener.accept()
-                if _presents(conn, secret):
+                if _presents(conn, secret, min(_HELLO_TIMEOUT, left)):
                     conn.settimeout(None)
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     return conn
@@ -153,11 +153,17 @@ class ReplicaHost:
             self._listener = None
 
 
-def _presents(conn: socket.socket, secret: bytes) -> bool:
-    conn.settimeout(_HELLO_TIMEOUT)
+def _presents(conn: socket.socket, secret: bytes, timeout: float) -> bool:
+    """Whether ``conn`` sends ``secret`` within ``timeout`` seconds in all (a peer trickling
+    one byte at a time cannot hold the accept loop longer)."""
+    deadline = time.monotonic() + timeout
     got = b""
     try:
         while len(got) < SECRET_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            conn.settimeout(left)
             chunk = conn.recv(SECRET_BYTES - len(got))
             if not chunk:
                 return False

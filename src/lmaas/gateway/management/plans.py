@@ -87,8 +87,10 @@ class PlanManagement:
         body = self._profile(version)
         try:
             result = plan(profile_of(body), load, machine)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc), param="model") from exc
+        except (ValueError, ArithmeticError) as exc:  # a profile no plan can come from
+            raise InvalidRequestError(
+                f"no plan can be made from this version's profile: {exc}", param="model"
+            ) from exc
         choice = result.choice
         return PlanOut(
             model=version.model,

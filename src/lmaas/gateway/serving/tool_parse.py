@@ -121,15 +121,22 @@ class _ValueScanner:
 class ToolCallParser:
     """One choice's output, read as it comes (``feed``, then ``finish``)."""
 
-    raw: str = ""
+    pieces: list[str] = field(default_factory=list)  # the output so far, as it came
     mode: str = "start"  # start | text | calls
     calls: list[ParsedCall] = field(default_factory=list)
     _buf: str = ""
     _state: str = "open"  # within calls: open | head | arguments | tail | done
     _scanner: _ValueScanner = field(default_factory=_ValueScanner)
 
+    @property
+    def raw(self) -> str:
+        """The whole output so far."""
+        if len(self.pieces) > 1:
+            self.pieces[:] = ["".join(self.pieces)]
+        return self.pieces[0] if self.pieces else ""
+
     def feed(self, text: str) -> list[Piece]:
-        self.raw += text
+        self.pieces.append(text)
         if self.mode == "text":
             return [Text(text)] if text else []
         self._buf += text

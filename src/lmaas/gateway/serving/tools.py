@@ -297,7 +297,7 @@ def _arguments(text: str) -> Any:
     """A call's arguments as the object they spell, or the text if they are not JSON."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return text
 
 
@@ -315,16 +315,16 @@ def _native_message(m: ChatMessage, role: str, hide: Hide) -> dict[str, Any]:
     if calls:
         out["tool_calls"] = [
             {
-                "id": call_id,
+                "id": hide(call_id),
                 "type": "function",
-                "function": {"name": name, "arguments": _hidden(_arguments(args), hide)},
+                "function": {"name": hide(name), "arguments": _hidden(_arguments(args), hide)},
             }
             for call_id, name, args in calls
         ]
     if m.role in ("tool", "function"):
         out["role"] = "tool"
         if m.tool_call_id is not None:
-            out["tool_call_id"] = m.tool_call_id
+            out["tool_call_id"] = hide(m.tool_call_id)
     if m.name is not None:
         out["name"] = hide(m.name)
     return out

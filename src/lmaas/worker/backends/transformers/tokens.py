@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from lmaas.worker.backends.transformers.tasks import Prepared, TransformersBackend
 
 MAX_MASKS = 32  # mask tokens in one input
+# Tokens of the filled sequences one request may ask for (masks x top_k x input length, summed
+# over its inputs): each guess comes with the whole input decoded with it filled in.
+MAX_FILLED_TOKENS = 1_000_000
 
 
 def check_masks(backend: TransformersBackend, prepared: Prepared) -> None:
@@ -40,6 +43,17 @@ def check_masks(backend: TransformersBackend, prepared: Prepared) -> None:
             raise InvalidRequestError(
                 f"{where} has {n} mask tokens; at most {MAX_MASKS} are allowed", param="input"
             )
+    filled = sum(
+        f["input_ids"].count(mask_id) * len(f["input_ids"]) * prepared.request.top_k
+        for f in prepared.features
+    )
+    if filled > MAX_FILLED_TOKENS:
+        raise InvalidRequestError(
+            f"this request asks for {filled:,} tokens of filled-in sequences (mask tokens x "
+            f"top_k x input tokens, over its inputs); at most {MAX_FILLED_TOKENS:,}: lower "
+            "top_k, or send fewer or shorter inputs",
+            param="top_k",
+        )
 
 
 def fill_mask(backend: TransformersBackend, prepared: Sequence[Prepared]) -> list[TaskResult]:
