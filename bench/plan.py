@@ -35,6 +35,7 @@ import httpx
 sys.path.insert(0, os.path.dirname(__file__))
 from lmaas.cli.profiling import text_of
 from lmaas.controller.planner import Load, Profile, predict
+from lmaas.local_admin import read_token
 from loadgen import RequestResult, one_request
 from run import MODEL, Server, free_port
 
@@ -60,7 +61,7 @@ def cli(home: Path, url: str, *args: str) -> str:
 
 
 def admin(home: Path) -> dict[str, str]:
-    token = (home / "admin.token").read_text().strip()
+    token = read_token(home)
     return {"Authorization": f"Bearer {token}"}
 
 

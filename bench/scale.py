@@ -42,6 +42,7 @@ import aiohttp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from lmaas.local_admin import read_token  # noqa: E402
 from loadgen import PROMPTS, RequestResult, one_request, run_level  # noqa: E402
 from run import MODEL, Server, free_port  # noqa: E402
 
@@ -87,7 +88,7 @@ class Served(Server):
 
     def __init__(self, *args: Any, home: Path, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        token = (home / "admin.token").read_text().strip()
+        token = read_token(home)
         self.admin = {"Authorization": f"Bearer {token}"}
 
 

@@ -26,6 +26,7 @@ import httpx
 import psutil
 import pytest
 
+from lmaas.local_admin import read_token
 from tests.e2e.admin import Env
 from tests.e2e.conftest import MODEL
 from tests.e2e.load import Outcomes, keep_streaming, metric, settled
@@ -182,7 +183,7 @@ def test_an_autoscaled_deployment_grows_onto_both_nodes_under_a_step_load_and_ba
 ) -> None:
     cluster, worker = ray_cluster
     home = Path(server.log_path).parent
-    token = (home / "admin.token").read_text().strip()  # the local admin token of `serve`
+    token = read_token(home)  # the local admin token of `serve`
     env = Env(home, server, token, token)
     name = AUTOSCALED["name"]
     r = env.req("POST", "/admin/deployments", env.admin, json=AUTOSCALED)
