@@ -294,6 +294,7 @@ def test_nothing_escaped_home(env: Env) -> None:
         "lmaas.db-wal",
         "lmaas.db-shm",
         "server.log",
+        "admin.token",  # the local admin token of `lmaas serve`
     }
     models = env.home / "models"
     folders = list(models.iterdir())
