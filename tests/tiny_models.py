@@ -3,7 +3,9 @@ config, the shipped MiniLM's tokenizer files), for tests where no shipped model 
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +100,12 @@ def tiny_masked_lm(folder: Path, *, steps: int = 40, seed: int = 0) -> Any:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return model
+
+
+def tar_of(folder: Path) -> bytes:
+    """A model folder as an uncompressed tar, files at its top level (an upload body)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
+    return buf.getvalue()

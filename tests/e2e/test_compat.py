@@ -5,9 +5,7 @@ masked LM's guesses equal to the model's own, refusals, and what /metrics shows 
 
 from __future__ import annotations
 
-import io
 import secrets
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.admin import new_key
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess
-from tests.tiny_models import tiny_masked_lm
+from tests.tiny_models import tar_of, tiny_masked_lm
 
 pytestmark = pytest.mark.e2e
 
@@ -46,14 +44,6 @@ class Server(ServerProcess):
     def metrics(self, accept: str | None = None) -> httpx.Response:
         headers = {"Accept": accept} if accept else {}
         return httpx.get(self.url + "/metrics", headers=headers, timeout=30)
-
-
-def tar_of(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in sorted(folder.iterdir()):
-            tar.add(path, arcname=path.name)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,11 @@ transformers): embeddings, zero-shot and trained classifiers, NLI, scoring, toke
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
 import subprocess
 import sys
-import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ import pytest
 from tests.e2e.admin import new_key
 from tests.e2e.conftest import MODEL
 from tests.e2e.server import ServerProcess
-from tests.tiny_models import MINILM, save_with_minilm_tokenizer
+from tests.tiny_models import MINILM, save_with_minilm_tokenizer, tar_of
 
 pytestmark = pytest.mark.e2e
 
@@ -389,14 +387,6 @@ def build_nli_model(folder: Path) -> Any:
     base.pop("_name_or_path", None)
     config = BertConfig(**base)
     return save_with_minilm_tokenizer(BertForSequenceClassification(config).eval(), folder)
-
-
-def tar_of(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in sorted(folder.iterdir()):
-            tar.add(path, arcname=path.name)
-    return buf.getvalue()
 
 
 def test_nli_classifier_uploaded_deployed_and_labels_mapped(server: Server, tmp_path: Path) -> None:
