@@ -3,9 +3,72 @@ imports it from here): the job runner process and the batches it runs."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# The kinds a runner on a Ray node can run: they read their inputs and write their outputs
+# through the gateway. Fine-tuning and quantizing write model versions into the gateway's store
+# directly, so they stay in the runner beside the gateway.
+RAY_KINDS: Final = ("batch", "eval_run")
+RayKind = Literal["batch", "eval_run"]
+
+
+class RayRunnerDemand(BaseModel):
+    """What one job runner actor asks Ray for (unset fields: the ``jobs.ray`` ones)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: Annotated[
+        float | None, Field(ge=0, le=1024, description="CPUs the runner actor asks Ray for")
+    ] = None
+    memory: Annotated[
+        int | None,
+        Field(ge=0, description="Bytes of memory the runner actor asks Ray for (0: none)"),
+    ] = None
+    resources: Annotated[
+        dict[str, float] | None,
+        Field(description="Custom Ray resources the runner actor asks for (pins it to nodes)"),
+    ] = None
+
+
+class RayJobSettings(BaseModel):
+    """Job runners as Ray actors (``cluster.kind: ray`` with a PostgreSQL catalog)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kinds: Annotated[
+        list[RayKind],
+        Field(
+            description="Kinds of jobs run by runner actors on the Ray cluster (the others, "
+            "and every kind on SQLite, by the runner beside the gateway); [] keeps them all here",
+        ),
+    ] = list(RAY_KINDS)
+    num_cpus: Annotated[
+        float, Field(ge=0, le=1024, description="CPUs a runner actor asks Ray for")
+    ] = 0.5
+    memory: Annotated[
+        int, Field(ge=0, description="Bytes of memory a runner actor asks Ray for (0: none)")
+    ] = 0
+    resources: Annotated[
+        dict[str, float],
+        Field(description="Custom Ray resources a runner actor asks for (pins it to nodes)"),
+    ] = Field(default_factory=dict)
+    per_kind: Annotated[
+        dict[RayKind, RayRunnerDemand],
+        Field(
+            description="A kind's own request over the ones above: kinds whose requests "
+            "differ get runner actors of their own",
+        ),
+    ] = Field(default_factory=dict)
+
+    def demand(self, kind: str) -> tuple[float, int, tuple[tuple[str, float], ...]]:
+        """The (num_cpus, memory, resources) of the actor that runs ``kind``."""
+        own = self.per_kind.get(kind)  # type: ignore[call-overload]
+        cpus = own.num_cpus if own and own.num_cpus is not None else self.num_cpus
+        memory = own.memory if own and own.memory is not None else self.memory
+        resources = own.resources if own and own.resources is not None else self.resources
+        return cpus, memory, tuple(sorted(resources.items()))
 
 
 class JobSettings(BaseModel):
@@ -62,3 +125,7 @@ class JobSettings(BaseModel):
             "lines answered so far in its output",
         ),
     ] = 86_400
+    ray: Annotated[
+        RayJobSettings,
+        Field(description="Job runners on the Ray cluster (cluster.kind ray, PostgreSQL)"),
+    ] = Field(default_factory=RayJobSettings)

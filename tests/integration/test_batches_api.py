@@ -22,6 +22,7 @@ from lmaas.jobs.batch import BatchHandler
 from lmaas.jobs.gateway import GatewayClient
 from lmaas.jobs.leases import Item, JobLeases
 from lmaas.jobs.loop import JobLoop
+from lmaas.jobs.storage import LocalJobFiles
 from lmaas.jobs.store import JobStore
 from lmaas.keys import KeyStore
 from lmaas.protocol.engine import Priority
@@ -108,7 +109,9 @@ class Batches:
 
     def start_runner(self, *, runner: str = "runner-1", line_concurrency: int = 4) -> None:
         handler = BatchHandler(
-            GatewayClient(self.runner_http, TOKEN), self.files, line_concurrency=line_concurrency
+            GatewayClient(self.runner_http, TOKEN),
+            LocalJobFiles(self.files),
+            line_concurrency=line_concurrency,
         )
         loop = JobLoop(
             self.leases,

@@ -4,7 +4,7 @@ concrete classes together."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -119,6 +119,7 @@ def _build_app(settings: Settings) -> FastAPI:
     from lmaas.gateway.app import create_app
     from lmaas.gateway.auth import Authenticator, InsecureStartupError
     from lmaas.gateway.ratelimit import KeyRateLimiter
+    from lmaas.jobs.ray_runners import ray_runners
     from lmaas.jobs.supervisor import RunnerSupervisor
     from lmaas.records.store import RecordWriter
     from lmaas.state import open_state
@@ -150,8 +151,8 @@ def _build_app(settings: Settings) -> FastAPI:
     auth.trust_local_admin(local_token)
     runner = None
     if settings.jobs.enabled:
-        runner = RunnerSupervisor(settings)
-        auth.trust_runner(runner.token)
+        runner = RunnerSupervisor(settings, remote=ray_runners(settings, manager.cluster))
+        auth.trust_runner(runner.token, remote=runner.remote_secret_ok)
     app = create_app(
         settings,
         manager.engines,
@@ -168,17 +169,28 @@ def _build_app(settings: Settings) -> FastAPI:
     )
     app.state.job_runner = runner
     app.state.local_admin_token = local_token
-    _mount_blob_route(app, manager.cluster)
+    _mount_blob_route(app, manager.cluster, runner, state)
     return app
 
 
-def _mount_blob_route(app: FastAPI, cluster: object) -> None:
+def _mount_blob_route(app: FastAPI, cluster: object, runner: Any, state: Any) -> None:
     """A cluster whose nodes fetch model blobs from this gateway (``ray``) gets the internal
-    blob route, answering its token only."""
+    blob route, answering its token only; job runner actors on its nodes (``runner.remote``)
+    get their input blobs and output files there, with their secrets."""
+    from lmaas.gateway.routes import internal
+
+    mount = False
     if callable(getattr(cluster, "blob_path", None)) and callable(
         getattr(cluster, "token_ok", None)
     ):
-        from lmaas.gateway.routes import internal
-
         app.state.blob_source = cluster
+        mount = True
+    if runner is not None and runner.remote is not None:
+        from lmaas.gateway.runner_access import RunnerAccess
+
+        app.state.runner_access = RunnerAccess(
+            runner.remote_secret_ok, runner.remote.kinds, state.jobs, state.files, state.store.blobs
+        )
+        mount = True
+    if mount:
         app.include_router(internal.router)

@@ -11,7 +11,9 @@
 - The job runner the gateway started presents the gateway's runner token (from this machine
   only, :meth:`Authenticator.trust_runner`) and names the key that owns its job in
   ``X-Lmaas-Job-Owner``: the request is then that key's, with its model list and rate limits
-  (a revoked owner key gets 401). An empty owner is a job of an open server.
+  (a revoked owner key gets 401). An empty owner is a job of an open server. A runner actor
+  on a Ray node presents its run's secret instead, accepted from any address while the run
+  lasts (:mod:`lmaas.jobs.ray_runners`).
 - The local admin token `lmaas serve` wrote under its home (:mod:`lmaas.local_admin`) is an
   admin key for loopback clients only (:meth:`Authenticator.trust_local_admin`); from
   elsewhere it is refused (401), so remote administration needs a real key.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import time
+from collections.abc import Callable
 from typing import Final
 
 import anyio.to_thread
@@ -92,6 +95,7 @@ class Authenticator:
         self._bind_host = bind_host
         self._loopback = is_loopback(bind_host)
         self._runner_token: str | None = None
+        self._remote_runner: Callable[[str], bool] = lambda token: False
         self._local_token: str | None = None
         self._owners: dict[str, tuple[KeyInfo, float]] = {}
 
@@ -99,9 +103,12 @@ class Authenticator:
     def keys(self) -> KeyStore:
         return self._keys
 
-    def trust_runner(self, token: str) -> None:
-        """Accept ``token`` from this machine as the job runner's (see the module doc)."""
+    def trust_runner(self, token: str, remote: Callable[[str], bool] | None = None) -> None:
+        """Accept ``token`` from this machine as the job runner's (see the module doc), and
+        from anywhere a token ``remote`` says is a runner actor's secret (a Ray runner's)."""
         self._runner_token = token
+        if remote is not None:
+            self._remote_runner = remote
 
     def trust_local_admin(self, token: str) -> None:
         """Accept ``token`` from loopback clients as an admin key (see the module doc)."""
@@ -206,12 +213,16 @@ class Authenticator:
             )
 
     def _from_runner(self, request: Request) -> bool:
-        """Whether the request carries the runner token and comes from this machine."""
+        """Whether the request carries the runner token and comes from this machine, or
+        carries the secret of a runner actor on the cluster."""
         token = self._runner_token
         authorization = request.headers.get("authorization", "")
         if token is None or not authorization.startswith("Bearer "):
             return False
-        if not hmac.compare_digest(authorization[7:].strip().encode(), token.encode()):
+        given = authorization[7:].strip()
+        if given and self._remote_runner(given):
+            return True
+        if not hmac.compare_digest(given.encode(), token.encode()):
             return False
         client = request.client.host if request.client is not None else ""
         return is_loopback(client) or client == self._bind_host

@@ -40,14 +40,13 @@ from lmaas.jobs.context import JobContext, JobFailed, LeaseLost, Outcome
 from lmaas.jobs.gateway import GatewayClient, GatewayUnreachable, RetryPolicy, post_retrying
 from lmaas.jobs.item_runs import ItemSink, run_items
 from lmaas.jobs.leases import Item, JobLeases
+from lmaas.jobs.storage import JobFiles
 from lmaas.jobs.store import JobInfo
-from lmaas.store.files import FileStore, Viewer
 
 log = logging.getLogger(__name__)
 
 _READ_LINES: Final = 256
 _FILE_CHUNK: Final = 1 << 20
-_EVERYONE: Final = Viewer(None, admin=True)
 EXPIRED_CODE: Final = "batch_expired"
 EXPIRED_MESSAGE: Final = "This request could not be executed before the completion window expired."
 
@@ -58,7 +57,7 @@ class BatchHandler:
     def __init__(
         self,
         gateway: GatewayClient,
-        files: FileStore,
+        files: JobFiles,
         *,
         line_concurrency: int = 16,
         retry: RetryPolicy | None = None,
@@ -109,7 +108,7 @@ class BatchHandler:
     def _open(self, job: JobInfo) -> BinaryIO:
         file_id = str(job.input["input_file_id"])
         try:
-            return self.files.open(file_id, _EVERYONE)[1]
+            return self.files.open_input(file_id)
         except Exception as exc:
             log.exception("batch %s: cannot read its input file %s", job.id, file_id)
             raise JobFailed(
@@ -185,13 +184,13 @@ class BatchHandler:
         if first is None:
             return None, 0
         name = f"{job.id}_{'output' if ok else 'error'}.jsonl"
-        stored = self.files.add(
+        file_id = self.files.add_output(
             _chunks(itertools.chain([first], lines)),
             purpose="batch_output",
             filename=name,
             owner_key_id=job.owner_key_id,
         )
-        return stored.id, lines.count
+        return file_id, lines.count
 
 
 class _Counted(Iterator[str]):

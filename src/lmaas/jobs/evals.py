@@ -36,14 +36,13 @@ from lmaas.jobs.gateway import GatewayClient, GatewayUnreachable, RetryPolicy, p
 from lmaas.jobs.graders import GradingError, grade, parse_criteria
 from lmaas.jobs.item_runs import ItemSink, run_items
 from lmaas.jobs.leases import Item
+from lmaas.jobs.storage import JobFiles
 from lmaas.protocol.evals import GraderSpec
 from lmaas.store.evaluations import Evaluations
-from lmaas.store.files import FileStore, Viewer
 
 log = logging.getLogger(__name__)
 
 KIND: Final = "eval_run"
-_EVERYONE: Final = Viewer(None, admin=True)
 _READ: Final = 256
 
 
@@ -96,7 +95,7 @@ class EvalRunHandler:
     def __init__(
         self,
         gateway: GatewayClient,
-        files: FileStore,
+        files: JobFiles,
         evaluations: Evaluations,
         *,
         item_concurrency: int = 8,
@@ -156,7 +155,7 @@ class EvalRunHandler:
 
     def _open(self, file_id: str) -> Any:
         try:
-            return self.files.open(file_id, _EVERYONE)[1]
+            return self.files.open_input(file_id)
         except Exception as exc:
             raise JobFailed(
                 f"the data source file {file_id} cannot be read ({type(exc).__name__})",

@@ -7,6 +7,11 @@ the gateway's token in :data:`~lmaas.protocol.jobs.RUNNER_TOKEN_ENV`, which is r
 the environment once read. ``--parent-fd`` is the read end of a pipe the gateway holds: a
 byte on it means a job was queued, its end means the gateway is gone and the runner stops.
 SIGTERM stops it too: running jobs are let go at once, to be resumed by the next runner.
+
+A runner on a Ray node (:mod:`lmaas.jobs.runner_host`) runs :func:`run_jobs` inside its actor
+with a ``node_cache_dir``: it shares no disk with the gateway, so its files go through the
+gateway (:class:`lmaas.jobs.storage.GatewayJobFiles`) and it runs only the kinds that need
+nothing more (``config.kinds``).
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from pathlib import Path
 
 import httpx
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session, sessionmaker
 
 from lmaas.config_jobs import JobSettings
+from lmaas.controller.cluster.node_cache import NodeCache, Source
 from lmaas.db import create_db_engine, session_factory
 from lmaas.jobs.gateway import GatewayClient
-from lmaas.jobs.kinds import job_handlers
+from lmaas.jobs.kinds import LocalStore, job_handlers
 from lmaas.jobs.leases import JobLeases
 from lmaas.jobs.loop import JobLoop, heartbeat_interval
+from lmaas.jobs.storage import GatewayJobFiles, JobFiles, LocalJobFiles, catalog_lookup
 from lmaas.protocol.jobs import RUNNER_CONFIG_ENV, RUNNER_TOKEN_ENV
 from lmaas.store.blobs import BlobStore
 from lmaas.store.catalog import Catalog
@@ -55,6 +63,9 @@ class RunnerConfig(BaseModel):
     jobs: JobSettings
     max_upload_bytes: int
     log_level: str = "info"
+    kinds: list[str] | None = None  # the kinds it runs (None: every kind)
+    # Set on a node without the gateway's disk: input blobs are cached here, outputs uploaded.
+    node_cache_dir: str | None = None
 
 
 async def serve(config: RunnerConfig, token: str, parent_fd: int | None) -> None:
@@ -64,6 +75,29 @@ async def serve(config: RunnerConfig, token: str, parent_fd: int | None) -> None
         loop.add_signal_handler(sig, stop.set)
     if parent_fd is not None:
         _watch_parent(loop, parent_fd, stop, wake)
+    await run_jobs(config, token, stop, wake)
+
+
+def _storage(
+    config: RunnerConfig, token: str, sessions: sessionmaker[Session]
+) -> tuple[JobFiles, LocalStore | None]:
+    """The runner's files: through the gateway on a node of its own, else the local store."""
+    if config.node_cache_dir is not None:
+        cache = NodeCache(Path(config.node_cache_dir).expanduser())
+        source = Source(config.gateway_url, token)
+        remote = GatewayJobFiles(catalog_lookup(sessions), cache, source, verify=config.verify_tls)
+        return remote, None
+    models = ModelStore(
+        Catalog(sessions), BlobStore(config.home), max_upload_bytes=config.max_upload_bytes
+    )
+    store = FileStore(sessions, models, FileLimits(max_bytes=1, max_line_bytes=1))
+    return LocalJobFiles(store), LocalStore(models, store, config.home)
+
+
+async def run_jobs(
+    config: RunnerConfig, token: str, stop: asyncio.Event, wake: asyncio.Event
+) -> None:
+    """Claim and run jobs until ``stop`` is set; ``wake`` says one was queued."""
     engine = create_db_engine(config.database_url)
     sessions = session_factory(engine)
     settings = config.jobs
@@ -72,10 +106,7 @@ async def serve(config: RunnerConfig, token: str, parent_fd: int | None) -> None
     )
     if config.release_runner is not None:
         await asyncio.to_thread(leases.release_runner, config.release_runner)
-    models = ModelStore(
-        Catalog(sessions), BlobStore(config.home), max_upload_bytes=config.max_upload_bytes
-    )
-    files = FileStore(sessions, models, FileLimits(max_bytes=1, max_line_bytes=1))
+    files, local = _storage(config, token, sessions)
     connections = settings.line_concurrency * settings.max_concurrent + 2
     try:
         async with httpx.AsyncClient(
@@ -95,8 +126,8 @@ async def serve(config: RunnerConfig, token: str, parent_fd: int | None) -> None
                     files,
                     settings,
                     Evaluations(sessions),
-                    store=models,
-                    home=config.home,
+                    local=local,
+                    kinds=config.kinds,
                 ),
                 runner=config.runner_id,
                 max_concurrent=settings.max_concurrent,
@@ -104,6 +135,8 @@ async def serve(config: RunnerConfig, token: str, parent_fd: int | None) -> None
             )
             await jobs.run(stop, wake)
     finally:
+        if isinstance(files, GatewayJobFiles):
+            files.close()
         engine.dispose()
         log.info("job runner %s: stopped", config.runner_id)
 

@@ -30,6 +30,7 @@ from lmaas.db import as_utc, utc_now
 from lmaas.errors import ConflictError, InvalidRequestError, NotFoundError
 from lmaas.jobs.tables import JobEventRow, JobItemRow, JobRow
 from lmaas.store.files import Viewer
+from lmaas.store.tables import FileRow
 
 __all__ = [
     "ACTIVE",
@@ -345,6 +346,22 @@ class JobStore:
                 .limit(1)
             ).first()
         return None if row is None else f"{row.kind} {row.id} is {row.status}"
+
+    def reads_blob(self, digest: str, kinds: Iterable[str]) -> bool:
+        """Whether a job of ``kinds`` not finished reads an input file whose bytes are the
+        blob ``digest`` (``sha256:<hex>``): what a runner on another node may fetch."""
+        with self._sessions.begin() as session:
+            row = session.execute(
+                select(JobRow.id)
+                .join(FileRow, FileRow.id == JobRow.input_file_id)
+                .where(
+                    FileRow.digest == digest,
+                    JobRow.kind.in_(list(kinds)),
+                    JobRow.status.not_in(FINISHED),
+                )
+                .limit(1)
+            ).first()
+        return row is not None
 
     def status_counts(self) -> dict[tuple[str, str], int]:
         """How many jobs of each (kind, status) are not finished."""

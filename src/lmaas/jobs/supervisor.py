@@ -7,6 +7,10 @@ A pipe whose write end only this process holds tells the runner that a job was q
 byte) and that the gateway is gone (its end, even after a ``kill -9``). When a runner dies,
 the next one is told its id, so the leases of the dead one end at once instead of after
 ``jobs.lease_seconds``.
+
+On a Ray cluster with a PostgreSQL catalog the kinds of ``jobs.ray.kinds`` run in runner actors
+on the cluster instead (``remote``, :mod:`lmaas.jobs.ray_runners`), started, woken and stopped
+with this one; the local runner runs the other kinds.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Final
 
 from lmaas.config import Settings
 from lmaas.db import database_url
+from lmaas.jobs.kinds import JOB_KINDS
+from lmaas.jobs.ray_runners import RayRunners
 from lmaas.jobs.runner import RunnerConfig
 from lmaas.protocol.jobs import RUNNER_CONFIG_ENV, RUNNER_TOKEN_ENV
 
@@ -46,8 +52,9 @@ def gateway_url(host: str, port: int, *, tls: bool) -> str:
 
 
 class RunnerSupervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, remote: RayRunners | None = None) -> None:
         self.settings = settings
+        self.remote = remote
         self.token = secrets.token_urlsafe(32)
         self.pid: int | None = None
         self.restarts = 0
@@ -66,12 +73,20 @@ class RunnerSupervisor:
         self._url = gateway_url(self.settings.host, port, tls=tls)
         self._url_known.set()
 
+    def remote_secret_ok(self, token: str) -> bool:
+        """Whether ``token`` is the secret of a runner actor's current run on the cluster."""
+        return self.remote is not None and self.remote.secret_ok(token)
+
     async def start(self) -> None:
         self._stopping = False
         self._task = asyncio.create_task(self._supervise(), name="supervise-job-runner")
+        if self.remote is not None:
+            await self.remote.start()
 
     def wake(self) -> None:
-        """Tell the runner a job was queued (it also looks every few seconds anyway)."""
+        """Tell the runners a job was queued (they also look every few seconds anyway)."""
+        if self.remote is not None:
+            self.remote.wake()
         fd = self._wake_fd
         if fd is None:
             return
@@ -81,6 +96,8 @@ class RunnerSupervisor:
     def stop_soon(self) -> None:
         """Ask the runner to stop now (the gateway is draining); it is not restarted."""
         self._stopping = True
+        if self.remote is not None:
+            self.remote.stop_soon()
         proc = self._proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -88,6 +105,8 @@ class RunnerSupervisor:
 
     async def stop(self) -> None:
         self.stop_soon()
+        if self.remote is not None:
+            await self.remote.stop()
         proc = self._proc
         if proc is not None and proc.returncode is None:
             try:
@@ -141,6 +160,7 @@ class RunnerSupervisor:
             jobs=settings.jobs,
             max_upload_bytes=settings.limits.max_upload_bytes,
             log_level=settings.log_level,
+            kinds=self._local_kinds(),
         )
         read_fd, write_fd = os.pipe()
         try:
@@ -175,3 +195,9 @@ class RunnerSupervisor:
             self._wake_fd = None
             os.close(write_fd)
             self.pid = None
+
+    def _local_kinds(self) -> list[str] | None:
+        """The kinds this machine's runner runs: those not run on the cluster."""
+        if self.remote is None:
+            return None
+        return [kind for kind in JOB_KINDS if kind not in self.remote.kinds]

@@ -112,6 +112,12 @@ class RayCluster:
         )
         log.info("replicas run on the Ray cluster at %s", cluster.ray_address or "auto")
 
+    @property
+    def ray(self) -> Any:
+        """The ``ray`` module this gateway joined the cluster with (the job runners' actors
+        are made with it too, :mod:`lmaas.jobs.ray_runners`)."""
+        return self._ray
+
     # -- Cluster --------------------------------------------------------------------------------
 
     def check(self, model: ModelRef) -> None:

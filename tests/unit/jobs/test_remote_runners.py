@@ -1,0 +1,392 @@
+"""Job runners on a Ray cluster without a cluster: the storage seam (input blobs fetched by
+digest into a node cache and checked, outputs sent to the gateway) against a fake gateway, the
+gateway's internal routes for runner actors with fakes behind them, the runner secret on the
+OpenAI endpoints from another address, and the supervision of runner actors over a fake Ray
+(a dead actor is replaced, told the dead runner's id, and its secret stops working). The real
+cluster is in ``tests/e2e/test_ray_jobs.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, BinaryIO
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.requests import Request
+
+from lmaas.config import Settings
+from lmaas.controller.cluster.node_cache import BlobFetchError, NodeCache, Source
+from lmaas.errors import AuthenticationError
+from lmaas.gateway.auth import Authenticator
+from lmaas.gateway.errors import install_error_handlers
+from lmaas.gateway.routes import internal
+from lmaas.gateway.runner_access import RunnerAccess
+from lmaas.jobs.kinds import JOB_KINDS, LocalStore, job_handlers
+from lmaas.jobs.ray_runners import RayRunners, ray_runners, runner_groups
+from lmaas.jobs.runner import RunnerConfig
+from lmaas.jobs.storage import FILES_ROUTE, GatewayJobFiles, LocalJobFiles, OutputRefused
+from lmaas.store.blobs import BlobStore
+
+PG = "postgresql://lmaas@db.internal/lmaas"
+SECRET = "runner-s3cret"
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# -- the storage seam -----------------------------------------------------------------------------
+
+
+class FakeGateway:
+    """The gateway's blob route and output route, counting what it is asked."""
+
+    def __init__(self, blobs: dict[str, bytes], *, upload_status: int = 201) -> None:
+        self.blobs = blobs
+        self.fetches: list[str] = []
+        self.uploads: list[tuple[dict[str, str], str, bytes]] = []
+        self.upload_status = upload_status
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != f"Bearer {SECRET}":
+            return httpx.Response(401)
+        if request.method == "GET" and request.url.path.startswith("/internal/blobs/"):
+            hexdigest = request.url.path.rsplit("/", 1)[-1]
+            self.fetches.append(hexdigest)
+            data = self.blobs.get(hexdigest)
+            return httpx.Response(200, content=data) if data is not None else httpx.Response(404)
+        if request.method == "POST" and request.url.path == FILES_ROUTE:
+            params = dict(request.url.params)
+            self.uploads.append((params, request.headers["content-type"], request.read()))
+            return httpx.Response(self.upload_status, json={"id": "file-0123456789abcdef01234567"})
+        return httpx.Response(404)
+
+
+def gateway_files(
+    tmp_path: Path, gateway: FakeGateway, files: dict[str, tuple[str, int]]
+) -> GatewayJobFiles:
+    client = httpx.Client(transport=httpx.MockTransport(gateway.handle))
+    return GatewayJobFiles(
+        files.get, NodeCache(tmp_path / "node"), Source("http://gw:8000", SECRET), client=client
+    )
+
+
+def test_an_input_file_is_fetched_by_digest_once_into_the_node_cache(tmp_path: Path) -> None:
+    data = b'{"custom_id": "a"}\n' * 50
+    gateway = FakeGateway({sha(data)[7:]: data})
+    files = gateway_files(tmp_path, gateway, {"file-1": (sha(data), len(data))})
+    for _ in range(2):
+        with files.open_input("file-1") as handle:
+            assert handle.read() == data
+    assert gateway.fetches == [sha(data)[7:]]  # the second read is the cached blob
+    assert (tmp_path / "node" / "blobs" / f"sha256-{sha(data)[7:]}").read_bytes() == data
+
+
+def test_an_input_whose_bytes_are_not_its_digest_is_refused_and_not_kept(tmp_path: Path) -> None:
+    claimed, served = b"the real file", b"something else"
+    gateway = FakeGateway({sha(claimed)[7:]: served})
+    files = gateway_files(tmp_path, gateway, {"file-1": (sha(claimed), len(served))})
+    with pytest.raises(BlobFetchError, match="discarded"):
+        files.open_input("file-1")
+    assert list((tmp_path / "node" / "blobs").glob("sha256-*")) == []
+    with pytest.raises(Exception, match="no file"):
+        files.open_input("file-unknown")
+
+
+def test_an_output_file_is_streamed_to_the_gateway_with_the_runner_s_secret(
+    tmp_path: Path,
+) -> None:
+    gateway = FakeGateway({})
+    files = gateway_files(tmp_path, gateway, {})
+    chunks = [b'{"a": 1}\n', b"", b'{"b": 2}\n']
+    file_id = files.add_output(
+        iter(chunks), purpose="batch_output", filename="b_output.jsonl", owner_key_id="key123"
+    )
+    assert file_id == "file-0123456789abcdef01234567"
+    ((params, content_type, body),) = gateway.uploads
+    assert params == {"purpose": "batch_output", "filename": "b_output.jsonl", "owner": "key123"}
+    assert (content_type, body) == ("application/octet-stream", b"".join(chunks))
+
+    refusing = gateway_files(tmp_path, FakeGateway({}, upload_status=401), {})
+    with pytest.raises(OutputRefused, match="401"):
+        refusing.add_output([b"x"], purpose="batch_output", filename="f", owner_key_id=None)
+
+
+class FakeFileStore:
+    def __init__(self) -> None:
+        self.added: list[tuple[bytes, dict[str, Any]]] = []
+
+    def open(self, file_id: str, viewer: Any) -> tuple[Any, BinaryIO]:
+        assert viewer.admin  # a job reads its owner's file whoever asks
+        return SimpleNamespace(id=file_id), io.BytesIO(f"bytes of {file_id}".encode())
+
+    def add(self, chunks: Iterable[bytes], **fields: Any) -> Any:
+        self.added.append((b"".join(chunks), fields))
+        return SimpleNamespace(id="file-new")
+
+
+def test_local_job_files_are_the_store() -> None:
+    store = FakeFileStore()
+    files = LocalJobFiles(store)  # type: ignore[arg-type]
+    assert files.open_input("file-9").read() == b"bytes of file-9"
+    out = files.add_output([b"a", b"b"], purpose="batch_output", filename="o", owner_key_id=None)
+    assert out == "file-new"
+    assert store.added == [
+        (b"ab", {"purpose": "batch_output", "filename": "o", "owner_key_id": None})
+    ]
+
+
+def test_every_kind_is_listed_and_a_remote_runner_builds_only_batch_and_evals() -> None:
+    fake: Any = SimpleNamespace()
+    settings = Settings().jobs
+    local = LocalStore(fake, fake, Path("/nowhere"))
+    assert tuple(job_handlers(fake, fake, settings, fake, local=local)) == JOB_KINDS
+    assert set(job_handlers(fake, fake, settings, fake, local=None)) == {"batch", "eval_run"}
+    assert set(job_handlers(fake, fake, settings, fake, local=local, kinds=["quantize"])) == {
+        "quantize"
+    }
+
+
+# -- the gateway's side ---------------------------------------------------------------------------
+
+
+class FakeJobs:
+    def __init__(self, read: set[str]) -> None:
+        self.read = read
+        self.asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def reads_blob(self, digest: str, kinds: Iterable[str]) -> bool:
+        self.asked.append((digest, tuple(kinds)))
+        return digest in self.read
+
+
+class ModelBlobs:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def token_ok(self, token: str) -> bool:
+        return token == "cluster-t0k"
+
+    def blob_path(self, hexdigest: str) -> Path | None:
+        return self.path if hexdigest == self.path.name else None
+
+
+def internal_app(tmp_path: Path) -> tuple[FastAPI, FakeFileStore, str, str]:
+    blobs = BlobStore(tmp_path / "store")
+    job_input = blobs.write([b"a batch input"], 1 << 20).digest
+    model = tmp_path / ("b" * 64)
+    model.write_bytes(b"weights")
+    store = FakeFileStore()
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(internal.router)
+    app.state.blob_source = ModelBlobs(model)
+    app.state.runner_access = RunnerAccess(
+        lambda token: token == SECRET,
+        ("batch",),
+        FakeJobs({job_input}),  # type: ignore[arg-type]
+        store,  # type: ignore[arg-type]
+        blobs,
+    )
+    return app, store, job_input[7:], model.name
+
+
+async def test_runner_actors_get_active_inputs_and_the_cluster_its_models_only(
+    tmp_path: Path,
+) -> None:
+    app, _, job_hex, model_hex = internal_app(tmp_path)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+
+        async def get(hexdigest: str, token: str) -> httpx.Response:
+            return await client.get(
+                f"/internal/blobs/{hexdigest}", headers={"Authorization": f"Bearer {token}"}
+            )
+
+        r = await get(job_hex, SECRET)
+        assert (r.status_code, r.content) == (200, b"a batch input")
+        assert (await get(model_hex, "cluster-t0k")).content == b"weights"
+        # Each token gets its own blobs only, and an unknown token nothing.
+        assert (await get(model_hex, SECRET)).status_code == 404
+        assert (await get(job_hex, "cluster-t0k")).status_code == 404
+        assert (await get(job_hex, "old-secret")).status_code == 401
+        assert (await get(job_hex.upper(), SECRET)).status_code == 400
+
+
+async def test_runner_actors_store_output_files_with_their_secret_only(tmp_path: Path) -> None:
+    app, store, _, _ = internal_app(tmp_path)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+
+        async def post(token: str, purpose: str = "batch_output") -> httpx.Response:
+            return await client.post(
+                FILES_ROUTE,
+                params={"purpose": purpose, "filename": "b_output.jsonl", "owner": "key123"},
+                headers={"Authorization": f"Bearer {token}"},
+                content=b'{"line": 1}\n' * 1000,
+            )
+
+        r = await post(SECRET)
+        assert r.status_code == 201 and r.json() == {"id": "file-new"}
+        assert (await post("cluster-t0k")).status_code == 401
+        assert (await post(SECRET, purpose="fine-tune")).status_code == 400
+    assert store.added == [
+        (
+            b'{"line": 1}\n' * 1000,
+            {"purpose": "batch_output", "filename": "b_output.jsonl", "owner_key_id": "key123"},
+        )
+    ]
+
+
+def request_from(host: str, token: str) -> Request:
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    scope = {"type": "http", "headers": headers, "client": (host, 40000), "path": "/"}
+    return Request(scope)
+
+
+def no_such_key(key: str) -> Any:
+    raise AuthenticationError("invalid API key")
+
+
+async def test_a_runner_actor_s_secret_is_its_job_s_from_any_address() -> None:
+    keys: Any = SimpleNamespace(cached_verify=lambda key: None, verify=no_such_key)
+    auth = Authenticator(keys, bind_host="0.0.0.0")
+    auth.trust_runner("local-token", remote=lambda token: token == SECRET)
+    # No owner named: an open server's job; a key would be looked up as for a local runner.
+    assert await auth.authenticate_inference(request_from("10.0.0.9", SECRET)) is None
+    with pytest.raises(AuthenticationError):  # the local runner's token: from loopback only
+        await auth.authenticate_inference(request_from("10.0.0.9", "local-token"))
+    assert await auth.authenticate_inference(request_from("127.0.0.1", "local-token")) is None
+
+
+# -- runner actors on a fake Ray ------------------------------------------------------------------
+
+
+class FakeRunnerActor:
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.config: RunnerConfig | None = None
+        self.secret: str | None = None
+        self.wakes = 0
+        self.running: asyncio.Future[None] | None = None
+        self.node = SimpleNamespace(remote=self._node)
+        self.run = SimpleNamespace(remote=self._run)
+        self.wake = SimpleNamespace(remote=self._wake)
+        self.stop = SimpleNamespace(remote=self._stop)
+
+    async def _node(self) -> str:
+        return "10.0.0.9/abcd1234"
+
+    def _run(self, config_json: str, secret: str) -> asyncio.Future[None]:
+        self.config = RunnerConfig.model_validate_json(config_json)
+        self.secret = secret
+        self.running = asyncio.get_running_loop().create_future()
+        return self.running
+
+    def _wake(self) -> None:
+        self.wakes += 1
+
+    def _stop(self) -> None:
+        if self.running is not None and not self.running.done():
+            self.running.get_loop().call_soon_threadsafe(self.running.set_result, None)
+
+
+class FakeRay:
+    def __init__(self) -> None:
+        self.actors: list[FakeRunnerActor] = []
+        self.killed: list[FakeRunnerActor] = []
+
+    def remote(self, cls: type) -> Any:
+        api = self
+
+        def options(**given: Any) -> Any:
+            def make() -> FakeRunnerActor:
+                api.actors.append(FakeRunnerActor(given))
+                return api.actors[-1]
+
+            return SimpleNamespace(remote=make)
+
+        return SimpleNamespace(options=options)
+
+    def kill(self, actor: FakeRunnerActor, *, no_restart: bool) -> None:
+        assert no_restart
+        self.killed.append(actor)
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():  # noqa: ASYNC110 - a condition on the supervisor's work
+            await asyncio.sleep(0.01)
+
+
+def settings_with(**ray: Any) -> Settings:
+    return Settings(port=8000, database_url=PG, jobs={"ray": ray})
+
+
+def test_kinds_asking_for_the_same_resources_share_a_runner_actor() -> None:
+    same = runner_groups(settings_with(num_cpus=0.25, resources={"lmaas_jobs": 1}))
+    assert [(g.kinds, g.options()) for g in same] == [
+        (
+            ("batch", "eval_run"),
+            {"num_cpus": 0.25, "max_restarts": 0, "resources": {"lmaas_jobs": 1.0}},
+        )
+    ]
+    split = runner_groups(settings_with(memory=2**30, per_kind={"eval_run": {"num_cpus": 2}}))
+    assert [(g.kinds, g.num_cpus, g.memory) for g in split] == [
+        (("batch",), 0.5, 2**30),
+        (("eval_run",), 2, 2**30),
+    ]
+    with pytest.raises(ValueError, match="fine_tune"):
+        settings_with(kinds=["fine_tune"])
+
+
+def test_runner_actors_need_a_ray_cluster_and_a_postgresql_catalog(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ray_cluster = SimpleNamespace(kind="ray", ray=FakeRay(), gateway_url="http://gw:8000")
+    assert isinstance(ray_runners(settings_with(), ray_cluster), RayRunners)
+    assert ray_runners(settings_with(), SimpleNamespace(kind="local")) is None
+    assert ray_runners(settings_with(kinds=[]), ray_cluster) is None
+    with caplog.at_level(logging.WARNING):
+        assert ray_runners(Settings(port=8000), ray_cluster) is None
+    assert "SQLite" in caplog.text and "LMAAS_DATABASE_URL" in caplog.text
+
+
+async def test_a_dead_runner_actor_is_replaced_and_its_leases_and_secret_end() -> None:
+    api = FakeRay()
+    settings = settings_with(kinds=["batch"], num_cpus=0.25)
+    runners = RayRunners(settings, api, "http://gw:8000", PG)
+    await runners.start()
+    try:
+        await until(lambda: len(api.actors) == 1 and api.actors[0].config is not None)
+        first = api.actors[0]
+        assert first.config is not None and first.secret is not None
+        assert first.options["num_cpus"] == 0.25 and first.options["max_restarts"] == 0
+        assert first.config.kinds == ["batch"]
+        assert first.config.node_cache_dir == settings.cluster.node_cache_dir
+        assert (first.config.database_url, first.config.gateway_url) == (PG, "http://gw:8000")
+        assert first.config.release_runner is None
+        assert first.config.runner_id.startswith("10.0.0.9/abcd1234-")
+        assert runners.secret_ok(first.secret) and not runners.secret_ok("guess")
+
+        assert first.running is not None
+        first.running.set_exception(RuntimeError("the actor died"))  # as a RayActorError
+        await until(lambda: len(api.actors) == 2 and api.actors[1].config is not None)
+        second = api.actors[1]
+        assert second.config is not None and second.secret is not None
+        assert api.killed == [first] and runners.restarts == 1
+        assert second.config.release_runner == first.config.runner_id
+        assert not runners.secret_ok(first.secret) and runners.secret_ok(second.secret)
+        runners.wake()
+        assert (first.wakes, second.wakes) == (0, 1)
+    finally:
+        await runners.stop()
+    assert api.killed == [first, second]
+    assert not runners.secret_ok(second.secret)
