@@ -21,6 +21,7 @@ from lmaas.config import EngineConfig, cpu_threads
 from lmaas.errors import InvalidRequestError
 from lmaas.protocol.engine import ModelInfo, SamplingParams
 from lmaas.worker.backends.base import BatchEntry
+from lmaas.worker.backends.llamacpp.fragments import FragmentTokenizer, SpecialToken
 from lmaas.worker.backends.llamacpp.tool_grammar import tool_call_grammar
 from lmaas.worker.prompt import bounded_special_tokens
 
@@ -109,6 +110,8 @@ class LlamaCppBackend:
         self.eos_id = int(llama_cpp.llama_vocab_eos(self.vocab))
         self.bos_id = int(llama_cpp.llama_vocab_bos(self.vocab))
         self._pieces: dict[int, bytes] = {}
+        self._fragments: FragmentTokenizer | None = None
+        self._fragments = self._fragment_tokenizer()
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
         self._cand = np.zeros(self.n_vocab, dtype=_CANDIDATE)
         self._one = np.zeros(1, dtype=_CANDIDATE)
@@ -116,6 +119,34 @@ class LlamaCppBackend:
     # --- vocabulary ----------------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_bos: bool, parse_special: bool) -> list[int]:
+        if parse_special and self._fragments is not None:
+            return self._fragments.tokenize(text, add_bos=add_bos and self.add_bos)
+        return self._tokenize(text, add_bos=add_bos, parse_special=parse_special)
+
+    def _fragment_tokenizer(self) -> FragmentTokenizer | None:
+        """Repeated stretches tokenized once (``fragments``), where that is exact."""
+        vocab = self.vocab
+        bpe = llama_cpp.llama_vocab_type(vocab) == llama_cpp.LLAMA_VOCAB_TYPE_BPE
+        if not bpe or llama_cpp.llama_vocab_get_add_eos(vocab):
+            return None
+        splits = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
+        specials = []
+        for token in range(self.n_vocab):
+            attr = llama_cpp.llama_vocab_get_attr(vocab, token)
+            if attr & (splits | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN):
+                try:
+                    text = llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8")
+                except UnicodeDecodeError:
+                    return None  # a cut llama.cpp makes that no str can name
+                specials.append(SpecialToken(text, token, bool(attr & splits), bool(attr & strips)))
+
+        def raw(text: str) -> list[int]:
+            return self._tokenize(text, add_bos=False, parse_special=True)
+
+        return FragmentTokenizer(raw, specials, self.bos_id)
+
+    def _tokenize(self, text: str, *, add_bos: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
