@@ -1,6 +1,8 @@
 """Validate the capacity planner: its predictions against measured runs on this machine.
 
-1. ``lmaas profile`` measures one replica (all cores) of the default model.
+1. ``lmaas profile`` measures one replica (all cores) of the default model, and prefill and
+   decode again in a temporary replica of 1 thread (``--other-threads``, its default), so the
+   planner scales each phase to fewer threads from measurements.
 2. For 1 replica of every core and for 2 replicas of half the cores each (what ``lmaas plan``
    deploys), the planner (:mod:`lmaas.controller.planner`, fed the stored profile) predicts:
    * the most requests/s they serve — measured with ``--streams`` clients sending back to back;
@@ -11,7 +13,7 @@
 Requests have ``--prompt-words`` distinct words (uncached: ``cache_prompt: false``) and make
 exactly ``--output`` tokens (``ignore_eos``). Run on a quiet machine:
 
-    .venv/bin/python bench/plan.py            # ~12 minutes on 2 cores
+    .venv/bin/python bench/plan.py            # ~7 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ import httpx
 
 sys.path.insert(0, os.path.dirname(__file__))
 from lmaas.cli.profiling import text_of
-from lmaas.controller.planner import Load, Profile, predict
+from lmaas.controller.planner import Load, predict
+from lmaas.gateway.management.plans import profile_of
 from lmaas.local_admin import read_token
+from lmaas.protocol.plan import ProfileBody
 from loadgen import RequestResult, one_request
 from run import MODEL, Server, free_port
 
@@ -153,20 +157,14 @@ def main() -> None:
     finally:
         server.stop()
     print("profile:", json.dumps(got))
-    profile = Profile(
-        threads=got["threads"],
-        prefill_tokens_per_s=got["prefill_tokens_per_s"],
-        decode_tokens_per_s={int(b): v for b, v in got["decode_tokens_per_s"].items()},
-        overhead_s=got["overhead_s"],
-        memory_bytes=got["memory_bytes"],
-        max_num_seqs=got["max_num_seqs"],
-        prefill_seconds={int(n): t for n, t in got["prefill_seconds"].items()},
-        thread_scaling=got["thread_scaling"],
-        mixed_prompt_tokens=got["mixed_prompt_tokens"],
-        mixed_output_tokens=got["mixed_output_tokens"],
-        mixed_streams=got["mixed_streams"],
-        mixed_seconds=got["mixed_seconds"],
-    )
+    profile = profile_of(ProfileBody.model_validate(got))  # as GET /admin/plan reads it
+    for t in sorted({1, profile.threads}):
+        print(
+            f"at {t} thread(s): prefill of {n_prompt} tokens "
+            f"{profile.prefill_time(n_prompt, t):.3f} s, decode "
+            + ", ".join(f"{profile.decode_at(b, t):.1f}" for b in (1, args.streams))
+            + f" tokens/s at 1 and {args.streams} streams"
+        )
     lines = [
         "| what | predicted | measured | measured/predicted | within 20 % |",
         "|---|---|---|---|---|",

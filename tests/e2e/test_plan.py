@@ -56,6 +56,13 @@ def test_profile_measures_the_replica_and_keeps_it_with_the_version(env: Env) ->
     assert p["threads"] >= 1 and p["memory_bytes"] > 0
     assert len(p["prefill_seconds"]) >= 2 and all(t > 0 for t in p["prefill_seconds"].values())
     assert p["mixed_streams"] == 2 and p["mixed_seconds"] > 0  # 8 requests from 2 clients
+    # Prefill and decode again at 1 thread, in a deployment that is gone once measured.
+    if p["threads"] > 1:
+        one = p["at_threads"]["1"]
+        assert set(one["decode_tokens_per_s"]) == {"1", "2"}
+        assert set(one["prefill_seconds"]) == set(p["prefill_seconds"])
+    names = [x["name"] for x in env.get("/admin/deployments", env.admin).json()["data"]]
+    assert MODEL in names and not [n for n in names if n.startswith("lmaas-profile-")]
     # The same profile is what the version shows by its alias.
     again = env.get(f"/admin/models/{d['model']}/versions/latest/profile", env.admin).json()
     assert again == p

@@ -8,7 +8,9 @@ import math
 import pytest
 
 from lmaas.cli.profiling import prefill_of
-from lmaas.controller.planner import Load, Machine, Profile, plan, predict
+from lmaas.controller.planner import Load, Machine, Profile, ThreadRates, plan, predict
+from lmaas.gateway.management.plans import profile_of
+from lmaas.protocol.plan import DECODE_THREAD_SCALING, PREFILL_THREAD_SCALING, ProfileBody
 
 GiB = 2**30
 
@@ -143,13 +145,121 @@ def test_fewer_threads_lose_less_than_their_share_with_sublinear_scaling() -> No
         threads=2,
         prefill_tokens_per_s=200.0,
         decode_tokens_per_s={1: 20.0, 16: 64.0},
-        thread_scaling=0.75,
+        prefill_thread_scaling=0.75,
+        decode_thread_scaling=0.75,
         max_num_seqs=16,
     )
     load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20)
     one = predict(sub, load, 1, threads=2, cores=2).max_requests_per_s
     two = predict(sub, load, 2, threads=1, cores=2).max_requests_per_s
     assert two / one == pytest.approx(2 * 2**-0.75)  # each half-thread replica at 2 ** -0.75
+
+
+def test_without_other_thread_counts_each_phase_has_its_exponent() -> None:
+    p = Profile(
+        threads=2,
+        prefill_tokens_per_s=200.0,
+        decode_tokens_per_s={1: 20.0},
+        prefill_thread_scaling=1.0,
+        decode_thread_scaling=0.5,
+    )
+    assert p.prefill_time(100, 1) == pytest.approx(1.0)  # 0.5 s at 2 threads, linear
+    assert p.prefill_time(100, 2) == pytest.approx(0.5)
+    assert p.decode_at(1, 1) == pytest.approx(20 / math.sqrt(2))
+    assert p.decode_at(1, 8) == pytest.approx(40.0)  # 4 x the threads: 2 x the rate
+
+
+# Measured at 2 threads (engine time 0.5 s at 100 tokens, 1.0 s at 200) and at 1 thread (0.8
+# and 1.6 s): prefill is 1.6 x as fast at 2 threads as at 1, decode 1.25 x at one stream and
+# 2 x at 16.
+TWO_COUNTS = Profile(
+    threads=2,
+    prefill_tokens_per_s=200.0,
+    decode_tokens_per_s={1: 20.0, 16: 64.0},
+    overhead_s=0.1,
+    prefill_seconds={100: 0.6, 200: 1.1},
+    at_threads={1: ThreadRates({100: 0.9, 200: 1.7}, {1: 16.0, 16: 32.0})},
+    max_num_seqs=16,
+)
+
+
+def test_measured_thread_counts_give_each_phase_its_own_scaling() -> None:
+    p = TWO_COUNTS
+    assert p.prefill_time(100, 1) == pytest.approx(0.8)  # what 1 thread measured
+    assert p.prefill_time(150, 1) == pytest.approx(1.2)  # interpolated in its own table
+    assert p.decode_at(1, 1) == pytest.approx(16.0)
+    assert p.decode_at(16, 1) == pytest.approx(32.0)
+    assert p.decode_at(8.5, 1) == pytest.approx(24.0)  # halfway in the 1-thread table
+    # Past 2 threads the power through 1 and 2 goes on: 4 threads are to 2 what 2 are to 1.
+    assert p.prefill_time(100, 4) == pytest.approx(0.5 / 1.6)
+    assert p.decode_at(1, 4) == pytest.approx(25.0)
+    assert p.decode_at(16, 4) == pytest.approx(128.0)
+    assert p.decode_at(16, 8) == pytest.approx(256.0)  # power 1: linear
+
+
+def test_between_measured_counts_rates_follow_the_power_through_them() -> None:
+    p = Profile(
+        threads=2,
+        prefill_tokens_per_s=200.0,
+        decode_tokens_per_s={1: 20.0},
+        at_threads={
+            1: ThreadRates({100: 2.0}, {1: 5.0}),  # 1 -> 2 threads: 4 x (a power of 2)
+            4: ThreadRates({100: 0.25}, {1: 40.0}),  # 2 -> 4: 2 x (a power of 1)
+        },
+    )
+    assert p.decode_at(1, 3) == pytest.approx(20.0 * 1.5)
+    assert p.decode_at(1, 8) == pytest.approx(80.0)
+    assert p.prefill_time(100, 3) == pytest.approx(0.5 / 1.5)
+    # Powers are kept within [0, 1.5]: 1 thread at a quarter of 2 is taken for 2 ** -1.5,
+    # and 1 thread faster than 2 (other load on the machine) for as fast.
+    odd = Profile(
+        threads=2,
+        prefill_tokens_per_s=200.0,
+        decode_tokens_per_s={1: 20.0},
+        at_threads={1: ThreadRates({100: 0.25}, {1: 5.0})},
+    )
+    assert odd.decode_at(1, 4) == pytest.approx(20.0 * 2**1.5)
+    assert odd.decode_at(1, 1) == pytest.approx(20.0 * 2**-1.5)
+    assert odd.prefill_time(100, 1) == pytest.approx(0.5)  # not 0.25
+
+
+def test_replicas_of_fewer_threads_are_predicted_from_the_measured_count() -> None:
+    load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20)
+    p = predict(TWO_COUNTS, load, 2, threads=1, cores=2)
+    # Each replica: 0.05 req/s, P = 0.8 s, one stream at 16 tok/s (D = 1.25 s): busy 10 %.
+    assert p.utilisation == pytest.approx(0.05 * (0.8 + 20 / 16))
+    assert p.ttft_p50_s == pytest.approx(0.1 + 0.8 + 1 / 16)  # an empty queue at p50
+    assert p.max_requests_per_s == pytest.approx(2 / (0.8 + 20 / 32))
+    # The profile's own count is what it measured there.
+    alone = predict(TWO_COUNTS, load, 1, threads=2, cores=2)
+    assert alone.ttft_p50_s == pytest.approx(0.1 + 0.5 + 1 / 20)
+
+
+def test_profiles_without_other_counts_read_with_the_default_exponents() -> None:
+    old = {  # as `lmaas profile` kept them before it measured a second thread count
+        "threads": 2,
+        "cores": 2,
+        "prefill_tokens_per_s": 200.0,
+        "decode_tokens_per_s": {"1": 20.0},
+        "overhead_s": 0.0,
+        "prefill_seconds": {},
+        "thread_scaling": 0.75,
+        "memory_bytes": GiB,
+        "max_num_seqs": 16,
+    }
+    p = profile_of(ProfileBody.model_validate(old))
+    assert p.at_threads == {}
+    assert p.prefill_time(100, 1) == pytest.approx(0.5 * 2**PREFILL_THREAD_SCALING)
+    assert p.decode_at(1, 1) == pytest.approx(20.0 * 2**-DECODE_THREAD_SCALING)
+    new = ProfileBody.model_validate(
+        old
+        | {"at_threads": {"1": {"prefill_seconds": {"100": 0.8}, "decode_tokens_per_s": {"1": 16}}}}
+    )
+    again = ProfileBody.model_validate_json(new.model_dump_json())  # as the store keeps it
+    assert profile_of(again).decode_at(1, 1) == pytest.approx(16.0)
+    assert profile_of(again).prefill_time(100, 1) == pytest.approx(0.8)
+    with pytest.raises(ValueError):  # the profile's own count is not another one
+        ProfileBody.model_validate(old | {"at_threads": {"2": new.at_threads[1].model_dump()}})
 
 
 def test_the_calibration_reads_overhead_and_rate_from_its_prefill_times() -> None:
@@ -169,8 +279,12 @@ def test_a_mixed_run_slower_than_its_parts_scales_every_engine_cost() -> None:
     }
     # 100 prompt tokens (0.5 s) and 32 output tokens at 16 streams (0.5 s) took 1.5 s each.
     mixed = Profile(
-        **base, mixed_prompt_tokens=100, mixed_output_tokens=32, mixed_streams=16, mixed_seconds=1.5
-    )  # type: ignore[arg-type]
+        **base,  # type: ignore[arg-type]
+        mixed_prompt_tokens=100,
+        mixed_output_tokens=32,
+        mixed_streams=16,
+        mixed_seconds=1.5,
+    )
     assert mixed.interference() == pytest.approx(1.5)
     plain = Profile(**base)  # type: ignore[arg-type]
     assert plain.interference() == 1.0

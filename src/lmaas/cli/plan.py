@@ -4,10 +4,13 @@ version; `lmaas plan` asks the server how many replicas a load needs (``GET /adm
 from __future__ import annotations
 
 import json
+import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from rich.status import Status
 from rich.table import Table
 
 from lmaas.cli.http import (
@@ -22,7 +25,7 @@ from lmaas.cli.http import (
     local_key,
     size_text,
 )
-from lmaas.cli.profiling import Calibration
+from lmaas.cli.profiling import Calibration, Prefill
 
 BATCHES = [1, 2, 4, 8, 16]
 
@@ -46,12 +49,21 @@ def profile(
     max_num_seqs: Annotated[
         int, typer.Option(min=1, max=4096, help="The deployment's engine.max_num_seqs")
     ] = 32,
+    other_threads: Annotated[
+        str,
+        typer.Option(
+            help="Measure prefill and decode again with these thread counts too, comma-"
+            "separated ('' for none), each in a temporary deployment of the same version: "
+            "how each phase scales with threads"
+        ),
+    ] = "1",
     url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Measure one replica of deployment NAME (prefill and decode rates by batch size, the
-    per-request overhead, its memory) and keep the profile with the model version it serves:
-    the capacity planner (`lmaas plan`) predicts from it."""
+    per-request overhead, its memory; prefill and decode again with --other-threads) and keep
+    the profile with the model version it serves: the capacity planner (`lmaas plan`)
+    predicts from it."""
     check_served_name(name)
     try:
         sizes = sorted({int(b) for b in batches.split(",") if b.strip()})
@@ -59,6 +71,13 @@ def profile(
         fail("--batches takes whole numbers separated by commas, e.g. 1,2,4,8")
     if not sizes or min(sizes) < 1 or max(sizes) > max_num_seqs:
         fail(f"batch sizes go from 1 to --max-num-seqs ({max_num_seqs})")
+    try:
+        counts = sorted({int(t) for t in other_threads.split(",") if t.strip()})
+    except ValueError:
+        fail("--other-threads takes whole numbers separated by commas, e.g. 1")
+    if any(not 1 <= t <= 4096 for t in counts) or len(counts) > 8:
+        fail("--other-threads takes up to 8 thread counts of 1-4096")
+    how = Measure(sizes, tokens, prompt_words, reps, max_num_seqs)
     with AdminClient(url, key) as c:
         d = c.get(admin_path("deployments", name))
         pool = c.get("/admin/deployments").get("pool")
@@ -67,10 +86,16 @@ def profile(
         if d["ready_replicas"] != 1 or d["replicas"] != 1:
             fail(f"a profile measures one replica; {name} has {d['replicas']}: scale it to 1")
         resources = d.get("resources") or {}
+        threads = resources.get("cpu_threads") or 1
         mixed = 4 * max(sizes) if mixed_requests is None else mixed_requests
-        body = _measure(c.url, name, key, sizes, tokens, prompt_words, reps, mixed)
+        body = _measure(c.url, name, key, how, mixed)
+        body["at_threads"] = {
+            t: _measure_at(c, key, f"{d['model']}:{d['version']}", t, how)
+            for t in counts
+            if t != threads
+        }
         body |= {
-            "threads": resources.get("cpu_threads") or 1,
+            "threads": threads,
             "cores": pool["cores"] if pool else resources.get("cpu_threads") or 1,
             "memory_bytes": (resources.get("memory_bytes") or 0)
             + (resources.get("shared_memory_bytes") or 0),
@@ -83,33 +108,72 @@ def profile(
     _show_profile(f"{d['model']}:{d['version']}", kept)
 
 
-def _measure(
-    url: str,
-    name: str,
-    key: str | None,
-    sizes: list[int],
-    tokens: int,
-    prompt_words: int,
-    reps: int,
-    mixed: int,
-) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Measure:
+    """What the calibration measures: decode at ``sizes`` streams of ``tokens`` tokens each,
+    prefill of prompts up to ``prompt_words`` words ``reps`` times each."""
+
+    sizes: list[int]
+    tokens: int
+    prompt_words: int
+    reps: int
+    max_num_seqs: int
+
+
+def _calibration(url: str, name: str, key: str | None) -> Calibration:
     key = key or local_key(url)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    calibration = Calibration(url, name, headers, timeout=600)
+    return Calibration(url, name, headers, timeout=600)
+
+
+def _prefill_and_decode(
+    calibration: Calibration, how: Measure, status: Status, tag: str = ""
+) -> tuple[Prefill, dict[int, float]]:
+    status.update(f"prefill{tag}: short and long prompts, uncached")
+    words = how.prompt_words
+    lengths = sorted({16, *(w for w in (64, 128, 256) if w < words), words})
+    prefill = calibration.prefill(lengths, how.reps)
+    rates: dict[int, float] = {}
+
+    def done(b: int, rate: float) -> None:
+        console.print(f"decode{tag} at batch {b}: {rate:.1f} tokens/s")
+        status.update(f"decode{tag}: {len(rates) + 1}/{len(how.sizes)} batch sizes")
+
+    status.update(f"decode{tag}: 0/{len(how.sizes)} batch sizes")
+    rates.update(calibration.decode_rates(how.sizes, how.tokens, done))
+    return prefill, rates
+
+
+def _measure_at(c: AdminClient, key: str | None, version: str, threads: int, how: Measure) -> Any:
+    """Prefill times and decode rates of a temporary deployment of ``version`` with
+    ``threads`` threads (deleted afterwards)."""
+    name = f"lmaas-profile-{secrets.token_hex(4)}-threads-{threads}"
+    engine = {"threads": threads, "max_num_seqs": how.max_num_seqs, "prefix_cache": False}
+    with console.status(f"starting a replica of {threads} thread(s)") as status:
+        c.post(
+            "/admin/deployments",
+            json={"model": version, "name": name, "engine": engine, "wait": True},
+            timeout=900,
+        )
+        calibration = _calibration(c.url, name, key)
+        try:
+            prefill, rates = _prefill_and_decode(calibration, how, status, f" ({threads} t)")
+        except Exception as exc:  # a failed request or a replica too noisy to measure
+            fail(f"the calibration at {threads} thread(s) failed: {exc}")
+        finally:
+            calibration.close()
+            c.delete(admin_path("deployments", name))
+    return {"prefill_seconds": prefill.seconds, "decode_tokens_per_s": rates}
+
+
+def _measure(url: str, name: str, key: str | None, how: Measure, mixed: int) -> dict[str, Any]:
+    calibration = _calibration(url, name, key)
     try:
         with console.status("prefill: short and long prompts, uncached") as status:
-            lengths = sorted({16, *(w for w in (64, 128, 256) if w < prompt_words), prompt_words})
-            prefill = calibration.prefill(lengths, reps)
-
-            def done(b: int, rate: float) -> None:
-                console.print(f"decode at batch {b}: {rate:.1f} tokens/s")
-                status.update(f"decode: {len(rates) + 1}/{len(sizes)} batch sizes")
-
-            rates: dict[int, float] = {}
-            status.update(f"decode: 0/{len(sizes)} batch sizes")
-            rates.update(calibration.decode_rates(sizes, tokens, done))
+            prefill, rates = _prefill_and_decode(calibration, how, status)
             out: dict[str, Any] = {}
             if mixed:
+                sizes, tokens = how.sizes, how.tokens
                 status.update(f"a saturated mix: {mixed} requests from {max(sizes)} clients")
                 words = calibration.decode_prompt_words
                 n, seconds = calibration.mixed(max(sizes), words, tokens, mixed)
@@ -138,9 +202,14 @@ def _show_profile(version: str, p: dict[str, Any]) -> None:
         f"overhead {p['overhead_s'] * 1000:.0f} ms/request, {p['threads']} threads "
         f"({p['cores']} cores), {size_text(p['memory_bytes'])} per replica"
     )
-    table = Table("batch", "decode tokens/s", "per stream")
+    others = sorted((int(t), r) for t, r in (p.get("at_threads") or {}).items())
+    table = Table("batch", "decode tokens/s", "per stream", *(f"at {t} threads" for t, _ in others))
     for b, rate in sorted((int(b), r) for b, r in p["decode_tokens_per_s"].items()):
-        table.add_row(str(b), f"{rate:.1f}", f"{rate / b:.1f}")
+        at = [
+            r["decode_tokens_per_s"].get(str(b), r["decode_tokens_per_s"].get(b)) for _, r in others
+        ]
+        cells = [f"{x:.1f}" if x is not None else "" for x in at]
+        table.add_row(str(b), f"{rate:.1f}", f"{rate / b:.1f}", *cells)
     console.print(table)
 
 

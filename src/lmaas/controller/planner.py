@@ -11,10 +11,16 @@ arithmetic, no I/O: the planner's tests check it against hand-computed cases and
 
 The model of one replica (all times in seconds):
 
-* Rates scale with the CPU threads a replica gets, less than linearly (threads wait for each
-  other at every operation's end): by ``(threads / profile.threads) ** thread_scaling``.
-  Replicas asking for more threads than the machine has cores share them: rates scale by
-  ``cores / (replicas x threads)`` too.
+* Rates change with the CPU threads a replica gets, prefill and decode each its own way
+  (threads wait for each other at every operation's end, and decode also waits on memory).
+  The profile's tables are measured at ``profile.threads``; it may carry tables measured at
+  other thread counts too (``at_threads``). Between two measured counts a phase's rate (at the
+  request's prompt length; at the batch size) goes as the power of the threads fitted through
+  the two; past the ends, the nearest pair's power goes on (always kept within [0, 1.5]: a
+  measurement past those was disturbed by other load); with one
+  measured count, ``prefill_thread_scaling`` and ``decode_thread_scaling``. Replicas asking
+  for more threads than the machine has cores share them: rates scale by ``cores / (replicas
+  x threads)`` too.
 * A request costs the engine ``P`` for its prompt, interpolated in the measured prefill times
   (``prefill_seconds``: prompt tokens -> seconds, less the overhead; attention makes long
   prompts cost more per token, so a single rate would not do), and ``D(b) = output /
@@ -42,10 +48,60 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Load", "Machine", "Plan", "Prediction", "Profile", "plan", "predict"]
+__all__ = ["Load", "Machine", "Plan", "Prediction", "Profile", "ThreadRates", "plan", "predict"]
 
 TARGET_UTILISATION = 0.8  # what a plan leaves for bursts
 _ITERATIONS = 60
+_MAX_SCALING = 1.5  # the steepest power of the threads a rate goes with
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRates:
+    """What the same replica measured at another thread count (the profile's tables at
+    ``Profile.threads`` are the main ones)."""
+
+    prefill_seconds: Mapping[int, float]  # prompt tokens -> seconds, overhead included
+    decode_tokens_per_s: Mapping[int, float]  # batch size -> aggregate output tokens/s
+
+    def __post_init__(self) -> None:
+        if len(self.prefill_seconds) < 1 or not self.decode_tokens_per_s:
+            raise ValueError("rates at other thread counts need prefill times and decode rates")
+        if any(n < 1 or t <= 0 for n, t in self.prefill_seconds.items()):
+            raise ValueError("prefill times need prompt lengths >= 1 and positive times")
+        if any(b < 1 or r <= 0 for b, r in self.decode_tokens_per_s.items()):
+            raise ValueError("decode rates need batch sizes >= 1 and positive rates")
+
+
+def _interpolated(table: Mapping[int, float], x: float) -> float:
+    """Piecewise linear in ``table`` (two points or more), extended past its ends along its
+    first and last segments."""
+    pairs = list(itertools.pairwise(sorted(table.items())))
+    (x0, y0), (x1, y1) = next(((a, b) for a, b in pairs if x <= b[0]), pairs[-1])
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def _rate_at_threads(
+    rates: Mapping[int, float], threads: float, exponent: float, own: int
+) -> float:
+    """A rate at ``threads`` from the rates measured at some thread counts (``own``: the
+    profile's): the power of the threads through the two measured counts around it (the
+    nearest two past the ends), kept within [0, 1.5] (more threads are neither slower nor
+    faster than that: a measurement that says so was disturbed), from the one of the two
+    nearer ``own`` (the nearer ``threads`` past the ends); ``exponent`` from the one count
+    when only one was measured."""
+    points = sorted(rates.items())
+    if len(points) == 1:
+        (t0, r0), (t1, r1) = points[0], points[0]
+        power = exponent
+    else:
+        pairs = list(itertools.pairwise(points))
+        (t0, r0), (t1, r1) = next(((a, b) for a, b in pairs if threads <= b[0]), pairs[-1])
+        power = min(_MAX_SCALING, max(0.0, math.log(r1 / r0) / math.log(t1 / t0)))
+    if threads > t1 or (threads >= t0 and abs(t1 - own) < abs(t0 - own)):
+        base_t, base_r = t1, r1
+    else:
+        base_t, base_r = t0, r0
+    return base_r * float((threads / base_t) ** power)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +116,11 @@ class Profile:
     max_num_seqs: int = 32
     # prompt tokens -> seconds of a request with one output token, overhead included
     prefill_seconds: Mapping[int, float] = field(default_factory=dict)
-    thread_scaling: float = 1.0  # rates go as threads ** thread_scaling
+    # The same measured at other thread counts (say 1): each phase's scaling with threads.
+    at_threads: Mapping[int, ThreadRates] = field(default_factory=dict)
+    # Without other thread counts, prefill and decode rates go as threads ** these
+    prefill_thread_scaling: float = 1.0
+    decode_thread_scaling: float = 1.0
     # A saturated run of mixed work (streams sending prompt/output-token requests back to
     # back): seconds per request it took, which the costs above underestimate (prefills and
     # decodes share steps less efficiently than each alone); 0: not measured.
@@ -76,8 +136,11 @@ class Profile:
             raise ValueError("decode rates need batch sizes >= 1 and positive rates")
         if any(n < 1 or t <= 0 for n, t in self.prefill_seconds.items()):
             raise ValueError("prefill times need prompt lengths >= 1 and positive times")
-        if not 0 < self.thread_scaling <= 1.5:
-            raise ValueError("thread_scaling must be in (0, 1.5]")
+        exponents = (self.prefill_thread_scaling, self.decode_thread_scaling)
+        if not all(0 < e <= _MAX_SCALING for e in exponents):
+            raise ValueError(f"thread scaling exponents must be in (0, {_MAX_SCALING}]")
+        if any(t < 1 or t == self.threads for t in self.at_threads):
+            raise ValueError("other thread counts must be >= 1 and not the profile's own")
 
     def interference(self) -> float:
         """How much more engine time a request takes in a saturated mix than its prefill and
@@ -89,32 +152,53 @@ class Profile:
         )
         return min(3.0, max(0.5, self.mixed_seconds / apart))
 
-    def prefill_time(self, tokens: int) -> float:
-        """Engine seconds to prefill ``tokens`` (overhead excluded): interpolated in
-        ``prefill_seconds``, extended past its ends along its first and last segments; the
-        single rate without a table."""
-        points = sorted((n, t - self.overhead_s) for n, t in self.prefill_seconds.items())
-        if len(points) < 2:
-            return tokens / self.prefill_tokens_per_s
-        if tokens <= points[0][0]:
-            (n0, t0), (n1, t1) = points[0], points[1]
+    def prefill_time(self, tokens: int, threads: int | None = None) -> float:
+        """Engine seconds to prefill ``tokens`` (overhead excluded) with ``threads`` threads
+        (``self.threads`` by default): interpolated in ``prefill_seconds``, extended past its
+        ends along its first and last segments (the single rate without a table); at other
+        thread counts, scaled as the module's docstring says."""
+        if len(self.prefill_seconds) < 2:
+            here = tokens / self.prefill_tokens_per_s
         else:
-            pairs = list(itertools.pairwise(points))
-            (n0, t0), (n1, t1) = next(((a, b) for a, b in pairs if tokens <= b[0]), pairs[-1])
-        slope = (t1 - t0) / (n1 - n0)
-        return max(1e-6, t0 + slope * (tokens - n0))
+            here = self._table_time(self.prefill_seconds, tokens)
+        if threads is None or threads == self.threads:
+            return here
+        speeds = {self.threads: 1.0}
+        for t, other in self.at_threads.items():
+            speeds[t] = here / self._table_time(other.prefill_seconds, tokens)
+        return here / _rate_at_threads(speeds, threads, self.prefill_thread_scaling, self.threads)
 
-    def decode_at(self, batch: float) -> float:
-        """Aggregate decode tokens/s with ``batch`` streams: piecewise linear between the
-        measured batch sizes, flat beyond the largest, proportional below the smallest."""
-        points = sorted(self.decode_tokens_per_s.items())
-        if batch <= points[0][0]:
-            b0, r0 = points[0]
-            return r0 * max(batch, 1.0) / b0 if b0 > 1 else r0
-        for (b0, r0), (b1, r1) in itertools.pairwise(points):
-            if batch <= b1:
-                return r0 + (r1 - r0) * (batch - b0) / (b1 - b0)
+    def _table_time(self, table: Mapping[int, float], tokens: int) -> float:
+        """Engine seconds for ``tokens`` in a table of prompt tokens -> request seconds (one
+        length: in proportion to it)."""
+        engine = {n: t - self.overhead_s for n, t in table.items()}
+        if len(engine) == 1:
+            ((n, t),) = engine.items()
+            return max(1e-6, t * tokens / n)
+        return max(1e-6, _interpolated(engine, tokens))
+
+    def decode_at(self, batch: float, threads: int | None = None) -> float:
+        """Aggregate decode tokens/s with ``batch`` streams and ``threads`` threads
+        (``self.threads`` by default): piecewise linear between the measured batch sizes, flat
+        beyond the largest, proportional below the smallest; at other thread counts, scaled as
+        the module's docstring says."""
+        here = _decode_table_rate(self.decode_tokens_per_s, batch)
+        if threads is None or threads == self.threads:
+            return here
+        rates = {self.threads: here}
+        for t, other in self.at_threads.items():
+            rates[t] = _decode_table_rate(other.decode_tokens_per_s, batch)
+        return _rate_at_threads(rates, threads, self.decode_thread_scaling, self.threads)
+
+
+def _decode_table_rate(table: Mapping[int, float], batch: float) -> float:
+    points = sorted(table.items())
+    if batch <= points[0][0]:
+        b0, r0 = points[0]
+        return r0 * max(batch, 1.0) / b0 if b0 > 1 else r0
+    if batch >= points[-1][0]:
         return points[-1][1]
+    return _interpolated(table, batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,15 +284,14 @@ def predict(profile: Profile, load: Load, replicas: int, *, threads: int, cores:
     if replicas < 1 or threads < 1 or cores < 1:
         raise ValueError("replicas, threads and cores must be >= 1")
     share = min(1.0, cores / (replicas * threads))
-    scale = float((threads / profile.threads) ** profile.thread_scaling) * share
     lam = load.requests_per_s / replicas
-    p = profile.prefill_time(load.prompt_tokens) / scale
+    p = profile.prefill_time(load.prompt_tokens, threads) / share
     cap = float(profile.max_num_seqs)
 
     k = profile.interference()
 
     def decode(b: float) -> float:
-        return profile.decode_at(b) * scale
+        return profile.decode_at(b, threads) * share
 
     def cost(b: float) -> float:  # engine seconds per request when b streams decode
         return k * (p + load.output_tokens / decode(b))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from lmaas.controller.cluster.machine import machine_cores, machine_memory
-from lmaas.controller.planner import Load, Machine, Prediction, Profile, plan
+from lmaas.controller.planner import Load, Machine, Prediction, Profile, ThreadRates, plan
 from lmaas.errors import InvalidRequestError, LmaasError, NotFoundError
 from lmaas.protocol.deploy import DeploymentControl
 from lmaas.protocol.plan import PlanOut, PredictionOut, ProfileBody
@@ -26,7 +26,12 @@ def profile_of(body: ProfileBody) -> Profile:
         overhead_s=body.overhead_s,
         memory_bytes=body.memory_bytes,
         prefill_seconds=dict(body.prefill_seconds),
-        thread_scaling=body.thread_scaling,
+        at_threads={
+            threads: ThreadRates(dict(r.prefill_seconds), dict(r.decode_tokens_per_s))
+            for threads, r in body.at_threads.items()
+        },
+        prefill_thread_scaling=body.prefill_thread_scaling,
+        decode_thread_scaling=body.decode_thread_scaling,
         mixed_prompt_tokens=body.mixed_prompt_tokens,
         mixed_output_tokens=body.mixed_output_tokens,
         mixed_streams=body.mixed_streams,
