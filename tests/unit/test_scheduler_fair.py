@@ -252,3 +252,59 @@ def test_abort_of_a_waiting_request_keeps_the_queue_consistent() -> None:
 def test_bad_weight_or_rank_is_refused(weight: float, rank: int) -> None:
     with pytest.raises(ValueError, match="weight"):
         make().add_request("a", [1], max_new_tokens=1, weight=weight, rank=rank)
+
+
+def _started(s: Scheduler, n: int, rank: int) -> list[str]:
+    """``n`` requests of class ``rank`` admitted and decoding (each has its first token)."""
+    rids = [f"batch-{i}" for i in range(n)]
+    for rid in rids:
+        s.add_request(rid, [1, 2, 3], max_new_tokens=100, tenant="B", rank=rank)
+    step(s)
+    return rids
+
+
+def test_a_higher_class_prefills_alone_and_the_lower_one_decodes_after() -> None:
+    s = make(max_num_seqs=4)
+    batch = _started(s, 3, rank=1)
+    s.add_request("user", [4, 5, 6, 7, 8], max_new_tokens=2, tenant="A", rank=0)
+    plan = s.schedule()
+    # The user's prompt alone: its first token does not wait on the batch's three decodes.
+    assert [w.request_id for w in plan.work] == ["user"]
+    s.update_from_output(plan, {"user": 9})
+    plan = s.schedule()  # the user decodes now, and the batch with it
+    assert sorted(w.request_id for w in plan.work) == sorted([*batch, "user"])
+
+
+def test_a_prompt_found_whole_in_the_cache_counts_as_a_prefill() -> None:
+    s = make(max_num_seqs=4)
+    _started(s, 2, rank=1)
+    s.add_request("user", [4, 5], max_new_tokens=2, tenant="A", rank=0)
+    user = s.get("user")
+    assert user is not None
+    user.num_computed = 1  # as a prefix-cache copy leaves it: one prompt token to compute
+    plan = s.schedule()
+    assert [w.request_id for w in plan.work] == ["user"]
+
+
+def test_the_same_class_and_a_switch_off_keep_everyone_in_the_step() -> None:
+    s = make(max_num_seqs=4)
+    _started(s, 2, rank=0)
+    s.add_request("user", [4, 5, 6], max_new_tokens=2, tenant="A", rank=0)
+    assert len(s.schedule().work) == 3  # no class above another: nobody sits out
+    off = Scheduler(SchedulerConfig(4, 64, 100_000, hold_lower_classes=False))
+    _started(off, 2, rank=1)
+    off.add_request("user", [4, 5, 6], max_new_tokens=2, tenant="A", rank=0)
+    assert len(off.schedule().work) == 3
+
+
+def test_a_lower_class_sits_out_a_bounded_number_of_steps_in_a_row() -> None:
+    s = make(max_num_seqs=2)
+    s.config = SchedulerConfig(2, 2, 100_000, max_held_steps=3)  # 2-token prefill chunks
+    _started(s, 1, rank=1)
+    s.add_request("user", list(range(10, 30)), max_new_tokens=1, tenant="A", rank=0)
+    ran = []
+    for _ in range(8):  # the user's 20-token prompt takes 10 steps of 2 tokens
+        plan = s.schedule()
+        ran.append("batch-0" in {w.request_id for w in plan.work})
+        s.update_from_output(plan, {w.request_id: 7 for w in plan.work if w.sample})
+    assert ran == [False, False, False, True, False, False, False, True]

@@ -285,6 +285,8 @@ class Scheduler:
             kv_free -= len(work.token_ids)
 
         self._admit_waiting(plan, budget, kv_free)
+        if self.config.hold_lower_classes:
+            self._hold_lower_classes(plan)
         plan.released_slots = self._released
         self._released = []
         plan.saves, self._saves = self._saves, []
@@ -327,6 +329,32 @@ class Scheduler:
             plan.work.append(work)
             budget -= len(work.token_ids)
             kv_free -= len(work.token_ids)
+
+    def _hold_lower_classes(self, plan: StepPlan) -> None:
+        """While a request prefills its prompt, sequences of lower classes sit the step out:
+        an interactive request's first token then waits for its own prompt only, not for a
+        batch's decodes beside it (on a CPU a step costs about its number of tokens, so the
+        batch loses little: its decodes run one step later). A sequence sits out at most
+        ``max_held_steps`` steps in a row, so a stream of prompts cannot starve it."""
+        prefilling = []
+        for w in plan.work:
+            seq = self._seqs[w.request_id]
+            # Its prompt (or, after a preemption, what it had generated) is being computed.
+            if not w.beam_slots and (
+                w.start_pos < seq.prompt_len or w.start_pos + 1 < len(seq.tokens)
+            ):
+                prefilling.append(seq.rank)
+        if not prefilling:
+            return
+        top, kept = min(prefilling), []
+        for w in plan.work:
+            seq = self._seqs[w.request_id]
+            if seq.rank <= top or seq.held_steps >= self.config.max_held_steps:
+                seq.held_steps = 0
+                kept.append(w)
+            else:
+                seq.held_steps += 1
+        plan.work = kept
 
     def _match(self, seq: Sequence) -> Match | None:
         """The longest prefix of ``seq`` whose cells are cached or computed by a running

@@ -51,6 +51,8 @@ class Sequence:
     cached_tokens: int = 0
     ever_admitted: bool = False
     prompt_array: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    # Steps in a row it sat out for a higher class's prefill (``hold_lower_classes``).
+    held_steps: int = 0
 
     @property
     def is_beam(self) -> bool:
@@ -161,3 +163,6 @@ class SchedulerConfig:
     # A request waits for a running sequence to prefill a prefix they share when that saves
     # at least this many tokens.
     prefix_wait_min: int = 16
+    # A step that prefills a prompt leaves out the sequences of lower priority classes.
+    hold_lower_classes: bool = True
+    max_held_steps: int = 4
