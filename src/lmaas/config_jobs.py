@@ -7,11 +7,12 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# The kinds a runner on a Ray node can run: they read their inputs and write their outputs
-# through the gateway. Fine-tuning and quantizing write model versions into the gateway's store
-# directly, so they stay in the runner beside the gateway.
+# The kinds a runner on a Ray node can run: they read their inputs (and a fine-tune's or a
+# quantization's source model, by digest) and write their outputs (files, new model versions)
+# through the gateway. Batches and eval runs go there by default; fine-tuning and quantizing
+# when asked (they want more CPUs and memory than a runner of lines does: see ``per_kind``).
 RAY_KINDS: Final = ("batch", "eval_run")
-RayKind = Literal["batch", "eval_run"]
+RayKind = Literal["batch", "eval_run", "fine_tune", "quantize"]
 
 
 class RayRunnerDemand(BaseModel):

@@ -189,7 +189,7 @@ def _mount_blob_route(app: FastAPI, cluster: object, runner: Any, state: Any) ->
         from lmaas.gateway.runner_access import RunnerAccess
 
         app.state.runner_access = RunnerAccess(
-            runner.remote_secret_ok, runner.remote.kinds, state.jobs, state.files, state.store.blobs
+            runner.remote_runner_of, runner.remote.kinds, state.jobs, state.files, state.store
         )
         mount = True
     if mount:

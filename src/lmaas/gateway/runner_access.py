@@ -1,51 +1,156 @@
 """What a job runner actor on another node may reach in this gateway besides the OpenAI
-endpoints: the blobs of its jobs' input files and the storing of its output files.
+endpoints: the blobs of its jobs' inputs, the storing of its output files and of the model
+versions its jobs make.
 
-Both take only the secret of a runner actor's current run (:mod:`lmaas.jobs.ray_runners`).
-A blob is served only when a job of a kind those actors run, not finished, reads a file of
-those bytes; an output file is one of :data:`lmaas.jobs.storage.OUTPUT_PURPOSES`, owned by
-the key the runner names (the job's owner, as on its other requests).
+All take only the secret of a runner actor's current run (:mod:`lmaas.jobs.ray_runners`),
+which names its runner. A blob is served when a job of a kind those actors run, not finished,
+reads a file of those bytes, or when a fine-tune or quantization that runner holds (its lease)
+reads a file of those bytes or a source version made of that blob (a GGUF file, a folder's
+manifest or one of its files; :mod:`lmaas.jobs.model_jobs`). An output file is one of
+:data:`lmaas.jobs.storage.OUTPUT_PURPOSES`, owned by the key the runner names (the job's owner,
+as on its other requests). A new version is accepted only for a fine-tune or quantization, not
+finished, of a kind those actors run, that this runner holds, into the one model the job writes
+to, with a source note naming the job; its body must hash to the sha256 the runner announced
+(checked when the body ends, before the version exists) and is stored as an admin upload is
+(``ModelStore.upload``/``upload_folder``: a folder comes as a tar whose member names are
+checked there, never used as paths as given).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable
 from pathlib import Path
+from typing import Literal
 
-from lmaas.jobs.store import JobStore
-from lmaas.store.blobs import BlobStore
-from lmaas.store.files import FileStore
+from lmaas.errors import InvalidRequestError, LmaasError, NotFoundError, PermissionDeniedError
+from lmaas.jobs.model_jobs import MODEL_KINDS, input_files, output_model, source_versions
+from lmaas.jobs.store import JobInfo, JobStore
+from lmaas.store.catalog import VersionInfo
+from lmaas.store.files import FileStore, Viewer
+from lmaas.store.model_store import ModelStore
+
+_EVERYONE = Viewer(None, admin=True)
 
 
 class RunnerAccess:
-    """The blob source (``routes/internal.py``) and output store of runner actors."""
+    """The blob source (``routes/internal.py``), output files and new versions of runner
+    actors (see the module doc)."""
 
     def __init__(
         self,
-        secret_ok: Callable[[str], bool],
+        runner_of: Callable[[str], str | None],
         kinds: Collection[str],
         jobs: JobStore,
         files: FileStore,
-        blobs: BlobStore,
+        store: ModelStore,
     ) -> None:
-        self._secret_ok = secret_ok
+        self._runner_of = runner_of
         self._kinds = tuple(kinds)
+        self._model_kinds = tuple(k for k in self._kinds if k in MODEL_KINDS)
         self._jobs = jobs
         self._files = files
-        self._blobs = blobs
+        self._store = store
+
+    def runner_of(self, token: str) -> str | None:
+        """The runner whose current run has this secret (None: not a live run's)."""
+        return self._runner_of(token)
 
     def token_ok(self, token: str) -> bool:
-        return self._secret_ok(token)
+        return self._runner_of(token) is not None
 
-    def blob_path(self, hexdigest: str) -> Path | None:
+    def blob_path(self, hexdigest: str, runner: str) -> Path | None:
         """The blob when a job the actors run reads it (blocking: asks the catalog)."""
-        if not self._jobs.reads_blob(f"sha256:{hexdigest}", self._kinds):
+        digest = f"sha256:{hexdigest}"
+        if not self._jobs.reads_blob(digest, self._kinds) and digest not in self._held_blobs(
+            runner
+        ):
             return None
-        path = self._blobs.path_for(hexdigest)
+        path = self._store.blobs.path_for(hexdigest)
         return path if path.is_file() else None
+
+    def _held_blobs(self, runner: str) -> set[str]:
+        """Every blob the fine-tunes and quantizations ``runner`` holds read."""
+        if not self._model_kinds:
+            return set()
+        digests: set[str] = set()
+        for job in self._jobs.held_by(runner, self._model_kinds):
+            for file_id in input_files(job):
+                try:
+                    digests.add(self._files.get(file_id, _EVERYONE).digest)
+                except NotFoundError:
+                    continue
+            for model, number in source_versions(job):
+                digests |= self._version_blobs(model, number)
+        return digests
+
+    def _version_blobs(self, model: str, number: int) -> set[str]:
+        try:
+            version = self._store.catalog.get_version(model, number)
+            if version.format != "hf":
+                return {version.digest}
+            return {version.digest, *(f.digest for f in self._store.folder_files(version))}
+        except LmaasError:  # deleted meanwhile, or a manifest that cannot be read
+            return set()
 
     def add_output(
         self, chunks: Iterable[bytes], *, purpose: str, filename: str, owner: str | None
     ) -> str:
         """Store an output file a runner sent; its id (blocking)."""
         return self._files.add(chunks, purpose=purpose, filename=filename, owner_key_id=owner).id
+
+    def version_job(self, runner: str, job_id: str, model: str, source: str) -> JobInfo:
+        """The job ``runner`` stores a version of ``model`` for; 403 (nothing stored) unless
+        the module doc's rules hold (blocking: asks the catalog)."""
+        try:
+            job = self._jobs.get(job_id, _EVERYONE)
+        except NotFoundError:
+            raise PermissionDeniedError(f"no job {job_id[:64]!r} of this runner") from None
+        if job.kind not in self._model_kinds or job.finished or job.lease_owner != runner:
+            raise PermissionDeniedError(
+                f"job {job.id} is not a fine-tune or quantization this runner holds"
+            )
+        if model != output_model(job):
+            raise PermissionDeniedError(
+                f"job {job.id} makes versions of {output_model(job)!r}, not {model[:128]!r}"
+            )
+        if job.id not in source:
+            raise InvalidRequestError("a version's source must name its job", param="source")
+        return job
+
+    async def store_version(
+        self,
+        model: str,
+        body: AsyncIterable[bytes],
+        *,
+        fmt: Literal["gguf", "hf"],
+        sha256: str,
+        source: str,
+        description: str,
+        moves_latest: bool,
+    ) -> VersionInfo:
+        """A version from a runner's body (a GGUF file, or a folder as a tar) that hashes to
+        ``sha256``, through the store's upload path; check :meth:`version_job` first."""
+        verified = _verified(body, sha256)
+        if fmt == "gguf":
+            return await self._store.upload(
+                model, verified, source=source, description=description, moves_latest=moves_latest
+            )
+        return await self._store.upload_folder(
+            model, verified, "tar", source=source, description=description
+        )
+
+
+async def _verified(body: AsyncIterable[bytes], sha256: str) -> AsyncIterator[bytes]:
+    """``body``, refused at its end (before its reader sees the end) unless it hashed to
+    ``sha256``: a store upload then fails and keeps nothing."""
+    hasher = hashlib.sha256()
+    async for chunk in body:
+        hasher.update(chunk)
+        yield chunk
+    if hasher.hexdigest() != sha256:
+        raise InvalidRequestError(
+            f"the body hashes to sha256:{hasher.hexdigest()}, not the sha256:{sha256} announced",
+            param="sha256",
+            code="digest_mismatch",
+        )

@@ -5,7 +5,8 @@ Every step becomes a metrics event (OpenAI's ``fine_tuning.job.event`` of type `
 step, train and validation loss, learning rate, tokens/s) and the job's progress; each
 checkpoint an event too (``GET .../checkpoints``). A cancel stops before the next step with a
 checkpoint of where it was; a killed runner's job is resumed by the next claim from the newest
-checkpoint in ``<home>/jobs/<id>/checkpoints``. On success the result names the new store
+checkpoint in ``<work dirs>/<id>/checkpoints`` (``<home>/jobs`` beside the gateway, the node
+cache's ``jobs`` on a Ray node). On success the result names the new store
 model (a Hugging Face version, alias ``hf``; a quantized GGUF version, alias ``gguf``), the
 held-out perplexity of the base and of the result is attached to both versions, and the
 gateway deploys the GGUF under the served name ``ft:<base>:<suffix>:<job>``.
@@ -25,10 +26,10 @@ from lmaas.db import utc_now
 from lmaas.jobs.context import JobContext, LeaseLost, Outcome
 from lmaas.jobs.fine_tune_input import KIND
 from lmaas.jobs.fine_tune_work import FineTuneWork, Reports
+from lmaas.jobs.storage import JobFiles
 from lmaas.jobs.store import CANCELLED
+from lmaas.store.catalog import Catalog
 from lmaas.store.evaluations import Evaluations
-from lmaas.store.files import FileStore
-from lmaas.store.model_store import ModelStore
 
 log = logging.getLogger(__name__)
 HELD_OUT: Final = "held-out perplexity"
@@ -71,20 +72,20 @@ class FineTuneHandler:
     kind = KIND
 
     def __init__(
-        self, store: ModelStore, files: FileStore, evaluations: Evaluations, home: Path
+        self, catalog: Catalog, files: JobFiles, evaluations: Evaluations, workdirs: Path
     ) -> None:
-        self.store = store
+        self.catalog = catalog
         self.files = files
         self.evaluations = evaluations
-        self.home = home
+        self.workdirs = workdirs
 
     async def run(self, ctx: JobContext) -> Outcome:
         job = ctx.job
-        workdir = self.home / "jobs" / job.id
+        workdir = self.workdirs / job.id
         workdir.mkdir(parents=True, exist_ok=True)
         reports, lost = self._reports(ctx)
         work = FineTuneWork(
-            self.store,
+            self.catalog,
             self.files,
             workdir,
             job.input | {"job_id": job.id, "owner_key_id": job.owner_key_id},

@@ -1,7 +1,9 @@
 """The blocking half of a fine-tuning job, run on a thread of the job runner: load the base,
 tokenize the files, train (LoRA, full or distillation) with checkpoints, then export the
 result (a Hugging Face folder, the adapter, an F16 GGUF quantized with llama.cpp) and put it
-in the store. Heavy imports (torch, transformers, peft) happen here, not at import time.
+in the store. The store's files come through :class:`lmaas.jobs.storage.JobFiles` (the store's
+disk beside the gateway, or the gateway from a Ray node); versions and aliases are read and set
+in the catalog. Heavy imports (torch, transformers, peft) happen here, not at import time.
 
 Progress goes to the job through ``report`` callables (events and step counts); a cancel is
 seen before each step. A run started again over the same work directory goes on from its
@@ -17,12 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmaas.store.catalog import VersionInfo
-from lmaas.store.files import FileStore, Viewer
-from lmaas.store.model_store import ModelStore
+from lmaas.jobs.storage import JobFiles
+from lmaas.store.catalog import Catalog, VersionInfo
 
 log = logging.getLogger(__name__)
-_EVERYONE = Viewer(None, admin=True)
 
 
 @dataclass
@@ -41,17 +41,16 @@ class WorkResult:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def _lines(files: FileStore, file_id: str) -> Iterator[bytes]:
-    handle = files.open(file_id, _EVERYONE)[1]
-    with handle:
+def _lines(files: JobFiles, file_id: str) -> Iterator[bytes]:
+    with files.open_input(file_id) as handle:
         yield from handle
 
 
 class FineTuneWork:
     def __init__(
-        self, store: ModelStore, files: FileStore, workdir: Path, given: dict[str, Any]
+        self, catalog: Catalog, files: JobFiles, workdir: Path, given: dict[str, Any]
     ) -> None:
-        self.store = store
+        self.catalog = catalog
         self.files = files
         self.workdir = workdir
         self.given = given
@@ -59,13 +58,13 @@ class FineTuneWork:
     # -- the parts ------------------------------------------------------------------------------
 
     def _version(self, ref: dict[str, Any]) -> VersionInfo:
-        return self.store.catalog.get_version(str(ref["model"]), int(ref["number"]))
+        return self.catalog.get_version(str(ref["model"]), int(ref["number"]))
 
     def _load(self, ref: dict[str, Any]) -> tuple[Any, Any, Path, VersionInfo]:
         from lmaas.training.models import load_causal_lm
 
         version = self._version(ref)
-        path = self.store.path_of(version)
+        path = self.files.model_path(version)
         model, tokenizer = load_causal_lm(path)
         return model, tokenizer, path, version
 
@@ -89,13 +88,12 @@ class FineTuneWork:
         lines = list(eval_lines(read_examples(_lines(self.files, file_id)), tokenizer))
         if not lines:
             return None
-        stored = self.files.add(
+        return self.files.add_output(
             [b"".join(lines)],
             purpose="evals",
             filename=f"{self.given['job_id']}_held_out.jsonl",
             owner_key_id=self.given.get("owner_key_id"),
         )
-        return stored.id
 
     def _student(self, teacher: Any, tokenizer: Any) -> Any:
         from lmaas.training.models import check_distillation_pair, student_from_teacher
@@ -263,10 +261,11 @@ class FineTuneWork:
         source_note = (
             f"fine-tune {self.given['job_id']} of {base_version.model}:{base_version.number}"
         )
-        hf_version = self.store.import_folder(name, folder, source=source_note)
-        gguf_version = self.store.import_file(name, gguf, source=source_note)
-        self.store.catalog.set_alias(name, "hf", hf_version.number)
-        self.store.catalog.set_alias(name, "gguf", gguf_version.number)
+        job_id = str(self.given["job_id"])
+        hf_version = self.files.store_version(job_id, name, folder, source=source_note)
+        gguf_version = self.files.store_version(job_id, name, gguf, source=source_note)
+        self.catalog.set_alias(name, "hf", hf_version.number)
+        self.catalog.set_alias(name, "gguf", gguf_version.number)
         return {
             "model": name,
             "hf_version": hf_version.number,

@@ -7,7 +7,6 @@ the admin API (``/admin/jobs``) need no change.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -19,21 +18,11 @@ from lmaas.jobs.fine_tune import FineTuneHandler
 from lmaas.jobs.gateway import GatewayClient
 from lmaas.jobs.quantize import QuantizeHandler
 from lmaas.jobs.storage import JobFiles
+from lmaas.store.catalog import Catalog
 from lmaas.store.evaluations import Evaluations
-from lmaas.store.files import FileStore
-from lmaas.store.model_store import ModelStore
 
 # Every kind a runner beside the gateway runs (a unit test checks it against job_handlers).
 JOB_KINDS: Final = ("batch", "eval_run", "fine_tune", "quantize")
-
-
-@dataclass(frozen=True, slots=True)
-class LocalStore:
-    """The store on the gateway's disk, which the kinds that make model versions need."""
-
-    models: ModelStore
-    files: FileStore
-    home: Path
 
 
 def job_handlers(
@@ -42,18 +31,16 @@ def job_handlers(
     settings: JobSettings,
     evaluations: Evaluations,
     *,
-    local: LocalStore | None,
+    catalog: Catalog,
+    workdirs: Path,
     kinds: Collection[str] | None = None,
 ) -> dict[str, JobHandler]:
-    """The handlers of ``kinds`` (None: every kind), keyed by kind; fine-tuning and
-    quantizing only with the ``local`` store (a runner beside the gateway)."""
+    """The handlers of ``kinds`` (None: every kind), keyed by kind. Fine-tuning and quantizing
+    keep their work (checkpoints, exported models) in ``workdirs/<job id>``."""
     handlers: list[JobHandler] = [
         BatchHandler(gateway, files, line_concurrency=settings.line_concurrency),
         EvalRunHandler(gateway, files, evaluations, item_concurrency=settings.line_concurrency),
+        FineTuneHandler(catalog, files, evaluations, workdirs),
+        QuantizeHandler(catalog, files, evaluations, workdirs),
     ]
-    if local is not None:
-        handlers += [
-            FineTuneHandler(local.models, local.files, evaluations, local.home),
-            QuantizeHandler(local.models, local.files, evaluations, local.home),
-        ]
     return {h.kind: h for h in handlers if kinds is None or h.kind in kinds}

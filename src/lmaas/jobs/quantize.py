@@ -8,7 +8,9 @@ requantizing a quantized source), measure (:mod:`lmaas.jobs.quantize_figures`, a
 import the file as a new version of the same model (``latest`` does not move: a deployment
 that follows it keeps its model) with the type as its alias (``q8_0``), and attach the
 figures to the version. Each step is an event with its figures and counts in the job's
-progress; a cancel is seen between steps and keeps the versions already made.
+progress; a cancel is seen between steps and keeps the versions already made. The source and
+the held-out file come, and the new versions go, through :class:`lmaas.jobs.storage.JobFiles`
+(the store's disk beside the gateway, or the gateway from a Ray node).
 """
 
 from __future__ import annotations
@@ -29,17 +31,15 @@ from lmaas.jobs.context import JobContext, LeaseLost, Outcome
 from lmaas.jobs.leases import Item, JobLeases
 from lmaas.jobs.quantize_figures import Figures, FiguresError, builtin_text, measure
 from lmaas.jobs.quantize_input import KIND, alias_of, held_out_text
-from lmaas.store.catalog import VersionInfo
+from lmaas.jobs.storage import JobFiles
+from lmaas.store.catalog import Catalog, VersionInfo
 from lmaas.store.evaluations import Evaluations
-from lmaas.store.files import FileStore, Viewer
-from lmaas.store.model_store import ModelStore
 
 log = logging.getLogger(__name__)
 SOURCE: Final = "source"
 BUILTIN: Final = "built-in English text"
 QUANTIZE_TIMEOUT_S: Final = 3600.0
 MEASURE_TIMEOUT_S: Final = 3600.0
-_EVERYONE = Viewer(None, admin=True)
 
 
 def _quantize(src: Path, dst: Path, qtype: str) -> None:
@@ -111,16 +111,16 @@ class QuantizeHandler:
 
     def __init__(
         self,
-        store: ModelStore,
-        files: FileStore,
+        catalog: Catalog,
+        files: JobFiles,
         evaluations: Evaluations,
-        home: Path,
+        workdirs: Path,
         tools: QuantizeTools | None = None,
     ) -> None:
-        self.store = store
+        self.catalog = catalog
         self.files = files
         self.evaluations = evaluations
-        self.home = home
+        self.workdirs = workdirs
         self.tools = tools or QuantizeTools()
 
     async def run(self, ctx: JobContext) -> Outcome:
@@ -128,7 +128,7 @@ class QuantizeHandler:
         steps = [SOURCE, *given["types"]]
         try:
             source = await ctx.call(
-                self.store.catalog.get_version, str(given["model"]), int(given["number"])
+                self.catalog.get_version, str(given["model"]), int(given["number"])
             )
         except NotFoundError as exc:
             return Outcome.failed("source_not_found", exc.message)
@@ -137,7 +137,7 @@ class QuantizeHandler:
             raise LeaseLost
         done = await ctx.call(self._done, ctx.leases, job.id)
         # One folder per attempt: a runner that lost the lease never deletes its successor's.
-        workdir = self.home / "jobs" / job.id / f"attempt-{job.attempts}"
+        workdir = self.workdirs / job.id / f"attempt-{job.attempts}"
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             text = await ctx.call(self._text, workdir, given.get("eval_file"))
@@ -205,7 +205,7 @@ class QuantizeHandler:
         return path
 
     def _step(self, job_id: str, source: VersionInfo, step: str, text: Path) -> dict[str, Any]:
-        source_path = self.store.path_of(source)
+        source_path = self.files.model_path(source)
         if step == SOURCE:
             figures = self.tools.measure(source_path, text)
             version, alias = source, None
@@ -215,7 +215,7 @@ class QuantizeHandler:
             figures = self.tools.measure(out, text)
             version = self._import(job_id, source, step, out)
             alias = alias_of(step)
-            self.store.catalog.set_alias(source.model, alias, version.number)
+            self.catalog.set_alias(source.model, alias, version.number)
             out.unlink(missing_ok=True)
         row = {
             "step": step,
@@ -238,12 +238,12 @@ class QuantizeHandler:
     def _import(self, job_id: str, source: VersionInfo, qtype: str, path: Path) -> VersionInfo:
         """The version of ``path``, imported once: a resumed job finds the one it made."""
         note = f"quantize {job_id}: {qtype} of {source.model}:{source.number}"
-        for version in self.store.catalog.list_versions(source.model):
+        for version in self.catalog.list_versions(source.model):
             if version.source == note and version.error is None:
                 return version
         description = f"{qtype} quantization of version {source.number}"
-        return self.store.import_file(
-            source.model, path, source=note, description=description, moves_latest=False
+        return self.files.store_version(
+            job_id, source.model, path, source=note, description=description, moves_latest=False
         )
 
     def _result(
@@ -262,7 +262,6 @@ class QuantizeHandler:
         }
 
 
-def _lines(files: FileStore, file_id: str) -> Iterator[bytes]:
-    handle = files.open(file_id, _EVERYONE)[1]
-    with handle:
+def _lines(files: JobFiles, file_id: str) -> Iterator[bytes]:
+    with files.open_input(file_id) as handle:
         yield from handle

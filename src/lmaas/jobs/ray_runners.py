@@ -1,16 +1,19 @@
 """Job runners as Ray actors (``cluster.kind: ray`` with a PostgreSQL catalog).
 
-The kinds in ``jobs.ray.kinds`` (batches, eval runs) are run by runner actors
-(:class:`lmaas.jobs.runner_host.RunnerHost`) that Ray places on its nodes; the other kinds stay
-in the runner process beside the gateway (:mod:`lmaas.jobs.supervisor`). Kinds asking for the
-same resources (``jobs.ray`` num_cpus, memory, resources, with ``per_kind`` over them) share
-one actor. Each is supervised as the local runner is:
+The kinds in ``jobs.ray.kinds`` (batches and eval runs by default; fine-tuning and quantizing
+when listed) are run by runner actors (:class:`lmaas.jobs.runner_host.RunnerHost`) that Ray
+places on its nodes; the other kinds stay in the runner process beside the gateway
+(:mod:`lmaas.jobs.supervisor`). Kinds asking for the same resources (``jobs.ray`` num_cpus,
+memory, resources, with ``per_kind`` over them) share one actor. Each is supervised as the
+local runner is:
 
 - A run makes an actor (``max_restarts`` 0), waits for Ray to place it, names its runner after
   the node (``<ip>/<node id[:8]>-<12 hex>``, which the job's events show) and calls its
   ``run`` with a secret made for this run (sent through Ray). The gateway accepts that secret
   from any address while the run lasts: as the runner's token on the OpenAI endpoints, on the
-  blob route for the blobs of active jobs' input files, and on ``POST /internal/files``.
+  blob route for the blobs of active jobs' input files (and of the source versions of the
+  fine-tunes and quantizations it holds), on ``POST /internal/files`` and, for a job it holds,
+  on ``POST /internal/versions``.
 - When the actor dies (its node lost, ``ray.kill``) the ``run`` call fails, its secret is
   dropped, the actor is killed for good and a new one is made after a backoff, told the dead
   runner's id so that its leases end at once: its jobs resume (or fail after
@@ -124,6 +127,15 @@ class RayRunners:
         """Whether ``token`` is the secret of a runner actor's current run."""
         given = token.encode()
         return any(hmac.compare_digest(given, r.secret.encode()) for r in self._runs.values())
+
+    def runner_of(self, token: str) -> str | None:
+        """The id of the runner whose current run has secret ``token`` (None: no such run, or
+        not yet named)."""
+        given = token.encode()
+        for run in list(self._runs.values()):
+            if hmac.compare_digest(given, run.secret.encode()):
+                return run.runner_id
+        return None
 
     async def start(self) -> None:
         self._stopping = False

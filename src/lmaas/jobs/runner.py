@@ -9,9 +9,9 @@ byte on it means a job was queued, its end means the gateway is gone and the run
 SIGTERM stops it too: running jobs are let go at once, to be resumed by the next runner.
 
 A runner on a Ray node (:mod:`lmaas.jobs.runner_host`) runs :func:`run_jobs` inside its actor
-with a ``node_cache_dir``: it shares no disk with the gateway, so its files go through the
-gateway (:class:`lmaas.jobs.storage.GatewayJobFiles`) and it runs only the kinds that need
-nothing more (``config.kinds``).
+with a ``node_cache_dir``: it shares no disk with the gateway, so its files and model versions
+go through the gateway (:class:`lmaas.jobs.storage.GatewayJobFiles`), its work directories are
+under the node cache's ``jobs``, and it runs the kinds it is given (``config.kinds``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from lmaas.config_jobs import JobSettings
 from lmaas.controller.cluster.node_cache import NodeCache, Source
 from lmaas.db import create_db_engine, session_factory
 from lmaas.jobs.gateway import GatewayClient
-from lmaas.jobs.kinds import LocalStore, job_handlers
+from lmaas.jobs.kinds import job_handlers
 from lmaas.jobs.leases import JobLeases
 from lmaas.jobs.loop import JobLoop, heartbeat_interval
 from lmaas.jobs.storage import GatewayJobFiles, JobFiles, LocalJobFiles, catalog_lookup
@@ -79,19 +79,23 @@ async def serve(config: RunnerConfig, token: str, parent_fd: int | None) -> None
 
 
 def _storage(
-    config: RunnerConfig, token: str, sessions: sessionmaker[Session]
-) -> tuple[JobFiles, LocalStore | None]:
-    """The runner's files: through the gateway on a node of its own, else the local store."""
+    config: RunnerConfig, token: str, catalog: Catalog, sessions: sessionmaker[Session]
+) -> tuple[JobFiles, Path]:
+    """The runner's files and the root of its work directories: through the gateway on a node
+    of its own (work under the node cache), else the local store (work under the home)."""
     if config.node_cache_dir is not None:
-        cache = NodeCache(Path(config.node_cache_dir).expanduser())
-        source = Source(config.gateway_url, token)
-        remote = GatewayJobFiles(catalog_lookup(sessions), cache, source, verify=config.verify_tls)
-        return remote, None
-    models = ModelStore(
-        Catalog(sessions), BlobStore(config.home), max_upload_bytes=config.max_upload_bytes
-    )
+        root = Path(config.node_cache_dir).expanduser()
+        remote = GatewayJobFiles(
+            catalog_lookup(sessions),
+            NodeCache(root),
+            Source(config.gateway_url, token),
+            versions=catalog.get_version,
+            verify=config.verify_tls,
+        )
+        return remote, root / "jobs"
+    models = ModelStore(catalog, BlobStore(config.home), max_upload_bytes=config.max_upload_bytes)
     store = FileStore(sessions, models, FileLimits(max_bytes=1, max_line_bytes=1))
-    return LocalJobFiles(store), LocalStore(models, store, config.home)
+    return LocalJobFiles(store, models), config.home / "jobs"
 
 
 async def run_jobs(
@@ -106,7 +110,8 @@ async def run_jobs(
     )
     if config.release_runner is not None:
         await asyncio.to_thread(leases.release_runner, config.release_runner)
-    files, local = _storage(config, token, sessions)
+    catalog = Catalog(sessions)
+    files, workdirs = _storage(config, token, catalog, sessions)
     connections = settings.line_concurrency * settings.max_concurrent + 2
     try:
         async with httpx.AsyncClient(
@@ -126,7 +131,8 @@ async def run_jobs(
                     files,
                     settings,
                     Evaluations(sessions),
-                    local=local,
+                    catalog=catalog,
+                    workdirs=workdirs,
                     kinds=config.kinds,
                 ),
                 runner=config.runner_id,

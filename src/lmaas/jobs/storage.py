@@ -1,20 +1,29 @@
-"""Where a job runner reads its input files and writes its output files: the seam between the
-handlers (batch, eval runs) and the store.
+"""Where a job runner reads its input files and source models and writes its output files and
+new model versions: the seam between the handlers (batch, eval runs, fine-tuning, quantizing)
+and the store.
 
 - :class:`LocalJobFiles` is the store itself (the runner beside the gateway shares its disk).
 - :class:`GatewayJobFiles` is for a runner on a Ray node with no shared disk: an input file's
   bytes are fetched by sha256 from the gateway (``GET /internal/blobs/<hex>``, with the
   runner's secret) into the node's cache and kept only when they hash to the file's digest
   (:class:`lmaas.controller.cluster.node_cache.NodeCache`); its row (digest, size) is read from
-  the catalog, which such a runner reaches by URL (PostgreSQL). An output file is streamed to the
-  gateway (``POST /internal/files``), which stores it and answers its id.
+  the catalog, which such a runner reaches by URL (PostgreSQL). A source model version comes the
+  same way, blob by blob (a folder's manifest, then its files, linked into a folder of the
+  cache). An output file is streamed to the gateway (``POST /internal/files``), which stores it
+  and answers its id; a new version (a GGUF file, or a Hugging Face folder sent as a tar) is
+  streamed to ``POST /internal/versions`` with the sha256 of what is sent, which the gateway
+  checks before the version exists, then stores as an admin upload is stored.
 
 Everything here blocks (SQL, disk, HTTP): handlers call it on a thread (``ctx.call``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
 import httpx
@@ -23,12 +32,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lmaas.controller.cluster.node_cache import NodeCache, Source
 from lmaas.errors import NotFoundError
+from lmaas.store.catalog import VersionInfo
 from lmaas.store.files import FileStore, Viewer
+from lmaas.store.folder import MAX_MANIFEST_BYTES, parse_manifest, tar_chunks
+from lmaas.store.model_store import ModelStore
 from lmaas.store.tables import FileRow
 
 FILES_ROUTE: Final = "/internal/files"
-# Purposes of the files a runner writes through the gateway.
-OUTPUT_PURPOSES: Final = frozenset({"batch_output"})
+VERSIONS_ROUTE: Final = "/internal/versions"
+# Purposes of the files a runner writes through the gateway (a fine-tune's held-out evals).
+OUTPUT_PURPOSES: Final = frozenset({"batch_output", "evals"})
 _EVERYONE: Final = Viewer(None, admin=True)
 _UPLOAD_TIMEOUT: Final = httpx.Timeout(connect=10.0, read=600.0, write=600.0, pool=60.0)
 
@@ -44,12 +57,56 @@ class JobFiles(Protocol):
     ) -> str:
         """Store a file the job made, owned by ``owner_key_id``; its id."""
 
+    def model_path(self, version: VersionInfo) -> Path:
+        """A store version on this machine: its GGUF file or its Hugging Face folder (read it,
+        never write it)."""
+
+    def store_version(
+        self,
+        job_id: str,
+        model: str,
+        path: Path,
+        *,
+        source: str,
+        description: str = "",
+        moves_latest: bool = True,
+    ) -> VersionInfo:
+        """``path`` (a GGUF file, or a directory: a Hugging Face folder) as a new version of
+        ``model``, made by job ``job_id``; without ``moves_latest`` (a GGUF file only),
+        ``latest`` stays where it is."""
+
 
 class LocalJobFiles:
     """The store on this machine's disk (the runner beside the gateway)."""
 
-    def __init__(self, files: FileStore) -> None:
+    def __init__(self, files: FileStore, models: ModelStore | None = None) -> None:
         self.files = files
+        self.models = models
+
+    def _store(self) -> ModelStore:
+        if self.models is None:
+            raise RuntimeError("these job files have no model store")
+        return self.models
+
+    def model_path(self, version: VersionInfo) -> Path:
+        return self._store().path_of(version)
+
+    def store_version(
+        self,
+        job_id: str,
+        model: str,
+        path: Path,
+        *,
+        source: str,
+        description: str = "",
+        moves_latest: bool = True,
+    ) -> VersionInfo:
+        store = self._store()
+        if path.is_dir():
+            return store.import_folder(model, path, source=source, description=description)
+        return store.import_file(
+            model, path, source=source, description=description, moves_latest=moves_latest
+        )
 
     def open_input(self, file_id: str) -> BinaryIO:
         return self.files.open(file_id, _EVERYONE)[1]
@@ -80,6 +137,10 @@ def catalog_lookup(sessions: sessionmaker[Session]) -> FileLookup:
     return lookup
 
 
+# A version by model and number, as the catalog has it.
+VersionLookup = Callable[[str, int], VersionInfo]
+
+
 class GatewayJobFiles:
     """Files through the gateway, for a runner on another node (see the module doc)."""
 
@@ -89,10 +150,12 @@ class GatewayJobFiles:
         cache: NodeCache,
         source: Source,
         *,
+        versions: VersionLookup | None = None,
         verify: bool = True,
         client: httpx.Client | None = None,
     ) -> None:
         self._lookup = lookup
+        self._versions = versions
         self._cache = cache
         self._source = source
         self._http = client or httpx.Client(timeout=_UPLOAD_TIMEOUT, verify=verify)
@@ -127,9 +190,96 @@ class GatewayJobFiles:
             )
         return str(response.json()["id"])
 
+    def model_path(self, version: VersionInfo) -> Path:
+        """The version's blobs fetched by digest into the node cache (a folder's manifest
+        first, then each file it lists), the folder built there from links to them."""
+        if version.format != "hf":
+            return self._cache.ensure_blob(
+                self._source, version.digest, version.size_bytes, self._http
+            )
+        manifest = self._cache.ensure_blob(
+            self._source, version.digest, None, self._http, max_bytes=MAX_MANIFEST_BYTES
+        )
+        files = parse_manifest(manifest.read_bytes())
+        for file in files:
+            self._cache.ensure_blob(self._source, file.digest, file.size, self._http)
+        return self._cache.folders.ensure(version.digest, files)
+
+    def store_version(
+        self,
+        job_id: str,
+        model: str,
+        path: Path,
+        *,
+        source: str,
+        description: str = "",
+        moves_latest: bool = True,
+    ) -> VersionInfo:
+        """Stream the file, or the folder as a tar, to the gateway with its sha256 (read once to
+        hash it, once to send it); the version the gateway made, read back from the catalog."""
+        if self._versions is None:
+            raise RuntimeError("these job files have no catalog to read versions from")
+        if path.is_dir():
+            fmt, body = "hf", partial(tar_chunks, folder_entries(path))
+        else:
+            fmt, body = "gguf", partial(_file_chunks, path)
+        hasher = hashlib.sha256()
+        for chunk in body():
+            hasher.update(chunk)
+        response = self._http.post(
+            f"{self._source.url.rstrip('/')}{VERSIONS_ROUTE}",
+            params={
+                "job": job_id,
+                "model": model,
+                "format": fmt,
+                "sha256": hasher.hexdigest(),
+                "source": source,
+                "description": description,
+                "moves_latest": "true" if moves_latest else "false",
+            },
+            headers={
+                "Authorization": f"Bearer {self._source.token}",
+                "Content-Type": "application/octet-stream",
+            },
+            content=_nonempty(body()),
+        )
+        if response.status_code != 201:
+            raise OutputRefused(
+                f"the gateway refused the new version of {model!r} "
+                f"({response.status_code}: {response.text[:300]})"
+            )
+        made = response.json()
+        return self._versions(str(made["model"]), int(made["number"]))
+
 
 class OutputRefused(RuntimeError):
-    """The gateway did not store an output file."""
+    """The gateway did not store an output file or a new version."""
+
+
+FolderEntry = tuple[str, int, Callable[[], BinaryIO]]
+
+
+def folder_entries(root: Path) -> list[FolderEntry]:
+    """The regular files under ``root`` (a folder this runner wrote), as (relative POSIX path,
+    size, opener) in path order; links are not followed (the gateway checks every name again)."""
+    entries: list[FolderEntry] = []
+    for directory, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            file = Path(directory) / name
+            if file.is_file() and not file.is_symlink():
+                relative = file.relative_to(root).as_posix()
+                entries.append((relative, file.stat().st_size, partial(_open_binary, file)))
+    return sorted(entries, key=lambda e: e[0])
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        yield from iter(partial(f.read, 1 << 20), b"")
 
 
 def _nonempty(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -363,6 +363,18 @@ class JobStore:
             ).first()
         return row is not None
 
+    def held_by(self, runner: str, kinds: Iterable[str]) -> builtins.list[JobInfo]:
+        """The jobs of ``kinds``, not finished, whose lease ``runner`` holds."""
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(JobRow).where(
+                    JobRow.lease_owner == runner,
+                    JobRow.kind.in_(list(kinds)),
+                    JobRow.status.not_in(FINISHED),
+                )
+            ).all()
+            return [to_info(r) for r in rows]
+
     def status_counts(self) -> dict[tuple[str, str], int]:
         """How many jobs of each (kind, status) are not finished."""
         with self._sessions.begin() as session:

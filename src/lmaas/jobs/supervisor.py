@@ -77,6 +77,10 @@ class RunnerSupervisor:
         """Whether ``token`` is the secret of a runner actor's current run on the cluster."""
         return self.remote is not None and self.remote.secret_ok(token)
 
+    def remote_runner_of(self, token: str) -> str | None:
+        """The runner id whose current run on the cluster has secret ``token`` (None: none)."""
+        return None if self.remote is None else self.remote.runner_of(token)
+
     async def start(self) -> None:
         self._stopping = False
         self._task = asyncio.create_task(self._supervise(), name="supervise-job-runner")

@@ -358,9 +358,16 @@ class ModelStore:
         return imported
 
     async def upload(
-        self, model: str, body: AsyncIterable[bytes], *, source: str, description: str = ""
+        self,
+        model: str,
+        body: AsyncIterable[bytes],
+        *,
+        source: str,
+        description: str = "",
+        moves_latest: bool = True,
     ) -> VersionInfo:
-        """Store a streamed GGUF upload as a new version (never held whole in memory)."""
+        """Store a streamed GGUF upload as a new version (never held whole in memory; without
+        ``moves_latest``, ``latest`` stays where it is)."""
         lease = self.lease()
         try:
             blob = await self.blobs.write_async(body, self.max_upload_bytes, lease.claim)
@@ -368,7 +375,14 @@ class ModelStore:
             # In a task of its own: a cancelled upload (the client went away) still lets go.
             await asyncio.shield(asyncio.to_thread(_release, lease))
             raise
-        register = partial(self._register_gguf, model, blob, source=source, description=description)
+        register = partial(
+            self._register_gguf,
+            model,
+            blob,
+            source=source,
+            description=description,
+            moves_latest=moves_latest,
+        )
         return await asyncio.to_thread(_run_then_release, register, lease)
 
     async def upload_folder(

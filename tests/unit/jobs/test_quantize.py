@@ -24,6 +24,7 @@ from lmaas.jobs.leases import JobLeases
 from lmaas.jobs.quantize import QuantizeHandler, QuantizeTools
 from lmaas.jobs.quantize_figures import Figures
 from lmaas.jobs.quantize_input import check_types, held_out_text
+from lmaas.jobs.storage import LocalJobFiles
 from lmaas.jobs.store import CANCELLED, COMPLETED, JobStore
 from lmaas.keys import KeyInfo
 from lmaas.protocol.quantize import QuantizeBody
@@ -98,7 +99,11 @@ class Rig:
     def handler(self, evaluations: Evaluations | None = None) -> QuantizeHandler:
         tools = QuantizeTools(quantize=self.tools.quantize, measure=self.tools.measure)
         return QuantizeHandler(
-            self.store, self.files, evaluations or self.evaluations, self.tmp / "home", tools
+            self.store.catalog,
+            LocalJobFiles(self.files, self.store),
+            evaluations or self.evaluations,
+            self.tmp / "home" / "jobs",
+            tools,
         )
 
     def management(self) -> QuantizeManagement:

@@ -28,7 +28,7 @@ from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.errors import install_error_handlers
 from lmaas.gateway.routes import internal
 from lmaas.gateway.runner_access import RunnerAccess
-from lmaas.jobs.kinds import JOB_KINDS, LocalStore, job_handlers
+from lmaas.jobs.kinds import JOB_KINDS, job_handlers
 from lmaas.jobs.ray_runners import RayRunners, ray_runners, runner_groups
 from lmaas.jobs.runner import RunnerConfig
 from lmaas.jobs.storage import FILES_ROUTE, GatewayJobFiles, LocalJobFiles, OutputRefused
@@ -143,13 +143,12 @@ def test_local_job_files_are_the_store() -> None:
     ]
 
 
-def test_every_kind_is_listed_and_a_remote_runner_builds_only_batch_and_evals() -> None:
+def test_every_kind_is_listed_and_a_runner_builds_the_kinds_it_is_given() -> None:
     fake: Any = SimpleNamespace()
     settings = Settings().jobs
-    local = LocalStore(fake, fake, Path("/nowhere"))
-    assert tuple(job_handlers(fake, fake, settings, fake, local=local)) == JOB_KINDS
-    assert set(job_handlers(fake, fake, settings, fake, local=None)) == {"batch", "eval_run"}
-    assert set(job_handlers(fake, fake, settings, fake, local=local, kinds=["quantize"])) == {
+    where = {"catalog": fake, "workdirs": Path("/nowhere")}
+    assert tuple(job_handlers(fake, fake, settings, fake, **where)) == JOB_KINDS
+    assert set(job_handlers(fake, fake, settings, fake, **where, kinds=["quantize"])) == {
         "quantize"
     }
 
@@ -189,11 +188,11 @@ def internal_app(tmp_path: Path) -> tuple[FastAPI, FakeFileStore, str, str]:
     app.include_router(internal.router)
     app.state.blob_source = ModelBlobs(model)
     app.state.runner_access = RunnerAccess(
-        lambda token: token == SECRET,
+        lambda token: "runner-1" if token == SECRET else None,
         ("batch",),
         FakeJobs({job_input}),  # type: ignore[arg-type]
         store,  # type: ignore[arg-type]
-        blobs,
+        SimpleNamespace(blobs=blobs),  # type: ignore[arg-type]
     )
     return app, store, job_input[7:], model.name
 
@@ -343,8 +342,12 @@ def test_kinds_asking_for_the_same_resources_share_a_runner_actor() -> None:
         (("batch",), 0.5, 2**30),
         (("eval_run",), 2, 2**30),
     ]
-    with pytest.raises(ValueError, match="fine_tune"):
-        settings_with(kinds=["fine_tune"])
+    with pytest.raises(ValueError, match="fine_tune"):  # the kinds allowed are named
+        settings_with(kinds=["serving"])
+    tuning = runner_groups(
+        settings_with(kinds=["batch", "fine_tune"], per_kind={"fine_tune": {"num_cpus": 2}})
+    )
+    assert [(g.kinds, g.num_cpus) for g in tuning] == [(("batch",), 0.5), (("fine_tune",), 2)]
 
 
 def test_runner_actors_need_a_ray_cluster_and_a_postgresql_catalog(

@@ -67,8 +67,17 @@ class NodeCache:
             return self.folders.ensure(digest, files)
         return self.blobs.path_for(digest)
 
-    def ensure_blob(self, source: Source, digest: str, size: int, http: httpx.Client) -> Path:
-        """The blob ``digest`` of ``size`` bytes in the cache, downloaded when it is not."""
+    def ensure_blob(
+        self,
+        source: Source,
+        digest: str,
+        size: int | None,
+        http: httpx.Client,
+        *,
+        max_bytes: int = 0,
+    ) -> Path:
+        """The blob ``digest`` of ``size`` bytes in the cache, downloaded when it is not
+        (``size`` None: not known, as for a folder's manifest; at most ``max_bytes`` then)."""
         digest = normalize_digest(digest)
         if self.blobs.check(digest, size) is None:
             return self.blobs.path_for(digest)
@@ -82,12 +91,13 @@ class NodeCache:
                         f"fetching blob {digest} from {source.url} answered "
                         f"{response.status_code}: {response.text[:300]}"
                     )
-                info = self.blobs.write(_chunks(response), max_bytes=size)
+                limit = size if size is not None else max_bytes
+                info = self.blobs.write(_chunks(response), max_bytes=limit)
         except httpx.HTTPError as exc:
             raise BlobFetchError(f"fetching blob {digest} from {source.url}: {exc}") from exc
         except RequestTooLargeError as exc:  # more bytes than the blob has
             raise BlobFetchError(f"blob {digest} from {source.url}: {exc.message}") from exc
-        if info.digest != digest or info.size != size:
+        if info.digest != digest or (size is not None and info.size != size):
             # Stored under the digest of what arrived, never under the one asked for; a blob
             # that was already in the cache under that digest is a good one and stays.
             if info.created:
@@ -96,7 +106,7 @@ class NodeCache:
                 f"blob {digest} from {source.url} arrived as {info.size} bytes hashing to "
                 f"{info.digest}; discarded"
             )
-        log.info("fetched blob %s (%d bytes) from %s", digest, size, source.url)
+        log.info("fetched blob %s (%d bytes) from %s", digest, info.size, source.url)
         return info.path
 
 

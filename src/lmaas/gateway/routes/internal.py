@@ -1,24 +1,25 @@
 """Routes for the gateway's own cluster, not for clients: a model blob for a replica on another
 node (``GET /internal/blobs/{hex}``), and for a job runner actor on another node the blob of
-an input file and the storing of an output file (``POST /internal/files``).
+an input file or of a source model version, the storing of an output file (``POST
+/internal/files``) and of a new model version its job made (``POST /internal/versions``).
 
 Mounted only when the cluster kind fetches models over the network (``ray``). The caller must
 present the cluster's token (``Authorization: Bearer``), made at start and given only to the
 cluster's actors, and gets only blobs of models the cluster serves; or the secret of a job
 runner actor's current run (:class:`lmaas.gateway.runner_access.RunnerAccess`), and gets only
-blobs of active jobs' input files. The digest in the path is checked to be 64 lowercase hex
-characters before anything else reads it, and the file path is the blob store's, rebuilt from
-that hex.
+blobs of active jobs' inputs and stores only what its own jobs make. The digest in the path is
+checked to be 64 lowercase hex characters before anything else reads it, and the file path is
+the blob store's, rebuilt from that hex.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Literal, Protocol
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
@@ -26,7 +27,7 @@ from starlette.responses import FileResponse, JSONResponse
 
 from lmaas.errors import AuthenticationError, InvalidRequestError, NotFoundError
 from lmaas.gateway.runner_access import RunnerAccess
-from lmaas.jobs.storage import OUTPUT_PURPOSES
+from lmaas.jobs.storage import FILES_ROUTE, OUTPUT_PURPOSES, VERSIONS_ROUTE
 from lmaas.store.streams import AsyncStreamReader
 
 router = APIRouter(include_in_schema=False)
@@ -55,27 +56,29 @@ def _token(request: Request) -> str:
 
 @router.get("/internal/blobs/{digest}")
 async def blob(digest: str, request: Request) -> FileResponse:
-    sources: list[Any] = [
-        getattr(request.app.state, "blob_source", None),
-        getattr(request.app.state, "runner_access", None),
-    ]
-    if not any(sources):
+    cluster: BlobSource | None = getattr(request.app.state, "blob_source", None)
+    access: RunnerAccess | None = getattr(request.app.state, "runner_access", None)
+    if cluster is None and access is None:
         raise NotFoundError("this server has no cluster blob route")
     token = _token(request)
-    source = next((s for s in sources if s is not None and token and s.token_ok(token)), None)
-    if source is None:
+    find: Callable[[str], Path | None] | None = None
+    if token and cluster is not None and cluster.token_ok(token):
+        find = cluster.blob_path
+    elif token and access is not None and (runner := access.runner_of(token)) is not None:
+        find = partial(access.blob_path, runner=runner)
+    if find is None:
         raise AuthenticationError("the cluster's token is needed here", code="invalid_api_key")
     if _HEX.fullmatch(digest) is None:
         raise InvalidRequestError(
             "a blob is named by 64 lowercase hex characters", param="digest", code="invalid_digest"
         )
-    path = await anyio.to_thread.run_sync(source.blob_path, digest)
+    path = await anyio.to_thread.run_sync(find, digest)
     if path is None:
         raise NotFoundError(f"no blob sha256:{digest} served here", code="blob_not_found")
     return FileResponse(path, media_type="application/octet-stream")
 
 
-@router.post("/internal/files")
+@router.post(FILES_ROUTE)
 async def output_file(
     request: Request, purpose: str, filename: str, owner: str = ""
 ) -> JSONResponse:
@@ -96,3 +99,39 @@ async def output_file(
         access.add_output, chunks(), purpose=purpose, filename=filename, owner=owner or None
     )
     return JSONResponse({"id": file_id}, status_code=201)
+
+
+@router.post(VERSIONS_ROUTE)
+async def new_version(
+    request: Request,
+    job: str,
+    model: str,
+    format: Literal["gguf", "hf"],
+    sha256: str,
+    source: str,
+    description: str = "",
+    moves_latest: bool = True,
+) -> JSONResponse:
+    """Store the body (a GGUF file, or a Hugging Face folder as a tar) as a new version of
+    ``model`` made by job ``job``, which the caller's runner holds, when it hashes to ``sha256``
+    (see :mod:`lmaas.gateway.runner_access`); ``{"model", "number"}``, 201."""
+    access: RunnerAccess | None = getattr(request.app.state, "runner_access", None)
+    token = _token(request)
+    runner = access.runner_of(token) if access is not None and token else None
+    if access is None or runner is None:
+        raise AuthenticationError("a job runner's secret is needed here", code="invalid_api_key")
+    if _HEX.fullmatch(sha256) is None:
+        raise InvalidRequestError(
+            "sha256 is 64 lowercase hex characters", param="sha256", code="invalid_digest"
+        )
+    await asyncio.to_thread(access.version_job, runner, job, model, source)
+    version = await access.store_version(
+        model,
+        request.stream(),
+        fmt=format,
+        sha256=sha256,
+        source=source,
+        description=description,
+        moves_latest=moves_latest,
+    )
+    return JSONResponse({"model": version.model, "number": version.number}, status_code=201)
