@@ -46,7 +46,9 @@ def test_ids_equal_llama_cpp_own_on_many_prompts(backend: LlamaCppBackend) -> No
     texts = []
     for system in systems:
         for k in range(4):
-            turns = ["".join(rng.choice(WORDS) for _ in range(rng.randint(1, 60))) for _ in range(k)]
+            turns = [
+                "".join(rng.choice(WORDS) for _ in range(rng.randint(1, 60))) for _ in range(k)
+            ]
             texts.append(chatml(system, turns))
     for _ in range(40):  # special tokens anywhere, even inside words and back to back
         parts = [rng.choice(WORDS + specials) for _ in range(rng.randint(50, 400))]

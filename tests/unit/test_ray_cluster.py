@@ -24,7 +24,6 @@ from fastapi import FastAPI
 from lmaas.config import ClusterSettings, EngineConfig, Settings, load_settings
 from lmaas.controller.cluster.base import ModelFile, ModelRef
 from lmaas.controller.cluster.kinds import installed_kinds
-from lmaas.controller.cluster.node_cache import BlobFetchError, NodeCache, Source
 from lmaas.controller.cluster.ray import RayReplica, default_gateway_url, ray_cpus
 from lmaas.controller.cluster.ray_host import HostSpec, ReplicaHost
 from lmaas.controller.cluster.ray_spread import Spreader
@@ -36,6 +35,7 @@ from lmaas.gateway.routes import internal
 from lmaas.protocol.engine import GenerateRequest, SamplingParams
 from lmaas.store.blobs import BlobStore
 from lmaas.store.folder import FolderFile
+from lmaas.store.node_cache import BlobFetchError, NodeCache, Source
 
 FAKE_WORKER = (sys.executable, str(Path(__file__).resolve().parents[1] / "fake_worker.py"))
 

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from lmaas.config import Settings
-from lmaas.controller.cluster.ray import ray_error_text
 from lmaas.db import database_url
 from lmaas.jobs.runner import RunnerConfig
 from lmaas.jobs.runner_host import RunnerHost
+from lmaas.raynodes import ray_error_text
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session, sessionmaker
 
 from lmaas.config_jobs import JobSettings
-from lmaas.controller.cluster.node_cache import NodeCache, Source
 from lmaas.db import create_db_engine, session_factory
 from lmaas.jobs.gateway import GatewayClient
 from lmaas.jobs.kinds import job_handlers
@@ -41,6 +40,7 @@ from lmaas.store.catalog import Catalog
 from lmaas.store.evaluations import Evaluations
 from lmaas.store.files import FileLimits, FileStore
 from lmaas.store.model_store import ModelStore
+from lmaas.store.node_cache import NodeCache, Source
 from lmaas.telemetry.logging import setup_logging
 
 log = logging.getLogger(__name__)

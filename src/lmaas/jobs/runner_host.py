@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from lmaas.controller.cluster.ray_host import node_identity
 from lmaas.jobs.runner import RunnerConfig, run_jobs
+from lmaas.raynodes import node_identity
 from lmaas.telemetry.logging import setup_logging
 
 log = logging.getLogger(__name__)

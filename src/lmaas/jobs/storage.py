@@ -6,7 +6,7 @@ and the store.
 - :class:`GatewayJobFiles` is for a runner on a Ray node with no shared disk: an input file's
   bytes are fetched by sha256 from the gateway (``GET /internal/blobs/<hex>``, with the
   runner's secret) into the node's cache and kept only when they hash to the file's digest
-  (:class:`lmaas.controller.cluster.node_cache.NodeCache`); its row (digest, size) is read from
+  (:class:`lmaas.store.node_cache.NodeCache`); its row (digest, size) is read from
   the catalog, which such a runner reaches by URL (PostgreSQL). A source model version comes the
   same way, blob by blob (a folder's manifest, then its files, linked into a folder of the
   cache). An output file is streamed to the gateway (``POST /internal/files``), which stores it
@@ -30,12 +30,12 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from lmaas.controller.cluster.node_cache import NodeCache, Source
 from lmaas.errors import NotFoundError
 from lmaas.store.catalog import VersionInfo
 from lmaas.store.files import FileStore, Viewer
 from lmaas.store.folder import MAX_MANIFEST_BYTES, parse_manifest, tar_chunks
 from lmaas.store.model_store import ModelStore
+from lmaas.store.node_cache import NodeCache, Source
 from lmaas.store.tables import FileRow
 
 FILES_ROUTE: Final = "/internal/files"

@@ -24,7 +24,6 @@ import pytest
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from lmaas.controller.cluster.node_cache import BlobFetchError, NodeCache, Source
 from lmaas.db import create_db_engine, session_factory, upgrade_to_head
 from lmaas.gateway.errors import install_error_handlers
 from lmaas.gateway.routes import internal
@@ -46,6 +45,7 @@ from lmaas.store.evaluations import Evaluations
 from lmaas.store.files import FileLimits, FileStore, Viewer
 from lmaas.store.folder import FolderFile, manifest_bytes
 from lmaas.store.model_store import ModelStore
+from lmaas.store.node_cache import BlobFetchError, NodeCache, Source
 from tests.hf_folder import folder_files, tar_bytes, write_folder
 from tests.unit.jobs.test_quantize import FakeTools, tiny_gguf
 

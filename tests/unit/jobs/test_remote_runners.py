@@ -22,7 +22,6 @@ from fastapi import FastAPI
 from starlette.requests import Request
 
 from lmaas.config import Settings
-from lmaas.controller.cluster.node_cache import BlobFetchError, NodeCache, Source
 from lmaas.errors import AuthenticationError
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.errors import install_error_handlers
@@ -33,6 +32,7 @@ from lmaas.jobs.ray_runners import RayRunners, ray_runners, runner_groups
 from lmaas.jobs.runner import RunnerConfig
 from lmaas.jobs.storage import FILES_ROUTE, GatewayJobFiles, LocalJobFiles, OutputRefused
 from lmaas.store.blobs import BlobStore
+from lmaas.store.node_cache import BlobFetchError, NodeCache, Source
 
 PG = "postgresql://lmaas@db.internal/lmaas"
 SECRET = "runner-s3cret"

@@ -41,6 +41,7 @@ from lmaas.controller.cluster.ray_spread import Spreader
 from lmaas.controller.cluster.supervised import STREAM_LIMIT, SupervisedReplica
 from lmaas.controller.pool import Capacity, replica_need, size
 from lmaas.errors import InvalidRequestError
+from lmaas.raynodes import ray_error_text
 from lmaas.store.folder import FolderFile
 from lmaas.store.model_store import ModelStore
 
@@ -69,15 +70,6 @@ def ray_cpus(threads: int, overcommit: float) -> float:
     """The CPUs a replica of ``threads`` threads asks Ray for: as many cores as the local pool
     would count (threads over the overcommit), to Ray's precision of 1/10000."""
     return max(0.0001, round(threads / overcommit, 4))
-
-
-def ray_error_text(exc: BaseException) -> str:
-    """A short sentence for a Ray error (a task error's cause rather than its traceback)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}"
-    first = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {first[0][:300] if first else ''}"
 
 
 class RayCluster:

@@ -4,7 +4,7 @@ One ``ReplicaHost`` actor per replica run (the gateway makes it with the replica
 memory as Ray resources, and Ray picks the node). It
 
 1. fetches the model's blobs from the gateway into the node's cache, each checked against its
-   sha256 digest (:mod:`lmaas.controller.cluster.node_cache`), and listens on a TCP port of the
+   sha256 digest (:mod:`lmaas.store.node_cache`), and listens on a TCP port of the
    node (``prepare``, which returns the address);
 2. accepts the gateway's connection, which must open with the run's secret (32 random bytes the
    gateway sent through Ray; any other connection is dropped), and starts the same worker a
@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmaas.controller.cluster.node_cache import NodeCache, Source
+from lmaas.raynodes import node_identity
 from lmaas.store.folder import FolderFile
+from lmaas.store.node_cache import NodeCache, Source
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,6 @@ class HostSpec:
     # The worker's command line before its arguments; empty: this node's Python running
     # ``lmaas.worker`` (tests put a stand-in here).
     worker_command: tuple[str, ...] = ()
-
-
-def node_identity() -> tuple[str, str]:
-    """This node's address and a name for it (``10.0.0.5/1a2b3c4d``: its address and the start
-    of its Ray node id, as several Ray nodes may share an address)."""
-    try:
-        import ray
-    except ImportError:
-        ray = None
-    if ray is None or not ray.is_initialized():  # outside a Ray worker (tests)
-        return "127.0.0.1", socket.gethostname()
-    ip = str(ray.util.get_node_ip_address())
-    return ip, f"{ip}/{ray.get_runtime_context().get_node_id()[:8]}"
 
 
 class ReplicaHost:
