@@ -1,9 +1,12 @@
-"""Batches whose job runner is a Ray actor on another node, on a real Ray cluster of two nodes
-on this machine (``ray.cluster_utils.Cluster``: a head, and a worker node that alone has the
-custom resource the runner actors ask for) with the catalog on PostgreSQL: a small chat batch
-completes with its runner on the worker node, its input fetched by digest into the node cache
-and its output stored through the gateway; a runner actor killed mid-batch (``ray.kill``) is
-replaced on that node and the batch completes with every line exactly once.
+"""Batches and a fine-tune whose job runners are Ray actors on another node, on a real Ray
+cluster of two nodes on this machine (``ray.cluster_utils.Cluster``: a head, and a worker node
+that alone has the custom resource the runner actors ask for) with the catalog on PostgreSQL: a
+small chat batch completes with its runner on the worker node, its input fetched by digest into
+the node cache and its output stored through the gateway; a runner actor killed mid-batch
+(``ray.kill``) is replaced on that node and the batch completes with every line exactly once; a
+two-step LoRA fine-tune runs in a runner actor of its own (``per_kind``) on the worker node,
+its base model and files fetched by digest, and its Hugging Face and GGUF versions land in the
+gateway's store with their aliases and held-out perplexity, as the local runner's do.
 
 Ray is in the dev extra: without it this module is skipped, except in CI (``CI=true``), where
 it fails; so does an unreachable PostgreSQL there (``tests/postgres.py``). Every Ray process
@@ -50,7 +53,7 @@ def ray_cluster() -> Iterator[tuple[Any, Any]]:
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
     )
     try:
-        worker = cluster.add_node(num_cpus=1, resources={JOBS_SLOT: 1})
+        worker = cluster.add_node(num_cpus=1, resources={JOBS_SLOT: 2})
         cluster.wait_for_nodes()
         yield cluster, worker
     finally:
@@ -78,7 +81,11 @@ cluster:
 jobs:
   lease_seconds: 4
   line_concurrency: 2
-  ray: {{num_cpus: 0.25, resources: {{{JOBS_SLOT}: 1}}}}
+  ray:
+    kinds: [batch, eval_run, fine_tune]
+    num_cpus: 0.25
+    resources: {{{JOBS_SLOT}: 1}}
+    per_kind: {{fine_tune: {{num_cpus: 0.5}}}}
 """
     )
     with scratch_schema(postgres_admin, postgres_url()) as url:
@@ -204,3 +211,86 @@ def test_a_runner_actor_killed_mid_batch_is_replaced_and_every_line_runs_once(
     first, second = runners_of(server, batch_id)
     assert first == runner and second != runner
     assert second.rsplit("-", 1)[0].endswith("/" + str(worker.node_id)[:8])
+
+
+def upload(server: ServerProcess, lines: list[dict[str, Any]], purpose: str) -> tuple[str, str]:
+    """A file's id and the sha256 of its bytes."""
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    r = httpx.post(
+        f"{server.url}/v1/files",
+        files={"file": ("data.jsonl", data)},
+        data={"purpose": purpose},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["id"], hashlib.sha256(data).hexdigest()
+
+
+def shout(word: str) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "user", "content": f"Shout {word}."},
+            {"role": "assistant", "content": f"{word.upper()}!"},
+        ]
+    }
+
+
+def admin_get(server: ServerProcess, path: str) -> Any:
+    token = read_token(server.log_path.parent)
+    r = httpx.get(f"{server.url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.timeout(600)
+def test_a_short_fine_tune_runs_in_its_own_runner_actor_and_its_versions_reach_the_store(
+    server: ServerProcess, ray_cluster: tuple[Any, Any]
+) -> None:
+    _, worker = ray_cluster
+    train, _ = upload(server, [shout(w) for w in ("apple", "river", "stone", "cloud")], "fine-tune")
+    valid, valid_hex = upload(server, [shout("maple")], "fine-tune")
+    r = httpx.post(
+        f"{server.url}/v1/fine_tuning/jobs",
+        json={
+            "model": MODEL,
+            "training_file": train,
+            "validation_file": valid,
+            "suffix": "ray",
+            "seed": 3,
+            "hyperparameters": {"n_epochs": 1, "batch_size": 2},  # 2 steps
+            "quantization": "F16",
+            "deploy_replicas": 0,
+        },
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    job_id = r.json()["id"]
+
+    def ended() -> dict[str, Any] | None:
+        job = httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}", timeout=30).json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    done = wait_until(ended, 540, 0.5, f"fine-tune {job_id} to end")
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == {"step": 2, "total_steps": 2}
+    (runner,) = runners_of(server, job_id)
+    assert runner.rsplit("-", 1)[0].endswith("/" + str(worker.node_id)[:8]), runner
+
+    # The base model and the validation file came to the node by digest.
+    base = admin_get(server, f"/admin/models/{MODEL}/versions/latest")
+    cache = server.log_path.parent / "node-cache" / "blobs"
+    assert (cache / f"sha256-{base['digest'].removeprefix('sha256:')}").is_file()
+    assert (cache / f"sha256-{valid_hex}").is_file()
+
+    # Both versions are in the gateway's store, made by this job, with their aliases and the
+    # held-out perplexity; the GGUF one is the result's model_version.
+    store_model, _, number = str(done["model_version"]).partition(":")
+    model = admin_get(server, f"/admin/models/{store_model}")
+    by_alias = {a: v for v in model["versions"] for a in v["aliases"]}
+    assert (by_alias["hf"]["format"], by_alias["gguf"]["format"]) == ("hf", "gguf")
+    assert str(by_alias["gguf"]["number"]) == number
+    for made in (by_alias["hf"], by_alias["gguf"]):
+        assert made["source"] == f"fine-tune {job_id} of {MODEL}:{base['number']}", made
+        shown = admin_get(server, f"/admin/models/{store_model}/versions/{made['number']}")
+        (evaluation,) = shown["evaluations"]
+        assert "held-out perplexity" in evaluation["eval_name"], evaluation
