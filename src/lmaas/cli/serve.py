@@ -152,7 +152,9 @@ def _build_app(settings: Settings) -> FastAPI:
     runner = None
     if settings.jobs.enabled:
         runner = RunnerSupervisor(settings, remote=ray_runners(settings, manager.cluster))
-        auth.trust_runner(runner.token, remote=runner.remote_secret_ok)
+        auth.trust_runner(
+            runner.token, remote=runner.remote_runner_of, holds_owner=state.jobs.holds_owner
+        )
     app = create_app(
         settings,
         manager.engines,

@@ -13,7 +13,9 @@
   ``X-Lmaas-Job-Owner``: the request is then that key's, with its model list and rate limits
   (a revoked owner key gets 401). An empty owner is a job of an open server. A runner actor
   on a Ray node presents its run's secret instead, accepted from any address while the run
-  lasts (:mod:`lmaas.jobs.ray_runners`).
+  lasts (:mod:`lmaas.jobs.ray_runners`), and may name only the owner of a job it holds (its
+  lease; empty only for an open server's job): 403 for any other key, the local admin's
+  included (a positive answer is kept ``_HELD_TTL`` seconds).
 - The local admin token `lmaas serve` wrote under its home (:mod:`lmaas.local_admin`) is an
   admin key for loopback clients only (:meth:`Authenticator.trust_local_admin`); from
   elsewhere it is refused (401), so remote administration needs a real key.
@@ -44,6 +46,8 @@ CREATE_ADMIN_KEY_HINT: Final = "lmaas keys create --scope admin --name NAME"
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
 # How long the key a job runs as is taken from memory before it is read again.
 _OWNER_TTL: Final = 5.0
+_HELD_TTL: Final = 5.0
+_LOCAL_RUNNER: Final = ""  # the runner beside the gateway, as _runner_of names it
 
 
 class InsecureStartupError(LmaasError, ValueError):
@@ -95,20 +99,31 @@ class Authenticator:
         self._bind_host = bind_host
         self._loopback = is_loopback(bind_host)
         self._runner_token: str | None = None
-        self._remote_runner: Callable[[str], bool] = lambda token: False
+        self._remote_runner: Callable[[str], str | None] = lambda token: None
+        self._holds_owner: Callable[[str, str | None], bool] = lambda runner, owner: False
         self._local_token: str | None = None
         self._owners: dict[str, tuple[KeyInfo, float]] = {}
+        self._held: dict[tuple[str, str | None], float] = {}
 
     @property
     def keys(self) -> KeyStore:
         return self._keys
 
-    def trust_runner(self, token: str, remote: Callable[[str], bool] | None = None) -> None:
+    def trust_runner(
+        self,
+        token: str,
+        remote: Callable[[str], str | None] | None = None,
+        holds_owner: Callable[[str, str | None], bool] | None = None,
+    ) -> None:
         """Accept ``token`` from this machine as the job runner's (see the module doc), and
-        from anywhere a token ``remote`` says is a runner actor's secret (a Ray runner's)."""
+        from anywhere a token ``remote`` names the runner actor of (a Ray runner's secret),
+        acting only for a key ``holds_owner(runner, key id)`` (blocking) says is the owner
+        of a job that runner holds."""
         self._runner_token = token
         if remote is not None:
             self._remote_runner = remote
+        if holds_owner is not None:
+            self._holds_owner = holds_owner
 
     def trust_local_admin(self, token: str) -> None:
         """Accept ``token`` from loopback clients as an admin key (see the module doc)."""
@@ -166,8 +181,9 @@ class Authenticator:
         loopback bind; any presented key is then ignored, as clients such as the ``openai`` SDK
         always send one). With ``model``, also checks the key may use it (403). A job
         runner's request is its job owner's."""
-        if self._from_runner(request):
-            owner = await self._job_owner(request)
+        runner = self._runner_of(request)
+        if runner is not None:
+            owner = await self._job_owner(request, runner)
             request.state.api_key = owner
             if owner is not None:
                 if model is not None:
@@ -212,23 +228,27 @@ class Authenticator:
                 f"API key {key.id} may not use model {model!r}", param="model"
             )
 
-    def _from_runner(self, request: Request) -> bool:
-        """Whether the request carries the runner token and comes from this machine, or
-        carries the secret of a runner actor on the cluster."""
+    def _runner_of(self, request: Request) -> str | None:
+        """The runner a request comes from: the id of the runner actor whose secret it
+        carries, ``_LOCAL_RUNNER`` when it carries the runner token from this machine; None:
+        not a runner's."""
         token = self._runner_token
         authorization = request.headers.get("authorization", "")
         if token is None or not authorization.startswith("Bearer "):
-            return False
+            return None
         given = authorization[7:].strip()
-        if given and self._remote_runner(given):
-            return True
+        remote = self._remote_runner(given) if given else None
+        if remote:
+            return remote
         if not hmac.compare_digest(given.encode(), token.encode()):
-            return False
+            return None
         client = request.client.host if request.client is not None else ""
-        return is_loopback(client) or client == self._bind_host
+        return _LOCAL_RUNNER if is_loopback(client) or client == self._bind_host else None
 
-    async def _job_owner(self, request: Request) -> KeyInfo | None:
+    async def _job_owner(self, request: Request, runner: str) -> KeyInfo | None:
         owner = request.headers.get(JOB_OWNER_HEADER, "").strip()
+        if runner != _LOCAL_RUNNER:
+            await self._check_held(runner, owner or None)
         if not owner:
             return None
         if owner == LOCAL_ADMIN.id and self._local_token is not None:
@@ -250,6 +270,21 @@ class Authenticator:
                 code="api_key_revoked",
             )
         return info
+
+    async def _check_held(self, runner: str, owner: str | None) -> None:
+        """403 unless runner actor ``runner`` holds a job ``owner`` owns (None: an open
+        server's job)."""
+        now = time.monotonic()
+        if self._held.get((runner, owner), 0.0) > now:
+            return
+        if not await anyio.to_thread.run_sync(self._holds_owner, runner, owner):
+            whose = "an open server's job" if owner is None else f"a job of key {owner[:64]!r}"
+            raise PermissionDeniedError(
+                f"job runner {runner} holds no {whose}", code="not_a_held_job"
+            )
+        if len(self._held) > 1024:
+            self._held.clear()
+        self._held[(runner, owner)] = now + _HELD_TTL
 
     async def _is_open(self) -> bool:
         if not self._loopback:

@@ -4,27 +4,37 @@ versions its jobs make.
 
 All take only the secret of a runner actor's current run (:mod:`lmaas.jobs.ray_runners`),
 which names its runner. A blob is served when a job of a kind those actors run, not finished,
-reads a file of those bytes, or when a fine-tune or quantization that runner holds (its lease)
-reads a file of those bytes or a source version made of that blob (a GGUF file, a folder's
-manifest or one of its files; :mod:`lmaas.jobs.model_jobs`). An output file is one of
-:data:`lmaas.jobs.storage.OUTPUT_PURPOSES`, owned by the key the runner names (the job's owner,
-as on its other requests). A new version is accepted only for a fine-tune or quantization, not
-finished, of a kind those actors run, that this runner holds, into the one model the job writes
-to, with a source note naming the job; its body must hash to the sha256 the runner announced
-(checked when the body ends, before the version exists) and is stored as an admin upload is
+that this runner holds (its lease) reads a file of those bytes, or when a fine-tune or
+quantization it holds reads a file of those bytes or a source version made of that blob (a GGUF
+file, a folder's manifest or one of its files; :mod:`lmaas.jobs.model_jobs`). An output file is
+one of :data:`lmaas.jobs.storage.OUTPUT_PURPOSES`, for a job of those kinds, not finished, that
+this runner holds; it is owned by that job's owner (never a key the runner names) and held to
+``files.max_bytes`` as an upload to ``/v1/files`` is (413 beyond). A new version is accepted only
+for a fine-tune or quantization, not finished, of a kind those actors run, that this runner
+holds, into the one model the job writes to, with one of the source notes that job writes
+(:func:`lmaas.jobs.model_jobs.version_notes`, exactly); its body must hash to the sha256 the
+runner announced, and the job must still be held, both checked when the body ends, before the
+version exists; it is stored as an admin upload is
 (``ModelStore.upload``/``upload_folder``: a folder comes as a tar whose member names are
 checked there, never used as paths as given).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable
 from pathlib import Path
 from typing import Literal
 
 from lmaas.errors import InvalidRequestError, LmaasError, NotFoundError, PermissionDeniedError
-from lmaas.jobs.model_jobs import MODEL_KINDS, input_files, output_model, source_versions
+from lmaas.jobs.model_jobs import (
+    MODEL_KINDS,
+    input_files,
+    output_model,
+    source_versions,
+    version_notes,
+)
 from lmaas.jobs.store import JobInfo, JobStore
 from lmaas.store.catalog import VersionInfo
 from lmaas.store.files import FileStore, Viewer
@@ -62,9 +72,9 @@ class RunnerAccess:
     def blob_path(self, hexdigest: str, runner: str) -> Path | None:
         """The blob when a job the actors run reads it (blocking: asks the catalog)."""
         digest = f"sha256:{hexdigest}"
-        if not self._jobs.reads_blob(digest, self._kinds) and digest not in self._held_blobs(
-            runner
-        ):
+        if not self._jobs.reads_blob(
+            digest, self._kinds, runner
+        ) and digest not in self._held_blobs(runner):
             return None
         path = self._store.blobs.path_for(hexdigest)
         return path if path.is_file() else None
@@ -93,29 +103,50 @@ class RunnerAccess:
         except LmaasError:  # deleted meanwhile, or a manifest that cannot be read
             return set()
 
-    def add_output(
-        self, chunks: Iterable[bytes], *, purpose: str, filename: str, owner: str | None
-    ) -> str:
-        """Store an output file a runner sent; its id (blocking)."""
-        return self._files.add(chunks, purpose=purpose, filename=filename, owner_key_id=owner).id
+    @property
+    def max_file_bytes(self) -> int:
+        """The largest output file taken (``files.max_bytes``, as for ``/v1/files``)."""
+        return self._files.limits.max_bytes
 
-    def version_job(self, runner: str, job_id: str, model: str, source: str) -> JobInfo:
-        """The job ``runner`` stores a version of ``model`` for; 403 (nothing stored) unless
-        the module doc's rules hold (blocking: asks the catalog)."""
+    def held_job(self, runner: str, job_id: str, kinds: Collection[str] | None = None) -> JobInfo:
+        """Job ``job_id`` when it is of ``kinds`` (default: those the actors run), not
+        finished, and ``runner`` holds it; 403 otherwise (blocking: asks the catalog)."""
         try:
             job = self._jobs.get(job_id, _EVERYONE)
         except NotFoundError:
             raise PermissionDeniedError(f"no job {job_id[:64]!r} of this runner") from None
-        if job.kind not in self._model_kinds or job.finished or job.lease_owner != runner:
-            raise PermissionDeniedError(
-                f"job {job.id} is not a fine-tune or quantization this runner holds"
-            )
+        allowed = self._kinds if kinds is None else kinds
+        if job.kind not in allowed or job.finished or job.lease_owner != runner:
+            raise PermissionDeniedError(f"job {job.id} is not one this runner holds")
+        return job
+
+    def add_output(
+        self, chunks: Iterable[bytes], *, job: JobInfo, purpose: str, filename: str
+    ) -> str:
+        """Store an output file a runner sent for ``job`` (see :meth:`held_job`), as the job's
+        owner's; its id (blocking)."""
+        return self._files.add(
+            chunks,
+            purpose=purpose,
+            filename=filename,
+            owner_key_id=job.owner_key_id,
+            max_bytes=self.max_file_bytes,
+        ).id
+
+    def version_job(self, runner: str, job_id: str, model: str, source: str) -> JobInfo:
+        """The job ``runner`` stores a version of ``model`` for; 403 (nothing stored) unless
+        the module doc's rules hold (blocking: asks the catalog)."""
+        job = self.held_job(runner, job_id, self._model_kinds)
         if model != output_model(job):
             raise PermissionDeniedError(
                 f"job {job.id} makes versions of {output_model(job)!r}, not {model[:128]!r}"
             )
-        if job.id not in source:
-            raise InvalidRequestError("a version's source must name its job", param="source")
+        if source not in version_notes(job):
+            raise InvalidRequestError(
+                f"a version of job {job.id} has a source note that job writes, not "
+                f"{source[:128]!r}",
+                param="source",
+            )
         return job
 
     async def store_version(
@@ -128,10 +159,12 @@ class RunnerAccess:
         source: str,
         description: str,
         moves_latest: bool,
+        still_held: Callable[[], object] | None = None,
     ) -> VersionInfo:
         """A version from a runner's body (a GGUF file, or a folder as a tar) that hashes to
-        ``sha256``, through the store's upload path; check :meth:`version_job` first."""
-        verified = _verified(body, sha256)
+        ``sha256``, through the store's upload path; check :meth:`version_job` first, and pass
+        it as ``still_held`` to have it checked again when the body has ended."""
+        verified = _verified(body, sha256, still_held)
         if fmt == "gguf":
             return await self._store.upload(
                 model, verified, source=source, description=description, moves_latest=moves_latest
@@ -141,9 +174,12 @@ class RunnerAccess:
         )
 
 
-async def _verified(body: AsyncIterable[bytes], sha256: str) -> AsyncIterator[bytes]:
+async def _verified(
+    body: AsyncIterable[bytes], sha256: str, still_held: Callable[[], object] | None
+) -> AsyncIterator[bytes]:
     """``body``, refused at its end (before its reader sees the end) unless it hashed to
-    ``sha256``: a store upload then fails and keeps nothing."""
+    ``sha256`` and ``still_held`` (blocking) does not raise: a store upload then fails and
+    keeps nothing."""
     hasher = hashlib.sha256()
     async for chunk in body:
         hasher.update(chunk)
@@ -154,3 +190,5 @@ async def _verified(body: AsyncIterable[bytes], sha256: str) -> AsyncIterator[by
             param="sha256",
             code="digest_mismatch",
         )
+    if still_held is not None:
+        await asyncio.to_thread(still_held)

@@ -186,6 +186,7 @@ class BatchHandler:
         name = f"{job.id}_{'output' if ok else 'error'}.jsonl"
         file_id = self.files.add_output(
             _chunks(itertools.chain([first], lines)),
+            job_id=job.id,
             purpose="batch_output",
             filename=name,
             owner_key_id=job.owner_key_id,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmaas.jobs.model_jobs import fine_tune_note
 from lmaas.jobs.storage import JobFiles
 from lmaas.store.catalog import Catalog, VersionInfo
 
@@ -91,6 +92,7 @@ class FineTuneWork:
         return self.files.add_output(
             [b"".join(lines)],
             purpose="evals",
+            job_id=str(self.given["job_id"]),
             filename=f"{self.given['job_id']}_held_out.jsonl",
             owner_key_id=self.given.get("owner_key_id"),
         )
@@ -258,10 +260,8 @@ class FineTuneWork:
         if qtype != "F16":
             gguf = self.workdir / f"model-{qtype}.gguf"
             quantize_gguf(f16, gguf, qtype)
-        source_note = (
-            f"fine-tune {self.given['job_id']} of {base_version.model}:{base_version.number}"
-        )
         job_id = str(self.given["job_id"])
+        source_note = fine_tune_note(job_id, base_version.model, base_version.number)
         hf_version = self.files.store_version(job_id, name, folder, source=source_note)
         gguf_version = self.files.store_version(job_id, name, gguf, source=source_note)
         self.catalog.set_alias(name, "hf", hf_version.number)

@@ -28,6 +28,29 @@ def source_versions(job: JobInfo) -> list[tuple[str, int]]:
     return []
 
 
+def fine_tune_note(job_id: str, model: str, number: int) -> str:
+    """The source note of a fine-tune's new versions (``jobs/fine_tune_work.py``)."""
+    return f"fine-tune {job_id} of {model}:{number}"
+
+
+def quantize_note(job_id: str, qtype: str, model: str, number: int) -> str:
+    """The source note of a quantization's new version of type ``qtype`` (``jobs/quantize.py``)."""
+    return f"quantize {job_id}: {qtype} of {model}:{number}"
+
+
+def version_notes(job: JobInfo) -> set[str]:
+    """Every source note a version the job makes may carry: the gateway takes no other from a
+    runner on another node."""
+    given = job.input
+    if job.kind == FINE_TUNE:
+        base = given["base"]
+        return {fine_tune_note(job.id, str(base["model"]), int(base["number"]))}
+    if job.kind == QUANTIZE:
+        model, number = str(given["model"]), int(given["number"])
+        return {quantize_note(job.id, str(t), model, number) for t in given.get("types") or ()}
+    return set()
+
+
 def input_files(job: JobInfo) -> list[str]:
     """The ids of the files the job reads: a fine-tune's training and validation files, a
     quantization's held-out file."""

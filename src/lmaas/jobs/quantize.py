@@ -29,6 +29,7 @@ from lmaas.db import utc_now
 from lmaas.errors import NotFoundError
 from lmaas.jobs.context import JobContext, LeaseLost, Outcome
 from lmaas.jobs.leases import Item, JobLeases
+from lmaas.jobs.model_jobs import quantize_note
 from lmaas.jobs.quantize_figures import Figures, FiguresError, builtin_text, measure
 from lmaas.jobs.quantize_input import KIND, alias_of, held_out_text
 from lmaas.jobs.storage import JobFiles
@@ -237,7 +238,7 @@ class QuantizeHandler:
 
     def _import(self, job_id: str, source: VersionInfo, qtype: str, path: Path) -> VersionInfo:
         """The version of ``path``, imported once: a resumed job finds the one it made."""
-        note = f"quantize {job_id}: {qtype} of {source.model}:{source.number}"
+        note = quantize_note(job_id, qtype, source.model, source.number)
         for version in self.catalog.list_versions(source.model):
             if version.source == note and version.error is None:
                 return version

@@ -10,10 +10,10 @@ local runner is:
 - A run makes an actor (``max_restarts`` 0), waits for Ray to place it, names its runner after
   the node (``<ip>/<node id[:8]>-<12 hex>``, which the job's events show) and calls its
   ``run`` with a secret made for this run (sent through Ray). The gateway accepts that secret
-  from any address while the run lasts: as the runner's token on the OpenAI endpoints, on the
-  blob route for the blobs of active jobs' input files (and of the source versions of the
-  fine-tunes and quantizations it holds), on ``POST /internal/files`` and, for a job it holds,
-  on ``POST /internal/versions``.
+  from any address while the run lasts, always for a job that runner holds (its lease): as
+  the runner's token on the OpenAI endpoints (acting as that job's owner only), on the blob
+  route for the blobs of its jobs' input files and source versions, on ``POST
+  /internal/files`` and on ``POST /internal/versions``.
 - When the actor dies (its node lost, ``ray.kill``) the ``run`` call fails, its secret is
   dropped, the actor is killed for good and a new one is made after a backoff, told the dead
   runner's id so that its leases end at once: its jobs resume (or fail after

@@ -9,10 +9,11 @@ and the store.
   (:class:`lmaas.store.node_cache.NodeCache`); its row (digest, size) is read from
   the catalog, which such a runner reaches by URL (PostgreSQL). A source model version comes the
   same way, blob by blob (a folder's manifest, then its files, linked into a folder of the
-  cache). An output file is streamed to the gateway (``POST /internal/files``), which stores it
-  and answers its id; a new version (a GGUF file, or a Hugging Face folder sent as a tar) is
-  streamed to ``POST /internal/versions`` with the sha256 of what is sent, which the gateway
-  checks before the version exists, then stores as an admin upload is stored.
+  cache). An output file is streamed to the gateway (``POST /internal/files``) with the id of
+  the job that made it, which stores it as that job's owner's and answers its id; a new
+  version (a GGUF file, or a Hugging Face folder sent as a tar) is streamed to ``POST
+  /internal/versions`` with the sha256 of what is sent, which the gateway checks before the
+  version exists, then stores as an admin upload is stored.
 
 Everything here blocks (SQL, disk, HTTP): handlers call it on a thread (``ctx.call``).
 """
@@ -53,9 +54,16 @@ class JobFiles(Protocol):
         """The bytes of file ``file_id`` (any owner's), opened for reading (close it)."""
 
     def add_output(
-        self, chunks: Iterable[bytes], *, purpose: str, filename: str, owner_key_id: str | None
+        self,
+        chunks: Iterable[bytes],
+        *,
+        job_id: str,
+        purpose: str,
+        filename: str,
+        owner_key_id: str | None,
     ) -> str:
-        """Store a file the job made, owned by ``owner_key_id``; its id."""
+        """Store a file job ``job_id`` made, owned by ``owner_key_id`` (the job's owner, which
+        the gateway takes from the job itself for a runner on another node); its id."""
 
     def model_path(self, version: VersionInfo) -> Path:
         """A store version on this machine: its GGUF file or its Hugging Face folder (read it,
@@ -112,7 +120,13 @@ class LocalJobFiles:
         return self.files.open(file_id, _EVERYONE)[1]
 
     def add_output(
-        self, chunks: Iterable[bytes], *, purpose: str, filename: str, owner_key_id: str | None
+        self,
+        chunks: Iterable[bytes],
+        *,
+        job_id: str,
+        purpose: str,
+        filename: str,
+        owner_key_id: str | None,
     ) -> str:
         stored = self.files.add(
             chunks, purpose=purpose, filename=filename, owner_key_id=owner_key_id
@@ -172,11 +186,19 @@ class GatewayJobFiles:
         return path.open("rb")
 
     def add_output(
-        self, chunks: Iterable[bytes], *, purpose: str, filename: str, owner_key_id: str | None
+        self,
+        chunks: Iterable[bytes],
+        *,
+        job_id: str,
+        purpose: str,
+        filename: str,
+        owner_key_id: str | None,
     ) -> str:
+        """The gateway stores it for job ``job_id``, which this runner must hold, as its
+        owner's (``owner_key_id`` is not sent: the gateway reads it from the job)."""
         response = self._http.post(
             f"{self._source.url.rstrip('/')}{FILES_ROUTE}",
-            params={"purpose": purpose, "filename": filename, "owner": owner_key_id or ""},
+            params={"job": job_id, "purpose": purpose, "filename": filename},
             headers={
                 "Authorization": f"Bearer {self._source.token}",
                 "Content-Type": "application/octet-stream",

@@ -347,9 +347,10 @@ class JobStore:
             ).first()
         return None if row is None else f"{row.kind} {row.id} is {row.status}"
 
-    def reads_blob(self, digest: str, kinds: Iterable[str]) -> bool:
-        """Whether a job of ``kinds`` not finished reads an input file whose bytes are the
-        blob ``digest`` (``sha256:<hex>``): what a runner on another node may fetch."""
+    def reads_blob(self, digest: str, kinds: Iterable[str], runner: str) -> bool:
+        """Whether a job of ``kinds`` not finished whose lease ``runner`` holds reads an input
+        file whose bytes are the blob ``digest`` (``sha256:<hex>``): what a runner on another
+        node may fetch."""
         with self._sessions.begin() as session:
             row = session.execute(
                 select(JobRow.id)
@@ -357,8 +358,21 @@ class JobStore:
                 .where(
                     FileRow.digest == digest,
                     JobRow.kind.in_(list(kinds)),
+                    JobRow.lease_owner == runner,
                     JobRow.status.not_in(FINISHED),
                 )
+                .limit(1)
+            ).first()
+        return row is not None
+
+    def holds_owner(self, runner: str, owner: str | None) -> bool:
+        """Whether ``runner`` holds (its lease) a job not finished owned by ``owner`` (None: an
+        open server's job): the only keys a runner on another node may act as."""
+        match = JobRow.owner_key_id.is_(None) if owner is None else JobRow.owner_key_id == owner
+        with self._sessions.begin() as session:
+            row = session.execute(
+                select(JobRow.id)
+                .where(JobRow.lease_owner == runner, JobRow.status.not_in(FINISHED), match)
                 .limit(1)
             ).first()
         return row is not None

@@ -10,11 +10,12 @@ not what it announced refused with nothing kept); and a whole quantization job r
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from lmaas.db import create_db_engine, session_factory, upgrade_to_head
+from lmaas.errors import PermissionDeniedError
 from lmaas.gateway.errors import install_error_handlers
 from lmaas.gateway.routes import internal
 from lmaas.gateway.runner_access import RunnerAccess
@@ -32,6 +34,7 @@ from lmaas.jobs.context import JobContext
 from lmaas.jobs.leases import JobLeases
 from lmaas.jobs.quantize import QuantizeHandler, QuantizeTools
 from lmaas.jobs.storage import (
+    FILES_ROUTE,
     VERSIONS_ROUTE,
     GatewayJobFiles,
     LocalJobFiles,
@@ -304,7 +307,10 @@ def test_a_runner_stores_versions_of_its_own_job_s_model_only(gw: Gateway) -> No
         assert post_version(client, gguf, OTHER, **mine).status_code == 403
         assert post_version(client, gguf, **(mine | {"model": "base"})).status_code == 403
         assert post_version(client, gguf, **(mine | {"job": "ftjob-nope"})).status_code == 403
-        assert post_version(client, gguf, **(mine | {"source": "made by hand"})).status_code == 400
+        # The source note is exactly the one the job writes, not any text naming it.
+        for source in ("made by hand", f"x {note}", f"{note} and more", f"fine-tune {job_id}"):
+            r = post_version(client, gguf, **(mine | {"source": source}))
+            assert r.status_code == 400, (source, r.text)
         # A body that is not what was announced: refused, no version, no blob kept.
         r = post_version(client, gguf, **(mine | {"sha256": sha(b"something else")}))
         assert r.status_code == 400 and r.json()["error"]["code"] == "digest_mismatch"
@@ -331,6 +337,76 @@ def test_a_runner_stores_versions_of_its_own_job_s_model_only(gw: Gateway) -> No
 
         gw.leases.finish(job_id, "r1", COMPLETED, message="done")
         assert post_version(client, gguf, **mine).status_code == 403
+
+
+def test_a_job_no_longer_held_when_its_version_s_body_ends_gets_no_version(gw: Gateway) -> None:
+    base = gw.store.import_file("base", tiny_gguf(gw.tmp / "base.gguf", "F16"))
+    train = gw.upload_file(b'{"text": "a"}\n')
+    job_id = fine_tune_job(gw, base, train, train)
+    gguf = tiny_gguf(gw.tmp / "made.gguf", "Q8_0").read_bytes()
+    note = f"fine-tune {job_id} of base:1"
+    access: RunnerAccess = gw.app.state.runner_access
+    access.version_job("r1", job_id, "base-ft", note)  # held when the upload starts
+
+    async def body() -> AsyncIterator[bytes]:
+        yield gguf[:100]
+        # The lease ends (the job cancelled, or taken over) while the body is on its way.
+        await asyncio.to_thread(gw.leases.finish, job_id, "r1", COMPLETED, message="done")
+        yield gguf[100:]
+
+    still_held = functools.partial(access.version_job, "r1", job_id, "base-ft", note)
+    with pytest.raises(PermissionDeniedError):
+        asyncio.run(
+            access.store_version(
+                "base-ft",
+                body(),
+                fmt="gguf",
+                sha256=sha(gguf),
+                source=note,
+                description="",
+                moves_latest=True,
+                still_held=still_held,
+            )
+        )
+    assert not _versions(gw, "base-ft")
+
+
+def post_file(client: TestClient, job: str, body: bytes, token: str = SECRET, **params: str) -> Any:
+    query = {"job": job, "purpose": "batch_output", "filename": "out.jsonl"} | params
+    return client.post(
+        FILES_ROUTE, params=query, content=body, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+def test_a_runner_gets_inputs_and_stores_outputs_only_of_batches_it_holds(gw: Gateway) -> None:
+    data = b'{"custom_id": "a"}\n'
+    input_id = gw.upload_file(data)
+    digest = gw.files.get(input_id, ADMIN).digest
+    job = gw.jobs.create(
+        "batch", id_prefix="batch", owner_key_id="key-abc", input={}, input_file_id=input_id
+    )
+    files_before = gw.files.list(ADMIN, limit=100).files
+    with gw.client() as client:
+        # Queued: no runner gets its input, nor stores a file for it.
+        assert get(client, digest, SECRET).status_code == 404
+        assert post_file(client, job.id, b"x\n").status_code == 403
+        claimed = gw.leases.claim("r1", ["batch"])
+        assert claimed is not None and claimed.id == job.id
+        assert get(client, digest, SECRET).content == data
+        assert get(client, digest, OTHER).status_code == 404
+        assert post_file(client, job.id, b"x\n", OTHER).status_code == 403
+        # Past files.max_bytes (1 MiB here): 413, nothing kept.
+        r = post_file(client, job.id, b"x" * ((1 << 20) + 1))
+        assert r.status_code == 413, r.text
+        assert gw.files.list(ADMIN, limit=100).files == files_before
+        # The owner is the job's, whatever the runner says.
+        r = post_file(client, job.id, b"out\n", owner="local-admin")
+        assert r.status_code == 201, r.text
+        made = gw.files.get(r.json()["id"], ADMIN)
+        assert (made.owner_key_id, made.purpose, made.bytes) == ("key-abc", "batch_output", 4)
+        assert gw.leases.finish(job.id, "r1", COMPLETED, message="done")
+        assert post_file(client, job.id, b"x\n").status_code == 403
+        assert get(client, digest, SECRET).status_code == 404
 
 
 def _versions(gw: Gateway, model: str) -> list[VersionInfo]:

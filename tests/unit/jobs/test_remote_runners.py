@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import io
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, BinaryIO
@@ -22,7 +22,12 @@ from fastapi import FastAPI
 from starlette.requests import Request
 
 from lmaas.config import Settings
-from lmaas.errors import AuthenticationError
+from lmaas.errors import (
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+    RequestTooLargeError,
+)
 from lmaas.gateway.auth import Authenticator
 from lmaas.gateway.errors import install_error_handlers
 from lmaas.gateway.routes import internal
@@ -31,11 +36,12 @@ from lmaas.jobs.kinds import JOB_KINDS, job_handlers
 from lmaas.jobs.ray_runners import RayRunners, ray_runners, runner_groups
 from lmaas.jobs.runner import RunnerConfig
 from lmaas.jobs.storage import FILES_ROUTE, GatewayJobFiles, LocalJobFiles, OutputRefused
+from lmaas.local_admin import LOCAL_ADMIN
 from lmaas.store.blobs import BlobStore
 from lmaas.store.node_cache import BlobFetchError, NodeCache, Source
 
 PG = "postgresql://lmaas@db.internal/lmaas"
-SECRET = "runner-s3cret"
+SECRET, OTHER = "runner-s3cret", "other-s3cret"
 
 
 def sha(data: bytes) -> str:
@@ -107,28 +113,41 @@ def test_an_output_file_is_streamed_to_the_gateway_with_the_runner_s_secret(
     files = gateway_files(tmp_path, gateway, {})
     chunks = [b'{"a": 1}\n', b"", b'{"b": 2}\n']
     file_id = files.add_output(
-        iter(chunks), purpose="batch_output", filename="b_output.jsonl", owner_key_id="key123"
+        iter(chunks),
+        job_id="batch_1",
+        purpose="batch_output",
+        filename="b_output.jsonl",
+        owner_key_id="key123",
     )
     assert file_id == "file-0123456789abcdef01234567"
     ((params, content_type, body),) = gateway.uploads
-    assert params == {"purpose": "batch_output", "filename": "b_output.jsonl", "owner": "key123"}
+    # The job is named, not its owner: the gateway takes the owner from the job.
+    assert params == {"job": "batch_1", "purpose": "batch_output", "filename": "b_output.jsonl"}
     assert (content_type, body) == ("application/octet-stream", b"".join(chunks))
 
     refusing = gateway_files(tmp_path, FakeGateway({}, upload_status=401), {})
     with pytest.raises(OutputRefused, match="401"):
-        refusing.add_output([b"x"], purpose="batch_output", filename="f", owner_key_id=None)
+        refusing.add_output(
+            [b"x"], job_id="batch_1", purpose="batch_output", filename="f", owner_key_id=None
+        )
 
 
 class FakeFileStore:
     def __init__(self) -> None:
         self.added: list[tuple[bytes, dict[str, Any]]] = []
+        self.limits = SimpleNamespace(max_bytes=64 * 1024)
 
     def open(self, file_id: str, viewer: Any) -> tuple[Any, BinaryIO]:
         assert viewer.admin  # a job reads its owner's file whoever asks
         return SimpleNamespace(id=file_id), io.BytesIO(f"bytes of {file_id}".encode())
 
     def add(self, chunks: Iterable[bytes], **fields: Any) -> Any:
-        self.added.append((b"".join(chunks), fields))
+        data = b""
+        for chunk in chunks:
+            data += chunk
+            if len(data) > fields.get("max_bytes", 1 << 62):
+                raise RequestTooLargeError("too large")
+        self.added.append((data, fields))
         return SimpleNamespace(id="file-new")
 
 
@@ -136,7 +155,9 @@ def test_local_job_files_are_the_store() -> None:
     store = FakeFileStore()
     files = LocalJobFiles(store)  # type: ignore[arg-type]
     assert files.open_input("file-9").read() == b"bytes of file-9"
-    out = files.add_output([b"a", b"b"], purpose="batch_output", filename="o", owner_key_id=None)
+    out = files.add_output(
+        [b"a", b"b"], job_id="batch_1", purpose="batch_output", filename="o", owner_key_id=None
+    )
     assert out == "file-new"
     assert store.added == [
         (b"ab", {"purpose": "batch_output", "filename": "o", "owner_key_id": None})
@@ -157,13 +178,36 @@ def test_every_kind_is_listed_and_a_runner_builds_the_kinds_it_is_given() -> Non
 
 
 class FakeJobs:
+    """Blobs read by the jobs runner-1 holds; jobs by id (held by runner-1 unless named)."""
+
     def __init__(self, read: set[str]) -> None:
         self.read = read
-        self.asked: list[tuple[str, tuple[str, ...]]] = []
+        self.asked: list[tuple[str, tuple[str, ...], str]] = []
+        self.jobs = {
+            "batch_1": job_like("batch_1", "batch", "key123", "runner-1"),
+            "batch_2": job_like("batch_2", "batch", "key456", "runner-2"),
+            "batch_q": job_like("batch_q", "batch", "key456", None),
+            "batch_done": job_like("batch_done", "batch", "key123", "runner-1", finished=True),
+            "qjob_1": job_like("qjob_1", "quantize", "key123", "runner-1"),
+        }
 
-    def reads_blob(self, digest: str, kinds: Iterable[str]) -> bool:
-        self.asked.append((digest, tuple(kinds)))
-        return digest in self.read
+    def reads_blob(self, digest: str, kinds: Iterable[str], runner: str) -> bool:
+        self.asked.append((digest, tuple(kinds), runner))
+        return digest in self.read and runner == "runner-1"
+
+    def get(self, job_id: str, viewer: Any) -> Any:
+        assert viewer.admin
+        if job_id not in self.jobs:
+            raise NotFoundError(f"no job {job_id}")
+        return self.jobs[job_id]
+
+
+def job_like(
+    job_id: str, kind: str, owner: str, lease_owner: str | None, *, finished: bool = False
+) -> Any:
+    return SimpleNamespace(
+        id=job_id, kind=kind, owner_key_id=owner, lease_owner=lease_owner, finished=finished
+    )
 
 
 class ModelBlobs:
@@ -188,7 +232,7 @@ def internal_app(tmp_path: Path) -> tuple[FastAPI, FakeFileStore, str, str]:
     app.include_router(internal.router)
     app.state.blob_source = ModelBlobs(model)
     app.state.runner_access = RunnerAccess(
-        lambda token: "runner-1" if token == SECRET else None,
+        {SECRET: "runner-1", OTHER: "runner-2"}.get,
         ("batch",),
         FakeJobs({job_input}),  # type: ignore[arg-type]
         store,  # type: ignore[arg-type]
@@ -216,32 +260,67 @@ async def test_runner_actors_get_active_inputs_and_the_cluster_its_models_only(
         assert (await get(model_hex, SECRET)).status_code == 404
         assert (await get(job_hex, "cluster-t0k")).status_code == 404
         assert (await get(job_hex, "old-secret")).status_code == 401
+        # Another runner does not get the blobs of the jobs runner-1 holds.
+        assert (await get(job_hex, OTHER)).status_code == 404
         assert (await get(job_hex.upper(), SECRET)).status_code == 400
 
 
-async def test_runner_actors_store_output_files_with_their_secret_only(tmp_path: Path) -> None:
+async def test_runner_actors_store_output_files_of_their_own_jobs_only(tmp_path: Path) -> None:
     app, store, _, _ = internal_app(tmp_path)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
 
-        async def post(token: str, purpose: str = "batch_output") -> httpx.Response:
+        async def post(
+            token: str = SECRET,
+            purpose: str = "batch_output",
+            job: str | None = "batch_1",
+            body: bytes = b'{"line": 1}\n' * 1000,
+            **extra: str,
+        ) -> httpx.Response:
+            params = {"purpose": purpose, "filename": "b_output.jsonl"} | extra
+            if job is not None:
+                params["job"] = job
             return await client.post(
                 FILES_ROUTE,
-                params={"purpose": purpose, "filename": "b_output.jsonl", "owner": "key123"},
+                params=params,
                 headers={"Authorization": f"Bearer {token}"},
-                content=b'{"line": 1}\n' * 1000,
+                content=body,
             )
 
-        r = await post(SECRET)
+        # The owner named in the query is not taken: the file is the job's owner's.
+        r = await post(owner="local-admin")
         assert r.status_code == 201 and r.json() == {"id": "file-new"}
         assert (await post("cluster-t0k")).status_code == 401
-        assert (await post(SECRET, purpose="fine-tune")).status_code == 400
-    assert store.added == [
-        (
-            b'{"line": 1}\n' * 1000,
-            {"purpose": "batch_output", "filename": "b_output.jsonl", "owner_key_id": "key123"},
+        assert (await post(purpose="fine-tune")).status_code == 400
+        assert (await post(job=None)).status_code == 400  # a job must be named
+        # Another runner's job, a queued one, a finished one, an unknown one: 403.
+        for job in ("batch_2", "batch_q", "batch_done", "batch_nope"):
+            r = await post(job=job)
+            assert r.status_code == 403, (job, r.text)
+            assert r.json()["error"]["type"] == "permission_error"
+        assert (await post(job="qjob_1")).status_code == 403  # a kind these actors do not run
+        # Past files.max_bytes (64 KiB here): 413, announced or streamed, and nothing kept.
+        r = await post(body=b"x" * (64 * 1024 + 1))
+        assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
+
+        async def endless() -> AsyncIterator[bytes]:
+            for _ in range(100):
+                yield b"y" * 4096
+
+        r = await client.post(
+            FILES_ROUTE,
+            params={"job": "batch_1", "purpose": "batch_output", "filename": "o.jsonl"},
+            headers={"Authorization": f"Bearer {SECRET}"},
+            content=endless(),
         )
-    ]
+        assert r.status_code == 413, r.text
+    fields = {
+        "purpose": "batch_output",
+        "filename": "b_output.jsonl",
+        "owner_key_id": "key123",
+        "max_bytes": 64 * 1024,
+    }
+    assert store.added == [(b'{"line": 1}\n' * 1000, fields)]
 
 
 def request_from(host: str, token: str) -> Request:
@@ -254,15 +333,53 @@ def no_such_key(key: str) -> Any:
     raise AuthenticationError("invalid API key")
 
 
+def request_owned(host: str, token: str, owner: str) -> Request:
+    request = request_from(host, token)
+    request.scope["headers"].append((b"x-lmaas-job-owner", owner.encode()))
+    return request
+
+
 async def test_a_runner_actor_s_secret_is_its_job_s_from_any_address() -> None:
-    keys: Any = SimpleNamespace(cached_verify=lambda key: None, verify=no_such_key)
+    key = SimpleNamespace(id="key123", active=True, rpm=None, tpm=None)
+    keys: Any = SimpleNamespace(
+        cached_verify=lambda key: None,
+        verify=no_such_key,
+        get=lambda key_id: key if key_id == "key123" else no_such_key(key_id),
+    )
+    held = {("runner-1", "key123"), ("runner-2", None)}
+    asked: list[tuple[str, str | None]] = []
+
+    def holds_owner(runner: str, owner: str | None) -> bool:
+        asked.append((runner, owner))
+        return (runner, owner) in held
+
     auth = Authenticator(keys, bind_host="0.0.0.0")
-    auth.trust_runner("local-token", remote=lambda token: token == SECRET)
-    # No owner named: an open server's job; a key would be looked up as for a local runner.
-    assert await auth.authenticate_inference(request_from("10.0.0.9", SECRET)) is None
+    auth.trust_local_admin("lmaas-local-t0k")
+    auth.trust_runner(
+        "local-token", remote={SECRET: "runner-1", OTHER: "runner-2"}.get, holds_owner=holds_owner
+    )
+    # The owner of a job the runner holds: that key's request (asked once, then cached).
+    for _ in range(2):
+        owner = await auth.authenticate_inference(request_owned("10.0.0.9", SECRET, "key123"))
+        assert owner is key
+    assert asked == [("runner-1", "key123")]
+    # No owner named: only for a runner holding an open server's job.
+    assert await auth.authenticate_inference(request_from("10.0.0.9", OTHER)) is None
+    # Any other key, the local admin's, or no owner from a runner holding none such: 403.
+    for request in (
+        request_owned("10.0.0.9", OTHER, "key123"),
+        request_owned("10.0.0.9", SECRET, "key999"),
+        request_owned("10.0.0.9", SECRET, "local-admin"),
+        request_from("10.0.0.9", SECRET),
+    ):
+        with pytest.raises(PermissionDeniedError):
+            await auth.authenticate_inference(request)
     with pytest.raises(AuthenticationError):  # the local runner's token: from loopback only
         await auth.authenticate_inference(request_from("10.0.0.9", "local-token"))
+    # The local runner is trusted with its owner header, as before.
     assert await auth.authenticate_inference(request_from("127.0.0.1", "local-token")) is None
+    local = request_owned("127.0.0.1", "local-token", "local-admin")
+    assert (await auth.authenticate_inference(local)) is LOCAL_ADMIN
 
 
 # -- runner actors on a fake Ray ------------------------------------------------------------------

@@ -7,9 +7,9 @@ Mounted only when the cluster kind fetches models over the network (``ray``). Th
 present the cluster's token (``Authorization: Bearer``), made at start and given only to the
 cluster's actors, and gets only blobs of models the cluster serves; or the secret of a job
 runner actor's current run (:class:`lmaas.gateway.runner_access.RunnerAccess`), and gets only
-blobs of active jobs' inputs and stores only what its own jobs make. The digest in the path is
-checked to be 64 lowercase hex characters before anything else reads it, and the file path is
-the blob store's, rebuilt from that hex.
+blobs of the inputs of the jobs it holds and stores only what those jobs make. The digest in
+the path is checked to be 64 lowercase hex characters before anything else reads it, and the
+file path is the blob store's, rebuilt from that hex.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, JSONResponse
 
-from lmaas.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from lmaas.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    RequestTooLargeError,
+)
 from lmaas.gateway.runner_access import RunnerAccess
 from lmaas.jobs.storage import FILES_ROUTE, OUTPUT_PURPOSES, VERSIONS_ROUTE
 from lmaas.store.streams import AsyncStreamReader
@@ -46,7 +51,6 @@ class BlobSource(Protocol):
 
 
 _CHUNK = 1 << 20
-_NO_LIMIT = 1 << 50
 
 
 def _token(request: Request) -> str:
@@ -79,26 +83,42 @@ async def blob(digest: str, request: Request) -> FileResponse:
 
 
 @router.post(FILES_ROUTE)
-async def output_file(
-    request: Request, purpose: str, filename: str, owner: str = ""
-) -> JSONResponse:
-    """Store the body as a file a job runner actor made (``purpose``, ``filename``, owned by
-    the key ``owner``, empty for an open server's jobs); ``{"id"}``, 201."""
+async def output_file(request: Request, job: str, purpose: str, filename: str) -> JSONResponse:
+    """Store the body as a file job ``job``, which the caller's runner holds, made
+    (``purpose``, ``filename``), owned by the job's owner and at most ``files.max_bytes``
+    (413 beyond); ``{"id"}``, 201."""
     access: RunnerAccess | None = getattr(request.app.state, "runner_access", None)
     token = _token(request)
-    if access is None or not token or not access.token_ok(token):
+    runner = access.runner_of(token) if access is not None and token else None
+    if access is None or runner is None:
         raise AuthenticationError("a job runner's secret is needed here", code="invalid_api_key")
     if purpose not in OUTPUT_PURPOSES:
         raise InvalidRequestError(f"a runner stores no {purpose[:32]!r} file", param="purpose")
-    reader = AsyncStreamReader(request.stream(), asyncio.get_running_loop(), _NO_LIMIT)
+    held = await asyncio.to_thread(access.held_job, runner, job)
+    limit = access.max_file_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    reader = AsyncStreamReader(request.stream(), asyncio.get_running_loop(), limit)
 
     def chunks() -> Iterator[bytes]:
         yield from iter(partial(reader.read, _CHUNK), b"")
 
-    file_id = await asyncio.to_thread(
-        access.add_output, chunks(), purpose=purpose, filename=filename, owner=owner or None
-    )
+    try:
+        file_id = await asyncio.to_thread(
+            access.add_output, chunks(), job=held, purpose=purpose, filename=filename
+        )
+    except RequestTooLargeError:
+        raise _too_large(limit) from None
     return JSONResponse({"id": file_id}, status_code=201)
+
+
+def _too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"an output file may hold at most {limit} bytes (files.max_bytes)",
+        param="file",
+        code="file_too_large",
+    )
 
 
 @router.post(VERSIONS_ROUTE)
@@ -133,5 +153,6 @@ async def new_version(
         source=source,
         description=description,
         moves_latest=moves_latest,
+        still_held=partial(access.version_job, runner, job, model, source),
     )
     return JSONResponse({"model": version.model, "number": version.number}, status_code=201)
