@@ -93,3 +93,12 @@ def test_kept_stretches_are_bounded() -> None:
     tok.tokenize(stretches[0] + "<|end|>", add_bos=False)  # the oldest was dropped
     tok.tokenize(stretches[3] + "<|end|>", add_bos=False)  # the newest is kept
     assert calls == [stretches[0]]
+
+
+def test_lengths_are_compared_in_bytes_and_twin_texts_are_never_cut() -> None:
+    # Fewer characters than <|im_end|> but more bytes: llama.cpp matches it first.
+    wide = SpecialToken("ééééé<|", 1004, splits=True, strips=False)
+    end = SpecialToken("<|im_end|>", 1005, splits=True, strips=False)
+    assert not FragmentTokenizer(lambda t: [], [wide, end], bos_id=1).certain("<|im_end|>")
+    twin = SpecialToken("<|end|>", 1006, splits=True, strips=False)
+    assert not FragmentTokenizer(lambda t: [], [END, twin], bos_id=1).certain("<|end|>")

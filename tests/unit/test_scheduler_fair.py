@@ -308,3 +308,27 @@ def test_a_lower_class_sits_out_a_bounded_number_of_steps_in_a_row() -> None:
         ran.append("batch-0" in {w.request_id for w in plan.work})
         s.update_from_output(plan, {w.request_id: 7 for w in plan.work if w.sample})
     assert ran == [False, False, False, True, False, False, False, True]
+
+
+def test_a_batch_prompt_does_not_take_the_step_budget_from_a_waiting_user() -> None:
+    s = make(max_num_seqs=4)  # 64 tokens a step
+    s.add_request("batch-0", list(range(100, 400)), max_new_tokens=5, tenant="B", rank=1)
+    assert step(s) == ["batch-0"]  # its 300-token prompt: 64 tokens a step
+    s.add_request("user", list(range(10, 50)), max_new_tokens=2, tenant="A", rank=0)
+    plan = s.schedule()
+    # The user's whole 40-token prompt in this step; the batch's prompt sits it out.
+    assert [(w.request_id, len(w.token_ids)) for w in plan.work] == [("user", 40)]
+
+
+def test_a_running_users_prompt_is_fed_before_an_older_batch_prompt() -> None:
+    s = make(max_num_seqs=4)
+    s.add_request("batch-0", list(range(100, 400)), max_new_tokens=5, tenant="B", rank=1)
+    step(s)
+    s.add_request("user", list(range(10, 150)), max_new_tokens=2, tenant="A", rank=0)
+    chunks = []
+    for _ in range(3):  # the user's 140 tokens: 64, 64, then 12 and the batch's prompt again
+        plan = s.schedule()
+        chunks.append([(w.request_id, len(w.token_ids)) for w in plan.work])
+        s.update_from_output(plan, {w.request_id: 7 for w in plan.work if w.sample})
+    assert chunks[:2] == [[("user", 64)], [("user", 64)]]
+    assert chunks[2] == [("user", 12), ("batch-0", 52)] or chunks[2] == [("user", 12)]

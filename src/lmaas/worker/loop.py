@@ -216,7 +216,7 @@ class EngineLoop:
         self.last_step_at = self.clock()
         if len(entries) == len(plan.work):  # a pure decode step: its time is every one's TPOT
             self.scheduler.running_cap = self.step_cap.observe(
-                self.last_step_at - started_at, self.scheduler.num_slots_used
+                self.last_step_at - started_at, sum(len(w.beam_slots) or 1 for w in plan.work)
             )
         if status == 1:
             shed = self.scheduler.on_decode_failure()

@@ -266,9 +266,20 @@ class Scheduler:
         self._preempt_for_waiting(plan)
 
         kv_free = self.config.kv_capacity - self.kv_used
-        for seq in self._running:
+        # With a request of a higher class waiting, lower classes' prompts are fed after it is
+        # admitted (else a batch's long prompt would take the step's budget from it).
+        head = self._waiting.peek(self._steps) if self.config.hold_lower_classes else None
+        deferred: list[Sequence] = []
+        # Higher classes first (in admission order within one), so their prompts get the
+        # budget; a sequence held as long as it may be goes before them all.
+        hold = self.config.hold_lower_classes
+        running = sorted(self._running, key=self._order) if hold else self._running
+        for seq in running:
             if budget <= 0 or kv_free <= 0:
                 break
+            if head is not None and seq.rank > head.rank and seq.prefilling:
+                deferred.append(seq)
+                continue
             if seq.decoding_beams:
                 beams = len(seq.beam_slots)
                 if beams > min(budget, kv_free):
@@ -284,7 +295,14 @@ class Scheduler:
             budget -= len(work.token_ids)
             kv_free -= len(work.token_ids)
 
-        self._admit_waiting(plan, budget, kv_free)
+        budget, kv_free = self._admit_waiting(plan, budget, kv_free)
+        for seq in deferred:
+            if budget <= 0 or kv_free <= 0:
+                break
+            work = self._work_for(seq, min(budget, kv_free))
+            plan.work.append(work)
+            budget -= len(work.token_ids)
+            kv_free -= len(work.token_ids)
         if self.config.hold_lower_classes:
             self._hold_lower_classes(plan)
         plan.released_slots = self._released
@@ -294,8 +312,9 @@ class Scheduler:
             plan.dropped = self.prefix.take_dropped()
         return plan
 
-    def _admit_waiting(self, plan: StepPlan, budget: int, kv_free: int) -> None:
-        """Admit waiting requests in the fair queue's order while they fit."""
+    def _admit_waiting(self, plan: StepPlan, budget: int, kv_free: int) -> tuple[int, int]:
+        """Admit waiting requests in the fair queue's order while they fit; the budget and
+        KV cells left."""
         while budget > 0 and (seq := self._waiting.peek(self._steps)) is not None:
             # Admit only if its whole prompt (and a first token of each beam) fits next to what
             # is running now, otherwise it would be preempted again almost at once; and only
@@ -329,6 +348,11 @@ class Scheduler:
             plan.work.append(work)
             budget -= len(work.token_ids)
             kv_free -= len(work.token_ids)
+        return budget, kv_free
+
+    def _order(self, seq: Sequence) -> int:
+        """Feeding order: a sequence held as long as it may be first, then by class."""
+        return -1 if seq.held_steps >= self.config.max_held_steps else seq.rank
 
     def _hold_lower_classes(self, plan: StepPlan) -> None:
         """While a request prefills its prompt, sequences of lower classes sit the step out:
@@ -336,24 +360,40 @@ class Scheduler:
         batch's decodes beside it (on a CPU a step costs about its number of tokens, so the
         batch loses little: its decodes run one step later). A sequence sits out at most
         ``max_held_steps`` steps in a row, so a stream of prompts cannot starve it."""
-        prefilling = []
+        prefilling = [
+            seq.rank
+            for w in plan.work
+            if not w.beam_slots and (seq := self._seqs[w.request_id]).prefilling
+        ]
+        top = min(prefilling, default=None)
+        kept, freed = [], 0
         for w in plan.work:
             seq = self._seqs[w.request_id]
-            # Its prompt (or, after a preemption, what it had generated) is being computed.
-            if not w.beam_slots and (
-                w.start_pos < seq.prompt_len or w.start_pos + 1 < len(seq.tokens)
-            ):
-                prefilling.append(seq.rank)
-        if not prefilling:
-            return
-        top, kept = min(prefilling), []
-        for w in plan.work:
-            seq = self._seqs[w.request_id]
-            if seq.rank <= top or seq.held_steps >= self.config.max_held_steps:
+            if top is None or seq.rank <= top or seq.held_steps >= self.config.max_held_steps:
                 seq.held_steps = 0
                 kept.append(w)
             else:
+                freed += w.num_tokens
+        # Whoever had something to feed and is not in the step sat it out (held, or left
+        # without budget behind a higher class's prompt).
+        in_step = {w.request_id for w in kept}
+        for seq in self._running:
+            if seq.request_id not in in_step and (
+                seq.decoding_beams or seq.num_computed < len(seq.tokens)
+            ):
                 seq.held_steps += 1
+        # The tokens (and KV cells) the held sequences were given go to the prompts kept,
+        # which the step's budget may have cut short.
+        for i, w in enumerate(kept):
+            seq = self._seqs[w.request_id]
+            more = len(seq.tokens) - (w.start_pos + len(w.token_ids))
+            if freed <= 0:
+                break
+            if w.beam_slots or more <= 0:
+                continue
+            add = min(more, freed)
+            kept[i] = self._work_for(seq, len(w.token_ids) + add)
+            freed -= add
         plan.work = kept
 
     def _match(self, seq: Sequence) -> Match | None:

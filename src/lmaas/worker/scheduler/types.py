@@ -67,6 +67,14 @@ class Sequence:
         return self.is_beam and bool(self.beam_slots)
 
     @property
+    def prefilling(self) -> bool:
+        """Its next work computes its prompt (or, after a preemption, what it had generated)
+        rather than decoding one token."""
+        if self.decoding_beams:
+            return False
+        return self.num_computed < self.prompt_len or self.num_computed + 1 < len(self.tokens)
+
+    @property
     def num_generated(self) -> int:
         if self.decoding_beams:
             return self.num_computed - self.prompt_len + 1

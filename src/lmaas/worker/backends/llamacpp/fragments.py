@@ -9,9 +9,10 @@ tenth of the time to first token of a request that finds that prompt's cells in 
 
 A cut is certain at an occurrence of a special token ``s`` when llama.cpp splits ``s`` out
 wherever it occurs: no other special token at least as long (those are matched before ``s``)
-can overlap an occurrence of ``s`` (contain it, or share a border with it), ``s`` cannot overlap
-itself, and neither strips the whitespace around it (lstrip/rstrip). A cut that is not certain
-is simply not made (the stretch around it is tokenized whole, special tokens parsed). Other
+can overlap an occurrence of ``s`` (contain it, or share a border with it; lengths in bytes, as
+llama.cpp sorts them), ``s`` cannot overlap itself, no other special token has its text, and
+neither strips the whitespace around it (lstrip/rstrip). A cut that is not certain is simply
+not made (the stretch around it is tokenized whole, special tokens parsed). Other
 vocabulary kinds (SentencePiece puts a space after a special token), and vocabularies that add
 an end-of-text token, are tokenized whole as before.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,11 @@ def borders_overlap(a: str, b: str) -> bool:
     return any(a.endswith(b[:k]) or b.endswith(a[:k]) for k in range(1, min(len(a), len(b))))
 
 
+def _size(text: str) -> int:
+    """A token text's length as llama.cpp orders them: in bytes."""
+    return len(text.encode("utf-8"))
+
+
 def overlaps_itself(s: str) -> bool:
     return any(s.endswith(s[:k]) for k in range(1, len(s)))
 
@@ -66,8 +72,11 @@ class FragmentTokenizer:
         self._bos = bos_id
         self._specials = [t for t in specials if t.text]
         self._by_text = {t.text: t for t in self._specials if t.splits}
+        # Two ids with one text: which one llama.cpp picks is its sort's business.
+        counts = Counter(t.text for t in self._specials)
+        self._twins = {text for text, n in counts.items() if n > 1}
         self._certain: dict[str, bool] = {}
-        texts = sorted(self._by_text, key=len, reverse=True)
+        texts = sorted(self._by_text, key=_size, reverse=True)
         self._find = re.compile("|".join(map(re.escape, texts))) if texts else None
         self._kept: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._kept_chars = 0
@@ -79,11 +88,11 @@ class FragmentTokenizer:
         known = self._certain.get(text)
         if known is None:
             token = self._by_text[text]
-            known = not token.strips and not overlaps_itself(text)
+            known = not token.strips and not overlaps_itself(text) and text not in self._twins
             if known:
                 known = not any(
                     other.text != text
-                    and len(other.text) >= len(text)
+                    and _size(other.text) >= _size(text)
                     and (other.strips or borders_overlap(text, other.text))
                     for other in self._specials
                 )
