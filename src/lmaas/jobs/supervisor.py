@@ -73,10 +73,6 @@ class RunnerSupervisor:
         self._url = gateway_url(self.settings.host, port, tls=tls)
         self._url_known.set()
 
-    def remote_secret_ok(self, token: str) -> bool:
-        """Whether ``token`` is the secret of a runner actor's current run on the cluster."""
-        return self.remote is not None and self.remote.secret_ok(token)
-
     def remote_runner_of(self, token: str) -> str | None:
         """The runner id whose current run on the cluster has secret ``token`` (None: none)."""
         return None if self.remote is None else self.remote.runner_of(token)
