@@ -5,23 +5,9 @@ tokens at every kind of place, text that only looks like markup, non-ASCII text,
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
-import pytest
-
-from lmaas.config import DEFAULT_MODEL, SHIPPED_MODELS, EngineConfig, find_package_file
 from lmaas.worker.backends.llamacpp.fragments import MIN_CHARS
 from lmaas.worker.backends.llamacpp.generate import LlamaCppBackend
-
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[LlamaCppBackend]:
-    shipped = SHIPPED_MODELS[DEFAULT_MODEL]
-    path = find_package_file(shipped.package, shipped.file)
-    llama = LlamaCppBackend(DEFAULT_MODEL, path, EngineConfig(context_size=512, max_num_seqs=2))
-    yield llama
-    llama.close()
-
 
 WORDS = ["the", " cat", "\n\n", "  ", "é", "日本", " <|im_start", "|>", "<", "im_end", "\t", "99"]
 
@@ -33,13 +19,13 @@ def chatml(system: str, turns: list[str]) -> str:
     return out + "<|im_start|>assistant\n"
 
 
-def test_the_shipped_vocabulary_gets_the_kept_stretches(backend: LlamaCppBackend) -> None:
-    tok = backend._fragments
+def test_the_shipped_vocabulary_gets_the_kept_stretches(shipped_llama: LlamaCppBackend) -> None:
+    tok = shipped_llama._fragments
     assert tok is not None
     assert tok.certain("<|im_start|>") and tok.certain("<|im_end|>")
 
 
-def test_ids_equal_llama_cpp_own_on_many_prompts(backend: LlamaCppBackend) -> None:
+def test_ids_equal_llama_cpp_own_on_many_prompts(shipped_llama: LlamaCppBackend) -> None:
     rng = random.Random(7)
     specials = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
     systems = ["".join(rng.choice(WORDS) for _ in range(n)) for n in (80, 200, 700)]
@@ -57,5 +43,5 @@ def test_ids_equal_llama_cpp_own_on_many_prompts(backend: LlamaCppBackend) -> No
     for _ in range(2):  # the second time, the stretches come from what was kept
         for text in texts:
             for bos in (False, True):
-                want = backend._tokenize(text, add_bos=bos, parse_special=True)
-                assert backend.tokenize(text, add_bos=bos, parse_special=True) == want, text
+                want = shipped_llama._tokenize(text, add_bos=bos, parse_special=True)
+                assert shipped_llama.tokenize(text, add_bos=bos, parse_special=True) == want, text

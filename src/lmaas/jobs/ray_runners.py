@@ -36,14 +36,13 @@ from typing import Any, Final
 
 from lmaas.config import Settings
 from lmaas.db import database_url
+from lmaas.jobs.backoff import RestartBackoff
 from lmaas.jobs.runner import RunnerConfig
 from lmaas.jobs.runner_host import RunnerHost
 from lmaas.raynodes import ray_error_text
 
 log = logging.getLogger(__name__)
 
-_STABLE_AFTER: Final = 60.0
-_BACKOFF_MAX: Final = 30.0
 _STOP_GRACE: Final = 15.0
 ACTOR_PREFIX: Final = "lmaas-job-runner-"
 
@@ -167,7 +166,7 @@ class RayRunners:
     # -- one group's runner -----------------------------------------------------------------------
 
     async def _supervise(self, index: int) -> None:
-        backoff, previous = 0.5, None
+        backoff, previous = RestartBackoff(), None
         while not self._stopping:
             started = time.monotonic()
             run = _Run(None, secrets.token_urlsafe(32))
@@ -185,13 +184,9 @@ class RayRunners:
             if self._stopping:
                 break
             self.restarts += 1
-            if time.monotonic() - started > _STABLE_AFTER:
-                backoff = 0.5
-            log.warning(
-                "restarting the job runner actor for %s in %.1fs", self._name(index), backoff
-            )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            delay = backoff.after(started)
+            log.warning("restarting the job runner actor for %s in %.1fs", self._name(index), delay)
+            await asyncio.sleep(delay)
 
     async def _run_once(self, index: int, run: _Run, previous: str | None) -> None:
         group = self.groups[index]

@@ -28,6 +28,7 @@ from typing import Final
 
 from lmaas.config import Settings
 from lmaas.db import database_url
+from lmaas.jobs.backoff import RestartBackoff
 from lmaas.jobs.kinds import JOB_KINDS
 from lmaas.jobs.ray_runners import RayRunners
 from lmaas.jobs.runner import RunnerConfig
@@ -35,8 +36,6 @@ from lmaas.protocol.jobs import RUNNER_CONFIG_ENV, RUNNER_TOKEN_ENV
 
 log = logging.getLogger(__name__)
 
-_STABLE_AFTER: Final = 60.0
-_BACKOFF_MAX: Final = 30.0
 # The runner lets its jobs go and aborts its lines on SIGTERM; then it is killed.
 _STOP_GRACE: Final = 15.0
 _WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -122,7 +121,7 @@ class RunnerSupervisor:
 
     async def _supervise(self) -> None:
         await self._url_known.wait()
-        backoff, previous = 0.5, None
+        backoff, previous = RestartBackoff(), None
         while not self._stopping:
             runner_id = f"{socket.gethostname()[:40]}-{uuid.uuid4().hex[:12]}"
             started = time.monotonic()
@@ -135,16 +134,14 @@ class RunnerSupervisor:
             if self._stopping:
                 break
             self.restarts += 1
-            if time.monotonic() - started > _STABLE_AFTER:
-                backoff = 0.5
+            delay = backoff.after(started)
             log.warning(
                 "job runner exited (code %s); restarting in %.1fs (restart %d)",
                 code,
-                backoff,
+                delay,
                 self.restarts,
             )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            await asyncio.sleep(delay)
 
     async def _run_once(self, runner_id: str, previous: str | None) -> int:
         assert self._url is not None

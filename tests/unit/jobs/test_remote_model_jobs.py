@@ -50,6 +50,7 @@ from lmaas.store.folder import FolderFile, manifest_bytes
 from lmaas.store.model_store import ModelStore
 from lmaas.store.node_cache import BlobFetchError, NodeCache, Source
 from tests.hf_folder import folder_files, tar_bytes, write_folder
+from tests.unit.jobs.fake_gateway import FakeBlobGateway
 from tests.unit.jobs.test_quantize import FakeTools, tiny_gguf
 
 SECRET, OTHER = "runner-s3cret", "other-s3cret"
@@ -65,22 +66,14 @@ def sha(data: bytes) -> str:
 # -- the seam against a fake gateway --------------------------------------------------------------
 
 
-class FakeGateway:
+class FakeGateway(FakeBlobGateway):
     """Blobs by hex digest; a new version answered as model:7 after checking the body's hash."""
 
     def __init__(self, blobs: dict[str, bytes]) -> None:
-        self.blobs = blobs
-        self.fetches: list[str] = []
+        super().__init__(blobs, SECRET)
         self.versions: list[tuple[dict[str, str], bytes]] = []
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        if request.headers.get("authorization") != f"Bearer {SECRET}":
-            return httpx.Response(401)
-        if request.method == "GET" and request.url.path.startswith("/internal/blobs/"):
-            hexdigest = request.url.path.rsplit("/", 1)[-1]
-            self.fetches.append(hexdigest)
-            data = self.blobs.get(hexdigest)
-            return httpx.Response(200, content=data) if data is not None else httpx.Response(404)
+    def route(self, request: httpx.Request) -> httpx.Response:
         if request.method == "POST" and request.url.path == VERSIONS_ROUTE:
             params, body = dict(request.url.params), request.read()
             self.versions.append((params, body))

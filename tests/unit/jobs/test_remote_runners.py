@@ -39,6 +39,7 @@ from lmaas.jobs.storage import FILES_ROUTE, GatewayJobFiles, LocalJobFiles, Outp
 from lmaas.local_admin import LOCAL_ADMIN
 from lmaas.store.blobs import BlobStore
 from lmaas.store.node_cache import BlobFetchError, NodeCache, Source
+from tests.unit.jobs.fake_gateway import FakeBlobGateway
 
 PG = "postgresql://lmaas@db.internal/lmaas"
 SECRET, OTHER = "runner-s3cret", "other-s3cret"
@@ -51,23 +52,15 @@ def sha(data: bytes) -> str:
 # -- the storage seam -----------------------------------------------------------------------------
 
 
-class FakeGateway:
+class FakeGateway(FakeBlobGateway):
     """The gateway's blob route and output route, counting what it is asked."""
 
     def __init__(self, blobs: dict[str, bytes], *, upload_status: int = 201) -> None:
-        self.blobs = blobs
-        self.fetches: list[str] = []
+        super().__init__(blobs, SECRET)
         self.uploads: list[tuple[dict[str, str], str, bytes]] = []
         self.upload_status = upload_status
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        if request.headers.get("authorization") != f"Bearer {SECRET}":
-            return httpx.Response(401)
-        if request.method == "GET" and request.url.path.startswith("/internal/blobs/"):
-            hexdigest = request.url.path.rsplit("/", 1)[-1]
-            self.fetches.append(hexdigest)
-            data = self.blobs.get(hexdigest)
-            return httpx.Response(200, content=data) if data is not None else httpx.Response(404)
+    def route(self, request: httpx.Request) -> httpx.Response:
         if request.method == "POST" and request.url.path == FILES_ROUTE:
             params = dict(request.url.params)
             self.uploads.append((params, request.headers["content-type"], request.read()))

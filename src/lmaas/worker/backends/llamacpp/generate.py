@@ -132,14 +132,12 @@ class LlamaCppBackend:
         splits = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
         strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
         specials = []
-        for token in range(self.n_vocab):
-            attr = llama_cpp.llama_vocab_get_attr(vocab, token)
-            if attr & (splits | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN):
-                try:
-                    text = llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8")
-                except UnicodeDecodeError:
-                    return None  # a cut llama.cpp makes that no str can name
-                specials.append(SpecialToken(text, token, bool(attr & splits), bool(attr & strips)))
+        for token, attr, raw_text in self._special_vocab:
+            try:
+                text = raw_text.decode("utf-8")
+            except UnicodeDecodeError:
+                return None  # a cut llama.cpp makes that no str can name
+            specials.append(SpecialToken(text, token, bool(attr & splits), bool(attr & strips)))
 
         def raw(text: str) -> list[int]:
             return self._tokenize(text, add_bos=False, parse_special=True)
@@ -210,13 +208,28 @@ class LlamaCppBackend:
             special_tokens=bounded_special_tokens(self._special_texts(), self.name),
         )
 
+    @functools.cached_property
+    def _special_vocab(self) -> list[tuple[int, int, bytes]]:
+        """(id, attributes, text) of the tokens llama.cpp's special-token parse cuts out
+        (control, user-defined and unknown): one pass over the vocabulary at load."""
+        kinds = (
+            llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+            | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+            | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        )
+        out = []
+        for token in range(self.n_vocab):
+            attr = llama_cpp.llama_vocab_get_attr(self.vocab, token)
+            if attr & kinds:
+                out.append((token, attr, llama_cpp.llama_vocab_get_text(self.vocab, token)))
+        return out
+
     def _special_texts(self) -> list[str]:
         """Texts of the tokens only a special-token parse produces (control and unknown)."""
         kinds = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
         texts = []
-        for token in range(self.n_vocab):
-            if llama_cpp.llama_vocab_get_attr(self.vocab, token) & kinds:
-                raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
+        for _, attr, raw in self._special_vocab:
+            if attr & kinds:
                 try:
                     texts.append(raw.decode("utf-8"))
                 except UnicodeDecodeError:  # no str content can hold it

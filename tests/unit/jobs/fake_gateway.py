@@ -1,0 +1,28 @@
+"""A stand-in for the gateway's internal routes as a runner on another node sees them."""
+
+from __future__ import annotations
+
+import httpx
+
+
+class FakeBlobGateway:
+    """``GET /internal/blobs/<hex>`` for the runner's ``secret`` (the blobs asked for are
+    counted in ``fetches``); other requests go to ``route``, 404 unless a subclass answers."""
+
+    def __init__(self, blobs: dict[str, bytes], secret: str) -> None:
+        self.blobs = blobs
+        self.secret = secret
+        self.fetches: list[str] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != f"Bearer {self.secret}":
+            return httpx.Response(401)
+        if request.method == "GET" and request.url.path.startswith("/internal/blobs/"):
+            hexdigest = request.url.path.rsplit("/", 1)[-1]
+            self.fetches.append(hexdigest)
+            data = self.blobs.get(hexdigest)
+            return httpx.Response(200, content=data) if data is not None else httpx.Response(404)
+        return self.route(request)
+
+    def route(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404)
