@@ -55,6 +55,15 @@ class RayJobSettings(BaseModel):
         dict[str, float],
         Field(description="Custom Ray resources a runner actor asks for (pins it to nodes)"),
     ] = Field(default_factory=dict)
+    max_checkpoint_bytes: Annotated[
+        int,
+        Field(
+            ge=1024,
+            description="Largest training checkpoint (one tar of its weights and optimizer "
+            "state) a fine-tune on a Ray node keeps at the gateway, so that a resume on another "
+            "node goes on from it (a larger one is refused, 413, and not kept)",
+        ),
+    ] = 8 * 1024**3
     per_kind: Annotated[
         dict[RayKind, RayRunnerDemand],
         Field(

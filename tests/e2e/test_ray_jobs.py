@@ -5,8 +5,9 @@ small chat batch completes with its runner on the worker node, its input fetched
 the node cache and its output stored through the gateway; a runner actor killed mid-batch
 (``ray.kill``) is replaced on that node and the batch completes with every line exactly once; a
 two-step LoRA fine-tune runs in a runner actor of its own (``per_kind``) on the worker node,
-its base model and files fetched by digest, and its Hugging Face and GGUF versions land in the
-gateway's store with their aliases and held-out perplexity, as the local runner's do.
+its base model and files fetched by digest, its checkpoint kept at the gateway, and its Hugging
+Face and GGUF versions land in the gateway's store with their aliases and held-out perplexity,
+as the local runner's do.
 
 Ray is in the dev extra: without it this module is skipped, except in CI (``CI=true``), where
 it fails; so does an unreachable PostgreSQL there (``tests/postgres.py``). Every Ray process
@@ -273,6 +274,11 @@ def test_a_short_fine_tune_runs_in_its_own_runner_actor_and_its_versions_reach_t
     done = wait_until(ended, 540, 0.5, f"fine-tune {job_id} to end")
     assert done["status"] == "succeeded", done
     assert done["progress"] == {"step": 2, "total_steps": 2}
+    # Its checkpoint (step 2, the epoch's end) was kept at the gateway for a resume elsewhere.
+    events = httpx.get(
+        f"{server.url}/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}, timeout=30
+    ).json()["data"]
+    assert any(e["message"] == "checkpoint at step 2 (kept by the gateway)" for e in events)
     (runner,) = runners_of(server, job_id)
     assert runner.rsplit("-", 1)[0].endswith("/" + str(worker.node_id)[:8]), runner
 

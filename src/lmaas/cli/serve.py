@@ -178,7 +178,7 @@ def _build_app(settings: Settings) -> FastAPI:
 def _mount_blob_route(app: FastAPI, cluster: object, runner: Any, state: Any) -> None:
     """A cluster whose nodes fetch model blobs from this gateway (``ray``) gets the internal
     blob route, answering its token only; job runner actors on its nodes (``runner.remote``)
-    get their input blobs and output files there, with their secrets."""
+    get their input blobs, output files and fine-tunes' checkpoints there, with their secrets."""
     from lmaas.gateway.routes import internal
 
     mount = False
@@ -191,7 +191,13 @@ def _mount_blob_route(app: FastAPI, cluster: object, runner: Any, state: Any) ->
         from lmaas.gateway.runner_access import RunnerAccess
 
         app.state.runner_access = RunnerAccess(
-            runner.remote_runner_of, runner.remote.kinds, state.jobs, state.files, state.store
+            runner.remote_runner_of,
+            runner.remote.kinds,
+            state.jobs,
+            state.files,
+            state.store,
+            checkpoints=getattr(app.state, "job_checkpoints", None),
+            max_checkpoint_bytes=app.state.settings.jobs.ray.max_checkpoint_bytes,
         )
         mount = True
     if mount:

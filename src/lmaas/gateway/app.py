@@ -58,6 +58,7 @@ from lmaas.gateway.serving.scoring import ScoringServing
 from lmaas.gateway.serving.token_tasks import TokenTaskServing
 from lmaas.gateway.shutdown import Drain
 from lmaas.gateway.ui.console import mount_console
+from lmaas.jobs.checkpoint_store import JobCheckpoints
 from lmaas.jobs.eval_store import EvalStore
 from lmaas.jobs.metrics import JobMetrics
 from lmaas.jobs.store import JobStore
@@ -274,7 +275,12 @@ def _mount_fine_tuning(
     store: ModelStore,
     runner: RunnerSupervisor | None,
 ) -> None:
-    """The fine-tuning API; a poll beside the app deploys what succeeded."""
+    """The fine-tuning API; a poll beside the app deploys what succeeded, another deletes the
+    checkpoints of finished jobs kept here (a job's cannot be deleted while it runs)."""
+    checkpoints = JobCheckpoints(job_store.sessions, file_store)
+    file_store.add_user(checkpoints.file_in_use)
+    app.state.job_checkpoints = checkpoints
+    app.state.job_background.pollers.append(checkpoints.run_sweeper)
     management = FineTuningManagement(
         job_store,
         file_store,

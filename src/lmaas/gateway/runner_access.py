@@ -16,7 +16,11 @@ holds, into the one model the job writes to, with one of the source notes that j
 runner announced, and the job must still be held, both checked when the body ends, before the
 version exists; it is stored as an admin upload is
 (``ModelStore.upload``/``upload_folder``: a folder comes as a tar whose member names are
-checked there, never used as paths as given).
+checked there, never used as paths as given). A training checkpoint is kept, and read back,
+only for a fine-tune, not finished, of a kind those actors run, that this runner holds (checked
+again when the body has ended); it is the job's owner's, held to
+``jobs.ray.max_checkpoint_bytes`` (413 beyond), and its archive is checked as it arrives
+(:mod:`lmaas.jobs.checkpoint_store`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from pathlib import Path
 from typing import Literal
 
 from lmaas.errors import InvalidRequestError, LmaasError, NotFoundError, PermissionDeniedError
+from lmaas.jobs.checkpoint_store import JobCheckpoints
 from lmaas.jobs.model_jobs import (
+    FINE_TUNE,
     MODEL_KINDS,
     input_files,
     output_model,
@@ -54,6 +60,9 @@ class RunnerAccess:
         jobs: JobStore,
         files: FileStore,
         store: ModelStore,
+        *,
+        checkpoints: JobCheckpoints | None = None,
+        max_checkpoint_bytes: int = 0,
     ) -> None:
         self._runner_of = runner_of
         self._kinds = tuple(kinds)
@@ -61,6 +70,8 @@ class RunnerAccess:
         self._jobs = jobs
         self._files = files
         self._store = store
+        self._checkpoints = checkpoints
+        self.max_checkpoint_bytes = max_checkpoint_bytes
 
     def runner_of(self, token: str) -> str | None:
         """The runner whose current run has this secret (None: not a live run's)."""
@@ -132,6 +143,18 @@ class RunnerAccess:
             owner_key_id=job.owner_key_id,
             max_bytes=self.max_file_bytes,
         ).id
+
+    @property
+    def checkpoints(self) -> JobCheckpoints:
+        """Where checkpoints are kept (404: this gateway keeps none)."""
+        if self._checkpoints is None:
+            raise NotFoundError("this gateway keeps no training checkpoints")
+        return self._checkpoints
+
+    def checkpoint_job(self, runner: str, job_id: str) -> JobInfo:
+        """The fine-tune ``runner`` keeps or reads a checkpoint of; 403 unless it is one, not
+        finished, of a kind the actors run, that ``runner`` holds (blocking: asks the catalog)."""
+        return self.held_job(runner, job_id, [k for k in self._kinds if k == FINE_TUNE])
 
     def version_job(self, runner: str, job_id: str, model: str, source: str) -> JobInfo:
         """The job ``runner`` stores a version of ``model`` for; 403 (nothing stored) unless

@@ -7,7 +7,10 @@ in the catalog. Heavy imports (torch, transformers, peft) happen here, not at im
 
 Progress goes to the job through ``report`` callables (events and step counts); a cancel is
 seen before each step. A run started again over the same work directory goes on from its
-newest checkpoint.
+newest checkpoint. Through the gateway (a Ray node) each checkpoint is also kept there as it is
+written (synchronously: training waits for the upload, once per ``checkpoint_every_steps``), and
+a run whose work directory has no newer one fetches it back first: a job resumed on another
+node after its node died goes on from there, not from step 0.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import logging
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from lmaas.jobs.model_jobs import fine_tune_note
-from lmaas.jobs.storage import JobFiles
+from lmaas.jobs.storage import CheckpointRefused, JobFiles
 from lmaas.store.catalog import Catalog, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class FineTuneWork:
         self.files = files
         self.workdir = workdir
         self.given = given
+        self._keeping = True  # send checkpoints to be kept (off after one was too large)
 
     # -- the parts ------------------------------------------------------------------------------
 
@@ -113,7 +118,7 @@ class FineTuneWork:
         import torch
 
         from lmaas.training.hyperparameters import Hyperparameters
-        from lmaas.training.loop import CheckpointSaved, RunOptions, train
+        from lmaas.training.loop import RunOptions, train
         from lmaas.training.lora import merge_lora
 
         torch.manual_seed(int(self.given["seed"]))
@@ -132,29 +137,7 @@ class FineTuneWork:
             seed=int(self.given["seed"]),
         )
         reports.event("info", f"training {method}: {len(train_set)} examples, {hyper}", None)
-        self._note_resume(reports)
-
-        def on_event(event: Any) -> None:
-            if isinstance(event, CheckpointSaved):
-                point = event.checkpoint
-                data = {"checkpoint": True, "step": point.step, **point.metrics}
-                reports.event("info", f"checkpoint at step {point.step}", data)
-                return
-            data = {
-                "step": event.step,
-                "total_steps": event.total_steps,
-                "train_loss": event.train_loss,
-                "train_mean_token_accuracy": event.train_mean_token_accuracy,
-                "valid_loss": event.valid_loss,
-                "valid_mean_token_accuracy": event.valid_mean_token_accuracy,
-                "learning_rate": event.learning_rate,
-                "tokens_per_second": event.tokens_per_second,
-            }
-            reports.event(
-                "info", f"step {event.step}/{event.total_steps}: loss {event.train_loss:.4f}", data
-            )
-            reports.progress(event.step, event.total_steps)
-
+        self._resume_point(reports)
         ran = train(
             model,
             train_set,
@@ -167,7 +150,7 @@ class FineTuneWork:
             ),
             valid_set=valid_set,
             distillation=distillation,
-            on_event=on_event,
+            on_event=partial(self._on_event, reports),
             should_stop=reports.should_stop,
         )
         if ran.status == "cancelled":
@@ -187,11 +170,66 @@ class FineTuneWork:
         result["metrics"] = ran.metrics
         return WorkResult("succeeded", f"trained {ran.step} steps", result)
 
-    def _note_resume(self, reports: Reports) -> None:
-        """An event when a checkpoint of an earlier attempt is there to go on from."""
+    def _on_event(self, reports: Reports, event: Any) -> None:
+        """A training event as the job's events and progress."""
+        from lmaas.training.loop import CheckpointSaved
+
+        if isinstance(event, CheckpointSaved):
+            point = event.checkpoint
+            kept = " (kept by the gateway)" if self._keep(point, reports) else ""
+            data = {"checkpoint": True, "step": point.step, **point.metrics}
+            reports.event("info", f"checkpoint at step {point.step}{kept}", data)
+            return
+        data = {
+            "step": event.step,
+            "total_steps": event.total_steps,
+            "train_loss": event.train_loss,
+            "train_mean_token_accuracy": event.train_mean_token_accuracy,
+            "valid_loss": event.valid_loss,
+            "valid_mean_token_accuracy": event.valid_mean_token_accuracy,
+            "learning_rate": event.learning_rate,
+            "tokens_per_second": event.tokens_per_second,
+        }
+        reports.event(
+            "info", f"step {event.step}/{event.total_steps}: loss {event.train_loss:.4f}", data
+        )
+        reports.progress(event.step, event.total_steps)
+
+    def _keep(self, point: Any, reports: Reports) -> bool:
+        """Send a checkpoint just written to be kept through the files seam (not one written as
+        the run stops: a cancel, or a lost lease); whether it was kept elsewhere. A refusal is a
+        warning, not the run's end; after a 413 none is sent again."""
+        if not self._keeping or reports.should_stop():
+            return False
+        try:
+            return self.files.keep_checkpoint(str(self.given["job_id"]), point.path)
+        except CheckpointRefused as exc:
+            more = ""
+            if exc.status == 413:
+                self._keeping, more = False, "; none is sent again"
+            reports.event(
+                "warning", f"the checkpoint of step {point.step} was not kept ({exc}){more}", None
+            )
+            return False
+
+    def _resume_point(self, reports: Reports) -> None:
+        """Go on from the newest checkpoint: this work directory's, or the one kept through the
+        files seam when that one is newer (fetched here first); an event says from which."""
         from lmaas.training.checkpoints import latest
 
-        found = latest(self.workdir / "checkpoints")
+        directory = self.workdir / "checkpoints"
+        found = latest(directory)
+        try:
+            fetched = self.files.fetch_checkpoint(
+                str(self.given["job_id"]), directory, after=None if found is None else found.step
+            )
+        except CheckpointRefused as exc:
+            fetched = None
+            reports.event("warning", f"the kept checkpoint was not fetched ({exc})", None)
+        if fetched is not None:
+            found = latest(directory)
+            if found is not None:
+                reports.event("info", f"fetched the checkpoint of step {found.step}", None)
         if found is not None:
             reports.event(
                 "info",

@@ -15,6 +15,12 @@ and the store.
   /internal/versions`` with the sha256 of what is sent, which the gateway checks before the
   version exists, then stores as an admin upload is stored.
 
+A fine-tune's training checkpoints stay in its work directory. Beside the gateway (shared disk)
+that is all; through the gateway each checkpoint is also sent, as one plain tar
+(:mod:`lmaas.jobs.checkpoint_archive`), to ``POST /internal/checkpoints``, which keeps the
+newest one per job; a run on another node that has no newer checkpoint of its own fetches it
+back (``GET /internal/checkpoints``) and goes on from it.
+
 Everything here blocks (SQL, disk, HTTP): handlers call it on a thread (``ctx.call``).
 """
 
@@ -31,7 +37,8 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from lmaas.errors import NotFoundError
+from lmaas.errors import InvalidRequestError, NotFoundError
+from lmaas.jobs.checkpoint_archive import archive_chunks, archive_length, unpack
 from lmaas.store.catalog import VersionInfo
 from lmaas.store.files import FileStore, Viewer
 from lmaas.store.folder import MAX_MANIFEST_BYTES, parse_manifest, tar_chunks
@@ -41,6 +48,8 @@ from lmaas.store.tables import FileRow
 
 FILES_ROUTE: Final = "/internal/files"
 VERSIONS_ROUTE: Final = "/internal/versions"
+CHECKPOINTS_ROUTE: Final = "/internal/checkpoints"
+CHECKPOINT_STEP_HEADER: Final = "X-Lmaas-Checkpoint-Step"
 # Purposes of the files a runner writes through the gateway (a fine-tune's held-out evals).
 OUTPUT_PURPOSES: Final = frozenset({"batch_output", "evals"})
 _EVERYONE: Final = Viewer(None, admin=True)
@@ -83,6 +92,15 @@ class JobFiles(Protocol):
         ``model``, made by job ``job_id``; without ``moves_latest`` (a GGUF file only),
         ``latest`` stays where it is."""
 
+    def keep_checkpoint(self, job_id: str, folder: Path) -> bool:
+        """Keep the checkpoint folder ``folder`` of job ``job_id`` where a run on another node
+        finds it: False when nothing needs doing (the work directory is on the store's disk);
+        raises :class:`CheckpointRefused` when it was not kept."""
+
+    def fetch_checkpoint(self, job_id: str, directory: Path, *, after: int | None) -> Path | None:
+        """The newest checkpoint job ``job_id`` kept elsewhere, when its step is past ``after``,
+        unpacked as a checkpoint folder in ``directory``; None when there is none."""
+
 
 class LocalJobFiles:
     """The store on this machine's disk (the runner beside the gateway)."""
@@ -118,6 +136,12 @@ class LocalJobFiles:
 
     def open_input(self, file_id: str) -> BinaryIO:
         return self.files.open(file_id, _EVERYONE)[1]
+
+    def keep_checkpoint(self, job_id: str, folder: Path) -> bool:
+        return False  # the next runner beside the gateway finds it in the same work directory
+
+    def fetch_checkpoint(self, job_id: str, directory: Path, *, after: int | None) -> Path | None:
+        return None
 
     def add_output(
         self,
@@ -273,9 +297,77 @@ class GatewayJobFiles:
         made = response.json()
         return self._versions(str(made["model"]), int(made["number"]))
 
+    def keep_checkpoint(self, job_id: str, folder: Path) -> bool:
+        """Send the checkpoint folder as a plain tar of its three files, its length announced
+        (a gateway refuses one too large before reading it)."""
+        try:
+            response = self._http.post(
+                f"{self._source.url.rstrip('/')}{CHECKPOINTS_ROUTE}",
+                params={"job": job_id},
+                headers={
+                    "Authorization": f"Bearer {self._source.token}",
+                    "Content-Type": "application/x-tar",
+                    "Content-Length": str(archive_length(folder)),
+                },
+                content=_nonempty(archive_chunks(folder)),
+            )
+        except (httpx.HTTPError, OSError) as exc:
+            raise CheckpointRefused(0, f"sending it failed: {exc}") from exc
+        if response.status_code != 201:
+            raise CheckpointRefused(response.status_code, response.text[:300])
+        return True
+
+    def fetch_checkpoint(self, job_id: str, directory: Path, *, after: int | None) -> Path | None:
+        """The archive streamed from the gateway and unpacked (checked again here, as the
+        gateway checked it) into ``directory``."""
+        params = {"job": job_id} | ({} if after is None else {"after": str(after)})
+        headers = {"Authorization": f"Bearer {self._source.token}"}
+        url = f"{self._source.url.rstrip('/')}{CHECKPOINTS_ROUTE}"
+        try:
+            with self._http.stream("GET", url, params=params, headers=headers) as response:
+                if response.status_code == 404:
+                    return None
+                if response.status_code != 200:
+                    text = response.read().decode(errors="replace")[:300]
+                    raise CheckpointRefused(response.status_code, text)
+                return unpack(_ChunkReader(response.iter_bytes(1 << 20)), directory)
+        except InvalidRequestError as exc:
+            raise CheckpointRefused(0, f"the checkpoint sent is not one: {exc}") from exc
+        except (httpx.HTTPError, OSError) as exc:
+            raise CheckpointRefused(0, f"fetching it failed: {exc}") from exc
+
 
 class OutputRefused(RuntimeError):
     """The gateway did not store an output file or a new version."""
+
+
+class CheckpointRefused(RuntimeError):
+    """A checkpoint was not kept at, or fetched from, the gateway (``status``: its HTTP status,
+    0 when no answer came)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}" if status else detail)
+        self.status = status
+
+
+class _ChunkReader:
+    """A readable stream over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            self._pending = chunk
+        if size < 0 or size >= len(self._pending):
+            data, self._pending = self._pending, b""
+            return data
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
 
 
 FolderEntry = tuple[str, int, Callable[[], BinaryIO]]

@@ -231,6 +231,11 @@ class JobStore:
         self._sessions = session_factory
         self._clock = clock
 
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The catalog's sessions (for the job checkpoints kept beside the jobs)."""
+        return self._sessions
+
     # -- creating -------------------------------------------------------------------------------
 
     def create(

@@ -6,7 +6,8 @@ and the lease of the runner working on it. ``job_events``: the append-only log o
 numbered from 1 per job. ``job_items``: the result of each line a job has finished, keyed by
 the line's ``custom_id``, so that a run resumed after a crash skips what is done.
 :class:`lmaas.jobs.store.JobStore` and :class:`lmaas.jobs.leases.JobLeases` are the only code
-that reads and writes them.
+that reads and writes them (``job_checkpoints``, ``0016_job_checkpoints``:
+:class:`lmaas.jobs.checkpoint_store.JobCheckpoints`).
 """
 
 from __future__ import annotations
@@ -125,4 +126,18 @@ class EvalRow(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column(
         "metadata", JSON(none_as_null=True), nullable=True
     )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JobCheckpointRow(Base):
+    """The newest training checkpoint a fine-tune on another node kept at the gateway: a file
+    (purpose ``fine-tune-checkpoint``, the job's owner's) holding it as a tar. No foreign key to
+    ``jobs``: a deleted job's row stays until the sweep has deleted its file too."""
+
+    __tablename__ = "job_checkpoints"
+    __table_args__ = (CheckConstraint("step >= 0", name="step_not_negative"),)
+
+    job_id: Mapped[str] = mapped_column(String(MAX_JOB_ID), primary_key=True)
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), unique=True)
+    step: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

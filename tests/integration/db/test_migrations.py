@@ -29,6 +29,7 @@ TABLES = {
     "job_items",
     "evals",
     "version_evaluations",
+    "job_checkpoints",
 }
 
 
@@ -293,6 +294,42 @@ def test_job_deadlines_migration_keeps_events_and_items(db_engine: Engine) -> No
         assert "expires_at" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
     with pytest.raises(IntegrityError), db_engine.begin() as conn:
         conn.execute(text("UPDATE jobs SET status = 'expired'"))
+
+
+def test_job_checkpoints_migration_up_and_down_keeps_the_files(db_engine: Engine) -> None:
+    """0016 adds ``job_checkpoints`` (a row goes with its file) and takes it away again; the
+    files are untouched either way."""
+    t = datetime(2026, 12, 10, tzinfo=UTC)
+    insert_file = text(
+        "INSERT INTO files (id, purpose, filename, bytes, digest, created_at, owner_key_id, "
+        "status) VALUES (:id, 'fine-tune-checkpoint', 'c.tar', 1, :d, :t, NULL, 'processed')"
+    )
+    insert_row = text(
+        "INSERT INTO job_checkpoints (job_id, file_id, step, created_at) "
+        "VALUES (:job, :file, :step, :t)"
+    )
+    with db_engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0015")
+        for n in (1, 2, 3):
+            conn.execute(insert_file, {"id": f"file-{n}", "d": "sha256:" + "ab" * 32, "t": t})
+        command.upgrade(alembic_config(conn), "0016")
+        conn.execute(insert_row, {"job": "ftjob_1", "file": "file-1", "step": 4, "t": t})
+        conn.execute(insert_row, {"job": "ftjob_2", "file": "file-2", "step": 0, "t": t})
+        conn.execute(text("DELETE FROM files WHERE id = 'file-2'"))
+        rows = conn.execute(text("SELECT job_id, file_id, step FROM job_checkpoints")).all()
+        assert [tuple(r) for r in rows] == [("ftjob_1", "file-1", 4)]
+    for row in (
+        {"job": "ftjob_3", "file": "file-1", "step": 1},  # one file, one job
+        {"job": "ftjob_3", "file": "file-9", "step": 1},  # no such file
+        {"job": "ftjob_3", "file": "file-3", "step": -1},
+    ):
+        with pytest.raises(IntegrityError), db_engine.begin() as conn:
+            conn.execute(insert_row, row | {"t": t})
+    with db_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0015")
+        assert "job_checkpoints" not in inspect(conn).get_table_names()
+        ids = conn.execute(text("SELECT id FROM files ORDER BY id")).all()
+        assert [r[0] for r in ids] == ["file-1", "file-3"]
 
 
 def _datetime(value: object) -> datetime:

@@ -1,7 +1,9 @@
 """Routes for the gateway's own cluster, not for clients: a model blob for a replica on another
 node (``GET /internal/blobs/{hex}``), and for a job runner actor on another node the blob of
 an input file or of a source model version, the storing of an output file (``POST
-/internal/files``) and of a new model version its job made (``POST /internal/versions``).
+/internal/files``) and of a new model version its job made (``POST /internal/versions``), and
+a fine-tune's newest training checkpoint, kept (``POST /internal/checkpoints``) and read back
+(``GET /internal/checkpoints``).
 
 Mounted only when the cluster kind fetches models over the network (``ray``). The caller must
 present the cluster's token (``Authorization: Bearer``), made at start and given only to the
@@ -23,7 +25,7 @@ from typing import Literal, Protocol
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 
 from lmaas.errors import (
     AuthenticationError,
@@ -32,7 +34,13 @@ from lmaas.errors import (
     RequestTooLargeError,
 )
 from lmaas.gateway.runner_access import RunnerAccess
-from lmaas.jobs.storage import FILES_ROUTE, OUTPUT_PURPOSES, VERSIONS_ROUTE
+from lmaas.jobs.storage import (
+    CHECKPOINT_STEP_HEADER,
+    CHECKPOINTS_ROUTE,
+    FILES_ROUTE,
+    OUTPUT_PURPOSES,
+    VERSIONS_ROUTE,
+)
 from lmaas.store.streams import AsyncStreamReader
 
 router = APIRouter(include_in_schema=False)
@@ -56,6 +64,16 @@ _CHUNK = 1 << 20
 def _token(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _runner(request: Request) -> tuple[RunnerAccess, str]:
+    """The runner access rules and the runner whose secret the request bears (401 without)."""
+    access: RunnerAccess | None = getattr(request.app.state, "runner_access", None)
+    token = _token(request)
+    runner = access.runner_of(token) if access is not None and token else None
+    if access is None or runner is None:
+        raise AuthenticationError("a job runner's secret is needed here", code="invalid_api_key")
+    return access, runner
 
 
 @router.get("/internal/blobs/{digest}")
@@ -87,11 +105,7 @@ async def output_file(request: Request, job: str, purpose: str, filename: str) -
     """Store the body as a file job ``job``, which the caller's runner holds, made
     (``purpose``, ``filename``), owned by the job's owner and at most ``files.max_bytes``
     (413 beyond); ``{"id"}``, 201."""
-    access: RunnerAccess | None = getattr(request.app.state, "runner_access", None)
-    token = _token(request)
-    runner = access.runner_of(token) if access is not None and token else None
-    if access is None or runner is None:
-        raise AuthenticationError("a job runner's secret is needed here", code="invalid_api_key")
+    access, runner = _runner(request)
     if purpose not in OUTPUT_PURPOSES:
         raise InvalidRequestError(f"a runner stores no {purpose[:32]!r} file", param="purpose")
     held = await asyncio.to_thread(access.held_job, runner, job)
@@ -135,11 +149,7 @@ async def new_version(
     """Store the body (a GGUF file, or a Hugging Face folder as a tar) as a new version of
     ``model`` made by job ``job``, which the caller's runner holds, when it hashes to ``sha256``
     (see :mod:`lmaas.gateway.runner_access`); ``{"model", "number"}``, 201."""
-    access: RunnerAccess | None = getattr(request.app.state, "runner_access", None)
-    token = _token(request)
-    runner = access.runner_of(token) if access is not None and token else None
-    if access is None or runner is None:
-        raise AuthenticationError("a job runner's secret is needed here", code="invalid_api_key")
+    access, runner = _runner(request)
     if _HEX.fullmatch(sha256) is None:
         raise InvalidRequestError(
             "sha256 is 64 lowercase hex characters", param="sha256", code="invalid_digest"
@@ -156,3 +166,64 @@ async def new_version(
         still_held=partial(access.version_job, runner, job, model, source),
     )
     return JSONResponse({"model": version.model, "number": version.number}, status_code=201)
+
+
+@router.post(CHECKPOINTS_ROUTE)
+async def keep_checkpoint(request: Request, job: str) -> JSONResponse:
+    """Keep the body, a checkpoint archive (see :mod:`lmaas.jobs.checkpoint_archive`), as the
+    newest checkpoint of fine-tune ``job``, which the caller's runner holds; it replaces the
+    one kept before. ``{"job", "step", "bytes"}``, 201."""
+    access, runner = _runner(request)
+    kept_here = access.checkpoints
+    held = await asyncio.to_thread(access.checkpoint_job, runner, job)
+    limit = access.max_checkpoint_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _checkpoint_too_large(limit)
+    reader = AsyncStreamReader(request.stream(), asyncio.get_running_loop(), limit)
+    try:
+        kept = await asyncio.to_thread(
+            kept_here.put,
+            held,
+            reader,
+            max_bytes=limit,
+            still_held=partial(access.checkpoint_job, runner, job),
+        )
+    except RequestTooLargeError:
+        raise _checkpoint_too_large(limit) from None
+    body = {"job": held.id, "step": kept.step, "bytes": kept.file.bytes}
+    return JSONResponse(body, status_code=201)
+
+
+def _checkpoint_too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"a checkpoint may hold at most {limit} bytes (jobs.ray.max_checkpoint_bytes)",
+        param="checkpoint",
+        code="checkpoint_too_large",
+    )
+
+
+@router.get(CHECKPOINTS_ROUTE)
+async def read_checkpoint(
+    request: Request, job: str, after: int | None = None
+) -> StreamingResponse:
+    """The archive of the checkpoint fine-tune ``job`` (which the caller's runner holds) keeps
+    here, its step in the ``X-Lmaas-Checkpoint-Step`` header; 404 when it keeps none (of a step
+    past ``after``)."""
+    access, runner = _runner(request)
+    kept_here = access.checkpoints
+    held = await asyncio.to_thread(access.checkpoint_job, runner, job)
+    kept = await asyncio.to_thread(kept_here.newest, held.id)
+    if kept is None or (after is not None and kept.step <= after):
+        past = "" if after is None else f" past step {after}"
+        raise NotFoundError(
+            f"job {held.id} keeps no checkpoint here{past}", code="checkpoint_not_found"
+        )
+    handle = await asyncio.to_thread(kept_here.open, kept)
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            yield from iter(partial(handle.read, _CHUNK), b"")
+
+    headers = {"Content-Length": str(kept.file.bytes), CHECKPOINT_STEP_HEADER: str(kept.step)}
+    return StreamingResponse(chunks(), media_type="application/x-tar", headers=headers)
