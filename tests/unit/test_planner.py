@@ -40,8 +40,9 @@ def test_a_light_load_on_one_replica() -> None:
     assert not p.saturated
     assert p.concurrency == 1.0  # 0.1 req/s x 1.7 s latency rounds up to one stream
     assert p.utilisation == pytest.approx(0.1 * (0.5 + 20 / 20))
-    assert p.ttft_p50_s == pytest.approx(0.1 + 0.55)  # the queue is empty half the time
-    wait99 = 0.55 / (1 - 0.15) * math.log(0.15 / 0.01)  # the engine busy 15 % of the time
+    assert p.ttft_p50_s == pytest.approx(0.1 + 0.55)  # no prompt ahead half the time
+    # prompts take 0.1 x 0.55 of the time: the prompt queue's load
+    wait99 = 0.55 / (1 - 0.055) * math.log(0.055 / 0.01)
     assert p.ttft_p99_s == pytest.approx(0.1 + wait99 + 0.55)
     assert p.latency_p50_s == pytest.approx(0.65 + 20 * 0.05 / 0.95)
     assert p.max_requests_per_s == pytest.approx(1 / (0.5 + 20 / 64))
@@ -293,4 +294,48 @@ def test_a_mixed_run_slower_than_its_parts_scales_every_engine_cost() -> None:
     b = predict(mixed, load, 1, threads=2, cores=2)
     assert b.max_requests_per_s == pytest.approx(a.max_requests_per_s / 1.5)
     assert b.utilisation == pytest.approx(a.utilisation * 1.5)
-    assert b.ttft_p50_s == pytest.approx(a.ttft_p50_s)  # an idle engine prefills as fast
+    # A prompt's prefill takes k x P under load too: 1.5 x 0.5 s, and one stream's step.
+    assert a.ttft_p50_s == pytest.approx(0.5 + 1 / 20)
+    assert b.ttft_p50_s == pytest.approx(1.5 * 0.5 + 1 / 20)
+
+
+def test_a_prompt_waits_for_the_prompts_ahead_not_for_whole_requests() -> None:
+    # 0.2 req/s of 100 prompt tokens (0.5 s) and 100 output tokens: decodes keep the engine
+    # busy most of the time, but prompts alone take 0.2 x (0.5 + itl), well under half of it.
+    load = Load(requests_per_s=0.2, prompt_tokens=100, output_tokens=100)
+    p = predict(PROFILE, load, 1, threads=2, cores=2)
+    assert p.utilisation > 0.9 and not p.saturated
+    itl = p.concurrency / PROFILE.decode_at(p.concurrency)
+    service = 0.5 + itl
+    assert p.ttft_p50_s == pytest.approx(0.1 + service)  # no prompt ahead half the time
+    rho_p = 0.2 * service
+    wait99 = service / (1 - rho_p) * math.log(rho_p / 0.01)
+    assert p.ttft_p99_s == pytest.approx(0.1 + wait99 + service)
+
+
+def test_a_request_waits_for_a_slot_when_every_slot_is_taken() -> None:
+    # One sequence slot: requests are served one after the other, a queue of whole requests.
+    one = Profile(
+        threads=2, prefill_tokens_per_s=200.0, decode_tokens_per_s={1: 20.0}, max_num_seqs=1
+    )
+    load = Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20)
+    p = predict(one, load, 1, threads=2, cores=2)
+    # P 0.5 s, 20 tokens at 20 tok/s 1 s: the engine busy 0.15; a prompt's service 0.55 s.
+    assert p.ttft_p50_s == pytest.approx(0.55)  # neither queue holds anyone half the time
+    prompt_wait = 0.55 / (1 - 0.055) * math.log(0.055 / 0.01)
+    slot_wait = 1.5 / (1 - 0.15) * math.log(0.15 / 0.01)
+    assert p.ttft_p99_s == pytest.approx(prompt_wait + slot_wait + 0.55)
+
+
+def test_a_clamped_power_goes_on_past_the_outermost_count_without_a_jump() -> None:
+    # Measured at 1 thread, and at 2 (4 x as fast: a power of 2, taken for 1.5): from the
+    # profile's own count the rate goes as threads ** 1.5 inside the two and past them alike.
+    p = Profile(
+        threads=1,
+        prefill_tokens_per_s=100.0,
+        decode_tokens_per_s={1: 10.0},
+        at_threads={2: ThreadRates({100: 0.25}, {1: 40.0})},
+    )
+    assert p.decode_at(1, 2) == pytest.approx(10.0 * 2**1.5)
+    assert p.decode_at(1, 3) == pytest.approx(10.0 * 3**1.5)
+    assert p.decode_at(1, 4) / p.decode_at(1, 2) == pytest.approx(2**1.5)

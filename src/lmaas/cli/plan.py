@@ -176,7 +176,9 @@ def _measure(url: str, name: str, key: str | None, how: Measure, mixed: int) -> 
                 sizes, tokens = how.sizes, how.tokens
                 status.update(f"a saturated mix: {mixed} requests from {max(sizes)} clients")
                 words = calibration.decode_prompt_words
-                n, seconds = calibration.mixed(max(sizes), words, tokens, mixed)
+                # the fastest of two runs: other work on the machine only ever slows one
+                runs = [calibration.mixed(max(sizes), words, tokens, mixed) for _ in range(2)]
+                n, seconds = min(runs, key=lambda run: run[1])
                 console.print(f"mixed: {seconds:.3f} s of engine time per request")
                 out = {
                     "mixed_prompt_tokens": n,

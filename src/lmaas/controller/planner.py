@@ -29,13 +29,18 @@ The model of one replica (all times in seconds):
   per second per replica the engine is busy ``rho = lam x (P + D(b))`` of the time.
 * A token of a stream takes ``itl = b / decode(b)``, stretched by the prefills that share the
   steps: ``itl / (1 - lam x P)``.
-* Steps that mix prefills and decodes run less efficiently than either apart: a saturated run
-  of mixed work in the profile gives the factor ``k`` by which ``P + D(b)`` underestimates a
-  request's engine time under load (``Profile.interference``); the busy time is ``k x (P +
-  D(b))``.
-* A prompt is prefilled in the next step, alongside the running streams' tokens: its service is
-  ``S = P + itl``; a request waits for the busy engine as in an M/M/1 queue of load ``rho``,
-  whose waiting time exceeds ``t`` with probability ``rho x exp(-(1 - rho) t / S)``. TTFT at
+* Work under load runs slower than the profile's prefill and decode measured apart (each the
+  fastest of its repetitions, on an otherwise idle replica): steps mix prefills and decodes,
+  and the machine's speed varies. A saturated run of mixed work in the profile gives the factor
+  ``k`` by which ``P + D(b)`` underestimates a request's engine time under load
+  (``Profile.interference``); the busy time is ``k x (P + D(b))``, and a prompt's prefill
+  takes ``k x P``.
+* Continuous batching: a prompt is prefilled in the next step, alongside the running streams'
+  tokens, so it waits for the prompts ahead of it, not for whole requests. Its service is
+  ``S = k x P + itl``; prompts queue as in an M/M/1 queue of load ``rho_p = lam x S``, whose
+  waiting time exceeds ``t`` with probability ``rho_p x exp(-(1 - rho_p) t / S)``. When every
+  sequence slot is taken (``b`` at the engine's limit) a request also waits for a slot, as in
+  an M/M/1 queue of whole requests (load ``rho``, service ``k x (P + D(b))``). TTFT at
   quantile ``q`` is ``overhead + wait_q + S``.
 * The concurrency ``b`` is what Little's law gives for that latency: ``b = lam x (ttft +
   output x itl)``, found by fixed-point iteration (capped by the engine's sequence limit).
@@ -87,20 +92,16 @@ def _rate_at_threads(
     profile's): the power of the threads through the two measured counts around it (the
     nearest two past the ends), kept within [0, 1.5] (more threads are neither slower nor
     faster than that: a measurement that says so was disturbed), from the one of the two
-    nearer ``own`` (the nearer ``threads`` past the ends); ``exponent`` from the one count
-    when only one was measured."""
+    nearer ``own``, inside the two and past them alike (so the rate has no jump at the
+    outermost count); ``exponent`` from the one count when only one was measured."""
     points = sorted(rates.items())
     if len(points) == 1:
-        (t0, r0), (t1, r1) = points[0], points[0]
-        power = exponent
-    else:
-        pairs = list(itertools.pairwise(points))
-        (t0, r0), (t1, r1) = next(((a, b) for a, b in pairs if threads <= b[0]), pairs[-1])
-        power = min(_MAX_SCALING, max(0.0, math.log(r1 / r0) / math.log(t1 / t0)))
-    if threads > t1 or (threads >= t0 and abs(t1 - own) < abs(t0 - own)):
-        base_t, base_r = t1, r1
-    else:
-        base_t, base_r = t0, r0
+        ((t0, r0),) = points
+        return r0 * float((threads / t0) ** exponent)
+    pairs = list(itertools.pairwise(points))
+    (t0, r0), (t1, r1) = next(((a, b) for a, b in pairs if threads <= b[0]), pairs[-1])
+    power = min(_MAX_SCALING, max(0.0, math.log(r1 / r0) / math.log(t1 / t0)))
+    base_t, base_r = (t1, r1) if abs(t1 - own) < abs(t0 - own) else (t0, r0)
     return base_r * float((threads / base_t) ** power)
 
 
@@ -278,6 +279,16 @@ def _wait_quantile(rho: float, service: float, q: float) -> float:
     return service / (1 - rho) * math.log(rho / tail)
 
 
+def _first_token_wait(
+    lam: float, service: float, slots: tuple[float, float] | None, q: float
+) -> float:
+    """The ``q`` quantile of a prompt's wait: for the prompts ahead of it (each ``service``
+    seconds, ``lam`` a second), and for a sequence slot when ``slots`` (the engine's load and
+    a request's engine time) says every slot is taken."""
+    wait = _wait_quantile(lam * service, service, q)
+    return wait + (_wait_quantile(slots[0], slots[1], q) if slots else 0.0)
+
+
 def predict(profile: Profile, load: Load, replicas: int, *, threads: int, cores: int) -> Prediction:
     """Expected behaviour of ``replicas`` replicas of ``threads`` threads on ``cores`` cores
     sharing ``load`` evenly (see the module's docstring for the model)."""
@@ -304,9 +315,10 @@ def predict(profile: Profile, load: Load, replicas: int, *, threads: int, cores:
         itl = batch / decode(batch)
         prefill_share = lam * k * p
         stretched = itl / (1 - prefill_share) if prefill_share < 1 else math.inf
-        service = p + itl
-        ttft50 = profile.overhead_s + _wait_quantile(rho, service, 0.5) + service
-        ttft99 = profile.overhead_s + _wait_quantile(rho, service, 0.99) + service
+        service = k * p + itl
+        slots = (rho, cost(batch)) if batch >= cap else None
+        ttft50 = profile.overhead_s + _first_token_wait(lam, service, slots, 0.5) + service
+        ttft99 = profile.overhead_s + _first_token_wait(lam, service, slots, 0.99) + service
         lat50 = ttft50 + load.output_tokens * stretched
         lat99 = ttft99 + load.output_tokens * stretched
         following = min(cap, max(1.0, lam * lat50)) if math.isfinite(lat50) else cap
