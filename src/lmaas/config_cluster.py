@@ -113,6 +113,15 @@ class ClusterSettings(BaseModel):
             "they fetched (verified by sha256); `~` is the node's home",
         ),
     ] = "~/.lmaas/node-cache"
+    node_cache_max_bytes: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Bytes of model blobs and folders the node cache may hold on each node "
+            "(default 20 GiB): beyond it, those used least recently are evicted, never those "
+            "of a replica or job running on that node; 0: no bound",
+        ),
+    ] = 20 << 30
 
     @model_validator(mode="after")
     def _ray_kind(self) -> Self:

@@ -207,6 +207,7 @@ class RayRunners:
             log_level=self.settings.log_level,
             kinds=list(group.kinds),
             node_cache_dir=self.settings.cluster.node_cache_dir,
+            node_cache_max_bytes=self.settings.cluster.node_cache_max_bytes,
         )
         log.info("job runner %s (%s) placed on node %s", run.runner_id, self._name(index), run.node)
         await _result(run.actor.run.remote(config.model_dump_json(), run.secret))

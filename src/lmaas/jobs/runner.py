@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # A line may wait for a busy engine; connect and pool waits are short.
 _LINE_TIMEOUT = httpx.Timeout(connect=10.0, read=3600.0, write=60.0, pool=3600.0)
+# How often a runner on a node looks whether it is idle, to unpin the versions it fetched.
+UNPIN_INTERVAL = 30.0
 
 
 class RunnerConfig(BaseModel):
@@ -66,6 +68,7 @@ class RunnerConfig(BaseModel):
     kinds: list[str] | None = None  # the kinds it runs (None: every kind)
     # Set on a node without the gateway's disk: input blobs are cached here, outputs uploaded.
     node_cache_dir: str | None = None
+    node_cache_max_bytes: int = 0  # the node cache's bound (0: none)
 
 
 async def serve(config: RunnerConfig, token: str, parent_fd: int | None) -> None:
@@ -87,7 +90,7 @@ def _storage(
         root = Path(config.node_cache_dir).expanduser()
         remote = GatewayJobFiles(
             catalog_lookup(sessions),
-            NodeCache(root),
+            NodeCache(root, config.node_cache_max_bytes),
             Source(config.gateway_url, token),
             versions=catalog.get_version,
             verify=config.verify_tls,
@@ -139,12 +142,29 @@ async def run_jobs(
                 max_concurrent=settings.max_concurrent,
                 heartbeat_interval=heartbeat_interval(settings.lease_seconds),
             )
-            await jobs.run(stop, wake)
+            unpin = None
+            if isinstance(files, GatewayJobFiles):
+                unpin = asyncio.create_task(_unpin_when_idle(jobs, files, UNPIN_INTERVAL))
+            try:
+                await jobs.run(stop, wake)
+            finally:
+                if unpin is not None:
+                    unpin.cancel()
     finally:
         if isinstance(files, GatewayJobFiles):
             files.close()
         engine.dispose()
         log.info("job runner %s: stopped", config.runner_id)
+
+
+async def _unpin_when_idle(jobs: JobLoop, files: GatewayJobFiles, interval: float) -> None:
+    """Let the node cache prune the model versions this runner fetched whenever it runs no
+    job (a job may read its base model until it ends)."""
+    while True:
+        await asyncio.sleep(interval)
+        if not jobs.running:
+            # Kept when a job started meanwhile and asked for a version (the mark moved).
+            await asyncio.to_thread(files.release_models, files.models_mark())
 
 
 def _watch_parent(

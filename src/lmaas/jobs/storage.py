@@ -9,11 +9,12 @@ and the store.
   (:class:`lmaas.store.node_cache.NodeCache`); its row (digest, size) is read from
   the catalog, which such a runner reaches by URL (PostgreSQL). A source model version comes the
   same way, blob by blob (a folder's manifest, then its files, linked into a folder of the
-  cache). An output file is streamed to the gateway (``POST /internal/files``) with the id of
-  the job that made it, which stores it as that job's owner's and answers its id; a new
-  version (a GGUF file, or a Hugging Face folder sent as a tar) is streamed to ``POST
-  /internal/versions`` with the sha256 of what is sent, which the gateway checks before the
-  version exists, then stores as an admin upload is stored.
+  cache), and stays pinned in the cache (never pruned) until the runner has no job left
+  (:meth:`GatewayJobFiles.release_models`). An output file is streamed to the gateway
+  (``POST /internal/files``) with the id of the job that made it, which stores it as that
+  job's owner's and answers its id; a new version (a GGUF file, or a Hugging Face folder sent
+  as a tar) is streamed to ``POST /internal/versions`` with the sha256 of what is sent, which
+  the gateway checks before the version exists, then stores as an admin upload is stored.
 
 A fine-tune's training checkpoints stay in its work directory. Beside the gateway (shared disk)
 that is all; through the gateway each checkpoint is also sent, as one plain tar
@@ -197,17 +198,30 @@ class GatewayJobFiles:
         self._cache = cache
         self._source = source
         self._http = client or httpx.Client(timeout=_UPLOAD_TIMEOUT, verify=verify)
+        # The versions model_path gave stay pinned in the node cache until release_models.
+        self._models = cache.lease()
 
     def close(self) -> None:
         self._http.close()
+        self._models.release()
+
+    def models_mark(self) -> int:
+        """A mark for :meth:`release_models` (see :attr:`Lease.generation`)."""
+        return self._models.generation
+
+    def release_models(self, mark: int | None = None) -> bool:
+        """Let the node cache prune the versions :meth:`model_path` gave (call it when no job
+        uses them); with ``mark``, only when no version was asked for since it was read."""
+        return self._models.clear(mark)
 
     def open_input(self, file_id: str) -> BinaryIO:
         found = self._lookup(file_id)
         if found is None:
             raise NotFoundError(f"no file {file_id[:64]!r}", param="file_id")
         digest, size = found
-        path = self._cache.ensure_blob(self._source, digest, size, self._http)
-        return path.open("rb")
+        with self._cache.lease() as lease:  # open, the file is read even if pruned after
+            path = self._cache.ensure_blob(self._source, digest, size, self._http, lease=lease)
+            return path.open("rb")
 
     def add_output(
         self,
@@ -238,18 +252,26 @@ class GatewayJobFiles:
 
     def model_path(self, version: VersionInfo) -> Path:
         """The version's blobs fetched by digest into the node cache (a folder's manifest
-        first, then each file it lists), the folder built there from links to them."""
+        first, then each file it lists), the folder built there from links to them; pinned
+        there until :meth:`release_models`."""
+        cache, lease = self._cache, self._models
         if version.format != "hf":
-            return self._cache.ensure_blob(
-                self._source, version.digest, version.size_bytes, self._http
+            return cache.ensure_blob(
+                self._source, version.digest, version.size_bytes, self._http, lease=lease
             )
-        manifest = self._cache.ensure_blob(
-            self._source, version.digest, None, self._http, max_bytes=MAX_MANIFEST_BYTES
+        manifest = cache.ensure_blob(
+            self._source,
+            version.digest,
+            None,
+            self._http,
+            max_bytes=MAX_MANIFEST_BYTES,
+            lease=lease,
         )
         files = parse_manifest(manifest.read_bytes())
+        lease.add(file.digest for file in files)
         for file in files:
-            self._cache.ensure_blob(self._source, file.digest, file.size, self._http)
-        return self._cache.folders.ensure(version.digest, files)
+            cache.ensure_blob(self._source, file.digest, file.size, self._http, lease=lease)
+        return cache.folder(version.digest, files, lease=lease)
 
     def store_version(
         self,

@@ -38,6 +38,11 @@ class FolderCache:
     def path_for(self, digest: str) -> Path:
         return self.root / normalize_digest(digest).removeprefix("sha256:")
 
+    def complete(self, digest: str, files: Sequence[FolderFile]) -> bool:
+        """Whether the folder of the manifest ``digest`` is there with every file of ``files``
+        at its size."""
+        return _complete(self.path_for(digest), files)
+
     def ensure(self, digest: str, files: Sequence[FolderFile]) -> Path:
         """The folder of the manifest ``digest`` listing ``files``; (re)built if it is missing
         or incomplete."""

@@ -7,12 +7,22 @@ content-addressed layout and atomic writes as the gateway's store), and keeps it
 bytes hash to the digest asked for. A Hugging Face folder is then built from hard links to those
 blobs (``<cache>/models/<manifest hex>/``), as the gateway builds its own. Blobs already in the
 cache with the expected size are used again without a download.
+
+The cache is kept under ``max_bytes`` (``cluster.node_cache_max_bytes``; 0: no bound) by
+:mod:`lmaas.store.node_prune`, at start and after each download: what was used least recently
+goes first, never what a live process on the node pins. A process pins what it uses in a
+:class:`~lmaas.store.node_prune.Lease` (:meth:`NodeCache.lease`) and holds it as long as it
+reads the files: a replica's actor for its worker's life, a job runner while it has jobs. The
+lease is pinned *before* the cache is looked at, so nothing it found can go before it is let
+go; a call given no lease pins only for its own duration.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +33,7 @@ from lmaas.errors import RequestTooLargeError
 from lmaas.store.blobs import BlobStore, normalize_digest
 from lmaas.store.folder import FolderFile
 from lmaas.store.materialize import FolderCache
+from lmaas.store.node_prune import Lease, Pruner, PruneReport, cache_lock, live_pins
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +55,23 @@ class Source:
 
 
 class NodeCache:
-    """Model files on this node, under ``root`` (created on first use)."""
+    """Model files on this node, under ``root`` (created on first use), kept under
+    ``max_bytes`` (0: no bound). Making one sweeps what interrupted writes left and prunes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int = 0) -> None:
         self.root = root
+        self.max_bytes = max_bytes
         self.blobs = BlobStore(root)
         self.folders = FolderCache(root / "models", self.blobs)
+        self._pruner = Pruner(
+            self.blobs.blobs_dir, self.folders.root, self.blobs.delete, self.folders.remove
+        )
+        self._prune_quietly(sweep=True)
+
+    def lease(self) -> Lease:
+        """A new lease on this cache: what it pins stays until it is cleared or released (or
+        this process ends); what it lets go is marked used then, for the LRU order."""
+        return Lease(self.root, self._touch_all)
 
     def model_path(
         self,
@@ -58,14 +80,36 @@ class NodeCache:
         digest: str,
         files: Sequence[FolderFile],
         client: httpx.Client | None = None,
+        *,
+        lease: Lease | None = None,
     ) -> Path:
-        """The model's file (GGUF) or folder (Hugging Face) on this node, fetched as needed."""
-        with client or httpx.Client(timeout=source.timeout) as http:
-            for file in files:
-                self.ensure_blob(source, file.digest, file.size, http)
-        if fmt == "hf":
-            return self.folders.ensure(digest, files)
-        return self.blobs.path_for(digest)
+        """The model's file (GGUF) or folder (Hugging Face) on this node, fetched as needed and
+        pinned by ``lease`` (hold it while the path is in use)."""
+        with contextlib.ExitStack() as stack:
+            if lease is None:
+                lease = stack.enter_context(self.lease())
+            lease.add([digest, *(file.digest for file in files)])
+            with client or httpx.Client(timeout=source.timeout) as http:
+                for file in files:
+                    self.ensure_blob(source, file.digest, file.size, http, lease=lease)
+            if fmt == "hf":
+                return self.folder(digest, files, lease=lease)
+            return self.blobs.path_for(digest)
+
+    def folder(self, digest: str, files: Sequence[FolderFile], *, lease: Lease) -> Path:
+        """The folder of the manifest ``digest`` built from its blobs (fetched by the caller),
+        pinned by ``lease``. Pruning never leaves a folder whose blobs are gone: it is removed
+        with them, and built again here on its next use."""
+        lease.add([digest, *(file.digest for file in files)])
+        if self.folders.complete(digest, files):
+            path = self.folders.path_for(digest)
+        else:
+            # Built under the cache lock: a build that finds a folder incomplete sets it aside,
+            # which must never be one another process has just built and is reading.
+            with cache_lock(self.root):
+                path = self.folders.ensure(digest, files)
+        _touch(path)
+        return path
 
     def ensure_blob(
         self,
@@ -75,12 +119,70 @@ class NodeCache:
         http: httpx.Client,
         *,
         max_bytes: int = 0,
+        lease: Lease | None = None,
     ) -> Path:
         """The blob ``digest`` of ``size`` bytes in the cache, downloaded when it is not
-        (``size`` None: not known, as for a folder's manifest; at most ``max_bytes`` then)."""
+        (``size`` None: not known, as for a folder's manifest; at most ``max_bytes`` then),
+        pinned by ``lease``; the cache is pruned after a download."""
         digest = normalize_digest(digest)
-        if self.blobs.check(digest, size) is None:
-            return self.blobs.path_for(digest)
+        with contextlib.ExitStack() as stack:
+            if lease is None:
+                lease = stack.enter_context(self.lease())
+            lease.add([digest])
+            if self.blobs.check(digest, size) is None:
+                path = self.blobs.path_for(digest)
+                _touch(path)
+                return path
+            path = self._download(source, digest, size, http, max_bytes)
+            if self.max_bytes > 0:
+                self._prune_quietly()
+            return path
+
+    def prune(self, *, sweep: bool = False) -> PruneReport:
+        """Evict what was used least recently and no live lease pins until the cache holds at
+        most ``max_bytes``; with ``sweep``, remove unfinished writes first (see
+        :meth:`Pruner.sweep`) and the pins of processes that are gone."""
+        with cache_lock(self.root):
+            swept = self._pruner.sweep() if sweep else 0
+            pinned = live_pins(self.root) if sweep or self.max_bytes > 0 else set()
+            report = self._pruner.prune(self.max_bytes, pinned)
+        report.swept = swept
+        if report.blobs or report.folders:
+            log.info(
+                "node cache %s: evicted %d blobs and %d folders (%d bytes); %d bytes held",
+                self.root,
+                report.blobs,
+                report.folders,
+                report.freed,
+                report.held,
+            )
+        if self.max_bytes > 0 and report.held > self.max_bytes:
+            log.warning(
+                "node cache %s holds %d bytes, over its bound of %d: the rest is in use by "
+                "replicas or jobs on this node",
+                self.root,
+                report.held,
+                self.max_bytes,
+            )
+        return report
+
+    def _prune_quietly(self, *, sweep: bool = False) -> None:
+        """Prune; a failure (a file system refusing a removal or a lock) is logged, and what was
+        fetched is still served."""
+        try:
+            self.prune(sweep=sweep)
+        except OSError as exc:
+            log.warning("node cache %s: pruning failed: %s", self.root, exc)
+
+    def _touch_all(self, digests: Iterable[str]) -> None:
+        """Mark blobs and folders used now (a lease letting them go)."""
+        for digest in digests:
+            _touch(self.blobs.path_for(digest))
+            _touch(self.folders.path_for(digest))
+
+    def _download(
+        self, source: Source, digest: str, size: int | None, http: httpx.Client, max_bytes: int
+    ) -> Path:
         url = f"{source.url.rstrip('/')}{BLOB_ROUTE}{digest.removeprefix('sha256:')}"
         headers = {"Authorization": f"Bearer {source.token}"}
         try:
@@ -108,6 +210,12 @@ class NodeCache:
             )
         log.info("fetched blob %s (%d bytes) from %s", digest, info.size, source.url)
         return info.path
+
+
+def _touch(path: Path) -> None:
+    """Mark a blob or folder used now (its modification time: the LRU order's clock)."""
+    with contextlib.suppress(OSError):  # not there (a folder never built): nothing to mark
+        os.utime(path, follow_symlinks=False)
 
 
 def _chunks(response: httpx.Response) -> Iterator[bytes]:

@@ -204,6 +204,7 @@ class RayCluster:
             gateway_url=self.gateway_url,
             token=self.token,
             cache_dir=self.settings.cluster.node_cache_dir,
+            cache_max_bytes=self.settings.cluster.node_cache_max_bytes,
             accept_timeout=self.settings.worker_start_timeout,
         )
         options = self.demand(model)

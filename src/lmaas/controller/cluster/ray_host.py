@@ -4,8 +4,9 @@ One ``ReplicaHost`` actor per replica run (the gateway makes it with the replica
 memory as Ray resources, and Ray picks the node). It
 
 1. fetches the model's blobs from the gateway into the node's cache, each checked against its
-   sha256 digest (:mod:`lmaas.store.node_cache`), and listens on a TCP port of the
-   node (``prepare``, which returns the address);
+   sha256 digest (:mod:`lmaas.store.node_cache`), pins them there so that pruning the cache
+   leaves them until the worker exits, and listens on a TCP port of the node (``prepare``,
+   which returns the address);
 2. accepts the gateway's connection, which must open with the run's secret (32 random bytes the
    gateway sent through Ray; any other connection is dropped), and starts the same worker a
    local replica runs (``python -m lmaas.worker --fd N``) on that connection, so the gateway
@@ -34,6 +35,7 @@ from typing import Any, Literal
 from lmaas.raynodes import node_identity
 from lmaas.store.folder import FolderFile
 from lmaas.store.node_cache import NodeCache, Source
+from lmaas.store.node_prune import Lease
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class HostSpec:
     gateway_url: str
     token: str
     cache_dir: str
+    cache_max_bytes: int = 0  # the node cache's bound (0: none)
     accept_timeout: float = 120.0
     # The worker's command line before its arguments; empty: this node's Python running
     # ``lmaas.worker`` (tests put a stand-in here).
@@ -68,13 +71,21 @@ class ReplicaHost:
         self.path: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._listener: socket.socket | None = None
+        # The model's blobs, pinned in the node cache while this actor lives (or until
+        # ``serve`` ends): the cache never prunes them under the worker.
+        self._lease: Lease | None = None
 
     def fetch(self) -> Path:
-        """The model's file or folder on this node (fetched and verified when not cached)."""
+        """The model's file or folder on this node (fetched and verified when not cached),
+        pinned there until ``serve`` ends."""
         spec = self.spec
-        cache = NodeCache(Path(spec.cache_dir).expanduser())
+        cache = NodeCache(Path(spec.cache_dir).expanduser(), spec.cache_max_bytes)
+        if self._lease is None:
+            self._lease = cache.lease()
         source = Source(spec.gateway_url, spec.token)
-        self.path = cache.model_path(source, spec.format, spec.digest, spec.files)
+        self.path = cache.model_path(
+            source, spec.format, spec.digest, spec.files, lease=self._lease
+        )
         return self.path
 
     def listen(self, ip: str) -> int:
@@ -91,7 +102,15 @@ class ReplicaHost:
         return {"ip": ip, "port": port, "node": node}
 
     def serve(self, secret: bytes) -> int:
-        """Run the worker on the gateway's connection until it exits; its exit code."""
+        """Run the worker on the gateway's connection until it exits; its exit code. The
+        model's pins in the node cache end with it."""
+        try:
+            return self._serve(secret)
+        finally:
+            if self._lease is not None:
+                self._lease.release()
+
+    def _serve(self, secret: bytes) -> int:
         conn = self._accept(secret)
         assert self.path is not None, "prepare() first"
         spec = self.spec
