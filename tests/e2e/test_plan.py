@@ -91,6 +91,10 @@ def test_lmaas_plan_prints_the_plan_and_refuses_what_cannot_be_met(env: Env) -> 
     assert json.loads(out)["replicas"] == 1
     table = cli(env.home, *args, "--output-tokens", "8", key=env.admin, url=env.server.url)
     assert "1 replica(s)" in table
+    # More than this machine serves: its own candidates are saturated (times unbounded).
+    heavy = ["plan", "--model", MODEL, "--rps", "50", "--prompt-tokens", "64"]
+    crowd = cli(env.home, *heavy, "--output-tokens", "8", key=env.admin, url=env.server.url)
+    assert "saturated" in crowd and "unbounded" in crowd and "replica(s) of" in crowd
     done = subprocess.run(
         [sys.executable, "-m", "lmaas", *args, "--output-tokens", "8", "--ttft-p99", "0.0001"],
         capture_output=True,

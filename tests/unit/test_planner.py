@@ -24,6 +24,32 @@ PROFILE = Profile(
 )
 
 
+def md1_decay(rho: float) -> float:
+    """The tail's decay of an M/D/1 queue's wait (in services): the root ``x > 0`` of
+    ``rho (e^x - 1) = x``, by the fixed point ``x = log(1 + x / rho)``."""
+    x = 1.0
+    for _ in range(2000):
+        x = math.log1p(x / rho)
+    assert rho * math.expm1(x) == pytest.approx(x)
+    return x
+
+
+def test_the_wait_for_prefills_decays_as_deterministic_services_do() -> None:
+    # Prefills of one prompt length take about the same time: the p99 wait is a fraction of
+    # what exponential services (M/M/1) would give, the smaller the lighter the load.
+    for rps, ratio in ((0.2, 0.3), (1.0, 0.6)):
+        load = Load(requests_per_s=rps, prompt_tokens=100, output_tokens=1)
+        p = predict(PROFILE, load, 1, threads=2, cores=2)
+        assert p.concurrency == 1.0
+        service = 0.5 + 1 / 20  # the prefill and one stream's step
+        rho = rps * service
+        wait99 = p.ttft_p99_s - 0.1 - service
+        mm1 = service / (1 - rho) * math.log(rho / 0.01)
+        assert 0 < wait99 < ratio * mm1, (rps, wait99, mm1)
+        assert wait99 == pytest.approx(service / md1_decay(rho) * math.log(rho / 0.01))
+    assert md1_decay(0.99) == pytest.approx(2 * (1 - 0.99), rel=0.01)  # heavy traffic
+
+
 def test_decode_rates_are_interpolated_between_measured_batches() -> None:
     assert PROFILE.decode_at(1) == 20.0
     assert PROFILE.decode_at(2) == pytest.approx(20 + 20 / 3)
@@ -42,7 +68,7 @@ def test_a_light_load_on_one_replica() -> None:
     assert p.utilisation == pytest.approx(0.1 * (0.5 + 20 / 20))
     assert p.ttft_p50_s == pytest.approx(0.1 + 0.55)  # no prompt ahead half the time
     # prompts take 0.1 x 0.55 of the time: the prompt queue's load
-    wait99 = 0.55 / (1 - 0.055) * math.log(0.055 / 0.01)
+    wait99 = 0.55 / md1_decay(0.055) * math.log(0.055 / 0.01)
     assert p.ttft_p99_s == pytest.approx(0.1 + wait99 + 0.55)
     assert p.latency_p50_s == pytest.approx(0.65 + 20 * 0.05 / 0.95)
     assert p.max_requests_per_s == pytest.approx(1 / (0.5 + 20 / 64))
@@ -309,7 +335,7 @@ def test_a_prompt_waits_for_the_prompts_ahead_not_for_whole_requests() -> None:
     service = 0.5 + itl
     assert p.ttft_p50_s == pytest.approx(0.1 + service)  # no prompt ahead half the time
     rho_p = 0.2 * service
-    wait99 = service / (1 - rho_p) * math.log(rho_p / 0.01)
+    wait99 = service / md1_decay(rho_p) * math.log(rho_p / 0.01)
     assert p.ttft_p99_s == pytest.approx(0.1 + wait99 + service)
 
 
@@ -322,7 +348,7 @@ def test_a_request_waits_for_a_slot_when_every_slot_is_taken() -> None:
     p = predict(one, load, 1, threads=2, cores=2)
     # P 0.5 s, 20 tokens at 20 tok/s 1 s: the engine busy 0.15; a prompt's service 0.55 s.
     assert p.ttft_p50_s == pytest.approx(0.55)  # neither queue holds anyone half the time
-    prompt_wait = 0.55 / (1 - 0.055) * math.log(0.055 / 0.01)
+    prompt_wait = 0.55 / md1_decay(0.055) * math.log(0.055 / 0.01)
     slot_wait = 1.5 / (1 - 0.15) * math.log(0.15 / 0.01)
     assert p.ttft_p99_s == pytest.approx(prompt_wait + slot_wait + 0.55)
 

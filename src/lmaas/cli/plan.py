@@ -255,6 +255,11 @@ def plan(
     _show_plan(out)
 
 
+def _seconds(value: float | None) -> str:
+    """A time of the plan (JSON null: unbounded, as for a saturated candidate)."""
+    return "unbounded" if value is None else f"{value:.2f} s"
+
+
 def _show_plan(out: dict[str, Any]) -> None:
     table = Table(
         "replicas",
@@ -272,21 +277,21 @@ def _show_plan(out: dict[str, Any]) -> None:
             str(c["threads"]),
             "saturated" if c["saturated"] else f"{c['utilisation']:.0%}",
             f"{c['max_requests_per_s']:.2f}",
-            f"{c['ttft_p50_s']:.2f} s",
-            f"{c['ttft_p99_s']:.2f} s",
-            f"{c['latency_p50_s']:.2f} s",
+            _seconds(c["ttft_p50_s"]),
+            _seconds(c["ttft_p99_s"]),
+            _seconds(c["latency_p50_s"]),
             f"{c['concurrency']:.1f}",
         )
     console.print(table)
     machine = out["machine"]
-    where = f"machines of {machine['cores']} cores, {size_text(machine['memory_bytes'])}"
+    where = f"machine(s) of {machine['cores']} cores, {size_text(machine['memory_bytes'])} each"
     if not out["feasible"]:
         console.print(f"[red]not feasible[/red]: {out['reason']}")
         raise typer.Exit(1)
     e = out["expected"]
     console.print(
         f"[bold]{out['replicas']} replica(s)[/bold] of {out['threads_per_replica']} threads on "
-        f"{out['nodes']} of {where}: {out['cores']} cores, {size_text(out['memory_bytes'])}; "
+        f"{out['nodes']} {where}: {out['cores']} cores, {size_text(out['memory_bytes'])}; "
         f"{e['requests_per_s']:.2f} req/s ({e['output_tokens_per_s']:.0f} output tokens/s), "
         f"TTFT p50 {e['ttft_p50_s']:.2f} s / p99 {e['ttft_p99_s']:.2f} s, "
         f"{e['utilisation']:.0%} busy"

@@ -37,11 +37,13 @@ The model of one replica (all times in seconds):
   takes ``k x P``.
 * Continuous batching: a prompt is prefilled in the next step, alongside the running streams'
   tokens, so it waits for the prompts ahead of it, not for whole requests. Its service is
-  ``S = k x P + itl``; prompts queue as in an M/M/1 queue of load ``rho_p = lam x S``, whose
-  waiting time exceeds ``t`` with probability ``rho_p x exp(-(1 - rho_p) t / S)``. When every
-  sequence slot is taken (``b`` at the engine's limit) a request also waits for a slot, as in
-  an M/M/1 queue of whole requests (load ``rho``, service ``k x (P + D(b))``). TTFT at
-  quantile ``q`` is ``overhead + wait_q + S``.
+  ``S = k x P + itl``, about the same for every prompt of the load's length: prompts queue as
+  in an M/D/1 queue of load ``rho_p = lam x S``, whose waiting time exceeds ``t`` with
+  probability about ``rho_p x exp(-x t / S)``, ``x`` the root of ``rho_p (e^x - 1) = x``
+  (an M/M/1 queue's exponential services would give ``x = 1 - rho_p``: a tail several times
+  too long at light loads). When every sequence slot is taken (``b`` at the engine's limit) a
+  request also waits for a slot, as in an M/M/1 queue of whole requests (load ``rho``, service
+  ``k x (P + D(b))``: outputs vary). TTFT at quantile ``q`` is ``overhead + wait_q + S``.
 * The concurrency ``b`` is what Little's law gives for that latency: ``b = lam x (ttft +
   output x itl)``, found by fixed-point iteration (capped by the engine's sequence limit).
 """
@@ -279,13 +281,37 @@ def _wait_quantile(rho: float, service: float, q: float) -> float:
     return service / (1 - rho) * math.log(rho / tail)
 
 
+def _decay(rho: float) -> float:
+    """The root ``x > 0`` of ``rho (e^x - 1) = x`` (``0 < rho < 1``): an M/D/1 queue's waiting
+    time exceeds ``t`` with probability about ``rho exp(-x t / S)`` (Cramer-Lundberg; an M/M/1
+    queue's ``x`` is ``1 - rho``, and near ``rho = 1`` this one is twice that)."""
+    lo, hi = 0.0, 1.0
+    while rho * math.expm1(hi) <= hi:
+        lo, hi = hi, 2 * hi
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if rho * math.expm1(mid) <= mid else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _prefill_wait_quantile(rho: float, service: float, q: float) -> float:
+    """The ``q`` quantile of the wait in a queue of prefills: Poisson arrivals, each prefill
+    about ``service`` seconds (a prompt length's prefill varies little), load ``rho``."""
+    tail = 1 - q
+    if rho <= tail:
+        return 0.0
+    if rho >= 1:
+        return math.inf
+    return service / _decay(rho) * math.log(rho / tail)
+
+
 def _first_token_wait(
     lam: float, service: float, slots: tuple[float, float] | None, q: float
 ) -> float:
     """The ``q`` quantile of a prompt's wait: for the prompts ahead of it (each ``service``
     seconds, ``lam`` a second), and for a sequence slot when ``slots`` (the engine's load and
     a request's engine time) says every slot is taken."""
-    wait = _wait_quantile(lam * service, service, q)
+    wait = _prefill_wait_quantile(lam * service, service, q)
     return wait + (_wait_quantile(slots[0], slots[1], q) if slots else 0.0)
 
 
