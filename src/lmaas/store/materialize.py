@@ -54,8 +54,10 @@ class FolderCache:
         try:
             for file in files:
                 self._place(file, building)
-            if target.exists():  # incomplete (files removed by hand): set it aside
-                _remove(target)
+            if target.exists():
+                if _complete(target, files):  # a concurrent build finished first: keep it
+                    return target
+                _remove(target)  # incomplete (files removed by hand): set it aside
             try:
                 os.rename(building, target)
             except OSError:
