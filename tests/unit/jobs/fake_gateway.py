@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import httpx
 
+from lmaas.store.files import Viewer
+
+# A runner's secret and another runner's, the runners they name, the gateway's test URL, and
+# an admin viewer of the file store: what the tests of runners on other nodes share.
+SECRET, OTHER = "runner-s3cret", "other-s3cret"
+RUNNERS = {SECRET: "r1", OTHER: "r2"}
+URL = "http://testserver"
+ADMIN = Viewer(None, admin=True)
+
 
 class FakeBlobGateway:
     """``GET /internal/blobs/<hex>`` for the runner's ``secret`` (the blobs asked for are

@@ -42,11 +42,8 @@ from lmaas.store.catalog import Catalog
 from lmaas.store.files import FileLimits, FileStore, Viewer
 from lmaas.store.model_store import ModelStore
 from lmaas.store.node_cache import NodeCache, Source
+from tests.unit.jobs.fake_gateway import ADMIN, OTHER, RUNNERS, SECRET, URL
 
-SECRET, OTHER = "runner-s3cret", "other-s3cret"
-RUNNERS = {SECRET: "r1", OTHER: "r2"}
-URL = "http://testserver"
-ADMIN = Viewer(None, admin=True)
 OWNER = "key-abc"
 MAX_CHECKPOINT = 2 << 20  # above a state.json too large (1 MiB)
 

@@ -45,18 +45,13 @@ from lmaas.jobs.store import COMPLETED, JobStore
 from lmaas.store.blobs import BlobStore
 from lmaas.store.catalog import Catalog, VersionInfo
 from lmaas.store.evaluations import Evaluations
-from lmaas.store.files import FileLimits, FileStore, Viewer
+from lmaas.store.files import FileLimits, FileStore
 from lmaas.store.folder import FolderFile, manifest_bytes
 from lmaas.store.model_store import ModelStore
 from lmaas.store.node_cache import BlobFetchError, NodeCache, Source
 from tests.hf_folder import folder_files, tar_bytes, write_folder
-from tests.unit.jobs.fake_gateway import FakeBlobGateway
+from tests.unit.jobs.fake_gateway import ADMIN, OTHER, RUNNERS, SECRET, URL, FakeBlobGateway
 from tests.unit.jobs.test_quantize import FakeTools, tiny_gguf
-
-SECRET, OTHER = "runner-s3cret", "other-s3cret"
-RUNNERS = {SECRET: "r1", OTHER: "r2"}
-URL = "http://testserver"
-ADMIN = Viewer(None, admin=True)
 
 
 def sha(data: bytes) -> str:

@@ -39,10 +39,9 @@ from lmaas.jobs.storage import FILES_ROUTE, GatewayJobFiles, LocalJobFiles, Outp
 from lmaas.local_admin import LOCAL_ADMIN
 from lmaas.store.blobs import BlobStore
 from lmaas.store.node_cache import BlobFetchError, NodeCache, Source
-from tests.unit.jobs.fake_gateway import FakeBlobGateway
+from tests.unit.jobs.fake_gateway import OTHER, SECRET, FakeBlobGateway
 
 PG = "postgresql://lmaas@db.internal/lmaas"
-SECRET, OTHER = "runner-s3cret", "other-s3cret"
 
 
 def sha(data: bytes) -> str:

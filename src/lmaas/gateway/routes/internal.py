@@ -127,11 +127,15 @@ async def output_file(request: Request, job: str, purpose: str, filename: str) -
     return JSONResponse({"id": file_id}, status_code=201)
 
 
-def _too_large(limit: int) -> RequestTooLargeError:
+def _too_large(limit: int, what: str = "file") -> RequestTooLargeError:
+    """413 for an output file (``files.max_bytes``) or a checkpoint
+    (``jobs.ray.max_checkpoint_bytes``) over its limit."""
+    setting = "files.max_bytes" if what == "file" else "jobs.ray.max_checkpoint_bytes"
+    article = "an output file" if what == "file" else "a checkpoint"
     return RequestTooLargeError(
-        f"an output file may hold at most {limit} bytes (files.max_bytes)",
-        param="file",
-        code="file_too_large",
+        f"{article} may hold at most {limit} bytes ({setting})",
+        param=what,
+        code=f"{what}_too_large",
     )
 
 
@@ -179,7 +183,7 @@ async def keep_checkpoint(request: Request, job: str) -> JSONResponse:
     limit = access.max_checkpoint_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _checkpoint_too_large(limit)
+        raise _too_large(limit, "checkpoint")
     reader = AsyncStreamReader(request.stream(), asyncio.get_running_loop(), limit)
     try:
         kept = await asyncio.to_thread(
@@ -190,17 +194,9 @@ async def keep_checkpoint(request: Request, job: str) -> JSONResponse:
             still_held=partial(access.checkpoint_job, runner, job),
         )
     except RequestTooLargeError:
-        raise _checkpoint_too_large(limit) from None
+        raise _too_large(limit, "checkpoint") from None
     body = {"job": held.id, "step": kept.step, "bytes": kept.file.bytes}
     return JSONResponse(body, status_code=201)
-
-
-def _checkpoint_too_large(limit: int) -> RequestTooLargeError:
-    return RequestTooLargeError(
-        f"a checkpoint may hold at most {limit} bytes (jobs.ray.max_checkpoint_bytes)",
-        param="checkpoint",
-        code="checkpoint_too_large",
-    )
 
 
 @router.get(CHECKPOINTS_ROUTE)
