@@ -129,6 +129,19 @@ def test_memory_bounds_the_replicas_of_one_machine() -> None:
     assert light.choice.threads == 8  # one replica takes every core
     heavy = plan(PROFILE, Load(requests_per_s=6.0, prompt_tokens=100, output_tokens=20), small)
     assert heavy.choice is not None and heavy.nodes == heavy.choice.replicas > 1
+    # A machine with less memory than one replica takes fits none, on one machine or many.
+    tiny = Machine(cores=8, memory_bytes=GiB)
+    none = plan(PROFILE, Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20), tiny)
+    assert none.choice is None and none.nodes == 0
+    assert "needs 1610612736 bytes of memory" in none.reason
+
+
+def test_a_load_beyond_the_most_replicas_says_what_they_serve() -> None:
+    load = Load(requests_per_s=1000.0, prompt_tokens=100, output_tokens=20)
+    big = plan(PROFILE, load, Machine(cores=2, memory_bytes=64 * GiB), max_replicas=4)
+    assert big.choice is None
+    most = 4 / (0.5 + 20 / 64)  # four replicas of 2 threads: P + D(16) each
+    assert f"serve at most {most:.3g} requests/s" in big.reason
 
 
 @pytest.mark.parametrize(

@@ -381,17 +381,29 @@ def plan(profile: Profile, load: Load, machine: Machine, *, max_replicas: int = 
         candidates.append(guess)
         if guess.meets(load):
             return _chosen(load, machine, guess, 1, candidates, per_replica)
+    if fit_memory < 1:
+        reason = (
+            f"one replica needs {per_replica} bytes of memory; a machine has {machine.memory_bytes}"
+        )
+        return Plan(load, machine, None, 0, 0, 0, candidates, reason)
     threads = min(profile.threads, machine.cores)
-    per_node = max(1, min(machine.cores // threads, fit_memory or 1))
+    per_node = max(1, min(machine.cores // threads, fit_memory))
+    last = None
     for replicas in range(1, max_replicas + 1):
-        guess = predict(profile, load, replicas, threads=threads, cores=replicas * threads)
-        if guess.meets(load):
-            candidates.append(guess)
+        last = predict(profile, load, replicas, threads=threads, cores=replicas * threads)
+        if last.meets(load):
+            candidates.append(last)
             nodes = math.ceil(replicas / per_node)
-            return _chosen(load, machine, guess, nodes, candidates, per_replica)
-    reason = f"no deployment of up to {max_replicas} replicas meets the load: " + (
-        "one request alone misses the objectives" if candidates else "no replica fits"
-    )
+            return _chosen(load, machine, last, nodes, candidates, per_replica)
+    if last is not None and (last.saturated or last.utilisation > load.utilisation):
+        candidates.append(last)
+        why = (
+            f"they serve at most {last.max_requests_per_s:.3g} requests/s"
+            f" ({load.utilisation:.0%} of that: {last.max_requests_per_s * load.utilisation:.3g})"
+        )
+    else:
+        why = "even a lightly loaded replica misses the TTFT/latency objectives"
+    reason = f"no deployment of up to {max_replicas} replicas meets the load: {why}"
     return Plan(load, machine, None, 0, 0, 0, candidates, reason)
 
 
