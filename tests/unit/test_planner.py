@@ -133,7 +133,7 @@ def test_memory_bounds_the_replicas_of_one_machine() -> None:
     tiny = Machine(cores=8, memory_bytes=GiB)
     none = plan(PROFILE, Load(requests_per_s=0.1, prompt_tokens=100, output_tokens=20), tiny)
     assert none.choice is None and none.nodes == 0
-    assert "needs 1610612736 bytes of memory" in none.reason
+    assert "needs 1536 MiB of memory; a machine has 1024 MiB" in none.reason
 
 
 def test_a_load_beyond_the_most_replicas_says_what_they_serve() -> None:

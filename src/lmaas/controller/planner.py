@@ -383,7 +383,8 @@ def plan(profile: Profile, load: Load, machine: Machine, *, max_replicas: int = 
             return _chosen(load, machine, guess, 1, candidates, per_replica)
     if fit_memory < 1:
         reason = (
-            f"one replica needs {per_replica} bytes of memory; a machine has {machine.memory_bytes}"
+            f"one replica needs {per_replica / 2**20:.0f} MiB of memory; a machine has "
+            f"{machine.memory_bytes / 2**20:.0f} MiB"
         )
         return Plan(load, machine, None, 0, 0, 0, candidates, reason)
     threads = min(profile.threads, machine.cores)
