@@ -70,7 +70,7 @@ class FineTuneWork:
         from lmaas.training.models import load_causal_lm
 
         version = self._version(ref)
-        path = self.files.model_path(version)
+        path = self.files.model_path(version, job_id=str(self.given["job_id"]))
         model, tokenizer = load_causal_lm(path)
         return model, tokenizer, path, version
 

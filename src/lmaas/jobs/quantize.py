@@ -206,7 +206,7 @@ class QuantizeHandler:
         return path
 
     def _step(self, job_id: str, source: VersionInfo, step: str, text: Path) -> dict[str, Any]:
-        source_path = self.files.model_path(source)
+        source_path = self.files.model_path(source, job_id=job_id)
         if step == SOURCE:
             figures = self.tools.measure(source_path, text)
             version, alias = source, None

@@ -11,7 +11,10 @@ SIGTERM stops it too: running jobs are let go at once, to be resumed by the next
 A runner on a Ray node (:mod:`lmaas.jobs.runner_host`) runs :func:`run_jobs` inside its actor
 with a ``node_cache_dir``: it shares no disk with the gateway, so its files and model versions
 go through the gateway (:class:`lmaas.jobs.storage.GatewayJobFiles`), its work directories are
-under the node cache's ``jobs``, and it runs the kinds it is given (``config.kinds``).
+under the node cache's ``jobs``, and it runs the kinds it is given (``config.kinds``). Each
+job's source model versions stay pinned in the node cache while that job's run goes on, and no
+longer: however the run ends (done, failed, cancelled, its lease lost) its pins go
+(:func:`pins_per_job`), so a runner that is never idle does not keep every version it fetched.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -29,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lmaas.config_jobs import JobSettings
 from lmaas.db import create_db_engine, session_factory
+from lmaas.jobs.context import JobContext, JobHandler, Outcome
 from lmaas.jobs.gateway import GatewayClient
 from lmaas.jobs.kinds import job_handlers
 from lmaas.jobs.leases import JobLeases
@@ -47,8 +52,6 @@ log = logging.getLogger(__name__)
 
 # A line may wait for a busy engine; connect and pool waits are short.
 _LINE_TIMEOUT = httpx.Timeout(connect=10.0, read=3600.0, write=60.0, pool=3600.0)
-# How often a runner on a node looks whether it is idle, to unpin the versions it fetched.
-UNPIN_INTERVAL = 30.0
 
 
 class RunnerConfig(BaseModel):
@@ -127,29 +130,25 @@ async def run_jobs(
             if not await gateway.wait_ready(stop):
                 return
             log.info("job runner %s: serving jobs", config.runner_id)
+            handlers = job_handlers(
+                gateway,
+                files,
+                settings,
+                Evaluations(sessions),
+                catalog=catalog,
+                workdirs=workdirs,
+                kinds=config.kinds,
+            )
+            if isinstance(files, GatewayJobFiles):
+                handlers = pins_per_job(handlers, files)
             jobs = JobLoop(
                 leases,
-                job_handlers(
-                    gateway,
-                    files,
-                    settings,
-                    Evaluations(sessions),
-                    catalog=catalog,
-                    workdirs=workdirs,
-                    kinds=config.kinds,
-                ),
+                handlers,
                 runner=config.runner_id,
                 max_concurrent=settings.max_concurrent,
                 heartbeat_interval=heartbeat_interval(settings.lease_seconds),
             )
-            unpin = None
-            if isinstance(files, GatewayJobFiles):
-                unpin = asyncio.create_task(_unpin_when_idle(jobs, files, UNPIN_INTERVAL))
-            try:
-                await jobs.run(stop, wake)
-            finally:
-                if unpin is not None:
-                    unpin.cancel()
+            await jobs.run(stop, wake)
     finally:
         if isinstance(files, GatewayJobFiles):
             files.close()
@@ -157,14 +156,40 @@ async def run_jobs(
         log.info("job runner %s: stopped", config.runner_id)
 
 
-async def _unpin_when_idle(jobs: JobLoop, files: GatewayJobFiles, interval: float) -> None:
-    """Let the node cache prune the model versions this runner fetched whenever it runs no
-    job (a job may read its base model until it ends)."""
-    while True:
-        await asyncio.sleep(interval)
-        if not jobs.running:
-            # Kept when a job started meanwhile and asked for a version (the mark moved).
-            await asyncio.to_thread(files.release_models, files.models_mark())
+def pins_per_job(
+    handlers: Mapping[str, JobHandler], files: GatewayJobFiles
+) -> dict[str, JobHandler]:
+    """``handlers``, each run of a job holding its own pins in the node cache (the versions
+    ``files.model_path`` gives it) from its start to its end, however it ends."""
+    return {kind: _JobPins(handler, files) for kind, handler in handlers.items()}
+
+
+class _JobPins:
+    """A job handler whose runs begin and end their job's pins (see :func:`pins_per_job`)."""
+
+    def __init__(self, handler: JobHandler, files: GatewayJobFiles) -> None:
+        self.kind = handler.kind
+        self.handler = handler
+        self.files = files
+
+    async def run(self, ctx: JobContext) -> Outcome:
+        lease = self.files.begin_job(ctx.job.id)
+        try:
+            return await self.handler.run(ctx)
+        finally:
+            # On a thread (it takes the cache's lock), to its end even when the run is
+            # cancelled while it waits; a failure is logged, the job's outcome kept.
+            ended = asyncio.ensure_future(asyncio.to_thread(self.files.end_job, ctx.job.id, lease))
+            ended.add_done_callback(_log_unpin_failure(ctx.job.id))
+            await asyncio.wait({ended})
+
+
+def _log_unpin_failure(job_id: str) -> Callable[[asyncio.Future[None]], None]:
+    def check(ended: asyncio.Future[None]) -> None:
+        if not ended.cancelled() and (exc := ended.exception()) is not None:
+            log.warning("job %s: its pins in the node cache were not let go: %s", job_id, exc)
+
+    return check
 
 
 def _watch_parent(

@@ -9,8 +9,8 @@ and the store.
   (:class:`lmaas.store.node_cache.NodeCache`); its row (digest, size) is read from
   the catalog, which such a runner reaches by URL (PostgreSQL). A source model version comes the
   same way, blob by blob (a folder's manifest, then its files, linked into a folder of the
-  cache), and stays pinned in the cache (never pruned) until the runner has no job left
-  (:meth:`GatewayJobFiles.release_models`). An output file is streamed to the gateway
+  cache), and stays pinned in the cache (never pruned) for the job that asked for it until
+  that job's run ends (:meth:`GatewayJobFiles.end_job`). An output file is streamed to the gateway
   (``POST /internal/files``) with the id of the job that made it, which stores it as that
   job's owner's and answers its id; a new version (a GGUF file, or a Hugging Face folder sent
   as a tar) is streamed to ``POST /internal/versions`` with the sha256 of what is sent, which
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -45,6 +46,7 @@ from lmaas.store.files import FileStore, Viewer
 from lmaas.store.folder import MAX_MANIFEST_BYTES, parse_manifest, tar_chunks
 from lmaas.store.model_store import ModelStore
 from lmaas.store.node_cache import NodeCache, Source
+from lmaas.store.node_prune import Lease, LeaseReleased
 from lmaas.store.tables import FileRow
 
 FILES_ROUTE: Final = "/internal/files"
@@ -55,6 +57,8 @@ CHECKPOINT_STEP_HEADER: Final = "X-Lmaas-Checkpoint-Step"
 OUTPUT_PURPOSES: Final = frozenset({"batch_output", "evals"})
 _EVERYONE: Final = Viewer(None, admin=True)
 _UPLOAD_TIMEOUT: Final = httpx.Timeout(connect=10.0, read=600.0, write=600.0, pool=60.0)
+# How many of the jobs whose runs ended a runner remembers (see GatewayJobFiles._ended).
+_ENDED_KEPT: Final = 1024
 
 
 class JobFiles(Protocol):
@@ -75,9 +79,9 @@ class JobFiles(Protocol):
         """Store a file job ``job_id`` made, owned by ``owner_key_id`` (the job's owner, which
         the gateway takes from the job itself for a runner on another node); its id."""
 
-    def model_path(self, version: VersionInfo) -> Path:
+    def model_path(self, version: VersionInfo, *, job_id: str | None = None) -> Path:
         """A store version on this machine: its GGUF file or its Hugging Face folder (read it,
-        never write it)."""
+        never write it), there for job ``job_id`` until its run ends."""
 
     def store_version(
         self,
@@ -115,8 +119,8 @@ class LocalJobFiles:
             raise RuntimeError("these job files have no model store")
         return self.models
 
-    def model_path(self, version: VersionInfo) -> Path:
-        return self._store().path_of(version)
+    def model_path(self, version: VersionInfo, *, job_id: str | None = None) -> Path:
+        return self._store().path_of(version)  # the store's own: it stays
 
     def store_version(
         self,
@@ -198,21 +202,55 @@ class GatewayJobFiles:
         self._cache = cache
         self._source = source
         self._http = client or httpx.Client(timeout=_UPLOAD_TIMEOUT, verify=verify)
-        # The versions model_path gave stay pinned in the node cache until release_models.
-        self._models = cache.lease()
+        # The versions model_path gave a job stay pinned in the node cache until end_job; those
+        # given no job until close. A call for a job whose run just ended (a thread its cancelled
+        # run left behind) pins nothing: the last jobs that ended are remembered.
+        self._jobs: dict[str, Lease] = {}
+        self._ended: dict[str, None] = {}  # in the order they ended
+        self._jobs_lock = threading.Lock()
+        self._unowned = cache.lease()
 
     def close(self) -> None:
         self._http.close()
-        self._models.release()
+        with self._jobs_lock:
+            leases = list(self._jobs.values())
+            self._jobs.clear()
+        for lease in (*leases, self._unowned):
+            lease.release()
 
-    def models_mark(self) -> int:
-        """A mark for :meth:`release_models` (see :attr:`Lease.generation`)."""
-        return self._models.generation
+    def begin_job(self, job_id: str) -> Lease:
+        """A run of job ``job_id`` starts: what :meth:`model_path` gives it is pinned in the
+        node cache until :meth:`end_job` (given the lease this returns)."""
+        lease = self._cache.lease()
+        with self._jobs_lock:
+            self._jobs[job_id] = lease
+            self._ended.pop(job_id, None)
+        return lease
 
-    def release_models(self, mark: int | None = None) -> bool:
-        """Let the node cache prune the versions :meth:`model_path` gave (call it when no job
-        uses them); with ``mark``, only when no version was asked for since it was read."""
-        return self._models.clear(mark)
+    def end_job(self, job_id: str, lease: Lease | None = None) -> None:
+        """The run of job ``job_id`` (the one :meth:`begin_job` gave ``lease``; None: its
+        current one) ended, however it ended: let the node cache prune what it pinned. A later
+        run of the job keeps its own pins."""
+        with self._jobs_lock:
+            current = self._jobs.get(job_id)
+            lease = current if lease is None else lease
+            if current is not None and current is lease:
+                del self._jobs[job_id]
+                self._ended[job_id] = None
+                if len(self._ended) > _ENDED_KEPT:
+                    del self._ended[next(iter(self._ended))]
+        if lease is not None:
+            lease.release()
+
+    def _lease_for(self, job_id: str | None) -> Lease:
+        if job_id is None:
+            return self._unowned
+        with self._jobs_lock:
+            if job_id in self._ended:
+                raise LeaseReleased(f"job {job_id} ended here: nothing more is pinned for it")
+            if job_id not in self._jobs:  # a caller outside a runner's loop: until end_job
+                self._jobs[job_id] = self._cache.lease()
+            return self._jobs[job_id]
 
     def open_input(self, file_id: str) -> BinaryIO:
         found = self._lookup(file_id)
@@ -250,11 +288,11 @@ class GatewayJobFiles:
             )
         return str(response.json()["id"])
 
-    def model_path(self, version: VersionInfo) -> Path:
+    def model_path(self, version: VersionInfo, *, job_id: str | None = None) -> Path:
         """The version's blobs fetched by digest into the node cache (a folder's manifest
         first, then each file it lists), the folder built there from links to them; pinned
-        there until :meth:`release_models`."""
-        cache, lease = self._cache, self._models
+        there until job ``job_id``'s run ends (:meth:`end_job`; None: until :meth:`close`)."""
+        cache, lease = self._cache, self._lease_for(job_id)
         if version.format != "hf":
             return cache.ensure_blob(
                 self._source, version.digest, version.size_bytes, self._http, lease=lease

@@ -9,12 +9,16 @@ blobs (``<cache>/models/<manifest hex>/``), as the gateway builds its own. Blobs
 cache with the expected size are used again without a download.
 
 The cache is kept under ``max_bytes`` (``cluster.node_cache_max_bytes``; 0: no bound) by
-:mod:`lmaas.store.node_prune`, at start and after each download: what was used least recently
-goes first, never what a live process on the node pins. A process pins what it uses in a
-:class:`~lmaas.store.node_prune.Lease` (:meth:`NodeCache.lease`) and holds it as long as it
-reads the files: a replica's actor for its worker's life, a job runner while it has jobs. The
-lease is pinned *before* the cache is looked at, so nothing it found can go before it is let
-go; a call given no lease pins only for its own duration.
+:mod:`lmaas.store.node_prune`, at start, before a download of known size (down to
+``max_bytes`` less that size, so the blob fits) and after each download: what was used least
+recently goes first, never what a live process on the node pins. The bound counts finished
+blobs and folders only: downloads in flight (each made room for before it starts, but several
+at once can each take that room) and job work directories (``jobs/``) come on top of it. A
+process pins what it uses in a :class:`~lmaas.store.node_prune.Lease` (:meth:`NodeCache.lease`)
+and holds it as long as it reads the files: a replica's actor for its worker's life, a job
+runner's job until that job's run ends. The lease is pinned *before* the cache is looked at, so
+nothing it found can go before it is let go; a call given no lease pins only for its own
+duration.
 """
 
 from __future__ import annotations
@@ -123,7 +127,8 @@ class NodeCache:
     ) -> Path:
         """The blob ``digest`` of ``size`` bytes in the cache, downloaded when it is not
         (``size`` None: not known, as for a folder's manifest; at most ``max_bytes`` then),
-        pinned by ``lease``; the cache is pruned after a download."""
+        pinned by ``lease``; the cache is pruned to make room for a download of known size
+        first, and again after any download."""
         digest = normalize_digest(digest)
         with contextlib.ExitStack() as stack:
             if lease is None:
@@ -133,19 +138,23 @@ class NodeCache:
                 path = self.blobs.path_for(digest)
                 _touch(path)
                 return path
+            if self.max_bytes > 0 and size is not None:
+                self._prune_quietly(room=size)
             path = self._download(source, digest, size, http, max_bytes)
             if self.max_bytes > 0:
                 self._prune_quietly()
             return path
 
-    def prune(self, *, sweep: bool = False) -> PruneReport:
+    def prune(self, *, sweep: bool = False, room: int = 0) -> PruneReport:
         """Evict what was used least recently and no live lease pins until the cache holds at
-        most ``max_bytes``; with ``sweep``, remove unfinished writes first (see
-        :meth:`Pruner.sweep`) and the pins of processes that are gone."""
+        most ``max_bytes`` (less ``room``: bytes about to be written); with ``sweep``, remove
+        unfinished writes first (see :meth:`Pruner.sweep`) and the pins of processes that are
+        gone."""
+        bound = max(self.max_bytes - room, 0) if self.max_bytes > 0 else None
         with cache_lock(self.root):
             swept = self._pruner.sweep() if sweep else 0
-            pinned = live_pins(self.root) if sweep or self.max_bytes > 0 else set()
-            report = self._pruner.prune(self.max_bytes, pinned)
+            pinned = live_pins(self.root) if sweep or bound is not None else set()
+            report = self._pruner.prune(bound, pinned)
         report.swept = swept
         if report.blobs or report.folders:
             log.info(
@@ -166,11 +175,11 @@ class NodeCache:
             )
         return report
 
-    def _prune_quietly(self, *, sweep: bool = False) -> None:
+    def _prune_quietly(self, *, sweep: bool = False, room: int = 0) -> None:
         """Prune; a failure (a file system refusing a removal or a lock) is logged, and what was
         fetched is still served."""
         try:
-            self.prune(sweep=sweep)
+            self.prune(sweep=sweep, room=room)
         except OSError as exc:
             log.warning("node cache %s: pruning failed: %s", self.root, exc)
 

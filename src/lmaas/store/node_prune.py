@@ -4,8 +4,10 @@ Every process on a node that uses the cache (replica actors, job runners) shares
 directory. Three things make pruning safe among them:
 
 - **The cache lock**, an exclusive ``flock`` on ``<cache>/.lock``: pruning holds it from the
-  reading of the pins to the last removal, and a pin file is only made or rewritten under it,
-  so a prune sees every pin made before it and none half-written.
+  reading of the pins to the last removal, and a pin file is only made or replaced under it,
+  so a prune sees every pin made before it and none half-written. A lease's new pins go to a
+  new pin file, which then replaces the old one: a write that fails (a full disk) leaves the
+  old file, and the pins it held, as they were.
 - **Pins.** A process pins the digests it uses (blobs, and folders by their manifest digest)
   in a :class:`Lease`: a file ``<cache>/pins/<pid>-<random>.pin`` listing them, which the
   process holds an exclusive ``flock`` on for as long as the lease lives. The kernel drops that
@@ -77,10 +79,15 @@ def cache_lock(root: Path) -> Iterator[None]:
         os.close(fd)  # which drops the lock
 
 
+class LeaseReleased(RuntimeError):
+    """A released lease was asked to pin (a late caller: its pins would outlive their user)."""
+
+
 class Lease:
     """Digests this process uses from the cache at ``root`` (see the module doc). Its pin file
-    is made on the first :meth:`add`; :meth:`release` (or the process's end) lets it go.
-    ``on_drop`` is called with digests about to be unpinned (the cache marks them used)."""
+    is made on the first :meth:`add`; :meth:`release` (or the process's end) lets it go, for
+    good: it pins nothing more after. ``on_drop`` is called with digests about to be unpinned
+    (the cache marks them used)."""
 
     def __init__(self, root: Path, on_drop: Callable[[Iterable[str]], None] | None = None) -> None:
         self.root = root
@@ -89,48 +96,43 @@ class Lease:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
-        self._generation = 0
+        self._released = False
 
     @property
     def digests(self) -> frozenset[str]:
         return frozenset(self._digests)
 
-    @property
-    def generation(self) -> int:
-        """Counts :meth:`add` calls: :meth:`clear` given an older count keeps the pins."""
-        return self._generation
-
     def add(self, digests: Iterable[str]) -> None:
-        """Pin ``digests`` (``InvalidRequestError`` for one that is not a sha256 digest)."""
+        """Pin ``digests`` (``InvalidRequestError`` for one that is not a sha256 digest;
+        :class:`LeaseReleased` once released). When the pin file cannot be written (``OSError``)
+        the pins are as they were before the call."""
         wanted = {normalize_digest(d) for d in digests}
         with self._lock:
-            self._generation += 1
+            if self._released:
+                raise LeaseReleased(f"a released lease of the node cache {self.root} cannot pin")
             if self._fd is not None and wanted <= self._digests:
                 return
+            before = set(self._digests)
             self._digests |= wanted
-            self._write()
-
-    def clear(self, generation: int | None = None) -> bool:
-        """Unpin everything, the lease staying open; with ``generation``, only when nothing was
-        added since :attr:`generation` read it (True when cleared)."""
-        with self._lock:
-            if generation is not None and generation != self._generation:
-                return False
-            if self._digests:
-                self._drop()
+            try:
                 self._write()
-            return True
+            except BaseException:
+                self._digests = before
+                raise
 
     def release(self) -> None:
         """Unpin everything and remove the pin file (safe to call more than once)."""
         with self._lock:
+            self._released = True
             self._drop()
             fd, path, self._fd, self._path = self._fd, self._path, None, None
             if fd is None or path is None:
                 return
-            with cache_lock(self.root):
-                path.unlink(missing_ok=True)
-                os.close(fd)
+            try:
+                with cache_lock(self.root):
+                    path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)  # its lock goes with it: a file left behind pins nothing
 
     def _drop(self) -> None:
         if self._digests and self._on_drop is not None:
@@ -138,17 +140,27 @@ class Lease:
         self._digests.clear()
 
     def _write(self) -> None:
+        """Write the pins to a new pin file, then remove the old one, under the cache lock (a
+        prune sees one or the other); when the write fails the old file stays as it was."""
         body = json.dumps({"pid": os.getpid(), "digests": sorted(self._digests)}).encode()
         with cache_lock(self.root):
-            if self._fd is None:
-                pins = self.root / PINS_DIR
-                pins.mkdir(exist_ok=True)
-                path = pins / f"{os.getpid()}-{secrets.token_hex(8)}.pin"
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o644)
+            pins = self.root / PINS_DIR
+            pins.mkdir(exist_ok=True)
+            path = pins / f"{os.getpid()}-{secrets.token_hex(8)}.pin"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o644)
+            try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody holds it
-                self._fd, self._path = fd, path
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, body, 0)
+                _write_all(fd, body)
+            except BaseException:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+                raise
+            old_fd, old_path = self._fd, self._path
+            self._fd, self._path = fd, path
+            if old_fd is not None and old_path is not None:
+                with contextlib.suppress(OSError):  # left behind, unlocked, it pins nothing
+                    old_path.unlink(missing_ok=True)
+                os.close(old_fd)
 
     def __enter__(self) -> Lease:
         return self
@@ -181,6 +193,13 @@ def live_pins(root: Path) -> set[str]:
         finally:
             os.close(fd)
     return pinned
+
+
+def _write_all(fd: int, body: bytes) -> None:
+    """All of ``body`` at the start of ``fd`` (a short write goes on where it stopped)."""
+    written = 0
+    while written < len(body):
+        written += os.pwrite(fd, body[written:], written)
 
 
 def _pin_digests(fd: int, name: str) -> set[str]:
@@ -227,16 +246,16 @@ class Pruner:
         self.models_dir = models_dir
         self._remove = {"blob": remove_blob, "folder": remove_folder}
 
-    def prune(self, max_bytes: int, pinned: set[str]) -> PruneReport:
+    def prune(self, max_bytes: int | None, pinned: set[str]) -> PruneReport:
         """Evict the least recently used entries no pin holds until at most ``max_bytes`` are
-        held (``max_bytes`` 0: none evicted)."""
+        held (``max_bytes`` None: none evicted; 0: every one not pinned)."""
         entries, sizes = self._scan()
         holders: dict[Inode, set[int]] = {key: set() for key in sizes}
         for index, entry in enumerate(entries):
             for key in entry.inodes:
                 holders[key].add(index)
         report = PruneReport(held=sum(sizes.values()))
-        if max_bytes <= 0:
+        if max_bytes is None:
             return report
         start = report.held
         order = sorted(range(len(entries)), key=lambda i: (entries[i].used, entries[i].digest))

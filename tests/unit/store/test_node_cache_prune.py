@@ -5,6 +5,7 @@ the gateway is a fake behind httpx's MockTransport."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -23,13 +24,14 @@ from pydantic import ValidationError
 from lmaas.config import load_settings
 from lmaas.config_cluster import ClusterSettings
 from lmaas.controller.cluster.ray_host import HostSpec, ReplicaHost
-from lmaas.jobs.loop import JobLoop
-from lmaas.jobs.runner import _unpin_when_idle
+from lmaas.jobs.context import JobContext, Outcome
+from lmaas.jobs.runner import pins_per_job
 from lmaas.jobs.storage import GatewayJobFiles
+from lmaas.jobs.store import COMPLETED, JobInfo
 from lmaas.store.catalog import VersionInfo
 from lmaas.store.folder import FolderFile, manifest_bytes
 from lmaas.store.node_cache import NodeCache, Source
-from lmaas.store.node_prune import PINS_DIR, cache_lock, live_pins
+from lmaas.store.node_prune import PINS_DIR, LeaseReleased, cache_lock, live_pins
 from tests.unit.jobs.fake_gateway import FakeBlobGateway
 
 SECRET = "node-s3cret"
@@ -105,7 +107,8 @@ def test_the_bound_is_kept_least_recently_used_first(
     assert not blob_path(cache, B).exists()
     assert blob_path(cache, A).read_bytes() == A and blob_path(cache, C).read_bytes() == C
     assert held(cache) == 2000
-    assert "evicted 1 blobs and 0 folders (1000 bytes); 2000 bytes held" in caplog.text
+    # Evicted before C's download, to make its room.
+    assert "evicted 1 blobs and 0 folders (1000 bytes); 1000 bytes held" in caplog.text
     # Unbounded (0): nothing goes.
     unbounded = NodeCache(tmp_path / "other", max_bytes=0)
     for blob in (A, B, C):
@@ -135,6 +138,60 @@ def test_pinned_blobs_survive_and_an_unmet_bound_only_warns(
     assert not blob_path(cache, A).exists() and blob_path(cache, B).exists()
     second.release()
     assert not list((tmp_path / PINS_DIR).iterdir())
+
+
+def test_room_is_made_before_a_download_of_known_size(tmp_path: Path) -> None:
+    models, cache = Models(), NodeCache(tmp_path, max_bytes=2500)
+    models.gguf(cache, A)
+    models.gguf(cache, B)
+    used(blob_path(cache, A), 200)
+    used(blob_path(cache, B), 100)
+    held_at_fetch: list[int] = []
+
+    def watching(request: httpx.Request) -> httpx.Response:
+        blobs = cache.blobs.blobs_dir.glob("sha256-*")
+        held_at_fetch.append(sum(path.stat().st_size for path in blobs))
+        return models.gateway.handle(request)
+
+    models.add(C)
+    listed = [FolderFile("model.gguf", sha(C), len(C))]
+    client = httpx.Client(transport=httpx.MockTransport(watching))
+    cache.model_path(SOURCE, "gguf", sha(C), listed, client)
+    # A went before C came: 1000 held + 1000 coming, never 3000 on a bound of 2500.
+    assert held_at_fetch == [1000]
+    assert not blob_path(cache, A).exists() and held(cache) == 2000
+
+
+def test_a_pin_file_that_cannot_be_written_keeps_the_pins_it_had(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, cache = Models(), NodeCache(tmp_path, max_bytes=1)
+    unbounded = NodeCache(tmp_path)
+    models.gguf(unbounded, A)
+    models.gguf(unbounded, B)
+    lease = cache.lease()
+    lease.add([sha(A)])
+    real_pwrite = os.pwrite
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError, match="No space"):
+        lease.add([sha(B)])
+    assert lease.digests == {sha(A)}
+    assert len(list((tmp_path / PINS_DIR).iterdir())) == 1
+    assert cache.prune().held == 1000 and blob_path(cache, A).exists()  # A is still pinned
+
+    def short(fd: int, data: bytes, offset: int) -> int:
+        return real_pwrite(fd, bytes(data[:7]), offset)  # a few bytes a call
+
+    monkeypatch.setattr(os, "pwrite", short)
+    models.gguf(unbounded, B)
+    lease.add([sha(B)])  # written now (not skipped as pinned already), short writes and all
+    assert cache.prune().held == 2000
+    lease.release()
+    assert cache.prune().held == 0
 
 
 def _pin_and_wait(root: str, digest: str, ready: Any, done: Any) -> None:
@@ -297,47 +354,104 @@ def version(fmt: str, digest: str, size: int) -> VersionInfo:
     return VersionInfo(**fields)
 
 
-def test_a_runner_keeps_its_versions_pinned_until_it_lets_them_go(tmp_path: Path) -> None:
+def test_a_job_s_versions_stay_pinned_until_its_run_ends(tmp_path: Path) -> None:
     models = Models()
     models.add(A, B)
-    cache = NodeCache(tmp_path, max_bytes=1500)
+    cache = NodeCache(tmp_path, max_bytes=1)  # every prune takes all that is not pinned
     lookup: Callable[[str], tuple[str, int] | None] = {"file-b": (sha(B), len(B))}.get
     files = GatewayJobFiles(lookup, cache, SOURCE, client=models.client())
     try:
-        assert files.model_path(version("gguf", sha(A), len(A))).read_bytes() == A
+        first = files.begin_job("job-1")
+        assert files.model_path(version("gguf", sha(A), len(A)), job_id="job-1").read_bytes() == A
         with files.open_input("file-b") as handle:  # pinned only while it is opened
             assert handle.read() == B
-        mark = files.models_mark()
-        files.model_path(version("gguf", sha(A), len(A)))  # a job asked again meanwhile
-        assert not files.release_models(mark)
-        assert (cache.prune().held, blob_path(cache, A).exists()) == (1000, True)
-        cache.max_bytes = 1
-        assert cache.prune().held == 1000  # still pinned
-        assert files.release_models(files.models_mark())
+        assert cache.prune().held == 1000 and blob_path(cache, A).exists()
+        # A later run of the job (the first lost its lease): the first's end leaves its pins.
+        second = files.begin_job("job-1")
+        files.model_path(version("gguf", sha(A), len(A)), job_id="job-1")
+        files.end_job("job-1", first)
+        assert cache.prune().held == 1000
+        files.end_job("job-1", second)
         assert cache.prune().held == 0
+        # A call that comes after its job's run ended (a thread left behind) pins nothing.
+        with pytest.raises(LeaseReleased):
+            files.model_path(version("gguf", sha(A), len(A)), job_id="job-1")
+        with pytest.raises(LeaseReleased):
+            first.add([sha(A)])
+        assert not list((tmp_path / PINS_DIR).iterdir())
+        files.model_path(version("gguf", sha(A), len(A)))  # no job: pinned until close
+        assert cache.prune().held == 1000
     finally:
         files.close()
+    assert cache.prune().held == 0
 
 
-async def test_a_runner_unpins_its_versions_once_it_runs_no_job(tmp_path: Path) -> None:
-    models = Models()
-    models.add(A)
+class FetchThenEnd:
+    """A job handler that asks for its version, waits for its ``go``, then ends as planned."""
+
+    kind = "quantize"
+
+    def __init__(self, files: GatewayJobFiles) -> None:
+        self.files = files
+        self.plans: dict[str, tuple[bytes, asyncio.Event, str]] = {}
+
+    async def run(self, ctx: JobContext) -> Outcome:
+        blob, go, end = self.plans[ctx.job.id]
+        wanted = version("gguf", sha(blob), len(blob))
+        await ctx.call(self.files.model_path, wanted, job_id=ctx.job.id)
+        await go.wait()
+        if end == "fail":
+            raise RuntimeError("the handler failed")
+        return Outcome(COMPLETED, "done")
+
+
+async def test_a_busy_runner_unpins_each_job_s_version_when_that_job_ends(
+    tmp_path: Path,
+) -> None:
+    """Jobs overlap (a queue, max_concurrent > 1): the runner is never idle, yet each job's
+    version goes with its run, however it ends."""
+    models, D = Models(), data("d")
+    models.add(A, B, C, D)
     cache = NodeCache(tmp_path, max_bytes=1)
     files = GatewayJobFiles(lambda _: None, cache, SOURCE, client=models.client())
-    jobs = SimpleNamespace(running={"job-1": object()})
+    handler = FetchThenEnd(files)
+    (wrapped,) = pins_per_job({handler.kind: handler}, files).values()
+    runs: dict[str, asyncio.Task[Outcome]] = {}
+    for job_id, blob, end in (("j1", A, "ok"), ("j2", B, "ok"), ("j3", C, "fail"), ("j4", D, "")):
+        handler.plans[job_id] = (blob, asyncio.Event(), end)
+        job = cast(JobInfo, SimpleNamespace(id=job_id))
+        runs[job_id] = asyncio.create_task(wrapped.run(JobContext(job, "r1", cast(Any, None))))
+
+    def pinned() -> set[str]:
+        with cache_lock(tmp_path):
+            return live_pins(tmp_path)
+
     try:
-        await asyncio.to_thread(files.model_path, version("gguf", sha(A), len(A)))
-        unpin = asyncio.create_task(_unpin_when_idle(cast(JobLoop, jobs), files, 0.01))
-        await asyncio.sleep(0.1)
-        assert cache.prune().held == 1000  # a job runs: it may still read its base model
-        jobs.running.clear()
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if cache.prune().held == 0:
+        for _ in range(500):
+            if pinned() == {sha(A), sha(B), sha(C), sha(D)}:
                 break
-        assert not blob_path(cache, A).exists()
-        unpin.cancel()
+            await asyncio.sleep(0.01)
+        assert pinned() == {sha(A), sha(B), sha(C), sha(D)}
+        handler.plans["j2"][1].set()
+        assert (await runs["j2"]).status == COMPLETED
+        assert pinned() == {sha(A), sha(C), sha(D)}
+        assert cache.prune().held == 3000 and not blob_path(cache, B).exists()
+        handler.plans["j3"][1].set()
+        with pytest.raises(RuntimeError, match="handler failed"):
+            await runs["j3"]
+        assert pinned() == {sha(A), sha(D)}
+        runs["j4"].cancel()  # as the loop does when a job's lease is lost, or it stops
+        with pytest.raises(asyncio.CancelledError):
+            await runs["j4"]
+        assert pinned() == {sha(A)}
+        assert cache.prune().held == 1000 and blob_path(cache, A).read_bytes() == A
+        handler.plans["j1"][1].set()
+        await runs["j1"]
+        assert pinned() == set() and cache.prune().held == 0
     finally:
+        for run in runs.values():
+            run.cancel()
+        await asyncio.gather(*runs.values(), return_exceptions=True)
         files.close()
 
 
@@ -361,6 +475,7 @@ def test_a_replica_host_lets_its_pins_go_when_its_serve_call_ends(tmp_path: Path
     with pytest.raises(RuntimeError, match="prepare"):
         host.serve(b"s" * 32)  # never prepared: its serve fails at once
     assert NodeCache(tmp_path, spec.cache_max_bytes).prune().held == 0
+    assert host._lease is None  # a fetch after it pins in a new lease
 
 
 def test_the_bound_is_a_cluster_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

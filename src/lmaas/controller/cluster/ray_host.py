@@ -107,8 +107,9 @@ class ReplicaHost:
         try:
             return self._serve(secret)
         finally:
-            if self._lease is not None:
-                self._lease.release()
+            lease, self._lease = self._lease, None  # a later fetch pins again, anew
+            if lease is not None:
+                lease.release()
 
     def _serve(self, secret: bytes) -> int:
         conn = self._accept(secret)
