@@ -269,8 +269,10 @@ class Plan:
     reason: str = ""
 
 
-def _wait_quantile(rho: float, service: float, q: float) -> float:
-    """The ``q`` quantile of an M/M/1 queue's waiting time (load ``rho``, mean service)."""
+def _wait_quantile(rho: float, service: float, q: float, *, steady: bool = False) -> float:
+    """The ``q`` quantile of a queue's waiting time (Poisson arrivals, load ``rho``, mean
+    service ``service``): exponential services (M/M/1), or with ``steady`` about the same
+    every time (M/D/1, whose tail decays as :func:`_decay` says)."""
     if rho <= 0:
         return 0.0
     if rho >= 1:
@@ -278,7 +280,7 @@ def _wait_quantile(rho: float, service: float, q: float) -> float:
     tail = 1 - q
     if rho <= tail:
         return 0.0
-    return service / (1 - rho) * math.log(rho / tail)
+    return service / (_decay(rho) if steady else 1 - rho) * math.log(rho / tail)
 
 
 def _decay(rho: float) -> float:
@@ -294,24 +296,13 @@ def _decay(rho: float) -> float:
     return (lo + hi) / 2
 
 
-def _prefill_wait_quantile(rho: float, service: float, q: float) -> float:
-    """The ``q`` quantile of the wait in a queue of prefills: Poisson arrivals, each prefill
-    about ``service`` seconds (a prompt length's prefill varies little), load ``rho``."""
-    tail = 1 - q
-    if rho <= tail:
-        return 0.0
-    if rho >= 1:
-        return math.inf
-    return service / _decay(rho) * math.log(rho / tail)
-
-
 def _first_token_wait(
     lam: float, service: float, slots: tuple[float, float] | None, q: float
 ) -> float:
     """The ``q`` quantile of a prompt's wait: for the prompts ahead of it (each ``service``
     seconds, ``lam`` a second), and for a sequence slot when ``slots`` (the engine's load and
     a request's engine time) says every slot is taken."""
-    wait = _prefill_wait_quantile(lam * service, service, q)
+    wait = _wait_quantile(lam * service, service, q, steady=True)  # a prompt length's prefill
     return wait + (_wait_quantile(slots[0], slots[1], q) if slots else 0.0)
 
 

@@ -275,6 +275,16 @@ def test_a_runner_gets_the_blobs_of_the_fine_tune_it_holds_and_no_others(gw: Gat
         assert get(client, base.digest, SECRET).status_code == 404
 
 
+def a_fine_tune_and_its_gguf(gw: Gateway) -> tuple[str, bytes, str]:
+    """A fine-tune job of a stored base, the GGUF file it made, and the source note its
+    version must carry."""
+    base = gw.store.import_file("base", tiny_gguf(gw.tmp / "base.gguf", "F16"))
+    train = gw.upload_file(b'{"text": "a"}\n')
+    job_id = fine_tune_job(gw, base, train, train)
+    gguf = tiny_gguf(gw.tmp / "made.gguf", "Q8_0").read_bytes()
+    return job_id, gguf, f"fine-tune {job_id} of base:1"
+
+
 def post_version(client: TestClient, body: bytes, token: str = SECRET, **params: Any) -> Any:
     query = {"format": "gguf", "sha256": sha(body), "moves_latest": "true"} | params
     return client.post(
@@ -283,11 +293,7 @@ def post_version(client: TestClient, body: bytes, token: str = SECRET, **params:
 
 
 def test_a_runner_stores_versions_of_its_own_job_s_model_only(gw: Gateway) -> None:
-    base = gw.store.import_file("base", tiny_gguf(gw.tmp / "base.gguf", "F16"))
-    train = gw.upload_file(b'{"text": "a"}\n')
-    job_id = fine_tune_job(gw, base, train, train)
-    gguf = tiny_gguf(gw.tmp / "made.gguf", "Q8_0").read_bytes()
-    note = f"fine-tune {job_id} of base:1"
+    job_id, gguf, note = a_fine_tune_and_its_gguf(gw)
     mine = {"job": job_id, "model": "base-ft", "source": note}
     blobs_before = set(gw.store.blobs.digests())
     with gw.client() as client:
@@ -328,11 +334,7 @@ def test_a_runner_stores_versions_of_its_own_job_s_model_only(gw: Gateway) -> No
 
 
 def test_a_job_no_longer_held_when_its_version_s_body_ends_gets_no_version(gw: Gateway) -> None:
-    base = gw.store.import_file("base", tiny_gguf(gw.tmp / "base.gguf", "F16"))
-    train = gw.upload_file(b'{"text": "a"}\n')
-    job_id = fine_tune_job(gw, base, train, train)
-    gguf = tiny_gguf(gw.tmp / "made.gguf", "Q8_0").read_bytes()
-    note = f"fine-tune {job_id} of base:1"
+    job_id, gguf, note = a_fine_tune_and_its_gguf(gw)
     access: RunnerAccess = gw.app.state.runner_access
     access.version_job("r1", job_id, "base-ft", note)  # held when the upload starts
 
